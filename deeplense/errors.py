@@ -1,0 +1,48 @@
+"""Domain exceptions. Every module raises these; `app/errors.py` maps them to HTTP codes
+and the training CLI turns them into a one-line message and a non-zero exit."""
+
+
+class DeepLenseError(Exception):
+    """Base class of every error this project raises on purpose (bad input, bad files)."""
+
+
+class InvalidImageError(DeepLenseError):
+    """An image file cannot be used: unknown format, corrupt, wrong shape, NaN, constant..."""
+
+    def __init__(self, filename: str, problem: str) -> None:
+        self.filename = filename
+        self.problem = problem
+        super().__init__(f"{filename}: {problem}")
+
+
+class ImageTooLargeError(InvalidImageError):
+    """An image has more pixels than the configured cap (checked before decoding)."""
+
+
+class UnknownModelError(DeepLenseError):
+    """A model name that is not registered or not loaded; the message lists valid names."""
+
+    def __init__(self, name: str, valid: list[str]) -> None:
+        self.name = name
+        self.valid = valid
+        super().__init__(f"unknown model {name!r}; valid models: {', '.join(sorted(valid))}")
+
+
+class CheckpointError(DeepLenseError):
+    """A checkpoint folder is missing, malformed or does not match its architecture."""
+
+
+class DatasetError(DeepLenseError):
+    """A dataset folder is missing, malformed, or would be overwritten without --overwrite."""
+
+
+class OutputExistsError(DeepLenseError):
+    """An output exists already and --overwrite was not given."""
+
+
+class PayloadTooLargeError(DeepLenseError):
+    """An upload exceeds a byte or file-count limit; the message names the limit."""
+
+
+class NotReadyError(DeepLenseError):
+    """The service has not finished loading and warming up its models."""

@@ -1,0 +1,10 @@
+"""The four anomaly models behind one interface (`models.base.AnomalyModel`) and a registry.
+
+Importing this package registers every model.
+"""
+
+from models import dcae  # noqa: F401  (registers the model)
+from models.base import AnomalyModel, reconstruction_error
+from models.registry import create_model, list_models, register_model
+
+__all__ = ["AnomalyModel", "create_model", "list_models", "reconstruction_error", "register_model"]

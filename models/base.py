@@ -1,0 +1,60 @@
+"""The one interface every anomaly model implements.
+
+Images are `(N, 1, H, W)` float tensors with pixels min-max scaled to [0, 1]. A model
+reconstructs them (`reconstruct`, same shape, values in [0, 1]); its anomaly score is the
+per-image mean squared reconstruction error (`score`, higher = more anomalous); `loss`
+returns the training objective as a dict with a `"loss"` key plus named parts for logging.
+In eval mode `reconstruct` and `score` are deterministic (no sampling, BatchNorm running
+statistics).
+"""
+
+from dataclasses import asdict
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+
+class AnomalyModel(nn.Module):
+    """Base class: subclasses set `Config` (a dataclass) and implement reconstruct and loss."""
+
+    architecture: ClassVar[str] = ""
+    Config: ClassVar[type[Any]]
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square input image, in pixels."""
+        return int(self.config.image_size)
+
+    def arguments(self) -> dict[str, Any]:
+        """The config as JSON-serialisable constructor arguments (stored in config.json)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.config).items()}
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """(N, 1, H, W) in [0, 1] -> reconstruction (N, 1, H, W) in [0, 1]."""
+        raise NotImplementedError
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        """Training objective on a batch (N, 1, H, W): {"loss": scalar, other parts...}."""
+        raise NotImplementedError
+
+    def score(self, x: Tensor) -> Tensor:
+        """Per-image mean squared reconstruction error: (N, 1, H, W) -> (N,)."""
+        return reconstruction_error(x, self.reconstruct(x))
+
+
+def reconstruction_error(x: Tensor, x_hat: Tensor) -> Tensor:
+    """Per-image mean squared error, computed in float32: (N, 1, H, W) x 2 -> (N,)."""
+    diff = x.float() - x_hat.float()
+    return diff.pow(2).flatten(1).mean(dim=1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+

@@ -1,0 +1,228 @@
+"""Checkpoints: a folder with `model.safetensors` and `config.json`, validated on load.
+
+No pickle anywhere: weights are safetensors, metadata is JSON checked by pydantic. A bad
+checkpoint raises `CheckpointError` whose message names the offending file.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from deeplense.errors import CheckpointError, OutputExistsError, UnknownModelError
+from models.base import AnomalyModel
+from models.registry import create_model
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+N_QUANTILES = 101
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class InputSpec(_Strict):
+    """What the model expects: one channel, height x width pixels, per-image min-max scaling."""
+
+    channels: Literal[1] = 1
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    normalisation: Literal["minmax"] = "minmax"
+    pixel_scale_arcsec: float | None = 0.05
+
+
+class Calibration(_Strict):
+    """Anomaly threshold and the distribution of normal (no_sub) scores it came from."""
+
+    fpr: float = Field(gt=0, lt=1, description="target false-positive rate on normal images")
+    threshold: float = Field(description="score above which an image is flagged")
+    quantiles: list[float] = Field(description="101 quantiles (0..100%) of the normal scores")
+    n_images: int = Field(gt=0, description="normal images the calibration used")
+    dataset: str | None = None
+    youden_threshold: float | None = Field(
+        default=None, description="threshold maximising TPR - FPR on labelled data, if any"
+    )
+
+    @field_validator("quantiles")
+    @classmethod
+    def _sorted_quantiles(cls, q: list[float]) -> list[float]:
+        if len(q) != N_QUANTILES:
+            raise ValueError(f"expected {N_QUANTILES} quantiles, got {len(q)}")
+        if any(b < a for a, b in zip(q, q[1:], strict=False)):
+            raise ValueError("quantiles must be non-decreasing")
+        if not all(np.isfinite(q)):
+            raise ValueError("quantiles must be finite")
+        return q
+
+    def percentile(self, scores: np.ndarray) -> np.ndarray:
+        """Percentile (0-100) of each score among the calibration normals (interpolated)."""
+        levels = np.linspace(0.0, 100.0, N_QUANTILES)
+        q = np.asarray(self.quantiles, dtype=np.float64)
+        # np.interp needs strictly increasing x for a sensible answer on ties: nudge them.
+        q = q + np.arange(N_QUANTILES) * 1e-12 * max(abs(q[-1]), 1e-12)
+        return np.interp(np.asarray(scores, dtype=np.float64), q, levels)
+
+
+class TrainingFacts(_Strict):
+    """How a checkpoint was made. Every field optional: random-weight test checkpoints have none."""
+
+    dataset: str | None = None
+    dataset_manifest_sha256: str | None = None
+    n_train: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    seed: int | None = None
+    device: str | None = None
+    wall_time_s: float | None = None
+    final_losses: dict[str, float] = Field(default_factory=dict)
+    git_commit: str | None = None
+    torch_version: str | None = None
+    budget: str | None = Field(default=None, description="training budget in words")
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class CheckpointConfig(_Strict):
+    """Contents of config.json."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    architecture: str
+    arguments: dict[str, Any]
+    input: InputSpec
+    calibration: Calibration | None = None
+    training: TrainingFacts = Field(default_factory=TrainingFacts)
+    metrics: dict[str, float] = Field(default_factory=dict, description="evaluation metrics")
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model in eval mode with its validated config and the folder it came from."""
+
+    model: AnomalyModel
+    config: CheckpointConfig
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def config_for(model: AnomalyModel, **fields: Any) -> CheckpointConfig:
+    """A CheckpointConfig describing `model` (architecture, arguments, input size)."""
+    size = model.image_size
+    return CheckpointConfig(
+        architecture=model.architecture,
+        arguments=model.arguments(),
+        input=InputSpec(height=size, width=size),
+        **fields,
+    )
+
+
+def save_checkpoint(
+    model: AnomalyModel, config: CheckpointConfig, directory: Path, overwrite: bool = False
+) -> Path:
+    """Write `directory/` atomically (temp folder, then rename). Refuses an existing folder
+    unless `overwrite`, in which case the old one is replaced only once the new one is whole."""
+    directory = Path(directory)
+    if directory.exists() and not overwrite:
+        raise OutputExistsError(f"{directory} exists; pass --overwrite to replace it")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"architecture": model.architecture})
+        (tmp / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def write_config(config: CheckpointConfig, directory: Path) -> None:
+    """Replace config.json atomically (used to add calibration or metrics to a checkpoint)."""
+    path = Path(directory) / CONFIG_FILE
+    tmp = path.with_name(f".{CONFIG_FILE}.tmp")
+    tmp.write_text(config.model_dump_json(indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_config(directory: Path) -> CheckpointConfig:
+    """Read and validate `directory/config.json`."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (a checkpoint folder needs {CONFIG_FILE})")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        return CheckpointConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'root'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise CheckpointError(f"{path}: invalid checkpoint config ({problems})") from None
+
+
+def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Load and validate a checkpoint folder; the model is returned in eval mode on `device`."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: checkpoint folder not found")
+    config = read_config(directory)
+    config_path = directory / CONFIG_FILE
+    try:
+        model = create_model(config.architecture, **config.arguments)
+    except UnknownModelError as exc:
+        raise CheckpointError(f"{config_path}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{config_path}: bad arguments for {config.architecture}: {exc}") from None
+    size = model.image_size
+    if (config.input.height, config.input.width) != (size, size):
+        raise CheckpointError(
+            f"{config_path}: input {config.input.height}x{config.input.width} does not match "
+            f"the model's image_size {size}"
+        )
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing (a checkpoint folder needs {WEIGHTS_FILE})")
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights}: unreadable or truncated safetensors file ({exc})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise CheckpointError(
+            f"{weights}: weights do not match architecture {config.architecture!r} ({detail})"
+        ) from None
+    model.to(device).eval()
+    return LoadedCheckpoint(model=model, config=config, path=directory)
+
+
+def find_checkpoints(root: Path) -> dict[str, Path]:
+    """Checkpoint folders directly under `root` (those holding config.json), by folder name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: checkpoint directory not found")
+    return {p.name: p for p in sorted(root.iterdir()) if (p / CONFIG_FILE).is_file()}

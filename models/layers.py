@@ -1,0 +1,100 @@
+"""The convolutional encoder and decoder shared by the AAE, VAE and DCAE.
+
+Published layout for 1x150x150 input (REFERENCE.md): Conv(1->16, k7, s3, p1) 150->49,
+Conv(16->32, k7, s3, p1) 49->15, Conv(32->64, k7) 15->9, flatten 64*9*9 = 5184. The decoder
+mirrors it with transposed convolutions whose output_padding is computed so every size is
+recovered exactly (for 150: 9->15->49->150), then a sigmoid because pixels lie in [0, 1]
+(the original's tanh could not reach 0 without wasting half its range).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class ConvNetConfig:
+    """Geometry of the shared conv stack. Sizes in pixels; the latent size in units."""
+
+    image_size: int = 150
+    channels: tuple[int, ...] = (16, 32, 64)
+    kernels: tuple[int, ...] = (7, 7, 7)
+    strides: tuple[int, ...] = (3, 3, 1)
+    paddings: tuple[int, ...] = (1, 1, 0)
+    # 256 rather than the published 1000: keeps a checkpoint near 11 MB instead of 42 MB.
+    latent_dim: int = 256
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(self.channels)
+        self.kernels = tuple(self.kernels)
+        self.strides = tuple(self.strides)
+        self.paddings = tuple(self.paddings)
+        lengths = {len(self.channels), len(self.kernels), len(self.strides), len(self.paddings)}
+        if len(lengths) != 1:
+            raise ValueError("channels, kernels, strides and paddings must have equal lengths")
+        if self.feature_sizes()[-1] < 1:
+            raise ValueError(f"image_size {self.image_size} is too small for these kernels")
+
+    def feature_sizes(self) -> list[int]:
+        """Spatial side after each conv, starting with the input: [150, 49, 15, 9]."""
+        sizes = [self.image_size]
+        for k, s, p in zip(self.kernels, self.strides, self.paddings, strict=True):
+            sizes.append((sizes[-1] + 2 * p - k) // s + 1)
+        return sizes
+
+    @property
+    def flat_dim(self) -> int:
+        """Length of the flattened feature map (5184 for the published geometry)."""
+        return self.channels[-1] * self.feature_sizes()[-1] ** 2
+
+
+class ConvEncoder(nn.Module):
+    """(N, 1, H, W) -> flattened features (N, flat_dim); ReLU after every conv but optionally
+    the last (the DCAE's published encoder has none there)."""
+
+    def __init__(self, cfg: ConvNetConfig, relu_after_last: bool = True) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 1
+        n = len(cfg.channels)
+        for i, (ch, k, s, p) in enumerate(
+            zip(cfg.channels, cfg.kernels, cfg.strides, cfg.paddings, strict=True)
+        ):
+            layers.append(nn.Conv2d(in_ch, ch, k, stride=s, padding=p))
+            if i < n - 1 or relu_after_last:
+                layers.append(nn.ReLU(inplace=True))
+            in_ch = ch
+        layers.append(nn.Flatten())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)  # (N, flat_dim)
+
+
+class ConvDecoder(nn.Module):
+    """Flattened features (N, flat_dim) -> image (N, 1, H, W) in [0, 1]."""
+
+    def __init__(self, cfg: ConvNetConfig) -> None:
+        super().__init__()
+        sizes = cfg.feature_sizes()
+        self.shape = (cfg.channels[-1], sizes[-1], sizes[-1])
+        out_channels = (1, *cfg.channels[:-1])
+        layers: list[nn.Module] = []
+        for i in reversed(range(len(cfg.channels))):
+            k, s, p = cfg.kernels[i], cfg.strides[i], cfg.paddings[i]
+            # The encoder floored (size + 2p - k) / s; output_padding gives that remainder back.
+            output_padding = (sizes[i] + 2 * p - k) % s
+            layers.append(
+                nn.ConvTranspose2d(
+                    cfg.channels[i], out_channels[i], k, stride=s, padding=p,
+                    output_padding=output_padding,
+                )
+            )
+            if i > 0:
+                layers.append(nn.ReLU(inplace=True))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, h: Tensor) -> Tensor:
+        x = self.net(h.view(h.shape[0], *self.shape))  # (N, 1, H, W) logits
+        return torch.sigmoid(x)

@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny random-weight models and checkpoints for every registered model.
+
+Tiny = 32x32 images and a few channels, so every test runs in well under a second on a CPU.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import models
+from models.base import AnomalyModel
+from models.checkpoint import Calibration, config_for, save_checkpoint
+
+TINY_SIZE = 32
+TINY_GEOMETRY = {
+    "image_size": TINY_SIZE,
+    "channels": [4, 8, 8],
+    "kernels": [3, 3, 3],
+    "strides": [2, 2, 1],
+    "paddings": [1, 1, 0],
+    "latent_dim": 8,
+}
+TINY_ARGUMENTS: dict[str, dict] = {
+    "aae": TINY_GEOMETRY,
+    "vae": TINY_GEOMETRY,
+    "dcae": TINY_GEOMETRY,
+    "rbm": {"image_size": TINY_SIZE, "n_hidden": 16},
+}
+
+
+def tiny_model(name: str, seed: int = 0) -> AnomalyModel:
+    """A registered model at test size with seeded random weights, in eval mode."""
+    torch.manual_seed(seed)
+    return models.create_model(name, **TINY_ARGUMENTS[name]).eval()
+
+
+def tiny_images(n: int, seed: int = 0, size: int = TINY_SIZE) -> np.ndarray:
+    """(n, 1, size, size) float32 ring-like images min-max scaled to [0, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    r = np.hypot(xx, yy)
+    images = []
+    for _ in range(n):
+        ring = np.exp(-((r - size / 4 * rng.uniform(0.8, 1.2)) ** 2) / 4.0)
+        img = ring + 0.05 * rng.standard_normal((size, size))
+        img = (img - img.min()) / (img.max() - img.min())
+        images.append(img[None].astype(np.float32))
+    return np.stack(images)
+
+
+def tiny_calibration(model: AnomalyModel, fpr: float = 0.05) -> Calibration:
+    """Calibration of `model` on tiny normal images (scores -> quantiles, threshold)."""
+    with torch.no_grad():
+        scores = model.score(torch.from_numpy(tiny_images(64, seed=123))).numpy()
+    quantiles = np.quantile(scores, np.linspace(0, 1, 101)).tolist()
+    return Calibration(
+        fpr=fpr,
+        threshold=float(np.quantile(scores, 1 - fpr)),
+        quantiles=quantiles,
+        n_images=len(scores),
+        dataset="tiny",
+    )
+
+
+@pytest.fixture(scope="session", params=models.list_models())
+def model_name(request: pytest.FixtureRequest) -> str:
+    """Each registered model name in turn."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint root with one calibrated tiny checkpoint per registered model."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    for name in models.list_models():
+        model = tiny_model(name)
+        save_checkpoint(model, config_for(model, calibration=tiny_calibration(model)), root / name)
+    return root

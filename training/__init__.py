@@ -1,0 +1,1 @@
+"""Offline package: simulate or read lensing datasets, fit, calibrate, evaluate, score."""
