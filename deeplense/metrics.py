@@ -1,0 +1,18 @@
+"""Per-image metrics shared by evaluation and serving (so both report the same numbers)."""
+
+import torch
+from torch import Tensor
+
+
+def column_w1(x: Tensor, x_hat: Tensor) -> Tensor:
+    """First Wasserstein distance between the column sums of input and reconstruction.
+
+    For each image the W column sums of x and of x_hat (summing over rows, i.e. the y axis)
+    are treated as two samples of W values each, exactly as
+    `scipy.stats.wasserstein_distance(x.sum(axis=0), x_hat.sum(axis=0))` on a 2-D image
+    (REFERENCE.md). For equal-size samples W1 is the mean absolute difference of the sorted
+    values. (N, 1, H, W) x 2 -> (N,), in summed-pixel units.
+    """
+    cols = x.float().sum(dim=-2).flatten(1).sort(dim=1).values  # (N, W)
+    cols_hat = x_hat.float().sum(dim=-2).flatten(1).sort(dim=1).values  # (N, W)
+    return (cols - cols_hat).abs().mean(dim=1)

@@ -1,0 +1,57 @@
+"""Batched scoring used by the service, the `score` CLI and evaluation alike.
+
+One function turns prepared images into reconstruction losses, W1 distances and
+reconstructions, so a served score equals the evaluated score for the same input.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deeplense.metrics import column_w1
+from models.base import AnomalyModel, reconstruction_error
+
+
+@dataclass
+class ScoredBatch:
+    """Scores of N images: loss and w1 are (N,) float64; reconstruction (N, 1, H, W) float32
+    or None when not requested."""
+
+    loss: np.ndarray
+    w1: np.ndarray
+    reconstruction: np.ndarray | None
+
+
+@torch.inference_mode()
+def score_array(
+    model: AnomalyModel,
+    images: np.ndarray,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    keep_reconstructions: bool = False,
+) -> ScoredBatch:
+    """Score (N, 1, H, W) float32 images in [0, 1] with `model` (put in eval mode)."""
+    model.eval()
+    losses, w1s, recons = [], [], []
+    for start in range(0, len(images), batch_size):
+        x = torch.as_tensor(np.ascontiguousarray(images[start : start + batch_size]))
+        x = x.to(device=device, dtype=torch.float32, non_blocking=True)  # (B, 1, H, W)
+        x_hat = model.reconstruct(x)
+        losses.append(reconstruction_error(x, x_hat).double().cpu().numpy())
+        w1s.append(column_w1(x, x_hat).double().cpu().numpy())
+        if keep_reconstructions:
+            recons.append(x_hat.float().cpu().numpy())
+    empty = np.zeros(0, dtype=np.float64)
+    return ScoredBatch(
+        loss=np.concatenate(losses) if losses else empty,
+        w1=np.concatenate(w1s) if w1s else empty,
+        reconstruction=np.concatenate(recons) if keep_reconstructions and recons else None,
+    )
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Slices covering range(n) in steps of batch_size."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
