@@ -95,7 +95,7 @@ class TrainingFacts(_Strict):
 class CheckpointConfig(_Strict):
     """Contents of config.json."""
 
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1] = 1
     architecture: str
     arguments: dict[str, Any]
     input: InputSpec

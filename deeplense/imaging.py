@@ -1,0 +1,486 @@
+"""Read a user's image, or a stack of images, from any supported file format.
+
+One reader for the service, the training package and the `score` CLI. The format is found
+from the content (magic bytes), the extension only sharpens the error message. Pixels come
+back as float32 in their stored units (no scaling; `deeplense.preprocess` scales), y first:
+`(H, W)` for one image, `(N, H, W)` for a stack.
+
+Every bad input raises `InvalidImageError(filename, problem)` (or its subclass
+`ImageTooLargeError`): no raw decoder exception escapes. The pixel cap is checked from the
+header (NumPy header, FITS NAXISn, PNG/JPEG header size, TIFF page shape) before any pixel is
+decoded, so decompression bombs are never expanded. NumPy files are read with
+`allow_pickle=False` only; pickled or object arrays are refused.
+
+Colour images (RGB, RGBA, palette, CMYK) become luminance Y = 0.299 R + 0.587 G + 0.114 B
+(ITU-R BT.601, Pillow's own weights) and the conversion is reported in `warnings`; an RGB
+file whose three channels are equal is grey already and is read exactly, without a warning.
+"""
+
+import gzip
+import io
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import tifffile
+from astropy.io import fits
+from numpy.lib import format as npy_format
+from PIL import Image
+
+from deeplense.errors import DeepLenseError, ImageTooLargeError, InvalidImageError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 4096 * 4096
+"""Largest accepted image, in pixels per image (H * W); checked before decoding."""
+
+SUPPORTED_EXTENSIONS = (
+    ".npy",
+    ".fits",
+    ".fit",
+    ".fits.gz",
+    ".fit.gz",
+    ".png",
+    ".tif",
+    ".tiff",
+    ".jpg",
+    ".jpeg",
+)
+"""File name endings `find_image_files` and the service accept (case-insensitive)."""
+
+SUPPORTED_FORMATS = (
+    "NumPy .npy (2-D, (1, H, W) or stacks), FITS (.fits, .fit, .fits.gz), "
+    "PNG and TIFF (8/16-bit grey, float TIFF, colour), JPEG"
+)
+"""Human-readable list used in 'unknown format' messages."""
+
+LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
+"""ITU-R BT.601 weights of R, G, B in the luminance of a colour image."""
+
+_FORMAT_NAMES = {"npy": ".npy", "fits": "FITS", "png": "PNG", "tiff": "TIFF", "jpeg": "JPEG"}
+_EXTENSION_FORMATS = {
+    ".npy": "npy",
+    ".fits": "fits",
+    ".fit": "fits",
+    ".fits.gz": "fits",
+    ".fit.gz": "fits",
+    ".png": "png",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+}
+_PILLOW_GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+_STACK_SHAPES = "(H, W), (1, H, W), (N, H, W) or (N, 1, H, W)"
+_VALUE_CHUNK = 256  # images per chunk when checking the values of a (memory-mapped) stack
+
+ImageSource = Path | str | bytes
+"""A file path, or the file's bytes (an upload)."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """One image: pixels (H, W) float32 in stored units, the format read, and conversion notes."""
+
+    pixels: np.ndarray  # (H, W) float32
+    format: str  # "npy", "fits", "png", "tiff" or "jpeg"
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DecodedStack:
+    """N images (N, H, W) float32 (may be read-only: a memmap, or a view of the bytes)."""
+
+    pixels: np.ndarray  # (N, H, W) float32
+    format: str
+    warnings: tuple[str, ...] = ()
+
+
+def is_supported_filename(name: str | Path) -> bool:
+    """Whether a file name ends with one of SUPPORTED_EXTENSIONS (case-insensitive)."""
+    return _extension(str(name)) in _EXTENSION_FORMATS
+
+
+def read_image(
+    source: ImageSource, filename: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Read one 2-D image from a path or bytes: (H, W) float32, finite and not constant."""
+    return decode_image(source, filename, max_pixels).pixels
+
+
+def read_stack(
+    source: ImageSource,
+    filename: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    check_values: bool = True,
+) -> np.ndarray:
+    """Read a stack (N, H, W) float32 from a path or bytes; a single image gives N = 1.
+
+    A float32 .npy file on disk comes back as a read-only memmap (not read into RAM), a
+    float32 .npy in bytes as a read-only view of them; other inputs are float32 copies.
+    `max_pixels` caps each image (H * W). With `check_values`, every image is checked (in
+    chunks) to be finite and not constant; the error names the first bad image's index.
+    """
+    return decode_stack(source, filename, max_pixels, check_values).pixels
+
+
+def decode_image(
+    source: ImageSource, filename: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> DecodedImage:
+    """Like `read_image`, also returning the format and any conversion warnings."""
+    stack = _decode(_Request.of(source, filename, max_pixels, single=True))
+    pixels = np.array(stack.pixels[0], dtype=np.float32)  # (H, W), an in-memory copy
+    check_pixels(pixels, _name(source, filename))
+    return DecodedImage(pixels, stack.format, stack.warnings)
+
+
+def decode_stack(
+    source: ImageSource,
+    filename: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    check_values: bool = True,
+) -> DecodedStack:
+    """Like `read_stack`, also returning the format and any conversion warnings."""
+    stack = _decode(_Request.of(source, filename, max_pixels, single=False))
+    if check_values:
+        _check_stack_values(stack.pixels, _name(source, filename))
+    return stack
+
+
+def check_pixels(pixels: np.ndarray, filename: str) -> None:
+    """Raise InvalidImageError unless `pixels` is a non-empty, finite, non-constant 2-D image."""
+    if pixels.ndim != 2:
+        raise InvalidImageError(filename, f"not a 2-D image: shape {tuple(pixels.shape)}")
+    if pixels.size == 0:
+        raise InvalidImageError(filename, f"empty image: shape {tuple(pixels.shape)}")
+    finite = np.isfinite(pixels)
+    if not finite.all():
+        bad = int(pixels.size - np.count_nonzero(finite))
+        raise InvalidImageError(filename, f"has NaN or infinite pixels ({bad} of {pixels.size})")
+    low, high = float(pixels.min()), float(pixels.max())
+    if low == high:
+        raise InvalidImageError(
+            filename, f"constant image (every pixel is {low:g}): it cannot be min-max scaled"
+        )
+
+
+# --- internals -------------------------------------------------------------------------------
+
+
+def _name(source: ImageSource, filename: str | None) -> str:
+    if filename is not None:
+        return filename
+    return "image" if isinstance(source, bytes) else str(source)
+
+
+def _extension(name: str) -> str:
+    lower = name.lower()
+    for double in (".fits.gz", ".fit.gz"):
+        if lower.endswith(double):
+            return double
+    return Path(lower).suffix
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What to read and the limits to apply while reading it."""
+
+    name: str
+    path: Path | None
+    data: bytes | None
+    max_pixels: int
+    single: bool
+
+    @classmethod
+    def of(
+        cls, source: ImageSource, filename: str | None, max_pixels: int, single: bool
+    ) -> "_Request":
+        name = _name(source, filename)
+        if isinstance(source, bytes):
+            return cls(name, None, source, max_pixels, single)
+        return cls(name, Path(source), None, max_pixels, single)
+
+    def open(self) -> IO[bytes]:
+        """A binary file object over the source (caller closes it)."""
+        if self.data is not None:
+            return io.BytesIO(self.data)
+        assert self.path is not None
+        return self.path.open("rb")
+
+    def size(self) -> int:
+        """Size of the source in bytes."""
+        if self.data is not None:
+            return len(self.data)
+        assert self.path is not None
+        return self.path.stat().st_size
+
+    def fail(self, problem: str) -> InvalidImageError:
+        return InvalidImageError(self.name, problem)
+
+    def layout(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """Interpret an array shape as (N, H, W); raise if it is not an image or too large."""
+        if len(shape) < 2:
+            raise self.fail(f"not a 2-D image: shape {shape}; expected {_STACK_SHAPES}")
+        leading = [d for d in shape[:-2] if d != 1]
+        if len(leading) > 1:
+            raise self.fail(f"not a 2-D image or stack: shape {shape}; expected {_STACK_SHAPES}")
+        if 0 in shape:
+            raise self.fail(f"empty image: shape {shape}")
+        n, (h, w) = math.prod(shape[:-2]), shape[-2:]
+        if self.single and n > 1:
+            raise self.fail(f"holds {n} images (shape {shape}); expected a single 2-D image")
+        if h * w > self.max_pixels:
+            raise ImageTooLargeError(
+                self.name,
+                f"{h} x {w} = {h * w} pixels is more than the limit of {self.max_pixels} pixels",
+            )
+        return n, h, w
+
+
+_Decoded = tuple[np.ndarray, list[str]]  # (N, H, W) float32 pixels, conversion notes
+_Decoder = Callable[[_Request], _Decoded]
+
+
+def _decode(request: _Request) -> DecodedStack:
+    """Sniff the format, decode with the matching decoder, wrap any decoder failure."""
+    fmt = _detect_format(request)
+    try:
+        pixels, notes = _DECODERS[fmt](request)
+    except (DeepLenseError, MemoryError):
+        raise
+    except Exception as exc:  # any decoder failure is a bad file, named with its cause
+        raise request.fail(
+            f"corrupt or truncated {_FORMAT_NAMES[fmt]} file ({type(exc).__name__}: {exc})"
+        ) from exc
+    for note in notes:
+        logger.warning("%s: %s", request.name, note)
+    return DecodedStack(pixels, fmt, tuple(notes))
+
+
+def _detect_format(request: _Request) -> str:
+    """Format name from the first bytes of the content; the extension only words the error."""
+    try:
+        size = request.size()
+        with request.open() as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise request.fail(f"cannot read file: {exc.strerror or exc}") from exc
+    expected = _EXTENSION_FORMATS.get(_extension(request.name))
+    if size == 0:
+        raise request.fail("empty file (0 bytes)")
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"SIMPLE  ="):
+        return "fits"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x1f\x8b"):
+        return _detect_gzip(request)
+    if expected == "npy" and head[:1] == b"\x80":  # pickle protocol >= 2
+        raise request.fail("pickled .npy files are refused (save a plain array with np.save)")
+    if expected is not None:
+        raise request.fail(f"corrupt or not a {_FORMAT_NAMES[expected]} file (unrecognised header)")
+    raise request.fail(f"unknown format; supported formats: {SUPPORTED_FORMATS}")
+
+
+def _detect_gzip(request: _Request) -> str:
+    try:
+        with request.open() as raw, gzip.GzipFile(fileobj=raw) as fh:
+            inner = fh.read(16)
+    except (OSError, EOFError) as exc:
+        raise request.fail(f"corrupt gzip file ({type(exc).__name__}: {exc})") from exc
+    if inner.startswith(b"SIMPLE  ="):
+        return "fits"
+    raise request.fail(
+        f"gzip-compressed file that is not FITS; supported formats: {SUPPORTED_FORMATS}"
+    )
+
+
+def _decode_npy(request: _Request) -> _Decoded:
+    with request.open() as fh:
+        try:
+            version = npy_format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = npy_format.read_array_header_1_0(fh)
+            else:  # 2.0 and 3.0 share the header layout
+                shape, fortran, dtype = npy_format.read_array_header_2_0(fh)
+        except ValueError as exc:
+            raise request.fail(f"corrupt .npy header ({exc})") from exc
+        offset = fh.tell()
+    if dtype.hasobject:
+        raise request.fail("pickled .npy files are refused (the array holds Python objects)")
+    if dtype.names is not None or dtype.kind not in "biuf":
+        raise request.fail(f"unsupported pixel type {dtype}; expected integers or floats")
+    n, h, w = request.layout(tuple(shape))
+    expected_bytes = offset + math.prod(shape) * dtype.itemsize
+    if request.size() < expected_bytes:
+        raise request.fail(
+            f"truncated .npy file: {request.size()} bytes, the header promises {expected_bytes}"
+        )
+    if request.path is not None:
+        array = np.load(request.path, mmap_mode="r", allow_pickle=False)
+    else:
+        assert request.data is not None
+        count = math.prod(shape)
+        flat = np.frombuffer(request.data, dtype=dtype, count=count, offset=offset)
+        array = flat.reshape(shape, order="F" if fortran else "C")
+    array = array.reshape(n, h, w)
+    if array.dtype == np.dtype(np.float32) and array.flags.c_contiguous:
+        return array, []  # a memmap stays a memmap: no copy of a big stack
+    return _as_float32(array), []
+
+
+def _decode_fits(request: _Request) -> _Decoded:
+    with request.open() as raw:
+        is_gzip = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        fileobj: IO[bytes] | gzip.GzipFile = gzip.GzipFile(fileobj=raw) if is_gzip else raw
+        with fits.open(fileobj, memmap=False, lazy_load_hdus=True) as hdul:
+            for hdu in hdul:
+                if isinstance(hdu, fits.GroupsHDU) or not isinstance(
+                    hdu, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU
+                ):
+                    continue
+                naxis = int(hdu.header.get("NAXIS", 0))
+                if naxis == 0:
+                    continue
+                shape = tuple(int(hdu.header[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
+                n, h, w = request.layout(shape)  # before .data: no bomb is decoded
+                data = hdu.data  # big-endian, BSCALE/BZERO applied
+                if data is None or tuple(data.shape) != shape:
+                    raise request.fail(f"FITS data do not match the header shape {shape}")
+                return _as_float32(data).reshape(n, h, w), []
+    raise request.fail("no image data in any FITS HDU")
+
+
+def _decode_pillow(request: _Request, formats: list[str]) -> _Decoded:
+    with request.open() as fh:
+        try:
+            img = Image.open(fh, formats=formats)
+        except Image.DecompressionBombError as exc:
+            problem = f"too many pixels to decode safely ({exc})"
+            raise ImageTooLargeError(request.name, problem) from exc
+        with img:
+            w, h = img.size  # from the header; nothing decoded yet
+            frames = int(getattr(img, "n_frames", 1))
+            request.layout((frames, h, w))
+            if frames > 1:
+                raise request.fail(f"animated or multi-frame image ({frames} frames): unsupported")
+            img.load()
+            notes: list[str] = []
+            if img.mode in _PILLOW_GREY_MODES:
+                pixels = np.asarray(img, dtype=np.float32)
+            elif img.mode in ("LA", "La"):
+                pixels = np.asarray(img.getchannel(0), dtype=np.float32)
+                notes += _alpha_note(np.asarray(img.getchannel("A")))
+            else:
+                if "A" in img.getbands():
+                    notes += _alpha_note(np.asarray(img.getchannel("A")))
+                pixels, more = _luminance(np.asarray(img.convert("RGB")))
+                notes += more
+    return pixels[None], notes
+
+
+def _decode_tiff(request: _Request) -> _Decoded:
+    with request.open() as fh, tifffile.TiffFile(fh) as tif:
+        if len(tif.series) > 1:
+            raise request.fail(
+                f"holds {len(tif.series)} images of different shapes; expected one image or "
+                "a stack of images of one shape"
+            )
+        series = tif.series[0]
+        axes, shape = series.axes, tuple(series.shape)
+        if "Y" not in axes or "X" not in axes:
+            raise request.fail(f"TIFF axes {axes!r} lack Y or X")
+        # Order as (stack axes..., Y, X[, S]) where S holds colour samples.
+        order = [i for i, a in enumerate(axes) if a not in "YXS"]
+        order += [axes.index("Y"), axes.index("X")] + ([axes.index("S")] if "S" in axes else [])
+        n, h, w = request.layout(tuple(shape[i] for i in order if axes[i] != "S"))
+        photometric = int(series.keyframe.photometric)
+        colormap = series.keyframe.colormap
+        data = np.transpose(series.asarray(), order)  # decoded only after the checks
+    notes: list[str] = []
+    if photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None:
+        rgb = np.moveaxis(np.asarray(colormap)[:, data], 0, -1)  # (..., 3)
+        pixels, notes = _luminance(rgb)
+    elif "S" in axes and photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR):
+        if data.shape[-1] > 3:
+            notes += _alpha_note(data[..., 3])
+        pixels, more = _luminance(data[..., :3])
+        notes += more
+    elif photometric in (tifffile.PHOTOMETRIC.MINISBLACK, tifffile.PHOTOMETRIC.MINISWHITE):
+        if "S" in axes:
+            notes.append(f"{data.shape[-1] - 1} extra channel(s) ignored; read the first")
+            data = data[..., 0]
+        pixels = _as_float32(data)
+        if photometric == tifffile.PHOTOMETRIC.MINISWHITE:
+            pixels = -pixels  # white is zero: negate so brighter is larger
+    else:
+        name = tifffile.PHOTOMETRIC(photometric).name
+        raise request.fail(f"unsupported TIFF colour model {name}; expected grey or RGB")
+    return pixels.reshape(n, h, w), notes
+
+
+def _as_float32(array: np.ndarray) -> np.ndarray:
+    """C-contiguous float32 copy; values beyond float32 become inf (refused by the checks)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _luminance(rgb: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """(..., 3) colour -> (...) float32 luminance, and the warning (none if already grey)."""
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    if np.array_equal(red, green) and np.array_equal(red, blue):
+        return np.asarray(red, dtype=np.float32), []
+    wr, wg, wb = LUMINANCE_WEIGHTS
+    lum = wr * red.astype(np.float64) + wg * green + wb * blue
+    note = f"colour image converted to luminance ({wr} R + {wg} G + {wb} B)"
+    return lum.astype(np.float32), [note]
+
+
+def _alpha_note(alpha: np.ndarray) -> list[str]:
+    """A warning when an alpha channel is not fully opaque (it is ignored)."""
+    if alpha.size and alpha.min() < alpha.max():
+        return ["transparency (alpha channel) ignored"]
+    return []
+
+
+def _check_stack_values(stack: np.ndarray, name: str) -> None:
+    """Check each image of (N, H, W) is finite and not constant, chunk by chunk."""
+    n = len(stack)
+    for start in range(0, n, _VALUE_CHUNK):
+        chunk = np.asarray(stack[start : start + _VALUE_CHUNK])  # (B, H, W), paged in
+        finite = np.isfinite(chunk).all(axis=(1, 2))
+        if not finite.all():
+            index = start + int(np.argmin(finite))
+            raise InvalidImageError(name, f"image {index} of {n} has NaN or infinite pixels")
+        constant = chunk.min(axis=(1, 2)) == chunk.max(axis=(1, 2))
+        if constant.any():
+            index = start + int(np.argmax(constant))
+            raise InvalidImageError(
+                name, f"image {index} of {n} is constant: it cannot be min-max scaled"
+            )
+
+
+def _pillow_decoder(formats: list[str]) -> _Decoder:
+    def decode(request: _Request) -> _Decoded:
+        return _decode_pillow(request, formats)
+
+    return decode
+
+
+_DECODERS: dict[str, _Decoder] = {
+    "npy": _decode_npy,
+    "fits": _decode_fits,
+    "png": _pillow_decoder(["PNG"]),
+    "jpeg": _pillow_decoder(["JPEG", "MPO"]),
+    "tiff": _decode_tiff,
+}
