@@ -1,0 +1,217 @@
+"""The upload page in a real headless Chromium, against a real uvicorn on loopback.
+
+Needs Debian's Chromium (`scripts/install-browser.sh`); a missing browser fails the tests
+rather than skipping them. Playwright drives the system binary: never `playwright install`.
+"""
+
+import io
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from playwright.sync_api import Browser, Page, sync_playwright
+from tests.app.serve_fixture import launch_chromium, run_server, submit
+
+import models
+
+UI_TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of `uvicorn app.main:app` serving the tiny checkpoints on a free port."""
+    log = tmp_path_factory.mktemp("uvicorn") / "server.log"
+    try:
+        with run_server(tiny_checkpoints, log) as url:
+            yield url
+    except RuntimeError as exc:  # the server never became ready: its log says why
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Debian Chromium driven by Playwright; a missing browser fails, never skips."""
+    with sync_playwright() as p:
+        try:
+            chromium = launch_chromium(p)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser, server: str) -> Iterator[Page]:
+    """A fresh page on the upload page, its model list loaded; fails on any JS error."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    js_errors: list[str] = []
+    page.on("pageerror", lambda exc: js_errors.append(str(exc)))
+    try:
+        page.goto(server + "/")
+        page.wait_for_selector("#model[data-loaded]")
+        yield page
+        assert js_errors == [], f"JavaScript errors on the page: {js_errors}"
+    finally:
+        context.close()
+
+
+def _ring(size: int, seed: int = 0) -> np.ndarray:
+    """(size, size) float32 Einstein-ring-like image in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    img = np.exp(-((np.hypot(xx, yy) - size / 4) ** 2) / 4.0)
+    img = img + 0.05 * rng.standard_normal((size, size))
+    return ((img - img.min()) / (img.max() - img.min())).astype(np.float32)
+
+
+def _write_npy(path: Path, size: int = 32) -> Path:
+    np.save(path, _ring(size, seed=1), allow_pickle=False)
+    return path
+
+
+def _write_png(path: Path, size: int = 48) -> Path:
+    """An 8-bit grayscale PNG of another size than the 32 x 32 models (so it is resized)."""
+    Image.fromarray((_ring(size, seed=2) * 255).astype(np.uint8), mode="L").save(path)
+    return path
+
+
+def _cards(page: Page) -> list[dict]:
+    """What each result card shows: name, flag, numbers and its images' natural widths."""
+    return page.eval_on_selector_all(
+        "#results .result",
+        """cards => cards.map(c => {
+            const width = sel => { const i = c.querySelector(sel); return i ? i.naturalWidth : 0 };
+            const value = sel => c.querySelector(sel).dataset.value;
+            return {
+                filename: c.dataset.filename,
+                classes: c.className,
+                badge: c.querySelector('.badge').textContent.trim(),
+                error: c.querySelector('.file-error').hidden
+                    ? null : c.querySelector('.file-error').textContent,
+                loss: value('.m-loss'), lossText: c.querySelector('.m-loss').textContent,
+                threshold: value('.m-threshold'),
+                percentile: value('.m-percentile'),
+                percentileText: c.querySelector('.m-percentile').textContent,
+                input: width('.fig-input img'),
+                reconstruction: width('.fig-reconstruction img'),
+                residual: width('.fig-residual img'),
+            };
+        })""",
+    )
+
+
+def _submit(page: Page, files: list[Path], model: str, n_cards: int) -> list[dict]:
+    submit(page, files, model, n_cards)
+    return _cards(page)
+
+
+def test_upload_page_lists_every_model_and_the_ensemble(page: Page) -> None:
+    options = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+    assert set(options) == {*models.list_models(), "ensemble"}
+    assert page.is_hidden("#banner")
+    assert page.get_attribute("#files", "multiple") is not None
+    for control in ("files", "model", "threshold", "api-key"):
+        assert page.locator(f"label[for='{control}']").count() == 1, control
+
+
+def test_upload_page_scores_npy_and_png(page: Page, server: str, tmp_path: Path) -> None:
+    files = [_write_npy(tmp_path / "lens.npy"), _write_png(tmp_path / "ring.png")]
+
+    cards = _submit(page, files, "dcae", n_cards=2)
+
+    assert [c["filename"] for c in cards] == ["lens.npy", "ring.png"]
+    assert page.is_hidden("#banner")
+    for card in cards:
+        assert card["error"] is None
+        assert card["badge"] in {"anomalous", "normal"}
+        assert ("is-anomalous" if card["badge"] == "anomalous" else "is-normal") in card["classes"]
+        loss, percentile = float(card["loss"]), float(card["percentile"])
+        assert math.isfinite(loss) and loss >= 0
+        assert card["lossText"] not in {"", "—"}
+        assert 0.0 <= percentile <= 100.0
+        assert card["percentileText"].endswith("%")
+        assert (float(card["loss"]) > float(card["threshold"])) == (card["badge"] == "anomalous")
+        assert card["reconstruction"] > 0, "reconstruction image did not load"
+        assert card["residual"] > 0, "residual image did not load"
+    assert cards[1]["input"] > 0, "PNG input preview did not load"
+    page.screenshot(path=str(tmp_path / "upload_page.png"), full_page=True)
+    assert (tmp_path / "upload_page.png").stat().st_size > 10_000
+
+    # The page shows exactly what the API returns for the same files.
+    upload = [("files", (f.name, io.BytesIO(f.read_bytes()))) for f in files]
+    response = httpx.post(f"{server}/score", params={"model": "dcae"}, files=upload, timeout=30)
+    assert response.status_code == 200, response.text
+    for card, result in zip(cards, response.json()["results"], strict=True):
+        assert float(card["loss"]) == result["reconstruction_loss"]
+        assert float(card["percentile"]) == result["percentile"]
+        assert (card["badge"] == "anomalous") == result["is_anomaly"]
+
+
+def test_upload_page_scores_with_the_ensemble(page: Page, tmp_path: Path) -> None:
+    cards = _submit(page, [_write_npy(tmp_path / "lens.npy")], "ensemble", n_cards=1)
+
+    assert cards[0]["error"] is None
+    assert cards[0]["badge"] in {"anomalous", "normal"}
+    assert 0.0 <= float(cards[0]["percentile"]) <= 100.0
+    assert page.inner_text("#summary").startswith("1 file scored with ensemble")
+
+
+def test_upload_page_shows_an_unreadable_file_inline(page: Page, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.fits"
+    corrupt.write_bytes(b"SIMPLE  = this is not a FITS file" + bytes(range(256)))
+    files = [corrupt, _write_npy(tmp_path / "lens.npy")]
+
+    cards = _submit(page, files, "dcae", n_cards=2)
+
+    assert page.is_hidden("#banner")
+    bad, good = cards
+    assert bad["badge"] == "error" and "is-error" in bad["classes"]
+    assert bad["error"] and "corrupt.fits" in bad["error"]
+    assert page.locator("#results .result.is-error .result-body").is_hidden()
+    assert good["error"] is None and good["badge"] in {"anomalous", "normal"}
+    assert good["reconstruction"] > 0
+
+
+def test_upload_page_shows_a_failed_request_in_the_banner(page: Page, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.npy"
+    corrupt.write_bytes(b"\x93NUMPY garbage, not an array")
+    page.set_input_files("#files", [str(corrupt)])
+    page.select_option("#model", "dcae")
+    page.click("#submit")
+
+    page.wait_for_selector("#banner:not([hidden])")
+    text = page.inner_text("#banner")
+    assert "422" in text and "corrupt.npy" in text
+    assert page.is_hidden("#results-section")
+    assert page.locator("#results .result").count() == 0
+
+
+def test_upload_page_sends_the_api_key(
+    browser: Browser, tiny_checkpoints: Path, tmp_path: Path
+) -> None:
+    settings = {"DEEPLENSE_API_KEY": "s3cret-key"}
+    with run_server(tiny_checkpoints, tmp_path / "server.log", settings=settings) as url:
+        context = browser.new_context()
+        try:
+            page = context.new_page()
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.goto(url + "/")  # the page itself stays open without a key
+            page.wait_for_selector("#banner:not([hidden])")
+            assert "401" in page.inner_text("#banner")
+
+            page.fill("#api-key", "s3cret-key")
+            page.press("#api-key", "Tab")  # `change` reloads the model list with the key
+            page.wait_for_selector("#banner", state="hidden")
+            cards = _submit(page, [_write_npy(tmp_path / "lens.npy")], "dcae", n_cards=1)
+        finally:
+            context.close()
+    assert cards[0]["error"] is None
+    assert cards[0]["badge"] in {"anomalous", "normal"}
