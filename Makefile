@@ -13,16 +13,16 @@ PORT ?= 8000
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV_STAMP): pyproject.toml scripts/install-browser.sh
+$(VENV_STAMP): pyproject.toml scripts/install-system-deps.sh
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	# The pinned CPU build first: a bare `torch` requirement would pull multi-GB CUDA wheels.
 	$(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e '.[train,dev]'
-	bash scripts/install-browser.sh
+	bash scripts/install-system-deps.sh
 	touch $(VENV_STAMP)
 
-install: $(VENV_STAMP) ## create .venv with CPU torch, the project, its extras and Chromium for the browser test
+install: $(VENV_STAMP) ## create .venv with CPU torch, the project, its extras, Chromium (browser test) and docker-compose (compose validation)
 
 serve: $(VENV_STAMP) ## run the service on port 8000 with the shipped Model A checkpoints
 	$(PY) -m uvicorn app.main:app --host 0.0.0.0 --port $(PORT)

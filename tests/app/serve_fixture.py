@@ -100,7 +100,7 @@ def launch_chromium(p: Playwright) -> Browser:
     """Headless Debian Chromium (never Playwright's own download); RuntimeError if missing."""
     executable = shutil.which("chromium")
     if executable is None:
-        raise RuntimeError("chromium is missing: run `bash scripts/install-browser.sh`")
+        raise RuntimeError("chromium is missing: run `bash scripts/install-system-deps.sh`")
     return p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
 
 

@@ -1,6 +1,6 @@
 """The upload page in a real headless Chromium, against a real uvicorn on loopback.
 
-Needs Debian's Chromium (`scripts/install-browser.sh`); a missing browser fails the tests
+Needs Debian's Chromium (`scripts/install-system-deps.sh`); a missing browser fails the tests
 rather than skipping them. Playwright drives the system binary: never `playwright install`.
 """
 
