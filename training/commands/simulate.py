@@ -1,8 +1,64 @@
-"""`python -m training simulate` (placeholder until its issue lands)."""
+"""`python -m training simulate`: write a simulated Model A / Model B dataset folder."""
 
 import argparse
+import os
+from pathlib import Path
+
+from training.lensing.render import SimConfig
+from training.simulate import DATASETS, simulate_dataset
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("simulate", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("simulate: not implemented yet") or 1)
+    p = sub.add_parser(
+        "simulate",
+        help="simulate a lensing dataset (train/val no_sub, test no_sub/sphere/vort)",
+        description="Simulate DIR/{train,val}/no_sub.npy, DIR/test/{no_sub,sphere,vort}.npy "
+        "(N, 1, H, W) float32 in [0, 1], with DIR/manifest.json and per-image parameters.",
+    )
+    p.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="parameter set")
+    p.add_argument("--out", required=True, type=Path, help="output folder DIR (must not exist)")
+    p.add_argument("--n-train", type=_count, default=25000, help="train no_sub images (25000)")
+    p.add_argument("--n-val", type=_count, default=2500, help="validation no_sub images (2500)")
+    p.add_argument("--n-test", type=_count, default=1250, help="test images per class (1250)")
+    p.add_argument("--seed", type=_count, default=0, help="random seed (0)")
+    p.add_argument(
+        "--workers", type=_positive, default=os.cpu_count() or 1, help="processes (all cores)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    p.add_argument(
+        "--image-size", type=_positive, default=150, help='pixels per side over 7.5" (150)'
+    )
+    p.add_argument(
+        "--supersampling", type=_positive, default=2, help="sub-pixels per pixel per axis (2)"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = SimConfig(image_size=args.image_size, supersampling=args.supersampling)
+    simulate_dataset(
+        args.dataset,
+        args.out,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        n_test=args.n_test,
+        seed=args.seed,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        config=config,
+    )
+    return 0

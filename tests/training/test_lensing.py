@@ -1,0 +1,251 @@
+"""Physics of the simulator: against lenstronomy, against known numbers, and the noise model."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, ndimage
+
+from training.lensing import cosmology
+from training.lensing.grid import (
+    downsample,
+    point_mass_deflection_grid,
+    supersampled_grid,
+)
+from training.lensing.noise import arc_peak_counts, noise_sigma, poisson_observation
+from training.lensing.profiles import (
+    point_mass_deflection,
+    sersic,
+    shear_deflection,
+    sis_deflection,
+)
+from training.lensing.reference import LenstronomyRenderer, lens_model, light_models
+from training.lensing.render import (
+    LensParams,
+    SimConfig,
+    psf,
+    render_components,
+    source_plane,
+    surface_brightness,
+)
+from training.simulate import DATASETS, draw_params, image_rngs
+
+CONFIG = SimConfig()
+
+
+def drawn(cls: str, index: int, dataset: str = "model_a") -> LensParams:
+    """Parameters of test image `index` of class `cls` (seed 3)."""
+    rng, _ = image_rngs(3, "test", cls, index)
+    return draw_params(DATASETS[dataset], cls, rng)
+
+
+def ring(theta_e: float) -> LensParams:
+    """A centred, round source behind a lens without shear: an Einstein ring."""
+    return LensParams(
+        theta_e=theta_e,
+        gamma1=0.0,
+        gamma2=0.0,
+        lens_r_eff=0.5,
+        lens_n=2.5,
+        lens_q=1.0,
+        lens_phi=0.0,
+        source_x=0.0,
+        source_y=0.0,
+        source_r_eff=0.2,
+        source_n=1.5,
+        source_q=1.0,
+        source_phi=0.0,
+        lens_light_ratio=1.5,
+        snr=20.0,
+    )
+
+
+def test_deflections_match_lenstronomy() -> None:
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(-3.75, 3.75, (2, 2000))
+    masses = rng.uniform(-1.0, 1.0, (25, 2))
+    params = dataclasses.replace(
+        drawn("sphere", 0), subhalos=tuple(map(tuple, masses)), theta_sub=0.024
+    )
+    model, kwargs = lens_model(params)
+    ours = (
+        np.array(sis_deflection(x, y, params.theta_e))
+        + np.array(shear_deflection(x, y, params.gamma1, params.gamma2))
+        + np.array(point_mass_deflection(x, y, params.theta_sub, masses))
+    )  # (2, 2000)
+    theirs = np.array(model.alpha(x, y, kwargs))
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-10)
+
+
+def test_sersic_matches_lenstronomy() -> None:
+    params = drawn("no_sub", 1)
+    source, source_kwargs, light, light_kwargs = light_models(params)
+    x, y = supersampled_grid(150, 0.05, 1)
+    theirs = source.surface_brightness(x.ravel(), y.ravel(), source_kwargs).reshape(x.shape)
+    ours = sersic(
+        x,
+        y,
+        params.source_r_eff,
+        params.source_n,
+        params.source_q,
+        params.source_phi,
+        (params.source_x, params.source_y),
+    )
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10)
+    theirs = light.surface_brightness(x.ravel(), y.ravel(), light_kwargs).reshape(x.shape)
+    ours = sersic(x, y, params.lens_r_eff, params.lens_n, params.lens_q, params.lens_phi)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10)
+
+
+@pytest.mark.parametrize("cls", ["sphere", "vort"])
+def test_fast_subhalo_field_matches_exact_sum(cls: str) -> None:
+    params = drawn(cls, 2, "model_b")  # model_b: subhalos up to 0.042" each
+    x, y = supersampled_grid(150, 0.05, CONFIG.supersampling)
+    exact = point_mass_deflection(x, y, params.theta_sub, np.array(params.subhalos))
+    fast = point_mass_deflection_grid(
+        150, 0.05, CONFIG.supersampling, params.theta_sub, np.array(params.subhalos)
+    )
+    assert np.abs(np.array(fast) - np.array(exact)).max() < 1e-4  # arcsec; pixel = 0.05
+
+
+def test_ray_tracing_matches_lenstronomy() -> None:
+    params = drawn("vort", 0)
+    model, kwargs = lens_model(params)
+    x, y = supersampled_grid(150, 0.05, CONFIG.supersampling)
+    theirs = np.array(model.ray_shooting(x.ravel(), y.ravel(), kwargs)).reshape(2, *x.shape)
+    ours = np.array(source_plane(params, CONFIG))
+    assert np.abs(ours - theirs).max() < 1e-4  # arcsec
+
+
+@pytest.mark.parametrize("cls", ["no_sub", "vort"])
+def test_noiseless_image_matches_lenstronomy(cls: str) -> None:
+    params = drawn(cls, 0)
+    arcs_ss, lens_ss = surface_brightness(params, CONFIG)
+    arcs = psf(downsample(arcs_ss, CONFIG.supersampling), CONFIG)
+    lens = psf(downsample(lens_ss, CONFIG.supersampling), CONFIG)
+    their_arcs, their_lens = LenstronomyRenderer(CONFIG).render(params)
+    # 1e-3 of the peak is 0.02 noise sigma at SNR 20
+    assert np.abs(arcs - their_arcs).max() < 1e-3 * their_arcs.max()
+    assert np.abs(lens - their_lens).max() < 1e-3 * their_lens.max()
+
+
+@pytest.mark.parametrize("theta_e", [1.2, 0.8, 1.8])
+def test_ring_peaks_at_the_einstein_radius(theta_e: float) -> None:
+    arcs = render_components(ring(theta_e), CONFIG).arcs  # (150, 150), noiseless
+    x, y = supersampled_grid(150, CONFIG.pixel_scale, 1)
+    radius_pix = np.rint(np.hypot(x, y) / CONFIG.pixel_scale).astype(int)
+    radii = np.arange(1, 75)  # pixels; no pixel centre lies at radius 0 on an even grid
+    profile = ndimage.mean(arcs, radius_pix, index=radii)  # azimuthal mean
+    assert abs(radii[np.argmax(profile)] - theta_e / CONFIG.pixel_scale) <= 2
+
+
+def test_einstein_radius_follows_the_distance_ratio() -> None:
+    def comoving(z: float) -> float:  # flat LCDM, H0 = 70, Om0 = 0.3, in units of c/H0
+        return integrate.quad(lambda u: 1.0 / math.sqrt(0.3 * (1 + u) ** 3 + 0.7), 0, z)[0]
+
+    def ratio(zl: float, zs: float) -> float:
+        return (comoving(zs) - comoving(zl)) / comoving(zs)
+
+    assert cosmology.einstein_radius(0.5, 1.0) == 1.2
+    for zl, zs in [(0.3, 1.5), (0.7, 0.9), (0.4, 1.2)]:
+        expected = 1.2 * ratio(zl, zs) / ratio(0.5, 1.0)
+        assert cosmology.einstein_radius(zl, zs) == pytest.approx(expected, rel=1e-6)
+    assert cosmology.einstein_radius(0.3, 1.5) > 1.2 > cosmology.einstein_radius(0.7, 0.9)
+
+
+@pytest.mark.parametrize("snr", [10.0, 20.0, 30.0])
+def test_measured_snr_matches_the_configured_one(snr: float) -> None:
+    params = dataclasses.replace(drawn("no_sub", 4), snr=snr)
+    c = render_components(params, CONFIG)
+    rng = np.random.default_rng(1)
+    draws = np.array(
+        [poisson_observation(c.rate, CONFIG.exposure, CONFIG.sky, rng)[c.peak] for _ in range(400)]
+    )
+    measured = c.arcs[c.peak] / draws.std()
+    assert measured == pytest.approx(snr, rel=0.15)
+    assert c.arcs[c.peak] == pytest.approx(c.arcs.max())  # the peak is the brightest arc pixel
+
+
+def test_arc_peak_counts_solves_the_snr_equation() -> None:
+    u = arc_peak_counts(20.0, 0.3, 30.0)
+    assert u / math.sqrt(u * 1.3 + 30.0) == pytest.approx(20.0, rel=1e-12)
+
+
+def test_poisson_noise_has_the_photon_variance() -> None:
+    rate = np.full((200, 200), 2.0)  # counts/s
+    noisy = poisson_observation(rate, 300.0, 0.1, np.random.default_rng(0))
+    assert noisy.mean() == pytest.approx(2.0, abs=0.01)
+    assert noisy.std() == pytest.approx(noise_sigma(rate, 300.0, 0.1)[0, 0], rel=0.02)
+
+
+@pytest.mark.parametrize("cls", ["sphere", "vort"])
+def test_substructure_changes_the_arcs_and_nothing_else(cls: str) -> None:
+    near_peaks = []
+    for index in range(8):
+        params = drawn(cls, index)
+        with_sub = render_components(params, CONFIG)
+        smooth = render_components(dataclasses.replace(params, subhalos=()), CONFIG)
+        change = np.abs(with_sub.rate - smooth.rate) / noise_sigma(
+            smooth.rate, CONFIG.exposure, CONFIG.sky
+        )  # (150, 150) in noise sigmas
+        arcs = smooth.arcs / smooth.arcs.max()
+        near = ndimage.binary_dilation(arcs > 0.05, iterations=4)
+        far = ~ndimage.binary_dilation(arcs > 0.005, iterations=10)
+        assert far.sum() > 2000
+        assert change[far].max() < 0.02
+        near_peaks.append(change[near].max())
+        assert change[near].max() == change.max()
+    # Subtle, as in the study, but real: above the noise in the arcs of most images.
+    assert np.median(near_peaks) > 0.6
+    assert max(near_peaks) > 1.0
+
+
+@pytest.mark.parametrize("dataset", ["model_a", "model_b"])
+def test_subhalos_hold_one_percent_of_the_lens_mass(dataset: str) -> None:
+    for cls in ("sphere", "vort"):
+        params = drawn(cls, 5, dataset)
+        assert len(params.subhalos) == 25
+        # Mass scales as theta_E^2: 25 theta_sub^2 = 0.01 theta_E^2.
+        assert 25 * params.theta_sub**2 == pytest.approx(0.01 * params.theta_e**2)
+
+
+def test_sphere_subhalos_lie_within_1_arcsec() -> None:
+    for index in range(20):
+        xy = np.array(drawn("sphere", index).subhalos)
+        assert np.hypot(xy[:, 0], xy[:, 1]).max() <= 1.0
+
+
+def test_vortex_is_an_even_1_arcsec_line_near_the_ring() -> None:
+    for index in range(20):
+        params = drawn("vort", index)
+        xy = np.array(params.subhalos)  # (25, 2)
+        steps = np.diff(xy, axis=0)
+        assert np.allclose(steps, steps[0])  # evenly spaced on a straight line
+        assert np.hypot(*(xy[-1] - xy[0])) == pytest.approx(1.0)
+        assert abs(np.hypot(*xy.mean(axis=0)) - params.theta_e) <= 0.5
+
+
+def test_model_b_draws_stay_in_their_ranges() -> None:
+    spec = DATASETS["model_b"]
+    draws = [drawn("no_sub", i, "model_b") for i in range(40)]
+    z_lens = np.array([p.z_lens for p in draws])
+    z_source = np.array([p.z_source for p in draws])
+    snr = np.array([p.snr for p in draws])
+    assert ((z_lens >= spec.z_lens[0]) & (z_lens <= spec.z_lens[1])).all()
+    assert (z_source >= z_lens + 0.2).all()
+    assert ((snr >= 10) & (snr <= 30)).all() and snr.std() > 3
+    thetas = [p.theta_e for p in draws]
+    assert min(thetas) < 1.1 and max(thetas) > 1.3  # the Einstein radius varies with z
+    assert all(
+        p.theta_e == pytest.approx(cosmology.einstein_radius(p.z_lens, p.z_source)) for p in draws
+    )
+
+
+def test_model_a_keeps_redshifts_and_einstein_radius_fixed() -> None:
+    for index in range(10):
+        params = drawn("no_sub", index)
+        assert (params.z_lens, params.z_source, params.theta_e) == (0.5, 1.0, 1.2)
+        assert 18 <= params.snr <= 22
+        assert math.hypot(params.gamma1, params.gamma2) <= 0.3
+        assert math.hypot(params.source_x, params.source_y) <= 1.2

@@ -1,0 +1,1 @@
+"""Strong-lensing image simulator: analytic profiles, ray tracing, noise (NumPy only)."""
