@@ -13,6 +13,6 @@ def column_w1(x: Tensor, x_hat: Tensor) -> Tensor:
     (REFERENCE.md). For equal-size samples W1 is the mean absolute difference of the sorted
     values. (N, 1, H, W) x 2 -> (N,), in summed-pixel units.
     """
-    cols = x.float().sum(dim=-2).flatten(1).sort(dim=1).values  # (N, W)
-    cols_hat = x_hat.float().sum(dim=-2).flatten(1).sort(dim=1).values  # (N, W)
+    cols = x.double().sum(dim=-2).flatten(1).sort(dim=1).values  # (N, W), float64 sums
+    cols_hat = x_hat.double().sum(dim=-2).flatten(1).sort(dim=1).values  # (N, W)
     return (cols - cols_hat).abs().mean(dim=1)

@@ -36,8 +36,9 @@ def score_array(
     model.eval()
     losses, w1s, recons = [], [], []
     for start in range(0, len(images), batch_size):
-        x = torch.as_tensor(np.ascontiguousarray(images[start : start + batch_size]))
-        x = x.to(device=device, dtype=torch.float32, non_blocking=True)  # (B, 1, H, W)
+        # A copy: `images` may be a read-only memmap, which torch will not wrap.
+        batch = np.array(images[start : start + batch_size], dtype=np.float32)  # (B, 1, H, W)
+        x = torch.from_numpy(batch).to(device=device, non_blocking=True)
         x_hat = model.reconstruct(x)
         losses.append(reconstruction_error(x, x_hat).double().cpu().numpy())
         w1s.append(column_w1(x, x_hat).double().cpu().numpy())

@@ -47,9 +47,13 @@ class AnomalyModel(nn.Module):
 
 
 def reconstruction_error(x: Tensor, x_hat: Tensor) -> Tensor:
-    """Per-image mean squared error, computed in float32: (N, 1, H, W) x 2 -> (N,)."""
+    """Per-image mean squared error: (N, 1, H, W) x 2 -> (N,) float32.
+
+    Differences are taken in float32 and summed in float64, so the value does not depend on
+    how images were batched or on the device's reduction order beyond float32 rounding.
+    """
     diff = x.float() - x_hat.float()
-    return diff.pow(2).flatten(1).mean(dim=1)
+    return diff.pow(2).flatten(1).double().mean(dim=1).float()
 
 
 def count_parameters(model: nn.Module) -> int:

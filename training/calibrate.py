@@ -6,9 +6,15 @@ scores travel in the checkpoint so the service can turn any score into a percent
 labelled data, the Youden-J threshold (maximising TPR - FPR) is added too.
 """
 
-import numpy as np
+from pathlib import Path
 
-from models.checkpoint import N_QUANTILES, Calibration
+import numpy as np
+import torch
+
+from deeplense.errors import DatasetError
+from deeplense.scoring import score_array
+from models.checkpoint import N_QUANTILES, Calibration, LoadedCheckpoint
+from training.datasets import LABELS, load_split
 
 
 def calibration_from_scores(
@@ -48,3 +54,35 @@ def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     # Flag everything scoring at least s[best]: put the threshold just below it.
     below = s[best + 1] if best + 1 < len(s) else s[best] - 1e-12
     return float((s[best] + below) / 2)
+
+
+def calibrate_checkpoint(
+    loaded: LoadedCheckpoint,
+    data_dir: Path,
+    fpr: float = 0.05,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    dataset: str | None = None,
+) -> Calibration:
+    """Calibrate a loaded checkpoint: threshold and quantiles from DIR/val no_sub scores, plus
+    the Youden-J threshold when DIR/test holds labelled images (sub = anything but no_sub)."""
+    data_dir = Path(data_dir)
+    size = loaded.model.image_size
+    val = load_split(data_dir, "val", image_size=size)
+    if "no_sub" not in val or len(val["no_sub"]) < 2:
+        raise DatasetError(f"{data_dir / 'val'}: calibration needs at least two no_sub images")
+    normal = score_array(loaded.model, val["no_sub"], device=device, batch_size=batch_size).loss
+    labelled_scores = labels = None
+    if (data_dir / "test").is_dir():
+        test = load_split(data_dir, "test", image_size=size)
+        if "no_sub" in test and any(len(v) for c, v in test.items() if c != "no_sub"):
+            parts = [
+                (score_array(loaded.model, x, device=device, batch_size=batch_size).loss, c)
+                for c, x in test.items()
+                if len(x)
+            ]
+            labelled_scores = np.concatenate([s for s, _ in parts])
+            labels = np.concatenate([np.full(len(s), LABELS[c]) for s, c in parts])
+    return calibration_from_scores(
+        normal, fpr=fpr, dataset=dataset, labelled_scores=labelled_scores, labels=labels
+    )

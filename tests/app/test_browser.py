@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
-from tests.app.serve_fixture import launch_chromium, run_server, submit
 
 import models
+from tests.app.serve_fixture import launch_chromium, run_server, submit
 
 UI_TIMEOUT_MS = 15_000
 

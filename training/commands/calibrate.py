@@ -1,8 +1,72 @@
-"""`python -m training calibrate` (placeholder until its issue lands)."""
+"""`python -m training calibrate`: recompute checkpoints' thresholds on DIR/val no_sub images."""
 
 import argparse
+import logging
+from pathlib import Path
+
+from deeplense.errors import CheckpointError
+from models.checkpoint import find_checkpoints, load_checkpoint, write_config
+from training.calibrate import calibrate_checkpoint
+from training.commands.evaluate import positive_int
+from training.evaluate import dataset_name, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def fraction(text: str) -> float:
+    """argparse type: a float strictly between 0 and 1."""
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("calibrate", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("calibrate: not implemented yet") or 1)
+    p = sub.add_parser(
+        "calibrate",
+        help="set checkpoints' anomaly thresholds from normal validation images",
+        description=(
+            "Score DIR/val no_sub images, set the threshold at the target false-positive rate, "
+            "store 101 score quantiles (and the Youden-J threshold when DIR/test is labelled) "
+            "in each checkpoint's config.json."
+        ),
+    )
+    p.add_argument("--checkpoints", type=Path, required=True, help="folder of checkpoint folders")
+    p.add_argument("--model", default="all", help="checkpoint name, or all (default)")
+    p.add_argument("--data", type=Path, required=True, help="dataset folder holding val/")
+    p.add_argument("--fpr", type=fraction, default=0.05, help="target false-positive rate")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    found = find_checkpoints(args.checkpoints)
+    if not found:
+        raise CheckpointError(f"{args.checkpoints}: no checkpoint folders (with config.json)")
+    if args.model != "all":
+        if args.model not in found:
+            raise CheckpointError(
+                f"{args.checkpoints}: no checkpoint {args.model!r}; found: {', '.join(found)}, all"
+            )
+        found = {args.model: found[args.model]}
+    device = resolve_device(args.device)
+    dataset = dataset_name(args.data) or args.data.name
+    for name, path in found.items():
+        loaded = load_checkpoint(path, device=device)
+        calibration = calibrate_checkpoint(
+            loaded,
+            args.data,
+            fpr=args.fpr,
+            device=device,
+            batch_size=args.batch_size,
+            dataset=dataset,
+        )
+        write_config(loaded.config.model_copy(update={"calibration": calibration}), path)
+        youden = calibration.youden_threshold
+        print(
+            f"{name}: threshold {calibration.threshold:.6g} at FPR {calibration.fpr} "
+            f"({calibration.n_images} val images)"
+            + ("" if youden is None else f", Youden-J threshold {youden:.6g}")
+        )
+    return 0

@@ -1,8 +1,99 @@
-"""`python -m training score` (placeholder until its issue lands)."""
+"""`python -m training score`: score image files and folders with one checkpoint into a CSV."""
 
 import argparse
+import logging
+from pathlib import Path
+
+from deeplense.errors import CheckpointError, OutputExistsError, UnknownModelError
+from deeplense.imaging import DEFAULT_MAX_PIXELS
+from models.checkpoint import find_checkpoints, load_checkpoint
+from training.batch_score import parse_shard, score_files, shard_files, write_csv
+from training.commands.evaluate import positive_int
+from training.datasets import find_image_files
+from training.evaluate import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def shard(text: str) -> tuple[int, int]:
+    """argparse type for --shard i/n."""
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("score: not implemented yet") or 1)
+    p = sub.add_parser(
+        "score",
+        help="score image files and folders into a CSV (the service's numbers, offline)",
+        description=(
+            "Score every image in the given files and folders (searched recursively; .npy "
+            "stacks and FITS cubes give one row per image, named file[k]) with one checkpoint "
+            "and write a CSV with columns filename, reconstruction_loss, threshold, is_anomaly, "
+            "percentile, w1, input_shape, resized, error."
+        ),
+    )
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--checkpoints", type=Path, required=True, help="folder of checkpoint folders")
+    p.add_argument("--model", required=True, help="checkpoint name under --checkpoints, e.g. aae")
+    p.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    p.add_argument(
+        "--shard",
+        type=shard,
+        default=(0, 1),
+        metavar="I/N",
+        help="score only files whose index %% N == I (0-based; default 0/1: all)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="flag threshold on the loss (default: the checkpoint's calibrated one)",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS})",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.overwrite:  # checked again when writing
+        raise OutputExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    found = find_checkpoints(args.checkpoints)
+    if args.model not in found:
+        if not found:
+            raise CheckpointError(f"{args.checkpoints}: no checkpoint folders (with config.json)")
+        raise UnknownModelError(args.model, list(found))
+    device = resolve_device(args.device)
+    loaded = load_checkpoint(found[args.model], device=device)
+    if args.threshold is None and loaded.config.calibration is None:
+        log.warning(
+            "%s has no calibration: threshold, is_anomaly and percentile stay empty "
+            "(run `python -m training calibrate` or pass --threshold)",
+            loaded.path,
+        )
+    files = find_image_files(args.paths)
+    index, count = args.shard
+    selected = shard_files(files, index, count)
+    log.info("shard %d/%d: %d of %d files", index, count, len(selected), len(files))
+    rows = score_files(
+        loaded,
+        selected,
+        threshold=args.threshold,
+        device=device,
+        batch_size=args.batch_size,
+        max_pixels=args.max_pixels,
+    )
+    counts = write_csv(rows, args.out, overwrite=args.overwrite)
+    print(
+        f"wrote {args.out}: {counts['rows']} images from {len(selected)} files, "
+        f"{counts['anomalies']} flagged, {counts['errors']} errors"
+    )
+    return 0

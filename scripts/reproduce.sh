@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Reproduce the study end to end: simulate a dataset, fit all four models, evaluate them.
+#
+#   scripts/reproduce.sh DATASET PRESET        (or: make reproduce DATASET=model_a PRESET=small)
+#
+# DATASET: model_a | model_b.  PRESET:
+#   full   the study's sizes: 25,000 train and 2,500 val no_sub images, 50 epochs. The test set
+#          has N_TEST images per class (simulate's --n-test): 2,500 gives the study's 2,500
+#          no_sub images, against 2,500 sphere + 2,500 vort (the study: 1,250 + 1,250). ROC-AUC
+#          does not depend on the class ratio, only its sampling noise shrinks.
+#   small  sized to finish on a 2-core CPU in under 20 minutes in total (see the sizes below).
+#
+# Every size is a variable below, overridable from the environment, e.g.
+#   N_TRAIN=5000 EPOCHS=10 scripts/reproduce.sh model_a small
+# Other settings (environment):
+#   PY          python to use (default .venv/bin/python)
+#   DATA_DIR    dataset folder          (default data/<dataset>_<preset>)
+#   CKPT_OUT    checkpoint folder       (default runs/<dataset>_<preset>/checkpoints)
+#   REPORT_DIR  report folder           (default reports/<dataset>_<preset>)
+#   DEVICE      auto | cpu | cuda       (default auto)
+#   SEED        random seed             (default 0)
+#   WORKERS     simulation processes    (default: all cores)
+#   IMAGE_SIZE  simulated image side in pixels (default: simulate's, the study's 150)
+#   FIT_ARGS    extra arguments for `fit`, e.g. "--arch-arg latent_dim=128"
+#   OVERWRITE=1 replace existing outputs (refused otherwise)
+#   REUSE_DATA=1 keep an existing DATA_DIR instead of simulating it again
+set -euo pipefail
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+[[ $# -eq 2 ]] || usage
+DATASET=$1
+PRESET=$2
+case "$DATASET" in
+    model_a | model_b) ;;
+    *) echo "error: unknown dataset '$DATASET'; valid: model_a, model_b" >&2; exit 2 ;;
+esac
+
+case "$PRESET" in
+    full)
+        : "${N_TRAIN:=25000}" "${N_VAL:=2500}" "${N_TEST:=2500}"
+        : "${EPOCHS:=50}" "${BATCH_SIZE:=100}"
+        ;;
+    small)
+        # CPU time measured on the project's 2-core CPU (busy with other jobs, so an upper
+        # bound): simulate 5,000 images ~45 s; fit ~25 s start-up + ~126 s per epoch for all
+        # four (aae 52, dcae 32, vae 30, rbm 12); evaluate ~27 s. 8 epochs: ~1,100 CPU s,
+        # i.e. under 19 minutes even on one core; less wall time with torch on two.
+        : "${N_TRAIN:=3000}" "${N_VAL:=500}" "${N_TEST:=500}"
+        : "${EPOCHS:=8}" "${BATCH_SIZE:=100}"
+        ;;
+    *) echo "error: unknown preset '$PRESET'; valid: full, small" >&2; exit 2 ;;
+esac
+
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+NAME="${DATASET}_${PRESET}"
+DATA_DIR=${DATA_DIR:-data/$NAME}
+CKPT_OUT=${CKPT_OUT:-runs/$NAME/checkpoints}
+REPORT_DIR=${REPORT_DIR:-reports/$NAME}
+DEVICE=${DEVICE:-auto}
+SEED=${SEED:-0}
+OVERWRITE=${OVERWRITE:-0}
+REUSE_DATA=${REUSE_DATA:-0}
+read -r -a FIT_EXTRA <<< "${FIT_ARGS:-}"
+
+[[ -x "$PY" ]] || { echo "error: $PY not found; run 'make install' or set PY" >&2; exit 2; }
+
+# Refuse to replace anything before doing any work.
+if [[ "$OVERWRITE" != 1 ]]; then
+    existing=()
+    if [[ -e "$DATA_DIR" && "$REUSE_DATA" != 1 ]]; then existing+=("$DATA_DIR"); fi
+    if [[ -d "$CKPT_OUT" && -n "$(ls -A "$CKPT_OUT")" ]]; then existing+=("$CKPT_OUT"); fi
+    if [[ -e "$REPORT_DIR" ]]; then existing+=("$REPORT_DIR"); fi
+    if [[ ${#existing[@]} -gt 0 ]]; then
+        echo "error: ${existing[*]} exist(s); set OVERWRITE=1 to replace (or REUSE_DATA=1 to" \
+            "keep the dataset)" >&2
+        exit 2
+    fi
+fi
+overwrite_flag=()
+[[ "$OVERWRITE" == 1 ]] && overwrite_flag=(--overwrite)
+
+stage() { printf '\n=== %s (%s) ===\n' "$1" "$(date +%H:%M:%S)"; }
+START=$SECONDS
+
+if [[ "$REUSE_DATA" == 1 && -e "$DATA_DIR" ]]; then
+    stage "reusing $DATA_DIR"
+else
+    stage "simulate $DATASET: $N_TRAIN train, $N_VAL val, $N_TEST test per class -> $DATA_DIR"
+    sim_args=(--dataset "$DATASET" --out "$DATA_DIR" --n-train "$N_TRAIN" --n-val "$N_VAL"
+        --n-test "$N_TEST" --seed "$SEED")
+    [[ -n "${WORKERS:-}" ]] && sim_args+=(--workers "$WORKERS")
+    [[ -n "${IMAGE_SIZE:-}" ]] && sim_args+=(--image-size "$IMAGE_SIZE")
+    "$PY" -m training simulate "${sim_args[@]}" "${overwrite_flag[@]}"
+fi
+T_SIM=$((SECONDS - START))
+
+stage "fit aae, vae, dcae, rbm: $EPOCHS epochs, batch $BATCH_SIZE, device $DEVICE -> $CKPT_OUT"
+"$PY" -m training fit --model all --data "$DATA_DIR" --out "$CKPT_OUT" --epochs "$EPOCHS" \
+    --batch-size "$BATCH_SIZE" --device "$DEVICE" --seed "$SEED" \
+    "${overwrite_flag[@]}" "${FIT_EXTRA[@]}"
+T_FIT=$((SECONDS - START - T_SIM))
+
+stage "evaluate -> $REPORT_DIR"
+"$PY" -m training evaluate --checkpoints "$CKPT_OUT" --data "$DATA_DIR" --out "$REPORT_DIR" \
+    --device "$DEVICE" --dataset "$DATASET" --update-checkpoints "${overwrite_flag[@]}"
+T_EVAL=$((SECONDS - START - T_SIM - T_FIT))
+
+stage "report"
+cat "$REPORT_DIR/report.md"
+printf '\nwall time: simulate %ds, fit %ds, evaluate %ds, total %ds\n' \
+    "$T_SIM" "$T_FIT" "$T_EVAL" "$((SECONDS - START))"
+echo "checkpoints: $CKPT_OUT   report: $REPORT_DIR   (serve them: DEEPLENSE_CHECKPOINT_DIR=$CKPT_OUT)"

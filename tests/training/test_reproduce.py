@@ -1,0 +1,85 @@
+"""scripts/reproduce.sh: argument checks, refusal to overwrite, and a tiny end-to-end run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from models.checkpoint import read_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "reproduce.sh"
+TINY_FIT = (
+    "--arch-arg channels=[4,8,8] --arch-arg kernels=[3,3,3] --arch-arg strides=[2,2,1] "
+    "--arch-arg paddings=[1,1,0] --arch-arg latent_dim=8 --arch-arg n_hidden=16"
+)
+
+
+def run(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        **os.environ,
+        "PY": sys.executable,
+        "DATA_DIR": str(tmp / "data"),
+        "CKPT_OUT": str(tmp / "ckpt"),
+        "REPORT_DIR": str(tmp / "report"),
+        **env,
+    }
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], env=full_env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "DATASET PRESET"),
+        (("model_a",), "DATASET PRESET"),
+        (("model_c", "small"), "unknown dataset 'model_c'; valid: model_a, model_b"),
+        (("model_a", "huge"), "unknown preset 'huge'; valid: full, small"),
+    ],
+)
+def test_reproduce_rejects_bad_arguments(
+    tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = run(tmp_path, *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_reproduce_refuses_existing_outputs(tmp_path: Path) -> None:
+    (tmp_path / "report").mkdir()
+    result = run(tmp_path, "model_a", "small")
+    assert result.returncode == 2
+    assert "OVERWRITE=1" in result.stderr and str(tmp_path / "report") in result.stderr
+    assert not (tmp_path / "data").exists()  # refused before simulating anything
+
+
+@pytest.mark.slow
+def test_reproduce_runs_end_to_end_on_tiny_data(tmp_path: Path) -> None:
+    sizes = {"N_TRAIN": "16", "N_VAL": "8", "N_TEST": "6", "EPOCHS": "1", "BATCH_SIZE": "8"}
+    result = run(
+        tmp_path, "model_b", "small", **sizes, IMAGE_SIZE="32", WORKERS="1", DEVICE="cpu",
+        FIT_ARGS=TINY_FIT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "# DeepLense anomaly evaluation: model_b" in result.stdout  # the report is printed
+    report = tmp_path / "report"
+    assert {p.name for p in report.iterdir()} == {
+        "metrics.json", "report.md", "roc.png", "examples.png"
+    }  # fmt: skip
+    doc = json.loads((report / "metrics.json").read_text())
+    assert doc["dataset"] == "model_b"
+    assert doc["n_test_images"] == {"no_sub": 6, "sphere": 6, "vort": 6}
+    assert set(doc["models"]) == {"aae", "vae", "dcae", "rbm"}
+    for name, entry in doc["models"].items():
+        config = read_config(tmp_path / "ckpt" / name)
+        assert config.calibration is not None
+        assert config.metrics == entry["metrics"]  # --update-checkpoints is on
+        assert config.training.epochs == 1
+    # A second run refuses to replace any of it.
+    again = run(tmp_path, "model_b", "small", **sizes)
+    assert again.returncode == 2 and "OVERWRITE=1" in again.stderr

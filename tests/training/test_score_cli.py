@@ -1,0 +1,202 @@
+"""`python -m training score`: CSV rows equal direct scores, shards, errors, atomic output."""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from PIL import Image
+
+from deeplense.imaging import read_image
+from deeplense.preprocess import to_model_input
+from deeplense.scoring import score_array
+from models.checkpoint import load_checkpoint
+from tests.conftest import tiny_images
+from training.__main__ import main
+from training.batch_score import CSV_COLUMNS, parse_shard, shard_files
+
+
+def make_files(root: Path) -> Path:
+    """A folder with a 2-D npy, a 3-image stack (one NaN image), a FITS image, a resized PNG,
+    a corrupt file and a 2-image FITS cube."""
+    root.mkdir(parents=True)
+    images = tiny_images(6, seed=5)[:, 0]  # (6, 32, 32)
+    np.save(root / "a_single.npy", images[0])
+    stack = images[1:4].copy()
+    stack[1, 3, 3] = np.nan
+    np.save(root / "b_stack.npy", stack)
+    fits.PrimaryHDU(images[4] * 1000.0).writeto(root / "c_image.fits")
+    png = Image.fromarray((np.kron(images[5], np.ones((2, 2))) * 255).astype(np.uint8))
+    png.save(root / "d_big.png")  # 64x64: resized to 32
+    (root / "e_corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    fits.PrimaryHDU(images[:2] * 7.0).writeto(root / "f_cube.fits")  # a (2, 32, 32) cube
+    (root / "notes.txt").write_text("not an image: skipped inside a folder")
+    return root
+
+
+def run_score(checkpoints: Path, out: Path, *extra: str) -> int:
+    return main(["score", "--checkpoints", str(checkpoints), "--model", "dcae",
+                 "--out", str(out), "--device", "cpu", *extra])  # fmt: skip
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert tuple(reader.fieldnames or ()) == CSV_COLUMNS
+        return list(reader)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_csv_numbers_equal_direct_scores(
+    tiny_checkpoints: Path, tmp_path: Path, batch_size: int
+) -> None:
+    folder = make_files(tmp_path / "images")
+    out = tmp_path / "scores.csv"
+    assert run_score(tiny_checkpoints, out, str(folder), "--batch-size", str(batch_size)) == 0
+    rows = {r["filename"]: r for r in read_rows(out)}
+    stack_names = [f"{folder}/b_stack.npy[{k}]" for k in range(3)]
+    names = [f"{folder}/a_single.npy", *stack_names, f"{folder}/c_image.fits",
+             f"{folder}/d_big.png", f"{folder}/e_corrupt.npy", f"{folder}/f_cube.fits[0]",
+             f"{folder}/f_cube.fits[1]"]  # fmt: skip
+    assert list(rows) == names  # file order, stack images in order, txt skipped
+
+    loaded = load_checkpoint(tiny_checkpoints / "dcae")
+    cal = loaded.config.calibration
+    assert cal is not None
+    stack = np.load(folder / "b_stack.npy")
+    direct = {
+        names[0]: read_image(folder / "a_single.npy"),
+        names[1]: stack[0],
+        names[3]: stack[2],
+        names[4]: read_image(folder / "c_image.fits"),
+        names[5]: read_image(folder / "d_big.png"),
+        names[7]: fits.getdata(folder / "f_cube.fits")[0].astype(np.float32),
+        names[8]: fits.getdata(folder / "f_cube.fits")[1].astype(np.float32),
+    }
+    # Scored one at a time here: with --batch-size 1 the CSV holds the very same numbers (the
+    # floats round-trip through repr); in bigger batches float32 reductions may differ in
+    # the last bits, so those are compared to 1e-6.
+    exact = batch_size == 1
+    for name, image in direct.items():
+        x, resized = to_model_input(image, 32, name)
+        scored = score_array(loaded.model, x[None])
+        row = rows[name]
+        for column, value in (("reconstruction_loss", scored.loss[0]), ("w1", scored.w1[0])):
+            if exact:
+                assert float(row[column]) == value, column
+            else:
+                assert float(row[column]) == pytest.approx(value, rel=1e-6), column
+        percentile = cal.percentile(scored.loss)[0]
+        # The tiny model's normal scores are packed closely: a 1e-7 change in a loss can move
+        # its percentile by 1e-4.
+        assert float(row["percentile"]) == (
+            percentile if exact else pytest.approx(percentile, abs=1e-2)
+        )
+        assert float(row["threshold"]) == cal.threshold
+        assert row["is_anomaly"] == str(bool(scored.loss[0] > cal.threshold))
+        assert row["resized"] == str(resized)
+        assert row["error"] == ""
+    assert rows[names[5]]["resized"] == "True" and rows[names[5]]["input_shape"] == "64x64"
+    assert rows[names[0]]["input_shape"] == "32x32"
+
+
+def test_bad_files_and_images_get_error_rows(tiny_checkpoints: Path, tmp_path: Path) -> None:
+    folder = make_files(tmp_path / "images")
+    out = tmp_path / "scores.csv"
+    assert run_score(tiny_checkpoints, out, str(folder)) == 0
+    rows = {r["filename"]: r for r in read_rows(out)}
+    corrupt = rows[f"{folder}/e_corrupt.npy"]
+    assert "e_corrupt.npy" in corrupt["error"] and corrupt["reconstruction_loss"] == ""
+    nan_row = rows[f"{folder}/b_stack.npy[1]"]
+    assert "NaN" in nan_row["error"] and nan_row["is_anomaly"] == ""
+    # Its neighbours in the same stack were still scored.
+    assert rows[f"{folder}/b_stack.npy[0]"]["error"] == ""
+    assert rows[f"{folder}/b_stack.npy[2]"]["error"] == ""
+    assert sum(1 for r in rows.values() if r["error"]) == 2
+
+
+def test_shards_partition_the_files(tiny_checkpoints: Path, tmp_path: Path) -> None:
+    folder = make_files(tmp_path / "images")
+    assert run_score(tiny_checkpoints, tmp_path / "all.csv", str(folder)) == 0
+    everything = read_rows(tmp_path / "all.csv")
+    shards = []
+    for i in range(3):
+        out = tmp_path / f"shard{i}.csv"
+        assert run_score(tiny_checkpoints, out, str(folder), "--shard", f"{i}/3") == 0
+        shards.append(read_rows(out))
+    names = [[r["filename"] for r in rows] for rows in shards]
+    assert sorted(sum(names, [])) == sorted(r["filename"] for r in everything)
+    assert all(names)  # 6 files over 3 shards: none empty
+    # Whole files go to one shard: the three stack images stay together.
+    stack_shards = {i for i, ns in enumerate(names) for n in ns if "b_stack" in n}
+    assert len(stack_shards) == 1
+    # Same numbers whichever way the files were split.
+    by_name = {r["filename"]: r for r in everything}
+    for rows in shards:
+        for r in rows:
+            whole = by_name[r["filename"]]
+            for column in CSV_COLUMNS:
+                if column in ("reconstruction_loss", "w1") and r[column]:
+                    assert float(r[column]) == pytest.approx(float(whole[column]), rel=1e-6)
+                elif column == "percentile" and r[column]:
+                    assert float(r[column]) == pytest.approx(float(whole[column]), abs=1e-2)
+                else:
+                    assert r[column] == whole[column], column
+
+
+def test_shard_files_is_deterministic_modulo_split() -> None:
+    files = [Path(f"f{i}") for i in range(10)]
+    assert shard_files(files, 1, 4) == [Path("f1"), Path("f5"), Path("f9")]
+    assert parse_shard("2/5") == (2, 5)
+    for bad in ("3/3", "-1/2", "1", "a/b", "0/0", "1/2/3"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_bad_shard_is_a_one_line_usage_error(
+    tiny_checkpoints: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        run_score(tiny_checkpoints, tmp_path / "s.csv", str(tmp_path), "--shard", "4/4")
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--shard" in last and "0 <= i < n" in last
+
+
+def test_existing_output_is_refused_unless_overwrite(
+    tiny_checkpoints: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "one.npy"
+    np.save(image, tiny_images(1)[0, 0])
+    out = tmp_path / "scores.csv"
+    out.write_text("precious\n")
+    assert run_score(tiny_checkpoints, out, str(image)) == 2
+    assert "exists" in capsys.readouterr().err and out.read_text() == "precious\n"
+    assert run_score(tiny_checkpoints, out, str(image), "--overwrite") == 0
+    assert len(read_rows(out)) == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_threshold_override_and_unknown_model(
+    tiny_checkpoints: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "one.npy"
+    np.save(image, tiny_images(1)[0, 0])
+    out = tmp_path / "scores.csv"
+    assert run_score(tiny_checkpoints, out, str(image), "--threshold", "0") == 0
+    (row,) = read_rows(out)
+    assert row["threshold"] == "0.0" and row["is_anomaly"] == "True"
+    code = main(["score", "--checkpoints", str(tiny_checkpoints), "--model", "nope",
+                 "--out", str(tmp_path / "x.csv"), str(image)])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and "dcae" in err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_missing_path_is_a_clean_error(
+    tiny_checkpoints: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_score(tiny_checkpoints, tmp_path / "s.csv", str(tmp_path / "absent")) == 2
+    assert "absent" in capsys.readouterr().err

@@ -1,0 +1,213 @@
+"""Offline batch scoring of files and folders into a CSV (the `score` command's logic).
+
+Each file is read with the shared reader (`deeplense.imaging.read_stack`: a single image is a
+stack of one), every image checked and prepared exactly as the service prepares an upload
+(`check_pixels`, then `deeplense.preprocess.to_model_input` at the checkpoint's size), and
+scored in batches by `deeplense.scoring.score_array`. So a file's row holds the numbers the
+service returns for it. A file holding N > 1 images (an .npy stack, a FITS cube) gives one row
+per image, named `file[k]` (k from 0). A file or image that cannot be read gets a row with
+its error and scoring goes on.
+"""
+
+import csv
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from deeplense.errors import InvalidImageError, OutputExistsError
+from deeplense.imaging import DEFAULT_MAX_PIXELS, check_pixels, read_stack
+from deeplense.preprocess import to_model_input
+from deeplense.scoring import score_array
+from models.checkpoint import LoadedCheckpoint
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = (
+    "filename",
+    "reconstruction_loss",
+    "threshold",
+    "is_anomaly",
+    "percentile",
+    "w1",
+    "input_shape",
+    "resized",
+    "error",
+)
+
+
+@dataclass
+class ScoreRow:
+    """One image's result; the numbers are None when the image could not be scored."""
+
+    filename: str
+    reconstruction_loss: float | None = None
+    threshold: float | None = None
+    is_anomaly: bool | None = None
+    percentile: float | None = None
+    w1: float | None = None
+    input_shape: tuple[int, ...] | None = None
+    resized: bool | None = None
+    error: str | None = None
+
+    def csv_values(self) -> list[str]:
+        """The row as CSV cells: floats in full precision (repr), empty cells for None."""
+        shape = None if self.input_shape is None else "x".join(map(str, self.input_shape))
+        values = [
+            self.filename,
+            self.reconstruction_loss,
+            self.threshold,
+            self.is_anomaly,
+            self.percentile,
+            self.w1,
+            shape,
+            self.resized,
+            self.error,
+        ]
+        return ["" if v is None else repr(v) if isinstance(v, float) else str(v) for v in values]
+
+
+@dataclass
+class _Prepared:
+    """One image ready for the model (x: (1, S, S)) or the reason it is not."""
+
+    filename: str
+    x: np.ndarray | None = None
+    input_shape: tuple[int, ...] | None = None
+    resized: bool = False
+    error: str | None = None
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'i/n' -> (i, n) with 0 <= i < n; ValueError with a one-line message otherwise."""
+    parts = text.split("/")
+    try:
+        index, count = (int(p) for p in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        index = count = None
+    if index is None or count is None:
+        raise ValueError(f"--shard must be i/n with integers, e.g. 0/4; got {text!r}")
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"--shard i/n needs n >= 1 and 0 <= i < n; got {text!r}")
+    return index, count
+
+
+def shard_files(files: Sequence[Path], index: int, count: int) -> list[Path]:
+    """The files whose position in `files` is index modulo count (a deterministic slice)."""
+    return [f for i, f in enumerate(files) if i % count == index]
+
+
+def _prepare_file(path: Path, size: int, max_pixels: int) -> Iterator[_Prepared]:
+    """Every image of one file prepared at side `size`, or one error item for the file."""
+    name = str(path)
+    try:
+        stack = read_stack(path, filename=name, max_pixels=max_pixels, check_values=False)
+    except InvalidImageError as exc:
+        yield _Prepared(filename=name, error=str(exc))
+        return
+    many = len(stack) > 1
+    for k in range(len(stack)):
+        label = f"{name}[{k}]" if many else name
+        try:
+            image = np.array(stack[k], dtype=np.float32)  # (H, W), copied out of a memmap
+            check_pixels(image, label)
+            x, resized = to_model_input(image, size, label)  # (1, S, S)
+        except InvalidImageError as exc:
+            yield _Prepared(filename=label, error=str(exc))
+            continue
+        yield _Prepared(filename=label, x=x, input_shape=tuple(image.shape), resized=resized)
+
+
+def score_files(
+    loaded: LoadedCheckpoint,
+    files: Sequence[Path],
+    threshold: float | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+) -> Iterator[ScoreRow]:
+    """Rows for every image of `files`, in order, scored in batches of `batch_size`.
+
+    The threshold is `threshold` when given, else the checkpoint's calibrated one (None when
+    it has no calibration: is_anomaly is then None); percentile needs a calibration.
+    """
+    calibration = loaded.config.calibration
+    if threshold is None and calibration is not None:
+        threshold = calibration.threshold
+    size = loaded.model.image_size
+    pending: list[_Prepared] = []
+    n_ready = 0  # prepared images waiting in `pending`
+    n_images = 0
+
+    def flush() -> Iterator[ScoreRow]:
+        good = [p.x for p in pending if p.x is not None]
+        loss = w1 = pct = np.zeros(0)
+        if good:
+            scored = score_array(loaded.model, np.stack(good), device=device, batch_size=batch_size)
+            loss, w1 = scored.loss, scored.w1  # (B,) each
+            if calibration is not None:
+                pct = calibration.percentile(loss)
+        i = 0
+        for p in pending:
+            if p.x is None:
+                yield ScoreRow(filename=p.filename, error=p.error)
+                continue
+            value = float(loss[i])
+            yield ScoreRow(
+                filename=p.filename,
+                reconstruction_loss=value,
+                threshold=threshold,
+                is_anomaly=None if threshold is None else value > threshold,
+                percentile=None if calibration is None else float(pct[i]),
+                w1=float(w1[i]),
+                input_shape=p.input_shape,
+                resized=p.resized,
+            )
+            i += 1
+        pending.clear()
+
+    bar = tqdm(files, desc=f"score {loaded.name}", unit="file", disable=not progress or None)
+    for path in bar:
+        for item in _prepare_file(Path(path), size, max_pixels):
+            pending.append(item)
+            if item.x is not None:
+                n_ready += 1
+                n_images += 1
+            if n_ready >= batch_size:
+                yield from flush()
+                n_ready = 0
+        bar.set_postfix(images=n_images, refresh=False)
+    yield from flush()
+
+
+def write_csv(rows: Iterable[ScoreRow], out: Path, overwrite: bool = False) -> dict[str, int]:
+    """Stream rows into `out` atomically (temp file, then rename); counts of rows by outcome."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = Path(tmp_name)
+    counts = {"rows": 0, "errors": 0, "anomalies": 0}
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(CSV_COLUMNS)
+            for row in rows:
+                writer.writerow(row.csv_values())
+                counts["rows"] += 1
+                counts["errors"] += row.error is not None
+                counts["anomalies"] += bool(row.is_anomaly)
+        tmp.chmod(0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return counts

@@ -1,0 +1,242 @@
+"""Evaluation of checkpoints on a labelled test set, measured as REFERENCE.md defines it.
+
+For every model: ROC-AUC of sub (sphere + vort) vs no_sub and of each substructure class vs
+no_sub (scikit-learn's roc_auc_score / roc_curve, score = per-image MSE, no_sub = 0,
+sub = 1), W1 (per image, the 1-D Wasserstein distance between the column sums of input and
+reconstruction, `deeplense.metrics.column_w1`) averaged over the no_sub test images, the mean
+MSE per class, and the false- and true-positive rates of the checkpoint's calibrated
+threshold on the test images (flag = score > threshold, as the service flags).
+
+Scores come from `deeplense.scoring.score_array`, the function the service and the `score`
+CLI use, so an evaluated score equals the served score for the same image.
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+from tqdm import tqdm
+
+from deeplense.errors import CheckpointError, DatasetError
+from deeplense.scoring import score_array
+from models.checkpoint import (
+    LoadedCheckpoint,
+    find_checkpoints,
+    load_checkpoint,
+    read_config,
+    write_config,
+)
+from training.datasets import CLASSES, load_split, manifest_sha256
+
+log = logging.getLogger(__name__)
+
+NORMAL = "no_sub"
+# Comparisons reported for every model: name -> the anomalous classes it pools against no_sub.
+COMPARISONS: dict[str, tuple[str, ...]] = {
+    "sub": tuple(c for c in CLASSES if c != NORMAL),
+    **{c: (c,) for c in CLASSES if c != NORMAL},
+}
+
+
+@dataclass
+class Examples:
+    """A few images of one class and a model's reconstructions of them: (k, H, W) each."""
+
+    inputs: np.ndarray
+    reconstructions: np.ndarray
+
+
+@dataclass
+class ModelEvaluation:
+    """One model's metrics (flat floats, stored in config.json), ROC curves and examples."""
+
+    name: str
+    architecture: str
+    checkpoint: Path
+    image_size: int
+    metrics: dict[str, float]
+    roc: dict[str, tuple[np.ndarray, np.ndarray]]  # comparison -> (fpr, tpr), each (M,)
+    examples: dict[str, Examples] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    """Every model's evaluation on one labelled test set."""
+
+    data_dir: Path
+    dataset: str | None
+    manifest_sha256: str | None
+    n_images: dict[str, int]
+    device: str
+    models: dict[str, ModelEvaluation]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available else cpu; otherwise the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CheckpointError(f"device {name!r} requested but CUDA is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise CheckpointError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
+
+
+def dataset_name(data_dir: Path) -> str | None:
+    """The simulated dataset's name (model_a / model_b) from DIR/manifest.json, if recorded."""
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    name = manifest.get("dataset") if isinstance(manifest, dict) else None
+    return str(name) if isinstance(name, str) else None
+
+
+def class_metrics(
+    losses: dict[str, np.ndarray], w1: dict[str, np.ndarray], threshold: float | None
+) -> tuple[dict[str, float], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Metrics and ROC curves from per-class scores: class -> (N_c,) losses and W1 values.
+
+    Keys: auc_<comparison>, mse_<class>, w1_<class> (w1_no_sub is REFERENCE.md's W1), and with
+    a threshold: threshold, test_fpr (no_sub flagged) and test_tpr_<comparison> (flagged).
+    """
+    if NORMAL not in losses or len(losses[NORMAL]) == 0:
+        raise DatasetError(f"the test set has no {NORMAL} images; evaluation needs them")
+    metrics: dict[str, float] = {}
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    normal = losses[NORMAL]
+    for comparison, classes in COMPARISONS.items():
+        present = [c for c in classes if c in losses and len(losses[c])]
+        if not present:
+            continue
+        anomalous = np.concatenate([losses[c] for c in present])
+        y = np.concatenate([np.zeros(len(normal)), np.ones(len(anomalous))])
+        s = np.concatenate([normal, anomalous])
+        metrics[f"auc_{comparison}"] = float(roc_auc_score(y, s))
+        fpr, tpr, _ = roc_curve(y, s)
+        curves[comparison] = (fpr, tpr)
+        if threshold is not None:
+            metrics[f"test_tpr_{comparison}"] = float(np.mean(anomalous > threshold))
+    for cls, values in losses.items():
+        if len(values):
+            metrics[f"mse_{cls}"] = float(np.mean(values))
+            metrics[f"w1_{cls}"] = float(np.mean(w1[cls]))
+    if threshold is not None:
+        metrics["threshold"] = float(threshold)
+        metrics["test_fpr"] = float(np.mean(normal > threshold))
+    return metrics, curves
+
+
+def evaluate_model(
+    loaded: LoadedCheckpoint,
+    images: dict[str, np.ndarray],
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    n_examples: int = 3,
+) -> ModelEvaluation:
+    """Evaluate one loaded checkpoint on class -> (N, 1, H, W) test images at its input size."""
+    model = loaded.model
+    losses: dict[str, np.ndarray] = {}
+    w1: dict[str, np.ndarray] = {}
+    examples: dict[str, Examples] = {}
+    for cls, x in images.items():
+        scored = score_array(model, x, device=device, batch_size=batch_size)
+        losses[cls], w1[cls] = scored.loss, scored.w1
+        k = min(n_examples, len(x))
+        if k:
+            shown = score_array(model, x[:k], device=device, keep_reconstructions=True)
+            assert shown.reconstruction is not None
+            examples[cls] = Examples(
+                inputs=x[:k, 0].copy(), reconstructions=shown.reconstruction[:, 0]
+            )
+    calibration = loaded.config.calibration
+    threshold = calibration.threshold if calibration is not None else None
+    metrics, curves = class_metrics(losses, w1, threshold)
+    if calibration is not None:
+        metrics["calibration_fpr"] = calibration.fpr
+    training = loaded.config.training.model_dump(exclude={"extra"}, exclude_none=True)
+    return ModelEvaluation(
+        name=loaded.name,
+        architecture=loaded.config.architecture,
+        checkpoint=loaded.path,
+        image_size=model.image_size,
+        metrics=metrics,
+        roc=curves,
+        examples=examples,
+        training=training,
+    )
+
+
+def evaluate_checkpoints(
+    checkpoints: Path,
+    data_dir: Path,
+    device: str = "auto",
+    batch_size: int = 64,
+    n_examples: int = 3,
+    names: list[str] | None = None,
+    dataset: str | None = None,
+) -> Evaluation:
+    """Evaluate every checkpoint under `checkpoints` (or only `names`) on DIR/test."""
+    found = find_checkpoints(Path(checkpoints))
+    if not found:
+        raise CheckpointError(f"{checkpoints}: no checkpoint folders (with config.json) found")
+    if names:
+        missing = sorted(set(names) - set(found))
+        if missing:
+            raise CheckpointError(
+                f"{checkpoints}: no checkpoint named {', '.join(missing)}; "
+                f"found: {', '.join(found)}"
+            )
+        found = {n: p for n, p in found.items() if n in names}
+    dev = resolve_device(device)
+    loaded = {name: load_checkpoint(path, device=dev) for name, path in found.items()}
+    cache: dict[int, dict[str, np.ndarray]] = {}  # image size -> class -> (N, 1, S, S)
+    results: dict[str, ModelEvaluation] = {}
+    for name, ckpt in tqdm(loaded.items(), desc="evaluate", unit="model", disable=None):
+        size = ckpt.model.image_size
+        if size not in cache:
+            cache[size] = _labelled_split(Path(data_dir), size)
+        log.info(
+            "evaluating %s on %s", name, ", ".join(f"{len(v)} {c}" for c, v in cache[size].items())
+        )
+        results[name] = evaluate_model(ckpt, cache[size], dev, batch_size, n_examples)
+    first = next(iter(cache.values()))
+    sha = manifest_sha256(Path(data_dir))
+    return Evaluation(
+        data_dir=Path(data_dir),
+        dataset=dataset or dataset_name(Path(data_dir)),
+        manifest_sha256=sha,
+        n_images={c: len(v) for c, v in first.items()},
+        device=str(dev),
+        models=results,
+    )
+
+
+def _labelled_split(data_dir: Path, size: int) -> dict[str, np.ndarray]:
+    """DIR/test as class -> (N, 1, S, S); DatasetError unless it holds no_sub and a sub class."""
+    split = load_split(data_dir, "test", image_size=size)
+    if NORMAL not in split or not any(c in split for c in COMPARISONS["sub"]):
+        raise DatasetError(
+            f"{data_dir / 'test'}: evaluation needs {NORMAL} and at least one of "
+            f"{', '.join(COMPARISONS['sub'])}; found {', '.join(split) or 'none'}"
+        )
+    return split
+
+
+def store_metrics(evaluation: Evaluation) -> None:
+    """Write each model's metrics into its checkpoint's config.json (atomically)."""
+    for result in evaluation.models.values():
+        config = read_config(result.checkpoint)
+        update = config.model_copy(update={"metrics": dict(result.metrics)})
+        write_config(update, result.checkpoint)
+        log.info("stored metrics in %s", result.checkpoint / "config.json")
