@@ -1,6 +1,5 @@
 """Per-image metrics shared by evaluation and serving (so both report the same numbers)."""
 
-import torch
 from torch import Tensor
 
 

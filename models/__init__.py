@@ -3,7 +3,7 @@
 Importing this package registers every model.
 """
 
-from models import dcae  # noqa: F401  (registers the model)
+from models import aae, dcae, rbm, vae  # noqa: F401  (registers the models)
 from models.base import AnomalyModel, reconstruction_error
 from models.registry import create_model, list_models, register_model
 

@@ -59,6 +59,3 @@ def reconstruction_error(x: Tensor, x_hat: Tensor) -> Tensor:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-

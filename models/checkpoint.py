@@ -194,7 +194,9 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> Load
     except UnknownModelError as exc:
         raise CheckpointError(f"{config_path}: {exc}") from None
     except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{config_path}: bad arguments for {config.architecture}: {exc}") from None
+        raise CheckpointError(
+            f"{config_path}: bad arguments for {config.architecture}: {exc}"
+        ) from None
     size = model.image_size
     if (config.input.height, config.input.width) != (size, size):
         raise CheckpointError(
@@ -207,7 +209,9 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> Load
     try:
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{weights}: unreadable or truncated safetensors file ({exc})") from None
+        raise CheckpointError(
+            f"{weights}: unreadable or truncated safetensors file ({exc})"
+        ) from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -87,7 +87,11 @@ class ConvDecoder(nn.Module):
             output_padding = (sizes[i] + 2 * p - k) % s
             layers.append(
                 nn.ConvTranspose2d(
-                    cfg.channels[i], out_channels[i], k, stride=s, padding=p,
+                    cfg.channels[i],
+                    out_channels[i],
+                    k,
+                    stride=s,
+                    padding=p,
                     output_padding=output_padding,
                 )
             )

@@ -1,8 +1,123 @@
-"""`python -m training fit` (placeholder until its issue lands)."""
+"""`python -m training fit`: train models on DIR/train no_sub images, calibrate, export.
+
+Also runs under `torchrun --nproc_per_node=K -m training fit ...` (DistributedDataParallel).
+"""
 
 import argparse
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import models
+from training.commands.calibrate import fraction
+from training.commands.evaluate import non_negative_int, positive_int
+from training.fit import FitOptions, prepare, run
+
+
+def arch_arg(text: str) -> tuple[str, Any]:
+    """argparse type: KEY=VALUE, VALUE read as JSON when it parses (8, 0.5, [4,8,8]), else text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def json_object(text: str) -> dict[str, Any]:
+    """argparse type: a JSON object."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"latent_dim\": 64}'")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("fit", help="(not implemented yet)")
-    p.set_defaults(func=lambda args: print("fit: not implemented yet") or 1)
+    p = sub.add_parser(
+        "fit",
+        help="train models on DIR/train no_sub images, calibrate on DIR/val, write checkpoints",
+        description=(
+            "Train each model on the no_sub training images (Adam, one-cycle schedule; the AAE "
+            "with its own three learning rates), log a validation loss per epoch, calibrate the "
+            "threshold on DIR/val no_sub and write CKPT_DIR/<model>/. Run it under "
+            "`torchrun --nproc_per_node=K -m training fit ...` to train with "
+            "DistributedDataParallel (batch size is per process)."
+        ),
+    )
+    p.add_argument(
+        "--model",
+        default="all",
+        choices=[*models.list_models(), "all"],
+        help="which model to train (default: all, one after another)",
+    )
+    p.add_argument("--data", type=Path, required=True, help="dataset folder with train/ and val/")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint folder (CKPT_DIR)")
+    p.add_argument("--epochs", type=positive_int, default=50, help="epochs (default 50)")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="per process (100)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="(auto)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
+    p.add_argument("--weight-decay", type=float, default=1e-5, help="Adam's (default 1e-5)")
+    p.add_argument("--fpr", type=fraction, default=0.05, help="calibration FPR (default 0.05)")
+    p.add_argument("--resume", action="store_true", help="continue from the saved state")
+    p.add_argument("--overwrite", action="store_true", help="replace existing checkpoints")
+    p.add_argument(
+        "--num-workers",
+        type=non_negative_int,
+        default=None,
+        help="data loader processes (default: 0 on CPU, 4 on CUDA)",
+    )
+    p.add_argument("--max-train", type=positive_int, default=None, help="first N train images")
+    p.add_argument(
+        "--arch-arg",
+        type=arch_arg,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config override, repeatable (latent_dim=64, channels=[4,8,8], beta=0.01); "
+        "with --model all each model takes the keys it knows",
+    )
+    p.add_argument(
+        "--arch-args-json",
+        type=json_object,
+        default={},
+        metavar="JSON",
+        help="model config overrides as one JSON object (--arch-arg wins on a clash)",
+    )
+    p.set_defaults(func=functools.partial(_run, parser=p))
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    options = FitOptions(
+        data=args.data,
+        out=args.out,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        fpr=args.fpr,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        num_workers=args.num_workers,
+        max_train=args.max_train,
+        arch_args={**args.arch_args_json, **dict(args.arch_arg)},
+    )
+    try:
+        plan = prepare(options)
+    except (TypeError, ValueError) as exc:  # a model config refused an arch arg
+        parser.error(str(exc))
+    for result in run(plan):
+        if result.checkpoint is None:
+            continue
+        last = result.history[-1] if result.history else {}
+        losses = ", ".join(f"{k} {v:.5g}" for k, v in last.items() if k.startswith("val_"))
+        print(f"{result.name}: {result.checkpoint} ({losses or 'no epochs run'})")
+    return 0

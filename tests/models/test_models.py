@@ -1,0 +1,172 @@
+"""Model-specific behaviour: the AAE's parts, the VAE's KL and mean scoring, the RBM's energy."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import models
+from models.aae import AdversarialAutoencoder
+from models.rbm import GaussianBernoulliRBM
+from models.vae import VariationalAutoencoder
+from tests.conftest import TINY_GEOMETRY, tiny_images, tiny_model
+
+
+def _batch(n: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy(tiny_images(n, seed=seed))
+
+
+# --- AAE ---------------------------------------------------------------------------------
+
+
+def test_aae_learning_rates_are_config() -> None:
+    model = models.create_model("aae", **TINY_GEOMETRY, lr_generator=3e-5)
+    assert model.arguments()["lr_generator"] == 3e-5
+    assert model.arguments()["lr_autoencoder"] == 1e-3
+    with pytest.raises(ValueError, match="lr_discriminator"):
+        models.create_model("aae", **TINY_GEOMETRY, lr_discriminator=0.0)
+
+
+def test_aae_parameter_groups_split_the_networks() -> None:
+    model = tiny_model("aae")
+    assert isinstance(model, AdversarialAutoencoder)
+    ae = {id(p) for p in model.autoencoder_parameters()}
+    gen = {id(p) for p in model.generator_parameters()}
+    disc = {id(p) for p in model.discriminator.parameters()}
+    assert gen < ae
+    assert not ae & disc
+    assert ae | disc == {id(p) for p in model.parameters()}
+
+
+def test_aae_discriminator_gives_one_logit_per_code_and_prior_has_its_width() -> None:
+    model = tiny_model("aae")
+    assert isinstance(model, AdversarialAutoencoder)
+    torch.manual_seed(0)
+    z = model.sample_prior(4000, "cpu")
+    assert z.shape == (4000, TINY_GEOMETRY["latent_dim"])
+    assert float(z.std()) == pytest.approx(5.0, rel=0.05)
+    assert model.discriminate(z[:7]).shape == (7,)
+    assert model.encode(_batch(3)).shape == (3, TINY_GEOMETRY["latent_dim"])
+
+
+# --- VAE ---------------------------------------------------------------------------------
+
+
+def _vae() -> VariationalAutoencoder:
+    model = tiny_model("vae")
+    assert isinstance(model, VariationalAutoencoder)
+    return model
+
+
+def test_vae_scores_at_the_mean_in_eval_and_samples_in_training() -> None:
+    model = _vae()
+    x = _batch()
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+        assert torch.equal(model.reconstruct(x), model.decode(mu))
+        model.train()
+        torch.manual_seed(1)
+        a = model.reconstruct(x)
+        b = model.reconstruct(x)
+    assert not torch.equal(a, b)
+
+
+def test_vae_kl_vanishes_at_the_prior_and_is_weighted_by_beta() -> None:
+    model = _vae()
+    with torch.no_grad():
+        for head in (model.to_mu, model.to_logvar):
+            head.weight.zero_()
+            head.bias.zero_()
+        parts = model.eval().loss(_batch())
+        assert float(parts["kl"]) == 0.0
+        model.to_mu.bias.fill_(1.0)  # every latent mean at 1: KL = latent_dim / 2 per image
+        parts = model.loss(_batch())
+    expected_kl = TINY_GEOMETRY["latent_dim"] / 2 / (32 * 32)
+    assert float(parts["kl"]) == pytest.approx(expected_kl, rel=1e-6)
+    beta = model.config.beta
+    assert beta > 0
+    assert float(parts["loss"]) == pytest.approx(float(parts["mse"]) + beta * expected_kl)
+
+
+def test_vae_beta_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="beta"):
+        models.create_model("vae", **TINY_GEOMETRY, beta=-1.0)
+
+
+# --- RBM ---------------------------------------------------------------------------------
+
+
+def _tiny_rbm(n_hidden: int = 3, image_size: int = 2) -> GaussianBernoulliRBM:
+    torch.manual_seed(0)
+    model = models.create_model("rbm", image_size=image_size, n_hidden=n_hidden, init_std=0.5)
+    assert isinstance(model, GaussianBernoulliRBM)
+    with torch.no_grad():
+        model.visible_bias.normal_()
+        model.hidden_bias.normal_()
+    return model
+
+
+def test_rbm_free_energy_matches_brute_force_sum_over_hidden_states() -> None:
+    model = _tiny_rbm()
+    u = torch.randn(5, 4, dtype=torch.float64)
+    w, b, c = (t.detach().double() for t in (model.weight, model.visible_bias, model.hidden_bias))
+    expected = []
+    for row in u:
+        energies = [
+            0.5 * float((row - b).pow(2).sum())
+            - float(c @ torch.tensor(h, dtype=torch.float64))
+            - float(row @ w @ torch.tensor(h, dtype=torch.float64))
+            for h in itertools.product([0.0, 1.0], repeat=3)
+        ]
+        expected.append(-math.log(sum(math.exp(-e) for e in energies)))
+    got = model.free_energy(u.float())
+    torch.testing.assert_close(
+        got.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_rbm_reconstruction_is_mean_field_not_a_sample() -> None:
+    model = tiny_model("rbm").train()
+    x = _batch(8)
+    model.loss(x)  # sets the running pixel mean
+    model.eval()
+    with torch.no_grad():
+        x_hat = model.reconstruct(x)
+        u = model._visible(x)
+        expected = model.visible_mean(model.hidden_probs(u)) * model.config.sigma
+        expected = (expected + model.pixel_mean).clamp(0, 1).view_as(x)
+    torch.testing.assert_close(x_hat, expected)
+    # A binary sample would put every pixel at 0 or 1.
+    assert ((x_hat > 0.01) & (x_hat < 0.99)).float().mean() > 0.5
+
+
+def test_rbm_pixel_mean_follows_training_batches_only() -> None:
+    model = tiny_model("rbm")
+    x = _batch(8)
+    model.loss(x)  # eval mode: no update
+    assert float(model.pixel_mean.abs().max()) == 0.0
+    model.train()
+    model.loss(x[:4])
+    model.loss(x[4:])
+    torch.testing.assert_close(model.pixel_mean, x.flatten(1).mean(0))
+    assert int(model.n_batches_seen) == 2
+
+
+def test_rbm_cd_gradient_of_visible_bias_is_the_moment_difference() -> None:
+    model = _tiny_rbm(n_hidden=5, image_size=3).eval()  # eval: mean-field negative phase
+    x = torch.rand(6, 1, 3, 3)
+    model.loss(x)["loss"].backward()
+    with torch.no_grad():
+        u = model._visible(x)
+        u_model = model.gibbs_step(u)
+        expected = (u_model.mean(0) - u.mean(0)) / 9
+    assert model.visible_bias.grad is not None
+    torch.testing.assert_close(model.visible_bias.grad, expected)
+
+
+def test_rbm_default_checkpoint_stays_small() -> None:
+    model = models.create_model("rbm")
+    n_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert model.config.n_visible == 22_500
+    assert 22e6 < n_bytes < 24e6

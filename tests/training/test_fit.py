@@ -1,0 +1,227 @@
+"""`python -m training fit`: checkpoints, reproducibility, resume, refusals (tiny 32x32 data)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import models
+import training.fit as fit_module
+from models.checkpoint import WEIGHTS_FILE, load_checkpoint
+from tests.conftest import TINY_GEOMETRY, tiny_images, tiny_model
+from training.__main__ import main
+from training.commands.fit import arch_arg
+from training.fit import STATE_DIR, Precision, make_step
+
+TINY_ARCH = [
+    *("--arch-arg", "channels=[4,8,8]", "--arch-arg", "kernels=[3,3,3]"),
+    *("--arch-arg", "strides=[2,2,1]", "--arch-arg", "paddings=[1,1,0]"),
+    *("--arch-arg", "latent_dim=8", "--arch-arg", "n_hidden=16"),
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """DIR/train/no_sub.npy (24 images), DIR/val/no_sub.npy (12) and a manifest."""
+    root = tmp_path_factory.mktemp("data")
+    for split, n, seed in [("train", 24, 1), ("val", 12, 2)]:
+        (root / split).mkdir()
+        np.save(root / split / "no_sub.npy", tiny_images(n, seed=seed)[:, 0])  # (n, 32, 32)
+    (root / "manifest.json").write_text(json.dumps({"dataset": "tiny_rings"}))
+    return root
+
+
+def _fit(data: Path, out: Path, *extra: str, model: str = "dcae", epochs: int = 1) -> int:
+    argv = ["fit", "--model", model, "--data", str(data), "--out", str(out)]
+    argv += ["--epochs", str(epochs), "--batch-size", "8", "--device", "cpu", *TINY_ARCH]
+    return main([*argv, *extra])
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / WEIGHTS_FILE))
+
+
+def test_fit_all_writes_four_valid_calibrated_checkpoints(data_dir: Path, tmp_path: Path) -> None:
+    assert _fit(data_dir, tmp_path, "--seed", "3", "--fpr", "0.1", model="all") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == models.list_models()
+    for name in models.list_models():
+        loaded = load_checkpoint(tmp_path / name)
+        assert loaded.config.architecture == name
+        assert loaded.model.image_size == 32
+        calibration = loaded.config.calibration
+        assert calibration is not None
+        assert calibration.fpr == 0.1
+        assert calibration.n_images == 12
+        assert calibration.dataset == "tiny_rings"
+        facts = loaded.config.training
+        assert facts.dataset == "tiny_rings"
+        assert (
+            facts.dataset_manifest_sha256 is not None and len(facts.dataset_manifest_sha256) == 64
+        )
+        assert (facts.n_train, facts.epochs, facts.batch_size, facts.seed) == (24, 1, 8, 3)
+        assert facts.device == "cpu"
+        assert facts.torch_version == torch.__version__
+        assert facts.wall_time_s is not None and facts.wall_time_s > 0
+        assert {"train_loss", "val_loss", "val_mse"} <= set(facts.final_losses)
+        assert len(facts.extra["history"]) == 1
+    assert not (tmp_path / STATE_DIR).exists()
+
+
+def test_the_same_seed_gives_identical_weights(data_dir: Path, tmp_path: Path) -> None:
+    for run in ("a", "b"):
+        assert _fit(data_dir, tmp_path / run, "--seed", "7", model="all") == 0
+    for name in models.list_models():
+        a, b = _weights(tmp_path / "a" / name), _weights(tmp_path / "b" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}.{key}"
+
+
+def test_another_seed_gives_other_weights(data_dir: Path, tmp_path: Path) -> None:
+    assert _fit(data_dir, tmp_path / "a", "--seed", "1") == 0
+    assert _fit(data_dir, tmp_path / "b", "--seed", "2") == 0
+    a, b = _weights(tmp_path / "a" / "dcae"), _weights(tmp_path / "b" / "dcae")
+    assert not torch.equal(a["decoder.net.0.weight"], b["decoder.net.0.weight"])
+
+
+def test_training_lowers_the_validation_loss(data_dir: Path, tmp_path: Path) -> None:
+    assert _fit(data_dir, tmp_path, "--lr", "5e-3", model="vae", epochs=4) == 0
+    history = load_checkpoint(tmp_path / "vae").config.training.extra["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["val_mse"] < history[0]["val_mse"]
+
+
+def test_existing_checkpoint_is_refused_before_training(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "rbm").mkdir()
+    (tmp_path / "rbm" / "keep.txt").write_text("mine")
+    assert _fit(data_dir, tmp_path, model="all") == 2
+    err = capsys.readouterr().err
+    assert "rbm exists" in err and "--overwrite" in err
+    # Refused before any training: nothing else written, the folder untouched.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rbm"]
+    assert (tmp_path / "rbm" / "keep.txt").read_text() == "mine"
+    assert _fit(data_dir, tmp_path, "--overwrite", model="rbm") == 0
+    assert load_checkpoint(tmp_path / "rbm").config.architecture == "rbm"
+    assert not (tmp_path / "rbm" / "keep.txt").exists()
+
+
+def test_resume_continues_to_the_same_weights(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _fit(data_dir, tmp_path / "straight", model="vae", epochs=2) == 0
+
+    real_save = fit_module._save_state
+
+    def save_then_crash(*args: object, **kwargs: object) -> None:
+        real_save(*args, **kwargs)  # type: ignore[arg-type]
+        raise KeyboardInterrupt  # the run dies right after epoch 1's state is saved
+
+    monkeypatch.setattr(fit_module, "_save_state", save_then_crash)
+    assert _fit(data_dir, tmp_path / "resumed", model="vae", epochs=2) == 130
+    state = tmp_path / "resumed" / STATE_DIR / "vae.pt"
+    assert state.is_file()
+    assert not (tmp_path / "resumed" / "vae").exists()
+    monkeypatch.setattr(fit_module, "_save_state", real_save)
+
+    assert _fit(data_dir, tmp_path / "resumed", "--resume", model="vae", epochs=2) == 0
+    a, b = _weights(tmp_path / "straight" / "vae"), _weights(tmp_path / "resumed" / "vae")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    history = load_checkpoint(tmp_path / "resumed" / "vae").config.training.extra["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert not state.exists()
+
+
+def test_resume_refuses_a_state_made_with_other_settings(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    real_save = fit_module._save_state
+
+    def save_then_crash(*args: object, **kwargs: object) -> None:
+        real_save(*args, **kwargs)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "_save_state", save_then_crash)
+    assert _fit(data_dir, tmp_path, model="rbm", epochs=2) == 130
+    monkeypatch.setattr(fit_module, "_save_state", real_save)
+    assert _fit(data_dir, tmp_path, "--resume", model="rbm", epochs=3) == 2
+    err = capsys.readouterr().err
+    assert "rbm.pt" in err and "epochs 2" in err
+
+
+def test_unknown_arch_arg_is_a_usage_error(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        _fit(data_dir, tmp_path, "--arch-arg", "depth=3")
+    assert info.value.code == 2
+    assert "depth" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _fit(data_dir, tmp_path, "--arch-arg", "latent_dim=0.5x")  # text, refused by config
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_data_is_one_line_error(tmp_path: Path, capsys) -> None:
+    assert _fit(tmp_path / "nowhere", tmp_path / "out") == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_arch_arg_values_are_read_as_json_when_they_parse() -> None:
+    assert arch_arg("channels=[4,8,8]") == ("channels", [4, 8, 8])
+    assert arch_arg("beta=0.01") == ("beta", 0.01)
+    assert arch_arg("name=abc") == ("name", "abc")
+
+
+def test_aae_step_uses_the_config_learning_rates() -> None:
+    model = models.create_model("aae", **TINY_GEOMETRY, lr_generator=3e-5)
+    step = make_step(model, 2e-3, 1e-5, total_steps=10, precision=Precision("cpu"))
+    max_lrs = {p: o.optimizer.param_groups[0]["max_lr"] for p, o in step.phases.items()}  # type: ignore[attr-defined]
+    assert max_lrs == {"autoencoder": 1e-3, "discriminator": 1e-3, "generator": 3e-5}
+
+
+def test_aae_step_updates_encoder_decoder_and_discriminator() -> None:
+    model = tiny_model("aae").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    step = make_step(model, 2e-3, 0.0, total_steps=5, precision=Precision("cpu"))
+    parts = step(torch.from_numpy(tiny_images(8)))
+    assert {"loss", "mse", "d_loss", "g_loss"} <= set(parts)
+    assert all(torch.isfinite(v) for v in parts.values())
+    after = model.state_dict()
+    for key in ("encoder.net.0.weight", "decoder.net.0.weight", "discriminator.0.weight"):
+        assert not torch.equal(before[key], after[key]), key
+
+
+def test_cpu_trains_in_float32_without_a_loss_scaler() -> None:
+    precision = Precision.for_device(torch.device("cpu"))
+    assert precision.dtype is None and precision.name == "fp32"
+    assert not precision.grad_scaler().is_enabled()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_step_trains_under_mixed_precision(model_name: str, dtype: torch.dtype) -> None:
+    """The CUDA code path (autocast, fp16 loss scaling), exercised with CPU autocast."""
+    model = tiny_model(model_name).train()
+    before = [p.detach().clone() for p in model.parameters()]
+    precision = Precision("cpu", dtype)
+    step = make_step(model, 2e-3, 1e-5, total_steps=4, precision=precision)
+    for _ in range(2):
+        parts = step(torch.from_numpy(tiny_images(8)))
+    assert all(torch.isfinite(v) for v in parts.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_resume_refuses_a_corrupt_state_file(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / STATE_DIR / "dcae.pt"
+    state.parent.mkdir(parents=True)
+    state.write_bytes(b"not a torch file")
+    assert _fit(data_dir, tmp_path, "--resume") == 2
+    err = capsys.readouterr().err
+    assert str(state) in err and "unreadable training state" in err
