@@ -1,0 +1,118 @@
+"""Errors -> HTTP: the one table of status codes, and the exception handlers that use it.
+
+Routes hold no try/except: they (and the modules under them) raise domain exceptions from
+`deeplense.errors` or the few service-only ones below, and a handler here turns each into
+FastAPI's usual body, `{"detail": ...}`. Anything unexpected becomes a 500 with a safe
+message; the traceback goes to the log, never to the client.
+"""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from deeplense.errors import (
+    CheckpointError,
+    DeepLenseError,
+    ImageTooLargeError,
+    InvalidImageError,
+    NotReadyError,
+    PayloadTooLargeError,
+    UnknownModelError,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class InvalidApiKeyError(DeepLenseError):
+    """The X-API-Key header is missing or wrong (only when an API key is configured)."""
+
+
+class RequestTimeoutError(DeepLenseError):
+    """A request ran past the configured deadline."""
+
+
+class NoReadableFileError(DeepLenseError):
+    """None of the uploaded files could be read; `problems` holds (filename, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__(f"none of the {len(problems)} uploaded files could be read")
+
+
+# The table. Looked up along the exception's class hierarchy, most specific class first.
+STATUS_CODES: dict[type[DeepLenseError], int] = {
+    InvalidApiKeyError: 401,  # no or wrong X-API-Key
+    UnknownModelError: 404,  # /score?model=... and /models/{name} alike; detail lists models
+    PayloadTooLargeError: 413,  # bytes per file or request, files per request
+    ImageTooLargeError: 413,  # pixels per image (when raised for a whole request)
+    InvalidImageError: 422,  # unreadable image (normally reported per file in `error`)
+    NoReadableFileError: 422,  # a request in which no file could be read
+    NotReadyError: 503,  # models still loading
+    RequestTimeoutError: 504,  # request_timeout_s exceeded
+    CheckpointError: 500,  # only at start-up; listed so it can never leak a traceback
+    DeepLenseError: 400,  # any other deliberate error is the client's
+}
+
+_HEADERS: dict[int, dict[str, str]] = {
+    401: {"WWW-Authenticate": "APIKey"},
+    503: {"Retry-After": "5"},
+}
+
+
+def status_for(exc: DeepLenseError) -> int:
+    """HTTP status of a domain exception, from the table."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_CODES:
+            return STATUS_CODES[cls]
+    return 400
+
+
+def detail_for(exc: DeepLenseError) -> Any:
+    """The `detail` of the body: the message, or one entry per file for NoReadableFileError."""
+    if isinstance(exc, NoReadableFileError):
+        return [
+            {"loc": ["body", "files", i], "msg": message, "type": "invalid_image", "filename": name}
+            for i, (name, message) in enumerate(exc.problems)
+        ]
+    return str(exc)
+
+
+def error_response(exc: DeepLenseError) -> JSONResponse:
+    """`{"detail": ...}` with the table's status code (also used by the ASGI middlewares)."""
+    status = status_for(exc)
+    return JSONResponse(
+        {"detail": detail_for(exc)}, status_code=status, headers=_HEADERS.get(status)
+    )
+
+
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DeepLenseError)
+    logger.info("%s %s -> %s: %s", request.method, request.url.path, status_for(exc), exc)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    # FastAPI turns any error raised while it parses a body into "400 error parsing the body";
+    # when that error is ours (the byte counter of app.limits), answer with ours instead.
+    if isinstance(exc.__cause__, DeepLenseError):
+        return await _domain_error(request, exc.__cause__)
+    assert isinstance(exc, StarletteHTTPException)
+    return await http_exception_handler(request, exc)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        {"detail": "internal server error; the service logged the details"}, status_code=500
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the handlers above on `app`."""
+    app.add_exception_handler(DeepLenseError, _domain_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

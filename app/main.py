@@ -1,0 +1,90 @@
+"""The app factory and its lifespan. `uvicorn app.main:app` serves the module-level app;
+tests build their own with `create_app(settings)`."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.errors import install_error_handlers
+from app.limits import BodyLimitMiddleware, TimeoutMiddleware
+from app.metrics import install_metrics
+from app.routes import health, models, score, ui
+from app.scoring import ModelService
+from app.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Anomaly scores for strong-lensing images: a model trained only on images **without**
+dark-matter substructure reconstructs each uploaded image, and a high reconstruction error
+flags a likely substructure (arXiv 2008.12731).
+
+* `POST /score`: upload FITS, .npy, PNG or TIFF files; get the reconstruction loss, its
+  percentile among calibration normals, the anomaly flag and the images.
+* `GET /models`: model cards (architecture, calibration, evaluation metrics, training).
+* `GET /health`, `GET /ready`, `GET /metrics`: operations.
+
+When the service runs with an API key, send it in the `X-API-Key` header.
+"""
+
+
+def configure_logging(level: str) -> None:
+    """Give the project's loggers a level and, when nothing else did, a stderr handler."""
+    for name in ("app", "deeplense", "models"):
+        log = logging.getLogger(name)
+        log.setLevel(level)
+        if not log.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+            log.addHandler(handler)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; nothing is loaded until the lifespan starts (server start-up)."""
+    if settings is None:
+        settings = get_settings()
+    configure_logging(settings.log_level)
+    service = ModelService(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # A bad checkpoint raises CheckpointError naming its file: the server does not start.
+        try:
+            await anyio.to_thread.run_sync(service.load)
+        except Exception as exc:
+            logger.error("start-up failed: %s", exc)
+            raise
+        yield
+        await anyio.to_thread.run_sync(service.close)
+
+    app = FastAPI(
+        title="DeepLense anomaly service",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    install_error_handlers(app)
+    # Middlewares, innermost first: body limit, deadline, metrics, CORS (outermost, so that
+    # even a 413 or 504 carries the CORS headers a browser needs to read it).
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_s)
+    app.state.metrics = install_metrics(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["X-API-Key", "Content-Type"],
+        )
+    for router in (score.router, models.router, health.router, ui.router):
+        app.include_router(router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,96 @@
+"""POST /score: upload one or more images, get each one's anomaly score."""
+
+from functools import partial
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+
+from app.dependencies import MetricsDep, ReadyServiceDep, SettingsDep, require_api_key
+from app.imaging import read_uploads
+from app.schemas import ErrorBody, ScoreResponse
+
+router = APIRouter(tags=["score"], dependencies=[Depends(require_api_key)])
+
+
+def _error(description: str, example: Any) -> dict[str, Any]:
+    return {
+        "model": ErrorBody,
+        "description": description,
+        "content": {"application/json": {"example": {"detail": example}}},
+    }
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _error("API key required and missing or wrong", "invalid API key in the X-API-Key header"),
+    404: _error("unknown model", "unknown model 'foo'; valid models: aae, dcae, ensemble, vae"),
+    413: _error(
+        "over a byte or file-count limit",
+        "big.fits: 31 MiB (32505856 bytes) exceeds the per-file limit of 20 MiB (20971520 "
+        "bytes) (max_file_bytes, env DEEPLENSE_MAX_FILE_BYTES)",
+    ),
+    422: _error(
+        "no uploaded file could be read (one entry per file), or a bad query parameter",
+        [
+            {
+                "loc": ["body", "files", 0],
+                "msg": "notes.txt: unsupported format",
+                "type": "invalid_image",
+                "filename": "notes.txt",
+            }
+        ],
+    ),
+    503: _error("models still loading", "models not ready yet: vae (loading)"),
+    504: _error("over the request deadline", "request took longer than 60 s (request_timeout_s)"),
+}
+
+
+@router.post("/score", summary="Score uploaded lensing images", responses=_RESPONSES)
+async def score(
+    files: Annotated[
+        list[UploadFile],
+        File(
+            description="One or more images: FITS (.fits, .fit, .fz), NumPy (.npy), PNG, TIFF. "
+            "Each is read as one 2-D image, min-max scaled to [0, 1] and area-resized to the "
+            "model's size when it differs."
+        ),
+    ],
+    service: ReadyServiceDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    model: Annotated[
+        str | None,
+        Query(
+            description="aae, vae, dcae, rbm (any loaded checkpoint) or ensemble; default: the "
+            "service's default model (GET /models says which)",
+            examples=["aae"],
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        Query(
+            description="Override the calibrated threshold: loss units for a single model, "
+            "percentile (0-100) for the ensemble",
+            examples=[0.003],
+            allow_inf_nan=False,
+        ),
+    ] = None,
+    include_images: Annotated[
+        bool,
+        Query(description="Return input, reconstruction and residual PNGs (base64)"),
+    ] = True,
+) -> ScoreResponse:
+    """Score each file with one model (or the ensemble) in one batched forward pass.
+
+    The response has one result per file, in upload order. A file that cannot be read gets
+    an `error` and the others are still scored; when no file can be read the answer is 422.
+    """
+    name = service.resolve(model)
+    uploads = await read_uploads(files, settings)
+    run = partial(service.score, name, uploads, threshold, include_images)
+    # Off the event loop, at most service.limiter requests at a time (one in the forward
+    # pass, the next decoding); the rest wait here, not in threads. abandon_on_cancel: a
+    # request past its deadline answers 504 at once; its thread finishes in the background.
+    outcome = await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=service.limiter)
+    metrics.record(outcome)
+    return outcome

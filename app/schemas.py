@@ -1,0 +1,254 @@
+"""Request and response bodies, with the examples /docs shows."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.checkpoint import InputSpec, TrainingFacts
+
+_PNG = "iVBORw0KGgoAAAANSUhEUgAA...(base64 PNG)"
+
+
+class MemberScore(BaseModel):
+    """One ensemble member's numbers for one image (its own calibration)."""
+
+    model: str = Field(examples=["aae"])
+    reconstruction_loss: float = Field(description="this member's mean squared error")
+    w1: float = Field(description="this member's column-sum W1 distance")
+    percentile: float = Field(description="loss percentile among this member's normals")
+    threshold: float = Field(description="this member's calibrated loss threshold")
+    is_anomaly: bool = Field(description="reconstruction_loss > threshold")
+
+
+class ScoreResult(BaseModel):
+    """The score of one uploaded file. On a file that could not be read only `filename` and
+    `error` are set."""
+
+    filename: str = Field(examples=["lens_0001.fits"])
+    reconstruction_loss: float | None = Field(
+        default=None,
+        description="Mean squared error between the model input (the image min-max scaled to "
+        "[0, 1], area-resized to the model's size if needed) and its reconstruction: exactly "
+        "the score of `python -m training evaluate` and `score`. Higher = more anomalous. "
+        "null for model=ensemble (each member's is in `members`).",
+        examples=[0.00213],
+    )
+    threshold: float | None = Field(
+        default=None,
+        description="Flag threshold used: the checkpoint's calibrated one unless the request "
+        "overrode it. In loss units for a single model, percentile units (0-100) for the "
+        "ensemble (see the response's threshold_units). null if the model has no calibration "
+        "and none was given.",
+        examples=[0.0031],
+    )
+    is_anomaly: bool | None = Field(
+        default=None,
+        description="Single model: reconstruction_loss > threshold. Ensemble: percentile > "
+        "threshold. null when there is no threshold.",
+        examples=[False],
+    )
+    percentile: float | None = Field(
+        default=None,
+        description="Percentile (0-100) of the loss among the calibration normals (no_sub "
+        "images), interpolated, clipped to [0, 100]. Ensemble: the mean of the members' "
+        "percentiles. null without calibration.",
+        examples=[71.4],
+    )
+    w1: float | None = Field(
+        default=None,
+        description="1-D Wasserstein distance between the column sums of input and "
+        "reconstruction, in summed-pixel units (REFERENCE.md). null for the ensemble.",
+        examples=[0.184],
+    )
+    input: str | None = Field(
+        default=None,
+        description="The model input as the model saw it (after scaling and resizing), base64 "
+        "PNG, 8-bit grayscale, 0 = 0.0 and 255 = 1.0.",
+        examples=[_PNG],
+    )
+    reconstruction: str | None = Field(
+        default=None,
+        description="The reconstruction, base64 PNG, 8-bit grayscale on the same scale as "
+        "`input`. Ensemble: the pixel mean of the members' reconstructions (for display; it "
+        "is not what is scored).",
+        examples=[_PNG],
+    )
+    residual: str | None = Field(
+        default=None,
+        description="|input - reconstruction| as a base64 PNG heat map (inferno colours: black "
+        "= 0, pale yellow = residual_max).",
+        examples=[_PNG],
+    )
+    residual_max: float | None = Field(
+        default=None,
+        description="The residual value shown as the top colour, in [0, 1] pixel units.",
+        examples=[0.21],
+    )
+    input_shape: list[int] | None = Field(
+        default=None,
+        description="[height, width] of the image as read, pixels.",
+        examples=[[150, 150]],
+    )
+    resized: bool | None = Field(
+        default=None,
+        description="True when the image was area-resized to the model's input size.",
+        examples=[False],
+    )
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Notes from reading the file, e.g. a colour image converted to luminance.",
+        examples=[[]],
+    )
+    members: list[MemberScore] | None = Field(
+        default=None, description="Ensemble only: each member's own scores."
+    )
+    error: str | None = Field(
+        default=None,
+        description="Why this file could not be scored (its other fields are null); null when "
+        "it was scored.",
+        examples=[None],
+    )
+
+
+class ScoreResponse(BaseModel):
+    """Scores of every uploaded file, in upload order."""
+
+    model: str = Field(description="the model that scored (ensemble or a checkpoint name)")
+    threshold_units: Literal["loss", "percentile"] = Field(
+        description="units of each result's threshold: loss (single model) or percentile (ensemble)"
+    )
+    results: list[ScoreResult]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "aae",
+                    "threshold_units": "loss",
+                    "results": [
+                        {
+                            "filename": "lens_0001.fits",
+                            "reconstruction_loss": 0.00213,
+                            "threshold": 0.0031,
+                            "is_anomaly": False,
+                            "percentile": 71.4,
+                            "w1": 0.184,
+                            "input": _PNG,
+                            "reconstruction": _PNG,
+                            "residual": _PNG,
+                            "residual_max": 0.21,
+                            "input_shape": [150, 150],
+                            "resized": False,
+                            "warnings": [],
+                            "members": None,
+                            "error": None,
+                        },
+                        {"filename": "notes.txt", "error": "notes.txt: unsupported format"},
+                    ],
+                }
+            ]
+        }
+    )
+
+
+class CalibrationSummary(BaseModel):
+    """How the threshold was set and what normal scores look like."""
+
+    fpr: float = Field(description="target false-positive rate on normal images")
+    threshold: float = Field(description="loss above which an image is flagged")
+    n_images: int = Field(description="normal images the calibration used")
+    dataset: str | None = None
+    youden_threshold: float | None = Field(
+        default=None, description="threshold maximising TPR - FPR on labelled data, if any"
+    )
+    normal_loss_quantiles: dict[str, float] = Field(
+        description="quantiles of the normal losses: min, p5, p25, median, p75, p95, p99, max",
+        examples=[{"min": 0.0011, "median": 0.0019, "p95": 0.0031, "max": 0.0052}],
+    )
+
+
+class ModelCard(BaseModel):
+    """What a loaded checkpoint is, how it was made and how well it did."""
+
+    name: str = Field(description="the name to pass as ?model= (the checkpoint's folder)")
+    architecture: str = Field(examples=["aae"])
+    arguments: dict[str, Any] = Field(description="constructor arguments from config.json")
+    parameters: int = Field(description="trainable parameters")
+    input: InputSpec
+    calibration: CalibrationSummary | None = Field(
+        description="null for an uncalibrated checkpoint (no threshold, no percentile)"
+    )
+    metrics: dict[str, float] = Field(
+        description="evaluation metrics stored with the checkpoint (e.g. auc, w1_no_sub)"
+    )
+    training: TrainingFacts
+    weights_sha256: str = Field(description="SHA-256 of model.safetensors")
+    device: str = Field(examples=["cpu"])
+    is_default: bool
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "aae",
+                    "architecture": "aae",
+                    "arguments": {"image_size": 150, "latent_dim": 256},
+                    "parameters": 2790000,
+                    "input": {"channels": 1, "height": 150, "width": 150,
+                              "normalisation": "minmax", "pixel_scale_arcsec": 0.05},
+                    "calibration": {"fpr": 0.05, "threshold": 0.0031, "n_images": 2500,
+                                    "dataset": "model_a", "youden_threshold": 0.0027,
+                                    "normal_loss_quantiles": {"median": 0.0019, "p95": 0.0031}},
+                    "metrics": {"auc": 0.93, "w1_no_sub": 0.21},
+                    "training": {"dataset": "model_a", "epochs": 50, "seed": 0},
+                    "weights_sha256": "3f5a...",
+                    "device": "cpu",
+                    "is_default": True,
+                }
+            ]
+        }
+    )  # fmt: skip
+
+
+class EnsembleCard(BaseModel):
+    """How model=ensemble combines its members."""
+
+    members: list[str]
+    threshold_percentile: float = Field(
+        description="flag when the mean member percentile exceeds this: 100 (1 - fpr), fpr "
+        "the smallest member fpr"
+    )
+    rule: str
+
+
+class ModelList(BaseModel):
+    """Every loaded model, the default, and the valid ?model= values."""
+
+    default: str = Field(examples=["aae"])
+    choices: list[str] = Field(examples=[["aae", "dcae", "rbm", "vae", "ensemble"]])
+    models: list[ModelCard]
+    ensemble: EnsembleCard | None = Field(description="null when fewer than two calibrated models")
+
+
+class Health(BaseModel):
+    """Liveness: the process answers."""
+
+    status: Literal["ok"] = Field(default="ok", examples=["ok"])
+
+
+class Readiness(BaseModel):
+    """Readiness: every configured model loaded and warmed up."""
+
+    ready: bool
+    detail: str = Field(examples=["all 4 models ready"])
+    models: dict[str, str] = Field(
+        description="state of each configured checkpoint: pending, loading, warming, ready",
+        examples=[{"aae": "ready", "vae": "ready"}],
+    )
+    not_ready: list[str] = Field(description="the configured models that are not ready")
+
+
+class ErrorBody(BaseModel):
+    """Every error: FastAPI's usual body."""
+
+    detail: Any = Field(examples=["unknown model 'foo'; valid models: aae, dcae, ensemble"])

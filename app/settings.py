@@ -1,0 +1,58 @@
+"""Service settings: every default in one class, each overridable by a `DEEPLENSE_*` variable.
+
+Lists (``cors_origins``) are read from the environment as JSON, e.g.
+``DEEPLENSE_CORS_ORIGINS='["https://example.org"]'``.
+"""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Configuration of the scoring service (env prefix ``DEEPLENSE_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DEEPLENSE_", extra="ignore")
+
+    # Where the checkpoints live: every sub-folder holding a config.json is loaded at start-up,
+    # named after its folder (aae, vae, dcae, rbm). The shipped Model A checkpoints by default.
+    checkpoint_dir: Path = REPO_ROOT / "checkpoints" / "model_a"
+    # Model used when a request names none. None = the best loaded one by published AUC
+    # (aae, vae, dcae, rbm in that order); a name that is not loaded fails at start-up.
+    default_model: str | None = None
+    # auto = CUDA when available, else CPU. "cuda" without a GPU fails at start-up.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Intra-op threads for torch on CPU; None leaves torch's default (one per core).
+    torch_threads: int | None = Field(default=None, ge=1)
+    # Images per forward pass; a request with more readable files runs several passes.
+    batch_size: int = Field(default=64, ge=1)
+
+    # Upload limits. Bytes are counted while the body streams in (Content-Length is checked
+    # first, never trusted alone); over a byte or file limit the answer is 413 naming the limit.
+    max_file_bytes: int = Field(default=20 * MB, ge=1)
+    max_request_bytes: int = Field(default=100 * MB, ge=1)
+    max_files: int = Field(default=64, ge=1)
+    # Pixels per image (height x width), read from the file header before decoding.
+    max_pixels: int = Field(default=4096 * 4096, ge=1)
+    # Whole-request deadline in seconds (upload, decoding and inference); over it -> 504.
+    request_timeout_s: float = Field(default=60.0, gt=0)
+
+    # Browser origins allowed to call the API (CORS); empty = same-origin only.
+    cors_origins: list[str] = Field(default_factory=list)
+    # Shared secret for the X-API-Key header; None = no key needed. /health, /ready,
+    # /metrics, /docs and the upload page stay open either way.
+    api_key: SecretStr | None = None
+    # Python logging level of the service's loggers.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment (tests pass their own)."""
+    return Settings()

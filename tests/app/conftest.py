@@ -1,0 +1,69 @@
+"""Fixtures for the service tests: settings on the tiny checkpoints, a started client, and
+uploads in every format made on the fly."""
+
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import TINY_SIZE, tiny_images
+
+
+def make_settings(root: Path, **overrides: object) -> Settings:
+    """Settings on checkpoint root `root` on the CPU; `overrides` win."""
+    values: dict[str, object] = {"checkpoint_dir": root, "device": "cpu"}
+    return Settings(**(values | overrides))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tiny_checkpoints: Path) -> Settings:
+    return make_settings(tiny_checkpoints)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """A client on a started app (the lifespan loaded and warmed every tiny checkpoint)."""
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def checkpoint_copy(tiny_checkpoints: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny checkpoint root that a test may damage."""
+    return Path(shutil.copytree(tiny_checkpoints, tmp_path / "checkpoints"))
+
+
+def image(seed: int = 0, size: int = TINY_SIZE) -> np.ndarray:
+    """(size, size) float32 ring image in [0, 1]."""
+    return tiny_images(1, seed=seed, size=size)[0, 0]
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def fits_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    fits.PrimaryHDU(array).writeto(buffer)
+    return buffer.getvalue()
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.round(array * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def upload(name: str, data: bytes) -> tuple[str, tuple[str, bytes, str]]:
+    """One multipart entry of the `files` field."""
+    return ("files", (name, data, "application/octet-stream"))
