@@ -27,6 +27,7 @@ from app.imaging import Prepared, Upload, gray_png, heatmap_png, prepare
 from app.runtime import keep_freed_memory
 from app.schemas import MemberScore, ScoreResponse, ScoreResult
 from app.settings import Settings
+from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, NotReadyError, UnknownModelError
 from deeplense.scoring import ScoredBatch, score_array
 from models.base import count_parameters
@@ -74,15 +75,6 @@ class ServedModel:
     @property
     def calibration(self) -> Calibration | None:
         return self.checkpoint.config.calibration
-
-
-def resolve_device(setting: str) -> torch.device:
-    """auto -> cuda when available else cpu; an explicit cuda without a GPU is an error."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("DEEPLENSE_DEVICE=cuda but torch sees no CUDA device")
-    return torch.device(setting)
 
 
 def _sha256(path: Path) -> str:

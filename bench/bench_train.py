@@ -22,8 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import models  # noqa: E402
+from deeplense.device import resolve_device  # noqa: E402
 from models.base import count_parameters  # noqa: E402
-from training.evaluate import resolve_device  # noqa: E402
 from training.fit import Precision, make_step  # noqa: E402
 
 EPOCH_IMAGES = 25_000  # the study's training set

@@ -46,3 +46,7 @@ class PayloadTooLargeError(DeepLenseError):
 
 class NotReadyError(DeepLenseError):
     """The service has not finished loading and warming up its models."""
+
+
+class DeviceError(DeepLenseError):
+    """A requested torch device is unknown or not available on this machine."""

@@ -20,6 +20,7 @@ import gzip
 import io
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import IO
 import numpy as np
 import tifffile
 from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
 from numpy.lib import format as npy_format
 from PIL import Image
 
@@ -232,7 +234,10 @@ class _Request:
             raise self.fail(f"empty image: shape {shape}")
         n, (h, w) = math.prod(shape[:-2]), shape[-2:]
         if self.single and n > 1:
-            raise self.fail(f"holds {n} images (shape {shape}); expected a single 2-D image")
+            raise self.fail(
+                f"holds {n} images (shape {shape}); expected a single 2-D image "
+                "(score stacks with `python -m training score`)"
+            )
         if h * w > self.max_pixels:
             raise ImageTooLargeError(
                 self.name,
@@ -343,7 +348,12 @@ def _decode_fits(request: _Request) -> _Decoded:
         is_gzip = raw.read(2) == b"\x1f\x8b"
         raw.seek(0)
         fileobj: IO[bytes] | gzip.GzipFile = gzip.GzipFile(fileobj=raw) if is_gzip else raw
-        with fits.open(fileobj, memmap=False, lazy_load_hdus=True) as hdul:
+        # astropy warns on stderr about malformed headers; our error says what was wrong.
+        with (
+            warnings.catch_warnings(),
+            fits.open(fileobj, memmap=False, lazy_load_hdus=True) as hdul,
+        ):
+            warnings.simplefilter("ignore", AstropyWarning)
             for hdu in hdul:
                 if isinstance(hdu, fits.GroupsHDU) or not isinstance(
                     hdu, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU

@@ -22,6 +22,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
+from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, DatasetError
 from deeplense.scoring import score_array
 from models.checkpoint import (
@@ -75,18 +76,6 @@ class Evaluation:
     n_images: dict[str, int]
     device: str
     models: dict[str, ModelEvaluation]
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available else cpu; otherwise the named device (checked)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CheckpointError(f"device {name!r} requested but CUDA is not available")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise CheckpointError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from None
 
 
 def dataset_name(data_dir: Path) -> str | None:

@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import models
+from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, DatasetError, OutputExistsError
 from deeplense.scoring import score_array
 from models.base import AnomalyModel
@@ -46,7 +47,7 @@ from models.checkpoint import TrainingFacts, config_for, save_checkpoint
 from models.registry import model_class
 from training.calibrate import calibration_from_scores
 from training.datasets import ImageArrayDataset, load_split, manifest_sha256
-from training.evaluate import dataset_name, resolve_device
+from training.evaluate import dataset_name
 
 log = logging.getLogger(__name__)
 
@@ -700,6 +701,13 @@ def _export(
         final_losses={k: v for k, v in last.items() if k != "epoch" and math.isfinite(v)},
         git_commit=git_commit(),
         torch_version=torch.__version__,
+        budget=training_budget(
+            options.epochs,
+            len(plan.train),
+            options.batch_size,
+            _device_name(device, dist),
+            wall_time,
+        ),
         extra={
             "world_size": dist.world_size,
             "global_batch_size": options.batch_size * dist.world_size,
@@ -721,6 +729,19 @@ def _export(
         calibration.n_images,
     )
     return target
+
+
+def training_budget(
+    epochs: int, n_train: int, batch_size: int, device: str, wall_time_s: float
+) -> str:
+    """The training budget in words, for the model card."""
+    where = device
+    if device.startswith("cpu"):
+        where = f"{device} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return (
+        f"{epochs} epochs over {n_train} images (batch {batch_size}) on {where}, "
+        f"{wall_time_s / 60:.1f} min of training"
+    )
 
 
 def _device_name(device: torch.device, dist: Distributed) -> str:

@@ -67,6 +67,8 @@ def test_fit_all_writes_four_valid_calibrated_checkpoints(data_dir: Path, tmp_pa
         assert facts.wall_time_s is not None and facts.wall_time_s > 0
         assert {"train_loss", "val_loss", "val_mse"} <= set(facts.final_losses)
         assert len(facts.extra["history"]) == 1
+        assert facts.budget is not None
+        assert facts.budget.startswith("1 epochs over 24 images (batch 8) on cpu (")
     assert not (tmp_path / STATE_DIR).exists()
 
 

@@ -4,11 +4,12 @@ import argparse
 import logging
 from pathlib import Path
 
+from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError
 from models.checkpoint import find_checkpoints, load_checkpoint, write_config
 from training.calibrate import calibrate_checkpoint
 from training.commands.evaluate import positive_int
-from training.evaluate import dataset_name, resolve_device
+from training.evaluate import dataset_name
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,13 @@ import argparse
 import logging
 from pathlib import Path
 
+from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, OutputExistsError, UnknownModelError
 from deeplense.imaging import DEFAULT_MAX_PIXELS
 from models.checkpoint import find_checkpoints, load_checkpoint
 from training.batch_score import parse_shard, score_files, shard_files, write_csv
 from training.commands.evaluate import positive_int
 from training.datasets import find_image_files
-from training.evaluate import resolve_device
 
 log = logging.getLogger(__name__)
 
