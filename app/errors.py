@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deeplense.errors import (
     CheckpointError,
     DeepLenseError,
+    DeviceError,
     ImageTooLargeError,
     InvalidImageError,
     NotReadyError,
@@ -54,6 +55,7 @@ STATUS_CODES: dict[type[DeepLenseError], int] = {
     NotReadyError: 503,  # models still loading
     RequestTimeoutError: 504,  # request_timeout_s exceeded
     CheckpointError: 500,  # only at start-up; listed so it can never leak a traceback
+    DeviceError: 500,  # only at start-up (DEEPLENSE_DEVICE=cuda without a GPU)
     DeepLenseError: 400,  # any other deliberate error is the client's
 }
 

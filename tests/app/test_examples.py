@@ -1,0 +1,51 @@
+"""The shipped examples/ score through the service with every documented key."""
+
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from tests.app.conftest import upload
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+RESULT_KEYS = {
+    "filename",
+    "reconstruction_loss",
+    "threshold",
+    "is_anomaly",
+    "percentile",
+    "w1",
+    "reconstruction",
+    "residual",
+    "input_shape",
+    "resized",
+    "error",
+}
+
+
+def test_every_example_file_scores_with_the_documented_keys(client: TestClient) -> None:
+    files = sorted(p for p in EXAMPLES.iterdir() if p.suffix in {".npy", ".fits", ".png"})
+    assert len(files) == 18  # 3 classes x 2 images x 3 formats
+    response = client.post(
+        "/score", params={"model": "dcae"}, files=[upload(p.name, p.read_bytes()) for p in files]
+    )
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["filename"] for r in results] == [p.name for p in files]
+    for r in results:
+        assert RESULT_KEYS <= set(r), r["filename"]
+        assert r["error"] is None, r["error"]
+        assert r["input_shape"] == [150, 150]
+        assert r["resized"] is True  # the tiny test models take 32x32 input
+        assert np.isfinite(r["reconstruction_loss"]) and np.isfinite(r["w1"])
+
+
+def test_the_three_formats_of_one_example_score_alike(client: TestClient) -> None:
+    stem = EXAMPLES / "vort_0"
+    files = [stem.with_suffix(s) for s in (".npy", ".fits", ".png")]
+    response = client.post(
+        "/score", params={"model": "dcae"}, files=[upload(p.name, p.read_bytes()) for p in files]
+    )
+    npy, fits_, png = (r["reconstruction_loss"] for r in response.json()["results"])
+    assert fits_ == npy  # float32 either way: the same pixels
+    assert abs(png - npy) < 1e-3 * npy  # 16-bit PNG quantisation only
