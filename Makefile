@@ -1,6 +1,7 @@
 # Every README command is a target here; `make help` lists them.
 SHELL := /bin/bash
 PY ?= .venv/bin/python
+RUNTIME_STAMP := .venv/.installed-runtime
 VENV_STAMP := .venv/.installed
 TORCH_PIN := torch==2.13.0
 DATASET ?= model_a
@@ -13,18 +14,22 @@ PORT ?= 8000
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV_STAMP): pyproject.toml scripts/install-system-deps.sh
+$(RUNTIME_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	# The pinned CPU build first: a bare `torch` requirement would pull multi-GB CUDA wheels.
 	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV_STAMP): $(RUNTIME_STAMP) scripts/install-system-deps.sh
 	$(PY) -m pip install -q -e '.[train,dev]'
 	bash scripts/install-system-deps.sh
-	touch $(VENV_STAMP)
+	touch $@
 
-install: $(VENV_STAMP) ## create .venv with CPU torch, the project, its extras, Chromium (browser test) and docker-compose (compose validation)
+install: $(VENV_STAMP) ## .venv with CPU torch, the project and its train/dev extras, Chromium and docker-compose (for the tests)
 
-serve: $(VENV_STAMP) ## run the service on port 8000 with the shipped Model A checkpoints
+serve: $(RUNTIME_STAMP) ## install the service's dependencies and run it on port 8000 (shipped Model A checkpoints)
 	$(PY) -m uvicorn app.main:app --host 0.0.0.0 --port $(PORT)
 
 test: $(VENV_STAMP) lint ## lint (ruff, mypy) then run the whole test suite
@@ -42,7 +47,7 @@ format: $(VENV_STAMP) ## apply ruff's fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-reproduce: $(VENV_STAMP) ## simulate, fit all four models, evaluate (DATASET=model_a|model_b PRESET=small|full)
+reproduce: $(VENV_STAMP) ## simulate, fit all four models, evaluate (DATASET=model_a|model_b PRESET=small|cpu|full)
 	bash scripts/reproduce.sh $(DATASET) $(PRESET)
 
 bench: bench-sim bench-train bench-serve ## every benchmark
