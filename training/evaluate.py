@@ -37,6 +37,9 @@ from training.datasets import CLASSES, load_split, manifest_sha256
 log = logging.getLogger(__name__)
 
 NORMAL = "no_sub"
+# PSF width of the simulated data (REFERENCE.md): the experimental matched-filter score smooths
+# residuals by it before squaring (deeplense.metrics.smoothed_residual_error).
+PSF_SIGMA_ARCSEC = 0.1
 # Comparisons reported for every model: name -> the anomalous classes it pools against no_sub.
 COMPARISONS: dict[str, tuple[str, ...]] = {
     "sub": tuple(c for c in CLASSES if c != NORMAL),
@@ -137,10 +140,17 @@ def evaluate_model(
     model = loaded.model
     losses: dict[str, np.ndarray] = {}
     w1: dict[str, np.ndarray] = {}
+    smoothed: dict[str, np.ndarray] = {}
     examples: dict[str, Examples] = {}
+    pixel_scale = loaded.config.input.pixel_scale_arcsec or 0.05
+    sigma_pixels = PSF_SIGMA_ARCSEC / pixel_scale
     for cls, x in images.items():
-        scored = score_array(model, x, device=device, batch_size=batch_size)
+        scored = score_array(
+            model, x, device=device, batch_size=batch_size, smoothing_sigma_pixels=sigma_pixels
+        )
         losses[cls], w1[cls] = scored.loss, scored.w1
+        assert scored.smoothed_loss is not None
+        smoothed[cls] = scored.smoothed_loss
         k = min(n_examples, len(x))
         if k:
             shown = score_array(model, x[:k], device=device, keep_reconstructions=True)
@@ -151,6 +161,11 @@ def evaluate_model(
     calibration = loaded.config.calibration
     threshold = calibration.threshold if calibration is not None else None
     metrics, curves = class_metrics(losses, w1, threshold)
+    # Experimental: the same residuals, PSF-smoothed before squaring (only the AUCs).
+    smoothed_metrics, _ = class_metrics(smoothed, w1, None)
+    metrics.update(
+        {f"smoothed_{k}": v for k, v in smoothed_metrics.items() if k.startswith("auc_")}
+    )
     if calibration is not None:
         metrics["calibration_fpr"] = calibration.fpr
     training = loaded.config.training.model_dump(exclude={"extra"}, exclude_none=True)

@@ -123,6 +123,21 @@ def render_markdown(evaluation: Evaluation) -> str:
     if ds in SUPERVISED_AUC:
         out += [f"Supervised reference (ResNet-18 with labels): AUC {SUPERVISED_AUC[ds]}.", ""]
 
+    out += [
+        "## Experimental: ROC-AUC of the PSF-smoothed residual",
+        "",
+        "The same reconstructions, scored by the mean squared residual after smoothing it with",
+        "the PSF (`deeplense.metrics.smoothed_residual_error`): a matched filter that removes",
+        "most pixel noise. Not the served score; shown to tell reconstruction quality from noise.",
+        "",
+    ]
+    rows = [
+        [name, *[_fmt(r.metrics.get(f"smoothed_auc_{c}")) for c in COMPARISONS]]
+        for name, r in items
+        if any(k.startswith("smoothed_auc_") for k in r.metrics)
+    ]
+    out += _table(["model", *[f"AUC {c}" for c in COMPARISONS]], rows)
+
     out += ["## W1 on no_sub test images (lower is better)", ""]
     rows = []
     for name, r in items:

@@ -106,7 +106,8 @@ def test_evaluate_cli_writes_the_report(checkpoints: Path, tmp_path: Path) -> No
     assert set(doc["models"]) == {p.name for p in checkpoints.iterdir()}
     for name, entry in doc["models"].items():
         for key in ("auc_sub", "auc_sphere", "auc_vort", "w1_no_sub", "mse_no_sub",
-                    "mse_sphere", "mse_vort", "test_fpr", "test_tpr_sub"):  # fmt: skip
+                    "mse_sphere", "mse_vort", "test_fpr", "test_tpr_sub",
+                    "smoothed_auc_sub", "smoothed_auc_vort"):  # fmt: skip
             assert np.isfinite(entry["metrics"][key]), (name, key)
         assert entry["published"]["auc_sub"] == PUBLISHED_AUC["model_a"][name]
     for png in ("roc.png", "examples.png"):
