@@ -42,7 +42,9 @@ from models.checkpoint import (
 logger = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
-# Preferred default model when settings name none: the published AUC ranking (REFERENCE.md).
+# Default model when settings name none: the loaded model with the highest measured AUC in
+# its card (metrics.auc_sub, written by `training evaluate --update-checkpoints`); without
+# metrics, the published AUC ranking (REFERENCE.md).
 PREFERENCE = ("aae", "vae", "dcae", "rbm")
 WARMUP_BATCH = 8
 SCORING_SLOTS = 2
@@ -163,6 +165,13 @@ class ModelService:
     def _pick_default(self) -> str:
         wanted = self.settings.default_model
         if wanted is None:
+            measured = {
+                name: m.checkpoint.config.metrics["auc_sub"]
+                for name, m in self.models.items()
+                if "auc_sub" in m.checkpoint.config.metrics
+            }
+            if measured:
+                return max(sorted(measured), key=lambda name: measured[name])
             preferred = [name for name in PREFERENCE if name in self.models]
             return preferred[0] if preferred else sorted(self.models)[0]
         if wanted != ENSEMBLE and wanted not in self.models:

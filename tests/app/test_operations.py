@@ -11,6 +11,7 @@ import models
 from app.main import create_app
 from app.settings import Settings, get_settings
 from deeplense.errors import CheckpointError
+from models.checkpoint import read_config, write_config
 from tests.app.conftest import image, make_settings, npy_bytes, upload
 
 
@@ -209,3 +210,17 @@ def test_settings_come_from_deeplense_environment_variables(
         assert get_settings().max_files == 7
     finally:
         get_settings.cache_clear()
+
+
+def test_default_model_is_the_best_measured_auc(checkpoint_copy: Path) -> None:
+    aucs = {"aae": 0.61, "vae": 0.55, "dcae": 0.72, "rbm": 0.50}
+    for name, auc in aucs.items():
+        path = checkpoint_copy / name
+        config = read_config(path)
+        write_config(config.model_copy(update={"metrics": {"auc_sub": auc}}), path)
+    with TestClient(create_app(make_settings(checkpoint_copy))) as client:
+        assert client.get("/models").json()["default"] == "dcae"
+
+
+def test_default_model_without_metrics_follows_the_published_ranking(client: TestClient) -> None:
+    assert client.get("/models").json()["default"] == "aae"
