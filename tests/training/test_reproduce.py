@@ -38,7 +38,7 @@ def run(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ((), "DATASET PRESET"),
         (("model_a",), "DATASET PRESET"),
         (("model_c", "small"), "unknown dataset 'model_c'; valid: model_a, model_b"),
-        (("model_a", "huge"), "unknown preset 'huge'; valid: full, small"),
+        (("model_a", "huge"), "unknown preset 'huge'; valid: full, cpu, small"),
     ],
 )
 def test_reproduce_rejects_bad_arguments(
