@@ -6,8 +6,6 @@ checkpoint raises `CheckpointError` whose message names the offending file.
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from deeplense.errors import CheckpointError, OutputExistsError, UnknownModelError
+from deeplense.atomic import atomic_directory
+from deeplense.errors import CheckpointError, UnknownModelError
 from models.base import AnomalyModel
 from models.registry import create_model
 
@@ -134,25 +133,10 @@ def save_checkpoint(
     """Write `directory/` atomically (temp folder, then rename). Refuses an existing folder
     unless `overwrite`, in which case the old one is replaced only once the new one is whole."""
     directory = Path(directory)
-    if directory.exists() and not overwrite:
-        raise OutputExistsError(f"{directory} exists; pass --overwrite to replace it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"architecture": model.architecture})
         (tmp / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 

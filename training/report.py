@@ -2,9 +2,6 @@
 roc.png and examples.png, written together into one folder atomically."""
 
 import json
-import os
-import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +9,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure  # object API: the Agg canvas, no pyplot global state
 
+from deeplense.atomic import atomic_directory
 from deeplense.errors import OutputExistsError
 from training.evaluate import COMPARISONS, NORMAL, Evaluation
 
@@ -263,24 +261,10 @@ def write_report(evaluation: Evaluation, out_dir: Path, overwrite: bool = False)
     """Write the four report files into `out_dir` atomically (temp folder, then rename)."""
     out_dir = Path(out_dir)
     check_output(out_dir, overwrite)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a report is for sharing
+    with atomic_directory(out_dir, overwrite=True, shared=True) as tmp:
         document = metrics_document(evaluation)
         (tmp / "metrics.json").write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
         (tmp / "report.md").write_text(render_markdown(evaluation))
         plot_roc(evaluation, tmp / "roc.png")
         plot_examples(evaluation, tmp / "examples.png")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -30,8 +30,6 @@ import logging
 import math
 import multiprocessing
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
@@ -42,6 +40,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
+from deeplense.atomic import atomic_directory
 from deeplense.errors import DatasetError, OutputExistsError
 from training.lensing import cosmology
 from training.lensing.render import LensParams, SimConfig, render_image
@@ -275,10 +274,7 @@ def simulate_dataset(
         for cls, count in classes.items()
         for start in range(0, count, CHUNK)
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; a dataset is for sharing
+    with atomic_directory(out, overwrite=overwrite, shared=True) as tmp:
         n = config.image_size
         arrays = {}
         for split, classes in layout.items():
@@ -322,27 +318,8 @@ def simulate_dataset(
         }
         manifest = _manifest(spec, config, seed, layout, files)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("wrote %d images of %s to %s", total, name, out)
     return out
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` to `out`, replacing an old `out` only once `tmp` is whole."""
-    if out.exists() or out.is_symlink():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
-    else:
-        os.replace(tmp, out)
 
 
 def _manifest(
