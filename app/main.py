@@ -15,6 +15,7 @@ from app.metrics import install_metrics
 from app.routes import health, models, score, ui
 from app.scoring import ModelService
 from app.settings import Settings, get_settings
+from deeplense.numerics import flush_denormals
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is None:
         settings = get_settings()
     configure_logging(settings.log_level)
+    flush_denormals()  # the same numerics as the training CLI (deeplense.numerics)
     service = ModelService(settings)
 
     @asynccontextmanager

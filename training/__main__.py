@@ -10,6 +10,7 @@ import logging
 import sys
 
 from deeplense.errors import DeepLenseError
+from deeplense.numerics import flush_denormals
 from training.commands import COMMANDS
 
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    flush_denormals()
     try:
         return int(args.func(args) or 0)
     except DeepLenseError as exc:
