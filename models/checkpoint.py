@@ -133,7 +133,7 @@ def save_checkpoint(
     """Write `directory/` atomically (temp folder, then rename). Refuses an existing folder
     unless `overwrite`, in which case the old one is replaced only once the new one is whole."""
     directory = Path(directory)
-    with atomic_directory(directory, overwrite=overwrite) as tmp:
+    with atomic_directory(directory, overwrite=overwrite, shared=True) as tmp:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"architecture": model.architecture})
         (tmp / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
