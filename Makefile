@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= .venv/bin/python
 RUNTIME_STAMP := .venv/.installed-runtime
 VENV_STAMP := .venv/.installed
-TORCH_PIN := torch==2.13.0
+TORCH_PIN ?= torch==2.13.0
 DATASET ?= model_a
 PRESET ?= small
 PORT ?= 8000
