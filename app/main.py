@@ -15,6 +15,7 @@ from app.metrics import install_metrics
 from app.routes import health, models, score, ui
 from app.scoring import ModelService
 from app.settings import Settings, get_settings
+from app.startup import OneLineStartupErrors
 from deeplense.numerics import flush_denormals
 
 logger = logging.getLogger(__name__)
@@ -54,12 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # A bad checkpoint raises CheckpointError naming its file: the server does not start.
-        try:
-            await anyio.to_thread.run_sync(service.load)
-        except Exception as exc:
-            logger.error("start-up failed: %s", exc)
-            raise
+        # A bad checkpoint raises CheckpointError naming its file: the server does not start
+        # (OneLineStartupErrors reports it in one line).
+        await anyio.to_thread.run_sync(service.load)
         yield
         await anyio.to_thread.run_sync(service.close)
 
@@ -86,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     for router in (score.router, models.router, health.router, ui.router):
         app.include_router(router)
+    app.add_middleware(OneLineStartupErrors)
     return app
 
 
