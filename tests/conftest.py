@@ -12,6 +12,7 @@ import torch
 import models
 from models.base import AnomalyModel
 from models.checkpoint import Calibration, config_for, save_checkpoint
+from training.calibrate import calibration_from_scores
 
 TINY_SIZE = 32
 TINY_GEOMETRY = {
@@ -54,14 +55,7 @@ def tiny_calibration(model: AnomalyModel, fpr: float = 0.05) -> Calibration:
     """Calibration of `model` on tiny normal images (scores -> quantiles, threshold)."""
     with torch.no_grad():
         scores = model.score(torch.from_numpy(tiny_images(64, seed=123))).numpy()
-    quantiles = np.quantile(scores, np.linspace(0, 1, 101)).tolist()
-    return Calibration(
-        fpr=fpr,
-        threshold=float(np.quantile(scores, 1 - fpr)),
-        quantiles=quantiles,
-        n_images=len(scores),
-        dataset="tiny",
-    )
+    return calibration_from_scores(scores, fpr=fpr, dataset="tiny")
 
 
 @pytest.fixture(scope="session", params=models.list_models())

@@ -1,16 +1,13 @@
 """Fixtures for the service tests: settings on the tiny checkpoints, a started client, and
-uploads in every format made on the fly."""
+uploads (the file encoders are in tests/encode.py)."""
 
-import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from astropy.io import fits
 from fastapi.testclient import TestClient
-from PIL import Image
 
 from app.main import create_app
 from app.settings import Settings
@@ -44,24 +41,6 @@ def checkpoint_copy(tiny_checkpoints: Path, tmp_path: Path) -> Path:
 def image(seed: int = 0, size: int = TINY_SIZE) -> np.ndarray:
     """(size, size) float32 ring image in [0, 1]."""
     return tiny_images(1, seed=seed, size=size)[0, 0]
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def fits_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    fits.PrimaryHDU(array).writeto(buffer)
-    return buffer.getvalue()
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.round(array * 255).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def upload(name: str, data: bytes) -> tuple[str, tuple[str, bytes, str]]:

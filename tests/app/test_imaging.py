@@ -7,7 +7,8 @@ import numpy as np
 from PIL import Image
 
 from app.imaging import INFERNO_LUT, Upload, encode_png, gray_png, heatmap_png, prepare
-from tests.app.conftest import image, npy_bytes
+from tests.app.conftest import image
+from tests.encode import npy_bytes
 
 
 def test_encode_png_round_trips_through_pillow() -> None:

@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.scoring import ModelService
-from tests.app.conftest import image, make_settings, npy_bytes, upload
+from tests.app.conftest import image, make_settings, upload
+from tests.encode import npy_bytes
 
 BOUNDARY = "deeplense-test-boundary"
 

@@ -12,7 +12,8 @@ from app.main import create_app
 from app.settings import Settings, get_settings
 from deeplense.errors import CheckpointError
 from models.checkpoint import read_config, write_config
-from tests.app.conftest import image, make_settings, npy_bytes, upload
+from tests.app.conftest import image, make_settings, upload
+from tests.encode import npy_bytes
 
 
 def test_health_is_always_200(settings: Settings) -> None:

@@ -17,8 +17,9 @@ from deeplense.imaging import read_image
 from deeplense.preprocess import to_model_input
 from deeplense.scoring import score_array
 from models.checkpoint import load_checkpoint
-from tests.app.conftest import fits_bytes, image, npy_bytes, png_bytes, upload
+from tests.app.conftest import image, upload
 from tests.conftest import TINY_SIZE
+from tests.encode import fits_bytes, npy_bytes, png_bytes
 
 RESULT_FIELDS = {
     "filename", "reconstruction_loss", "threshold", "is_anomaly", "percentile", "w1",

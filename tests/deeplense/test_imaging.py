@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tifffile
 from astropy.io import fits
 from numpy.lib import format as npy_format
 from PIL import Image
@@ -27,6 +26,7 @@ from deeplense.imaging import (
     read_image,
     read_stack,
 )
+from tests.encode import fits_bytes, npy_bytes, tiff_bytes
 
 H, W = 12, 20  # not square, so a swapped axis shows
 
@@ -41,30 +41,9 @@ def noisy(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (64, 64), dtype=np.uint8)
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
-def fits_bytes(array: np.ndarray | None, extension: bool = False) -> bytes:
-    buf = io.BytesIO()
-    if extension:  # empty primary HDU, image in the first extension
-        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(array)]).writeto(buf)
-    else:
-        fits.PrimaryHDU(array).writeto(buf)
-    return buf.getvalue()
-
-
 def pil_bytes(array: np.ndarray, fmt: str, **kwargs: Any) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format=fmt, **kwargs)
-    return buf.getvalue()
-
-
-def tiff_bytes(array: np.ndarray, **kwargs: Any) -> bytes:
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, array, **kwargs)
     return buf.getvalue()
 
 

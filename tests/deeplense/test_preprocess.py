@@ -1,17 +1,15 @@
 """Preprocessing to model input: min-max scaling, resizing, and the identity on dataset images."""
 
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
-from astropy.io import fits
 
 from deeplense.errors import InvalidImageError
 from deeplense.imaging import read_image
 from deeplense.preprocess import minmax_scale, prepare_batch, resize_image, to_model_input
 from tests.conftest import tiny_images
+from tests.encode import fits_bytes, tiff_bytes
 
 
 def test_minmax_scale_maps_to_unit_interval() -> None:
@@ -54,18 +52,6 @@ def test_to_model_input_on_a_dataset_image_is_byte_identical(tmp_path: Path, siz
         assert not resized
         assert x.shape == (1, size, size) and x.dtype == np.float32
         assert x.tobytes() == image.tobytes()
-
-
-def fits_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    fits.PrimaryHDU(array).writeto(buf)
-    return buf.getvalue()
-
-
-def tiff_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, array)
-    return buf.getvalue()
 
 
 def test_to_model_input_scales_without_resizing_at_the_right_size() -> None:

@@ -1,7 +1,6 @@
 """Dataset loaders: our stack layout, folders of per-image files, and their errors."""
 
 import hashlib
-import io
 import logging
 import pickle
 from pathlib import Path
@@ -18,6 +17,7 @@ from deeplense.errors import DatasetError, InvalidImageError
 from deeplense.imaging import read_image
 from deeplense.preprocess import to_model_input
 from tests.conftest import tiny_images
+from tests.encode import npy_bytes
 from training.datasets import (
     CLASSES,
     LABELS,
@@ -72,14 +72,8 @@ def test_unscaled_stack_is_prepared_like_the_service(tmp_path: Path) -> None:
     out = load_split(tmp_path, "test")["no_sub"]
     assert not isinstance(out, np.memmap)
     for i in range(3):  # the service reads the same image as float32, then prepares it
-        one = read_image(_npy(raw[i]), filename="one.npy")
+        one = read_image(npy_bytes(raw[i]), filename="one.npy")
         assert out[i].tobytes() == to_model_input(one, S)[0].tobytes()
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
 
 
 def test_stack_is_resized_to_image_size(tmp_path: Path) -> None:
