@@ -53,22 +53,10 @@ def ours(spec: DatasetSpec, config: SimConfig, cls: str) -> Callable[[int], obje
 
 def lenstronomy(spec: DatasetSpec, config: SimConfig, cls: str) -> Callable[[int], object]:
     """The same images through one lenstronomy ImageModel per class (kwargs change only)."""
-    from lenstronomy.ImSim.image_model import ImageModel
-
     from training.lensing.reference import LenstronomyRenderer, lens_model, light_models
 
-    base = LenstronomyRenderer(config)
     first = draw_params(spec, cls, image_rngs(SEED, "test", cls, 0)[0])
-    lens, _ = lens_model(first)
-    source, _, light, _ = light_models(first)
-    model = ImageModel(
-        base.data,
-        base.psf,
-        lens_model_class=lens,
-        source_model_class=source,
-        lens_light_model_class=light,
-        kwargs_numerics=base.numerics,
-    )
+    model = LenstronomyRenderer(config).image_model(first)
 
     def render(i: int) -> np.ndarray:
         params_rng, noise_rng = image_rngs(SEED, "test", cls, i)

@@ -4,7 +4,6 @@ One function turns prepared images into reconstruction losses, W1 distances and
 reconstructions, so a served score equals the evaluated score for the same input.
 """
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,9 +63,3 @@ def score_array(
             else None
         ),
     )
-
-
-def batches(n: int, batch_size: int) -> Iterator[slice]:
-    """Slices covering range(n) in steps of batch_size."""
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))

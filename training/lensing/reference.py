@@ -85,13 +85,14 @@ class LenstronomyRenderer:
         )
         self.numerics = {"supersampling_factor": config.supersampling}
 
-    def render(self, params: LensParams) -> tuple[np.ndarray, np.ndarray]:
-        """(arcs, lens light), each (n, n), surface brightness 1 at R_eff before the PSF."""
+    def image_model(self, params: LensParams) -> Any:
+        """A lenstronomy ImageModel for the profiles of `params` (reusable: only the kwargs
+        of `lens_model` / `light_models` change between images of one class)."""
         from lenstronomy.ImSim.image_model import ImageModel
 
-        lens, lens_kwargs = lens_model(params)
-        source, source_kwargs, light, light_kwargs = light_models(params)
-        model = ImageModel(
+        lens, _ = lens_model(params)
+        source, _, light, _ = light_models(params)
+        return ImageModel(
             self.data,
             self.psf,
             lens_model_class=lens,
@@ -99,6 +100,12 @@ class LenstronomyRenderer:
             lens_light_model_class=light,
             kwargs_numerics=self.numerics,
         )
+
+    def render(self, params: LensParams) -> tuple[np.ndarray, np.ndarray]:
+        """(arcs, lens light), each (n, n), surface brightness 1 at R_eff before the PSF."""
+        model = self.image_model(params)
+        _, lens_kwargs = lens_model(params)
+        _, source_kwargs, _, light_kwargs = light_models(params)
         arcs = model.image(lens_kwargs, source_kwargs, light_kwargs, lens_light_add=False)
         lens_light = model.image(
             lens_kwargs, source_kwargs, light_kwargs, source_add=False, lens_light_add=True
