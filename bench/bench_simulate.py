@@ -63,9 +63,10 @@ def lenstronomy(spec: DatasetSpec, config: SimConfig, cls: str) -> Callable[[int
         params = draw_params(spec, cls, params_rng)
         _, lens_kwargs = lens_model(params)
         _, source_kwargs, _, light_kwargs = light_models(params)
-        # Amplitudes as in our renderer would need the SNR solve; a fixed scale costs the same.
-        rate = model.image(lens_kwargs, source_kwargs, light_kwargs) * 1000.0
-        return min_max_scale(poisson_observation(rate, config.exposure, config.sky, noise_rng))
+        # Unit amplitudes: lenstronomy's per-pixel flux over the pixel area is a rate of 1 at
+        # R_eff; the study's intensities (ours) scale it and cost the same.
+        rate = model.image(lens_kwargs, source_kwargs, light_kwargs) / config.pixel_scale**2
+        return min_max_scale(poisson_observation(rate, params.exposure, config.sky, noise_rng))
 
     return render
 
@@ -79,7 +80,7 @@ def effect_table(spec: DatasetSpec, config: SimConfig, count: int) -> None:
             params: LensParams = draw_params(spec, cls, image_rngs(SEED, "test", cls, i)[0])
             with_sub = render_components(params, config)
             smooth = render_components(dataclasses.replace(params, subhalos=()), config)
-            sigma = noise_sigma(smooth.rate, config.exposure, config.sky)
+            sigma = noise_sigma(smooth.rate, params.exposure, config.sky)
             peaks.append(float((np.abs(with_sub.rate - smooth.rate) / sigma).max()))
         p = np.array(peaks)
         print(

@@ -31,7 +31,7 @@ def main() -> int:
     config = SimConfig()
     for cls in ("no_sub", "sphere", "vort"):
         for index in range(PER_CLASS):
-            image, _ = simulate_image(spec, config, SEED, "test", cls, index)  # (150, 150)
+            image = simulate_image(spec, config, SEED, "test", cls, index).image  # (150, 150)
             stem = HERE / f"{cls}_{index}"
             paths = [stem.with_suffix(s) for s in (".npy", ".fits", ".png")]
             if not args.overwrite and any(p.exists() for p in paths):

@@ -11,15 +11,22 @@ Determinism: image `index` of (split, class) draws its parameters and its noise 
 numpy SeedSequence(seed, spawn_key=(split code, class code, index)), children 0 and 1, so
 the files do not depend on the number of workers or on chunking.
 
-Model A: z_lens = 0.5, z_source = 1.0, theta_E = 1.2", SNR ~ U[18, 22].
+Photometry (both datasets; the study's, REFERENCE.md "Photometry"): lens light an elliptical
+Sersic of intensity 1.2 counts/s/pixel at R_eff, n 2.5, R_eff 0.5", axis ratio U[0.5, 1];
+source an elliptical Sersic of intensity U[0.7, 0.9], n 1.5, R_eff 0.5", axis ratio U[0.7, 1];
+exposure 300 s, sky 0.1 counts/s/pixel, Poisson noise, then per-image min-max scaling.
+Model A: z_lens = 0.5, z_source = 1.0, theta_E = 1.2", and nothing rescales the noise: its
+median arc S/N (definition in `training.lensing.noise`) comes out near 19 by itself.
 Model B: z_lens ~ U[0.3, 0.7], z_source ~ U[0.9, 1.5] (so z_source >= z_lens + 0.2 always),
 theta_E = 1.2" * (D_ls/D_s) / (D_ls/D_s at 0.5, 1.0) (fixed velocity dispersion),
-galaxy angular sizes scaled by D_A (fixed physical size), SNR ~ U[10, 30].
+galaxy angular sizes scaled by D_A (fixed physical size), and a median arc S/N drawn
+U[10, 30] per image, reached by scaling that image's exposure.
 Both: shear |gamma| ~ U[0, 0.3] at a random angle; source at radius U[0, theta_E]; subhalos
-(sphere, vort) are 25 point masses of theta_E * sqrt(0.01 / 25) each (1% of the lens mass),
-sphere at radius U[0, 1"] from the centre, vort evenly along a 1" line centred within 0.5"
-of the Einstein ring at a random azimuth and orientation; lengths in " are for theta_E =
-1.2" and scale with theta_E. Cosmology: FlatLambdaCDM(H0=70, Om0=0.3).
+(sphere, vort) are 25 point masses of theta_E * sqrt(f / 25) each (a fraction f of the lens
+mass, 1% unless `subhalo_mass_fraction` says otherwise), sphere at radius U[0, 1"] from the
+centre, vort evenly along a 1" line centred within 0.5" of the Einstein ring at a random
+azimuth and orientation; lengths in " are for theta_E = 1.2" and scale with theta_E.
+Cosmology: FlatLambdaCDM(H0=70, Om0=0.3).
 """
 
 import csv
@@ -43,13 +50,20 @@ from tqdm import tqdm
 from deeplense.atomic import atomic_directory
 from deeplense.errors import DatasetError, OutputExistsError
 from training.lensing import cosmology
-from training.lensing.render import LensParams, SimConfig, render_image
+from training.lensing.noise import SNR_DEFINITION, exposure_for_snr
+from training.lensing.render import (
+    LensParams,
+    SimConfig,
+    observe,
+    render_components,
+    render_image,
+)
 
 logger = logging.getLogger(__name__)
 
 SIMULATOR_NAME = "deeplense-lensing"
-SIMULATOR_VERSION = "1.0.0"
-MANIFEST_FORMAT = 1
+SIMULATOR_VERSION = "2.0.0"
+MANIFEST_FORMAT = 2  # 2: the study's photometry, per-image exposure and S/N
 SPLITS = ("train", "val", "test")
 CLASSES = ("no_sub", "sphere", "vort")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -58,12 +72,7 @@ PARAMETERS_FILE = "parameters.csv"
 SUBHALOS_FILE = "subhalos.csv"
 MANIFEST_FILE = "manifest.json"
 CHUNK = 32  # images per task sent to a worker process
-
-SNR_DEFINITION = (
-    "peak arc rate S (lensed source after the PSF, brightest pixel, lens without subhalos) "
-    "over the Poisson noise sigma at that pixel, sqrt((S + L + sky) * t) / t, with L the lens "
-    "light there, t the exposure (s), rates in counts/s/pixel"
-)
+SNR_COLUMNS = ("snr_median", "snr_peak")  # measured per image, after the params in the CSV
 
 
 @dataclass(frozen=True)
@@ -73,18 +82,19 @@ class DatasetSpec:
     name: str
     z_lens: tuple[float, float]
     z_source: tuple[float, float]
-    snr: tuple[float, float]  # see SNR_DEFINITION
+    snr: tuple[float, float] | None = None  # median arc S/N drawn per image; None: no scaling
     theta_e_ref: float = 1.2  # Einstein radius at the reference redshifts
     z_ref: tuple[float, float] = (0.5, 1.0)  # (lens, source) reference redshifts
     shear: tuple[float, float] = (0.0, 0.3)  # magnitude; angle U[0, pi)
     lens_r_eff: float = 0.5  # at z_ref[0]
     lens_n: float = 2.5
-    lens_q: tuple[float, float] = (0.7, 1.0)  # angle U[0, pi)
+    lens_q: tuple[float, float] = (0.5, 1.0)  # angle U[0, pi)
+    lens_intensity: float = 1.2  # counts/s/pixel at R_eff
     source_r_eff: float = 0.5  # at z_ref[1]
     source_n: float = 1.5
-    source_q: tuple[float, float] = (0.5, 1.0)  # angle U[0, pi)
+    source_q: tuple[float, float] = (0.7, 1.0)  # angle U[0, pi)
+    source_intensity: tuple[float, float] = (0.7, 0.9)  # counts/s/pixel at R_eff
     source_radius: tuple[float, float] = (0.0, 1.2)  # azimuth U[0, 2 pi); scales with theta_E
-    lens_light_ratio: tuple[float, float] = (1.0, 2.0)  # lens peak / arc peak after the PSF
     n_subhalos: int = 25
     subhalo_mass_fraction: float = 0.01  # of the lens mass, all subhalos together
     sphere_radius: tuple[float, float] = (0.0, 1.0)  # azimuth U[0, 2 pi); scales with theta_E
@@ -97,9 +107,7 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "model_a": DatasetSpec(
-        name="model_a", z_lens=(0.5, 0.5), z_source=(1.0, 1.0), snr=(18.0, 22.0)
-    ),
+    "model_a": DatasetSpec(name="model_a", z_lens=(0.5, 0.5), z_source=(1.0, 1.0)),
     "model_b": DatasetSpec(
         name="model_b", z_lens=(0.3, 0.7), z_source=(0.9, 1.5), snr=(10.0, 30.0)
     ),
@@ -122,8 +130,14 @@ def image_rngs(
     return np.random.default_rng(params_seq), np.random.default_rng(noise_seq)
 
 
-def draw_params(spec: DatasetSpec, cls: str, rng: np.random.Generator) -> LensParams:
-    """Draw one image's parameters for class `cls` (no_sub, sphere or vort)."""
+def draw_params(
+    spec: DatasetSpec, cls: str, rng: np.random.Generator, exposure: float = 300.0
+) -> LensParams:
+    """Draw one image's parameters for class `cls` (no_sub, sphere or vort).
+
+    `exposure` is the base exposure (s); with `spec.snr` the drawn target is recorded in
+    `snr_target` and `simulate_image` scales the exposure to reach it.
+    """
     if cls not in CLASS_CODES:
         raise ValueError(f"unknown class {cls!r}; valid: {', '.join(CLASSES)}")
     z_lens = float(rng.uniform(*spec.z_lens))
@@ -148,8 +162,10 @@ def draw_params(spec: DatasetSpec, cls: str, rng: np.random.Generator) -> LensPa
         source_n=spec.source_n,
         source_q=float(rng.uniform(*spec.source_q)),
         source_phi=float(rng.uniform(0.0, math.pi)),
-        lens_light_ratio=float(rng.uniform(*spec.lens_light_ratio)),
-        snr=float(rng.uniform(*spec.snr)),
+        lens_intensity=spec.lens_intensity,
+        source_intensity=float(rng.uniform(*spec.source_intensity)),
+        exposure=exposure,
+        snr_target=0.0 if spec.snr is None else float(rng.uniform(*spec.snr)),
         z_lens=z_lens,
         z_source=z_source,
     )
@@ -176,13 +192,31 @@ def draw_params(spec: DatasetSpec, cls: str, rng: np.random.Generator) -> LensPa
     return dataclasses.replace(params, theta_sub=spec.theta_sub(theta_e), subhalos=subhalos)
 
 
+@dataclass(frozen=True)
+class Simulated:
+    """One image (n, n) float32 in [0, 1], its parameters and its arcs' S/N statistics."""
+
+    image: np.ndarray
+    params: LensParams
+    snr_median: float
+    snr_peak: float
+
+
 def simulate_image(
     spec: DatasetSpec, config: SimConfig, seed: int, split: str, cls: str, index: int
-) -> tuple[np.ndarray, LensParams]:
-    """One image (n, n) float32 in [0, 1] and its parameters, fully determined by the key."""
+) -> Simulated:
+    """One image, fully determined by the key; Model B's exposure reaches its drawn SNR."""
     params_rng, noise_rng = image_rngs(seed, split, cls, index)
-    params = draw_params(spec, cls, params_rng)
-    return render_image(params, config, noise_rng), params
+    params = draw_params(spec, cls, params_rng, config.exposure)
+    components = render_components(params, config)
+    median, peak = components.snr(params.exposure, config.sky)
+    if params.snr_target > 0:
+        exposure = exposure_for_snr(median, params.snr_target, params.exposure)
+        scale = (exposure / params.exposure) ** 0.5  # every pixel's S/N grows as sqrt(t)
+        params = dataclasses.replace(params, exposure=exposure)
+        median, peak = median * scale, peak * scale
+    image = observe(components, params.exposure, config, noise_rng)
+    return Simulated(image=image, params=params, snr_median=median, snr_peak=peak)
 
 
 @dataclass(frozen=True)
@@ -196,23 +230,24 @@ class _Task:
     stop: int
 
 
-def _run_task(task: _Task) -> tuple[np.ndarray, list[LensParams]]:
-    """Render images start..stop-1 of one (split, class): ((k, 1, n, n) float32, params)."""
+def _run_task(task: _Task) -> tuple[np.ndarray, list[Simulated]]:
+    """Render images start..stop-1 of one (split, class): ((k, 1, n, n) float32, each's
+    Simulated with its image dropped)."""
     n = task.config.image_size
     images = np.empty((task.stop - task.start, 1, n, n), dtype=np.float32)
-    params = []
+    facts = []
     for i, index in enumerate(range(task.start, task.stop)):
-        images[i, 0], p = simulate_image(
-            task.spec, task.config, task.seed, task.split, task.cls, index
-        )
-        params.append(p)
-    return images, params
+        one = simulate_image(task.spec, task.config, task.seed, task.split, task.cls, index)
+        images[i, 0] = one.image
+        facts.append(dataclasses.replace(one, image=np.empty(0, dtype=np.float32)))
+    return images, facts
 
 
-def _layout(n_train: int, n_val: int, n_test: int) -> dict[str, dict[str, int]]:
+def _layout(n_train: int, n_val: int, n_test: int, n_val_sub: int) -> dict[str, dict[str, int]]:
+    val = {"no_sub": n_val, **({"sphere": n_val_sub, "vort": n_val_sub} if n_val_sub else {})}
     return {
         "train": {"no_sub": n_train},
-        "val": {"no_sub": n_val},
+        "val": val,
         "test": {"no_sub": n_test, "sphere": n_test, "vort": n_test},
     }
 
@@ -221,7 +256,7 @@ def _param_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(LensParams) if f.name != "subhalos"]
 
 
-def _map(tasks: list[_Task], workers: int) -> Iterator[tuple[np.ndarray, list[LensParams]]]:
+def _map(tasks: list[_Task], workers: int) -> Iterator[tuple[np.ndarray, list[Simulated]]]:
     """Run the tasks in order, in `workers` processes (spawned: safe after torch imports)."""
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_run_task, tasks)
@@ -250,15 +285,27 @@ def simulate_dataset(
     overwrite: bool = False,
     config: SimConfig | None = None,
     progress: bool = True,
+    n_val_sub: int = 0,
+    subhalo_mass_fraction: float | None = None,
 ) -> Path:
     """Simulate dataset `name` into folder `out` atomically and return `out`.
 
+    `n_val_sub` sphere and as many vort images join the validation split (a labelled split to
+    choose thresholds and models on, never the test split). `subhalo_mass_fraction` replaces
+    the dataset's 1% (all subhalos together, as a fraction of the lens mass).
     Raises OutputExistsError if `out` exists and not `overwrite`; DatasetError for an
     unknown name. `workers` defaults to os.cpu_count(); the files do not depend on it.
     """
     spec = get_spec(name)
+    if subhalo_mass_fraction is not None:
+        if not 0 < subhalo_mass_fraction < 1:
+            raise ValueError(
+                f"subhalo_mass_fraction must lie in (0, 1), got {subhalo_mass_fraction}"
+            )
+        spec = dataclasses.replace(spec, subhalo_mass_fraction=subhalo_mass_fraction)
     config = config or SimConfig()
-    for label, count in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
+    counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "n_val_sub": n_val_sub}
+    for label, count in counts.items():
         if count < 0:
             raise ValueError(f"{label} must be >= 0, got {count}")
     if seed < 0:
@@ -267,7 +314,7 @@ def simulate_dataset(
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
-    layout = _layout(n_train, n_val, n_test)
+    layout = _layout(n_train, n_val, n_test, n_val_sub)
     tasks = [
         _Task(spec, config, seed, split, cls, start, min(start + CHUNK, count))
         for split, classes in layout.items()
@@ -290,20 +337,27 @@ def simulate_dataset(
                 )
         fields = _param_fields()
         total = sum(sum(c.values()) for c in layout.values())
+        snr: dict[str, dict[str, list[float]]] = {}
         with (
             (tmp / PARAMETERS_FILE).open("w", newline="") as pf,
             (tmp / SUBHALOS_FILE).open("w", newline="") as sf,
             tqdm(total=total, unit="img", desc=f"simulate {name}", disable=not progress) as bar,
         ):
             prows, srows = csv.writer(pf), csv.writer(sf)
-            prows.writerow(["split", "class", "index", *fields])
+            prows.writerow(["split", "class", "index", *fields, *SNR_COLUMNS])
             srows.writerow(["split", "class", "index", "k", "x", "y"])
-            for task, (images, params) in zip(tasks, _map(tasks, workers), strict=True):
+            for task, (images, facts) in zip(tasks, _map(tasks, workers), strict=True):
                 arrays[task.split, task.cls][task.start : task.stop] = images
-                for index, p in enumerate(params, start=task.start):
+                per_image = snr.setdefault(f"{task.split}/{task.cls}", {"median": [], "peak": []})
+                for index, one in enumerate(facts, start=task.start):
                     key = [task.split, task.cls, index]
-                    prows.writerow([*key, *(getattr(p, f) for f in fields)])
+                    p = one.params
+                    prows.writerow(
+                        [*key, *(getattr(p, f) for f in fields), one.snr_median, one.snr_peak]
+                    )
                     srows.writerows([*key, k, x, y] for k, (x, y) in enumerate(p.subhalos))
+                    per_image["median"].append(round(one.snr_median, 3))
+                    per_image["peak"].append(round(one.snr_peak, 3))
                 bar.update(len(images))
         for array in arrays.values():
             array.flush()
@@ -316,7 +370,7 @@ def simulate_dataset(
             for split, classes in layout.items()
             for cls, count in classes.items()
         }
-        manifest = _manifest(spec, config, seed, layout, files)
+        manifest = _manifest(spec, config, seed, layout, files, snr)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("wrote %d images of %s to %s", total, name, out)
     return out
@@ -328,6 +382,7 @@ def _manifest(
     seed: int,
     layout: dict[str, dict[str, int]],
     files: dict[str, Any],
+    snr: dict[str, dict[str, list[float]]],
 ) -> dict[str, Any]:
     return {
         "format_version": MANIFEST_FORMAT,
@@ -347,7 +402,13 @@ def _manifest(
         },
         "config": dataclasses.asdict(config),
         "ranges": dataclasses.asdict(spec),
+        "subhalo_mass_fraction": spec.subhalo_mass_fraction,
         "snr_definition": SNR_DEFINITION,
+        "snr": {
+            "summary": snr_summary(snr),
+            "per_image": snr,
+            "note": f"per image also in {PARAMETERS_FILE} ({', '.join(SNR_COLUMNS)})",
+        },
         "cosmology": cosmology.COSMOLOGY_NAME,
         "seeding": (
             "image (split, class, index): numpy SeedSequence(seed, spawn_key=(split code, "
@@ -359,6 +420,18 @@ def _manifest(
         "parameters": PARAMETERS_FILE,
         "subhalos": SUBHALOS_FILE,
     }
+
+
+def snr_summary(snr: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """Quantiles (min, 10%, median, 90%, max) of every image's median and peak arc S/N."""
+    out = {}
+    for stat in ("median", "peak"):
+        values = np.array([v for part in snr.values() for v in part[stat]], dtype=np.float64)
+        if len(values) == 0:
+            continue
+        q = np.quantile(values, [0.0, 0.1, 0.5, 0.9, 1.0])
+        out[stat] = dict(zip(("min", "p10", "median", "p90", "max"), map(float, q), strict=True))
+    return out
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

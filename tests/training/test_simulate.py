@@ -28,7 +28,8 @@ def contents(folder: Path) -> dict[str, bytes]:
 def test_cli_writes_the_dataset_layout(tmp_path: Path) -> None:
     out = tmp_path / "data"
     argv = ["simulate", "--dataset", "model_a", "--out", str(out), "--n-train", "4",
-            "--n-val", "2", "--n-test", "3", "--seed", "1", "--workers", "1"]  # fmt: skip
+            "--n-val", "2", "--n-test", "3", "--seed", "1", "--workers", "1",
+            "--n-val-sub", "0"]  # fmt: skip
     assert main(argv) == 0
     expected = {"train/no_sub.npy": 4, "val/no_sub.npy": 2, "test/no_sub.npy": 3,
                 "test/sphere.npy": 3, "test/vort.npy": 3}  # fmt: skip
@@ -41,9 +42,17 @@ def test_cli_writes_the_dataset_layout(tmp_path: Path) -> None:
         assert manifest["files"][name]["shape"] == [count, 1, 150, 150]
     assert manifest["dataset"] == "model_a" and manifest["seed"] == 1
     assert manifest["counts"]["test"] == {"no_sub": 3, "sphere": 3, "vort": 3}
+    assert manifest["counts"]["val"] == {"no_sub": 2}  # --n-val-sub 0: no labelled val
     assert manifest["simulator"]["name"] == "deeplense-lensing"
-    assert manifest["ranges"]["snr"] == [18.0, 22.0]
-    assert "brightest pixel" in manifest["snr_definition"]
+    assert manifest["ranges"]["snr"] is None  # Model A: the study's photometry, unscaled
+    assert manifest["subhalo_mass_fraction"] == 0.01
+    assert "half-light region" in manifest["snr_definition"]
+    assert manifest["simulator"]["version"] == simulate.SIMULATOR_VERSION == "2.0.0"
+    per_image = manifest["snr"]["per_image"]
+    assert len(per_image["test/vort"]["median"]) == 3
+    assert len(per_image["train/no_sub"]["peak"]) == 4
+    summary = manifest["snr"]["summary"]
+    assert 10 < summary["median"]["median"] < 30 and summary["peak"]["median"] > 20
     rows = (out / "parameters.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 + 2 + 3 * 3
     assert len((out / "subhalos.csv").read_text().splitlines()) == 1 + 2 * 3 * 25
@@ -94,6 +103,8 @@ def test_model_b_runs_and_varies_redshifts(tmp_path: Path) -> None:
     out = tiny(tmp_path / "b", dataset="model_b")
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dataset"] == "model_b" and manifest["ranges"]["snr"] == [10.0, 30.0]
+    medians = [v for part in manifest["snr"]["per_image"].values() for v in part["median"]]
+    assert all(10.0 <= v <= 30.0 for v in medians)
     images = np.load(out / "test" / "vort.npy", allow_pickle=False)
     assert images.shape == (2, 1, 150, 150) and images.min() >= 0.0 and images.max() <= 1.0
     rows = (out / "parameters.csv").read_text().splitlines()[1:]
@@ -115,3 +126,27 @@ def test_unknown_dataset_lists_the_valid_ones(tmp_path: Path) -> None:
 def test_zero_images_give_empty_arrays(tmp_path: Path) -> None:
     out = simulate_dataset("model_a", tmp_path / "d", 1, 0, 0, workers=1, progress=False)
     assert np.load(out / "test" / "sphere.npy", allow_pickle=False).shape == (0, 1, 150, 150)
+
+
+def test_subhalo_mass_fraction_and_a_labelled_validation_split(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    argv = ["simulate", "--dataset", "model_a", "--out", str(out), "--n-train", "1",
+            "--n-val", "2", "--n-val-sub", "2", "--n-test", "1", "--workers", "1",
+            "--subhalo-mass-fraction", "0.04"]  # fmt: skip
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["subhalo_mass_fraction"] == 0.04
+    assert manifest["counts"]["val"] == {"no_sub": 2, "sphere": 2, "vort": 2}
+    assert np.load(out / "val" / "vort.npy", allow_pickle=False).shape == (2, 1, 150, 150)
+    params = simulate.read_parameters(out, "val", "sphere", 1)
+    # 25 subhalos holding 4% of the lens mass: 25 theta_sub^2 = 0.04 theta_E^2
+    assert 25 * params.theta_sub**2 == pytest.approx(0.04 * params.theta_e**2)
+
+
+@pytest.mark.parametrize("bad", ["0", "1", "-0.1", "x"])
+def test_a_bad_mass_fraction_is_one_line(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["simulate", "--dataset", "model_a", "--out", "unused", "--subhalo-mass-fraction", bad]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "--subhalo-mass-fraction" in capsys.readouterr().err

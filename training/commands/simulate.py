@@ -22,17 +22,38 @@ def _positive(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate",
-        help="simulate a lensing dataset (train/val no_sub, test no_sub/sphere/vort)",
-        description="Simulate DIR/{train,val}/no_sub.npy, DIR/test/{no_sub,sphere,vort}.npy "
-        "(N, 1, H, W) float32 in [0, 1], with DIR/manifest.json and per-image parameters.",
+        help="simulate a lensing dataset (train no_sub, val and test no_sub/sphere/vort)",
+        description="Simulate DIR/train/no_sub.npy, DIR/val/{no_sub,sphere,vort}.npy, "
+        "DIR/test/{no_sub,sphere,vort}.npy (N, 1, H, W) float32 in [0, 1], with "
+        "DIR/manifest.json (including each image's arc S/N) and per-image parameters.",
     )
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="parameter set")
     p.add_argument("--out", required=True, type=Path, help="output folder DIR (must not exist)")
     p.add_argument("--n-train", type=_count, default=25000, help="train no_sub images (25000)")
     p.add_argument("--n-val", type=_count, default=2500, help="validation no_sub images (2500)")
+    p.add_argument(
+        "--n-val-sub",
+        type=_count,
+        default=625,
+        help="validation sphere and vort images each (625): a labelled split for choosing "
+        "thresholds and models, never the test split",
+    )
+    p.add_argument(
+        "--subhalo-mass-fraction",
+        type=_fraction,
+        default=0.01,
+        help="all subhalos together, as a fraction of the lens mass (0.01)",
+    )
     p.add_argument("--n-test", type=_count, default=1250, help="test images per class (1250)")
     p.add_argument("--seed", type=_count, default=0, help="random seed (0)")
     p.add_argument(
@@ -60,5 +81,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
         config=config,
+        n_val_sub=args.n_val_sub,
+        subhalo_mass_fraction=args.subhalo_mass_fraction,
     )
     return 0

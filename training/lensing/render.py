@@ -5,9 +5,12 @@ centred on the optical axis, optionally with K equal point-mass subhalos; lens l
 elliptical Sersic at the lens centre; the source is an elliptical Sersic seen through the
 lens equation. Surface brightness is evaluated on a grid supersampled `supersampling` times
 per axis, averaged to pixels, then convolved with a Gaussian PSF (edge pixels extended, as
-lenstronomy does). Amplitudes are set so that the brightest arc pixel has the requested SNR
-(definition in `training.lensing.noise`) and the lens light peaks at `lens_light_ratio` times
-the arc peak.
+lenstronomy does).
+
+Photometry (the study's, REFERENCE.md "Photometry"): each Sersic's `intensity` is its surface
+brightness at R_eff in counts/s per pixel, and a pixel's value is the profile's value there
+(no pixel-area factor). The noise is Poisson at the image's own `exposure` over a sky of
+`SimConfig.sky` counts/s/pixel (`training.lensing.noise`); nothing rescales it to an SNR.
 """
 
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from training.lensing.grid import (
     radial_unit_vectors,
     supersampled_grid,
 )
-from training.lensing.noise import arc_peak_counts, min_max_scale, poisson_observation
+from training.lensing.noise import min_max_scale, poisson_observation, snr_statistics
 from training.lensing.profiles import sersic
 
 PSF_TRUNCATE = 5.0  # the Gaussian kernel is cut at 5 sigma, as lenstronomy's default
@@ -29,7 +32,9 @@ PSF_TRUNCATE = 5.0  # the Gaussian kernel is cut at 5 sigma, as lenstronomy's de
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Instrument and grid: 150 x 150 pixels of 0.05" (7.5" field), PSF sigma 0.1", 300 s."""
+    """Instrument and grid: 150 x 150 pixels of 0.05" (7.5" field), PSF sigma 0.1", 300 s,
+    sky 0.1 counts/s/pixel. `exposure` is the base exposure: Model A images use it as is,
+    Model B images scale it to reach their drawn SNR (`LensParams.exposure` holds each one's)."""
 
     image_size: int = 150  # pixels per side
     field_of_view: float = 7.5  # arcsec per side; pixel scale = field_of_view / image_size
@@ -61,8 +66,10 @@ class LensParams:
     source_n: float
     source_q: float
     source_phi: float
-    lens_light_ratio: float  # lens light peak / arc peak, both after the PSF
-    snr: float  # at the brightest arc pixel (see training.lensing.noise)
+    lens_intensity: float  # lens light surface brightness at R_eff, counts/s/pixel
+    source_intensity: float  # source surface brightness at R_eff, counts/s/pixel
+    exposure: float = 300.0  # seconds, this image's (Model B scales it to reach snr_target)
+    snr_target: float = 0.0  # the median arc S/N the exposure was scaled to; 0: not scaled
     theta_sub: float = 0.0  # Einstein radius of each subhalo
     subhalos: tuple[tuple[float, float], ...] = ()  # subhalo positions (x, y)
     z_lens: float = 0.5  # redshifts (only recorded here: theta_e and sizes already follow)
@@ -75,12 +82,15 @@ class Components:
 
     arcs: np.ndarray  # lensed source after the PSF
     lens: np.ndarray  # lens light after the PSF
-    peak: tuple[int, int]  # (row, column) of the brightest arc pixel without subhalos
 
     @property
     def rate(self) -> np.ndarray:
         """Total noiseless rate (n, n)."""
         return self.arcs + self.lens
+
+    def snr(self, exposure: float, sky: float) -> tuple[float, float]:
+        """(median, peak) S/N of the arcs over their half-light region at `exposure`."""
+        return snr_statistics(self.arcs, self.lens, exposure, sky)
 
 
 def macro_source_plane(params: LensParams, config: SimConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -152,42 +162,27 @@ def psf(image: np.ndarray, config: SimConfig) -> np.ndarray:
 
 
 def render_components(params: LensParams, config: SimConfig) -> Components:
-    """Noiseless arcs and lens light in counts/s, scaled to the SNR and lens/arc ratio.
-
-    The amplitudes come from the macro model (no subhalos): the SNR holds at the brightest
-    arc pixel of the smooth lens, so an image with subhalos equals the same image without
-    them plus the change the subhalos make to the arcs, and nothing else.
-    """
+    """Noiseless arcs and lens light in counts/s/pixel at the params' Sersic intensities."""
     ss = config.supersampling
-    bx, by = macro_source_plane(params, config)
-    smooth = psf(downsample(source_light(params, bx, by), ss), config)
-    if params.subhalos:
-        px, py = point_mass_deflection_grid(
-            config.image_size, config.pixel_scale, ss, params.theta_sub, np.array(params.subhalos)
-        )
-        bx -= px
-        by -= py
-        arcs = psf(downsample(source_light(params, bx, by), ss), config)
-    else:
-        arcs = smooth
+    arcs = psf(downsample(source_light(params, *source_plane(params, config)), ss), config)
     lens = psf(downsample(lens_light(params, config), ss), config)
-    row, col = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
-    scale = 1.0 / smooth[row, col]  # arcs: 1 at the smooth model's peak
-    lens_scale = params.lens_light_ratio / lens.max()  # lens: ratio x the arc peak
-    counts = arc_peak_counts(
-        params.snr, float(lens[row, col]) * lens_scale, config.sky * config.exposure
-    )
-    amplitude = counts / config.exposure  # counts/s at the arc peak
-    arcs *= scale * amplitude
-    lens *= lens_scale * amplitude
-    return Components(arcs=arcs, lens=lens, peak=(int(row), int(col)))
+    arcs *= params.source_intensity
+    lens *= params.lens_intensity
+    return Components(arcs=arcs, lens=lens)
+
+
+def observe(
+    components: Components, exposure: float, config: SimConfig, rng: np.random.Generator | None
+) -> np.ndarray:
+    """Final image (n, n) float32 in [0, 1]: with Poisson noise drawn from `rng`, or noiseless."""
+    rate = components.rate
+    if rng is not None:
+        rate = poisson_observation(rate, exposure, config.sky, rng)
+    return min_max_scale(rate)
 
 
 def render_image(
     params: LensParams, config: SimConfig, rng: np.random.Generator | None = None
 ) -> np.ndarray:
-    """Final image (n, n) float32 in [0, 1]: with Poisson noise drawn from `rng`, or noiseless."""
-    rate = render_components(params, config).rate
-    if rng is not None:
-        rate = poisson_observation(rate, config.exposure, config.sky, rng)
-    return min_max_scale(rate)
+    """Final image (n, n) float32 in [0, 1] at the params' own exposure (see `observe`)."""
+    return observe(render_components(params, config), params.exposure, config, rng)
