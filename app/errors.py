@@ -22,7 +22,9 @@ from deeplense.errors import (
     InvalidImageError,
     NotReadyError,
     PayloadTooLargeError,
+    UncalibratedScoreError,
     UnknownModelError,
+    UnknownScoreError,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ STATUS_CODES: dict[type[DeepLenseError], int] = {
     UnknownModelError: 404,  # /score?model=... and /models/{name} alike; detail lists models
     PayloadTooLargeError: 413,  # bytes per file or request, files per request
     ImageTooLargeError: 413,  # pixels per image (when raised for a whole request)
+    UnknownScoreError: 422,  # /score?score=...; detail lists the registered scores
+    UncalibratedScoreError: 422,  # an ensemble asked for a score a member is not calibrated for
     InvalidImageError: 422,  # unreadable image (normally reported per file in `error`)
     NoReadableFileError: 422,  # a request in which no file could be read
     NotReadyError: 503,  # models still loading

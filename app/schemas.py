@@ -10,14 +10,16 @@ _PNG = "iVBORw0KGgoAAAANSUhEUgAA...(base64 PNG)"
 
 
 class MemberScore(BaseModel):
-    """One ensemble member's numbers for one image (its own calibration)."""
+    """One ensemble member's numbers for one image (its own calibration of the score)."""
 
     model: str = Field(examples=["aae"])
+    score: str = Field(description="the score's name (the request's score)", examples=["chi2"])
+    anomaly_score: float = Field(description="this member's value of the score")
     reconstruction_loss: float = Field(description="this member's mean squared error")
     w1: float = Field(description="this member's column-sum W1 distance")
-    percentile: float = Field(description="loss percentile among this member's normals")
-    threshold: float = Field(description="this member's calibrated loss threshold")
-    is_anomaly: bool = Field(description="reconstruction_loss > threshold")
+    percentile: float = Field(description="anomaly_score's percentile among its normals")
+    threshold: float = Field(description="this member's calibrated threshold of the score")
+    is_anomaly: bool = Field(description="anomaly_score > threshold")
 
 
 class ScoreResult(BaseModel):
@@ -25,33 +27,47 @@ class ScoreResult(BaseModel):
     `error` are set."""
 
     filename: str = Field(examples=["lens_0001.fits"])
+    score: str | None = Field(
+        default=None,
+        description="Name of the anomaly score used (the request's `score`, else the "
+        "checkpoint's default): mse (the study's mean squared error), chi2 (the residual in "
+        "units of the per-pixel noise, estimated from the image) or chi2_psf (that whitened "
+        "residual matched-filtered by the PSF; 1 for a perfect reconstruction of pure noise).",
+        examples=["chi2_psf"],
+    )
+    anomaly_score: float | None = Field(
+        default=None,
+        description="The value of that score for this image; higher = more anomalous. null for "
+        "model=ensemble (each member's is in `members`; the ensemble judges by `percentile`).",
+        examples=[1.27],
+    )
     reconstruction_loss: float | None = Field(
         default=None,
         description="Mean squared error between the model input (the image min-max scaled to "
         "[0, 1], area-resized to the model's size if needed) and its reconstruction: exactly "
-        "the score of `python -m training evaluate` and `score`. Higher = more anomalous. "
-        "null for model=ensemble (each member's is in `members`).",
+        "the study's score, returned whatever `score` is, and the same number as "
+        "`python -m training evaluate` and `score` give. null for model=ensemble.",
         examples=[0.00213],
     )
     threshold: float | None = Field(
         default=None,
-        description="Flag threshold used: the checkpoint's calibrated one unless the request "
-        "overrode it. In loss units for a single model, percentile units (0-100) for the "
-        "ensemble (see the response's threshold_units). null if the model has no calibration "
-        "and none was given.",
-        examples=[0.0031],
+        description="Flag threshold used: the checkpoint's calibrated one for this score unless "
+        "the request overrode it. In the score's units for a single model, percentile units "
+        "(0-100) for the ensemble (see the response's threshold_units). null if the model has "
+        "no calibration of this score and none was given.",
+        examples=[1.31],
     )
     is_anomaly: bool | None = Field(
         default=None,
-        description="Single model: reconstruction_loss > threshold. Ensemble: percentile > "
+        description="Single model: anomaly_score > threshold. Ensemble: percentile > "
         "threshold. null when there is no threshold.",
         examples=[False],
     )
     percentile: float | None = Field(
         default=None,
-        description="Percentile (0-100) of the loss among the calibration normals (no_sub "
+        description="Percentile (0-100) of anomaly_score among the calibration normals (no_sub "
         "images), interpolated, clipped to [0, 100]. Ensemble: the mean of the members' "
-        "percentiles. null without calibration.",
+        "percentiles. null without a calibration of this score.",
         examples=[71.4],
     )
     w1: float | None = Field(
@@ -75,14 +91,24 @@ class ScoreResult(BaseModel):
     )
     residual: str | None = Field(
         default=None,
-        description="|input - reconstruction| as a base64 PNG heat map (inferno colours: black "
-        "= 0, pale yellow = residual_max).",
+        description="The score's residual map as a base64 PNG. mse: |input - reconstruction| "
+        "as a heat map (inferno: black = 0, pale yellow = residual_max, pixel units). chi2 and "
+        "chi2_psf: the signed residual in units of the noise sigma (for chi2_psf, "
+        "matched-filtered by the PSF) on a fixed diverging scale: blue = -residual_max, white "
+        "= 0, red = +residual_max sigma, so where in the arcs the excess or deficit sits and "
+        "how significant it is can be read off and compared between uploads.",
         examples=[_PNG],
     )
     residual_max: float | None = Field(
         default=None,
-        description="The residual value shown as the top colour, in [0, 1] pixel units.",
-        examples=[0.21],
+        description="The residual value of the top colour: pixel units for mse (the map's "
+        "maximum), noise sigmas for chi2 and chi2_psf (fixed, 5).",
+        examples=[5.0],
+    )
+    residual_units: Literal["pixel", "sigma"] | None = Field(
+        default=None,
+        description="Units of the residual map: pixel ([0, 1] input units) or sigma (noise).",
+        examples=["sigma"],
     )
     input_shape: list[int] | None = Field(
         default=None,
@@ -114,8 +140,10 @@ class ScoreResponse(BaseModel):
     """Scores of every uploaded file, in upload order."""
 
     model: str = Field(description="the model that scored (ensemble or a checkpoint name)")
-    threshold_units: Literal["loss", "percentile"] = Field(
-        description="units of each result's threshold: loss (single model) or percentile (ensemble)"
+    score: str = Field(description="the anomaly score every result was judged by")
+    threshold_units: Literal["score", "percentile"] = Field(
+        description="units of each result's threshold: the score's own (single model) or "
+        "percentile (ensemble)"
     )
     results: list[ScoreResult]
 
@@ -124,19 +152,23 @@ class ScoreResponse(BaseModel):
             "examples": [
                 {
                     "model": "aae",
-                    "threshold_units": "loss",
+                    "score": "chi2_psf",
+                    "threshold_units": "score",
                     "results": [
                         {
                             "filename": "lens_0001.fits",
+                            "score": "chi2_psf",
+                            "anomaly_score": 1.27,
                             "reconstruction_loss": 0.00213,
-                            "threshold": 0.0031,
+                            "threshold": 1.31,
                             "is_anomaly": False,
                             "percentile": 71.4,
                             "w1": 0.184,
                             "input": _PNG,
                             "reconstruction": _PNG,
                             "residual": _PNG,
-                            "residual_max": 0.21,
+                            "residual_max": 5.0,
+                            "residual_units": "sigma",
                             "input_shape": [150, 150],
                             "resized": False,
                             "warnings": [],
@@ -152,17 +184,22 @@ class ScoreResponse(BaseModel):
 
 
 class CalibrationSummary(BaseModel):
-    """How the threshold was set and what normal scores look like."""
+    """How one score's threshold was set and what normal scores look like."""
 
+    score: str = Field(description="the score this calibration is for", examples=["chi2_psf"])
     fpr: float = Field(description="target false-positive rate on normal images")
-    threshold: float = Field(description="loss above which an image is flagged")
+    threshold: float = Field(description="score above which an image is flagged")
     n_images: int = Field(description="normal images the calibration used")
     dataset: str | None = None
     youden_threshold: float | None = Field(
-        default=None, description="threshold maximising TPR - FPR on labelled data, if any"
+        default=None,
+        description="threshold maximising TPR - FPR on the labelled validation split, if any",
+    )
+    validation_auc: float | None = Field(
+        default=None, description="ROC-AUC sub vs no_sub on the labelled validation split"
     )
     normal_loss_quantiles: dict[str, float] = Field(
-        description="quantiles of the normal losses: min, p5, p25, median, p75, p95, p99, max",
+        description="quantiles of the normal scores: min, p5, p25, median, p75, p95, p99, max",
         examples=[{"min": 0.0011, "median": 0.0019, "p95": 0.0031, "max": 0.0052}],
     )
 
@@ -175,8 +212,16 @@ class ModelCard(BaseModel):
     arguments: dict[str, Any] = Field(description="constructor arguments from config.json")
     parameters: int = Field(description="trainable parameters")
     input: InputSpec
+    default_score: str = Field(description="the score used when a request names none")
+    default_score_reason: str | None = Field(
+        default=None, description="why that score is the default (how it was chosen)"
+    )
+    scores: list[str] = Field(description="every score this service computes (?score= values)")
     calibration: CalibrationSummary | None = Field(
-        description="null for an uncalibrated checkpoint (no threshold, no percentile)"
+        description="the default score's calibration; null for an uncalibrated checkpoint"
+    )
+    calibrations: dict[str, CalibrationSummary] = Field(
+        default_factory=dict, description="every calibrated score's calibration, by score name"
     )
     metrics: dict[str, float] = Field(
         description="evaluation metrics stored with the checkpoint (e.g. auc, w1_no_sub)"
@@ -214,6 +259,7 @@ class EnsembleCard(BaseModel):
     """How model=ensemble combines its members."""
 
     members: list[str]
+    default_score: str = Field(description="the score used when a request names none")
     threshold_percentile: float = Field(
         description="flag when the mean member percentile exceeds this: 100 (1 - fpr), fpr "
         "the smallest member fpr"

@@ -23,12 +23,21 @@ import numpy as np
 import torch
 
 from app.errors import NoReadableFileError
-from app.imaging import Prepared, Upload, gray_png, heatmap_png, prepare
+from app.imaging import Prepared, Upload, prepare
+from app.residual_images import attach_images
 from app.runtime import keep_freed_memory
 from app.schemas import MemberScore, ScoreResponse, ScoreResult
 from app.settings import Settings
 from deeplense.device import resolve_device
-from deeplense.errors import CheckpointError, NotReadyError, UnknownModelError
+from deeplense.errors import (
+    CheckpointError,
+    NotReadyError,
+    UncalibratedScoreError,
+    UnknownModelError,
+)
+from deeplense.judge import judge
+from deeplense.scores import PREFERENCE as SCORE_PREFERENCE
+from deeplense.scores import get_score
 from deeplense.scoring import ScoredBatch, score_array
 from models.base import count_parameters
 from models.checkpoint import (
@@ -76,7 +85,17 @@ class ServedModel:
 
     @property
     def calibration(self) -> Calibration | None:
+        """The default score's calibration."""
         return self.checkpoint.config.calibration
+
+    def calibration_for(self, score: str) -> Calibration | None:
+        """The calibration of `score`, or None."""
+        return self.checkpoint.config.calibration_for(score)
+
+    @property
+    def psf_sigma_pixels(self) -> float:
+        """The noise-aware scores' matched-filter width, in input pixels."""
+        return self.checkpoint.config.input.psf_sigma_pixels
 
 
 def _sha256(path: Path) -> str:
@@ -166,9 +185,9 @@ class ModelService:
         wanted = self.settings.default_model
         if wanted is None:
             measured = {
-                name: m.checkpoint.config.metrics["auc_sub"]
+                name: auc
                 for name, m in self.models.items()
-                if "auc_sub" in m.checkpoint.config.metrics
+                if (auc := _default_score_auc(m)) is not None
             }
             if measured:
                 return max(sorted(measured), key=lambda name: measured[name])
@@ -181,7 +200,7 @@ class ModelService:
     def _pick_ensemble(self) -> list[str]:
         # Members: calibrated models sharing the most common input size (so one prepared
         # input serves all and their reconstructions can be averaged). Needs two or more.
-        calibrated = [m for m in self.models.values() if m.calibration is not None]
+        calibrated = [m for m in self.models.values() if m.checkpoint.config.calibrations]
         if not calibrated:
             return []
         sizes = [m.size for m in calibrated]
@@ -232,11 +251,47 @@ class ModelService:
             raise UnknownModelError(name, sorted(self.models))
         return self.models[name]
 
-    def ensemble_threshold(self) -> float:
+    def default_score(self, name: str) -> str:
+        """The score a request to model `name` (or the ensemble) gets when it names none.
+
+        A model: its checkpoint's default score. The ensemble: among the scores every member
+        is calibrated for, the members' most common default (ties and fallbacks in the order
+        chi2_psf, chi2, mse).
+        """
+        if name != ENSEMBLE:
+            return self.models[name].checkpoint.config.default_score
+        shared = set.intersection(
+            *(set(self.models[m].checkpoint.config.calibrations) for m in self.ensemble_members)
+        )
+        defaults = [self.models[m].checkpoint.config.default_score for m in self.ensemble_members]
+        ranked = sorted(
+            shared,
+            key=lambda s: (-defaults.count(s), _rank(s)),
+        )
+        return ranked[0] if ranked else "mse"
+
+    def resolve_score(self, name: str, score: str | None) -> str:
+        """The score a request means; UnknownScoreError lists the registered ones, and the
+        ensemble refuses a score one of its members is not calibrated for."""
+        score = get_score(score).name if score is not None else self.default_score(name)
+        if name == ENSEMBLE:
+            missing = [
+                m for m in self.ensemble_members if self.models[m].calibration_for(score) is None
+            ]
+            if missing:
+                raise UncalibratedScoreError(
+                    f"the ensemble needs every member calibrated for score {score!r}; "
+                    f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not"
+                )
+        return score
+
+    def ensemble_threshold(self, score: str) -> float:
         """The ensemble's flag threshold in percentile units: 100 (1 - fpr), using the
-        smallest fpr among its members (the most conservative when they differ)."""
-        fprs = [c.fpr for m in self.ensemble_members if (c := self.models[m].calibration)]
-        return 100.0 * (1.0 - min(fprs))
+        smallest fpr among its members' calibrations of `score` (the most conservative)."""
+        fprs = [
+            c.fpr for m in self.ensemble_members if (c := self.models[m].calibration_for(score))
+        ]
+        return 100.0 * (1.0 - min(fprs)) if fprs else 95.0
 
     # ---- scoring (runs in a worker thread) --------------------------------------------------
 
@@ -246,10 +301,14 @@ class ModelService:
         uploads: list[Upload],
         threshold: float | None = None,
         include_images: bool = True,
+        score: str | None = None,
     ) -> ScoreResponse:
-        """Score `uploads` with model `name` (or the ensemble); unreadable files get `error`."""
+        """Score `uploads` with model `name` (or the ensemble) by the named score (None: the
+        default); unreadable files get `error`."""
+        score = self.resolve_score(name, score)
         members = self.ensemble_members if name == ENSEMBLE else [name]
         size = self.models[members[0]].size
+        psf = self.models[members[0]].psf_sigma_pixels
         prepared = [prepare(u, size, self.settings.max_pixels) for u in uploads]
         good = [p for p in prepared if p.error is None]
         if not good:
@@ -260,24 +319,25 @@ class ModelService:
                 m: score_array(
                     self.models[m].checkpoint.model, batch, device=self.device,
                     batch_size=self.settings.batch_size, keep_reconstructions=include_images,
+                    scores=[score], psf_sigma_pixels=self.models[m].psf_sigma_pixels,
                 )
                 for m in members
             }  # fmt: skip
-        units: Literal["loss", "percentile"]
+        units: Literal["score", "percentile"]
         if name == ENSEMBLE:
-            results = self._ensemble_results(good, scored, threshold)
+            results = self._ensemble_results(good, scored, score, threshold)
             units = "percentile"
         else:
-            results = self._single_results(self.models[name], good, scored[name], threshold)
-            units = "loss"
+            results = self._single_results(self.models[name], good, scored[name], score, threshold)
+            units = "score"
         if include_images:
             recons = [s.reconstruction for s in scored.values() if s.reconstruction is not None]
             recon = np.mean(recons, axis=0)  # (N, 1, S, S); the ensemble's: the members' mean
-            for result, x, x_hat in zip(results, batch, recon, strict=True):
-                _attach_images(result, x, x_hat)
+            attach_images(results, batch, recon, score, psf)
         in_order = iter(results)
         return ScoreResponse(
             model=name,
+            score=score,
             threshold_units=units,
             results=[
                 ScoreResult(filename=p.filename, error=p.error) if p.error else next(in_order)
@@ -287,22 +347,25 @@ class ModelService:
 
     @staticmethod
     def _single_results(
-        model: ServedModel, good: list[Prepared], scored: ScoredBatch, threshold: float | None
+        model: ServedModel,
+        good: list[Prepared],
+        scored: ScoredBatch,
+        score: str,
+        threshold: float | None,
     ) -> list[ScoreResult]:
-        cal = model.calibration
-        if threshold is None and cal is not None:
-            threshold = cal.threshold
-        percentiles = cal.percentile(scored.loss) if cal is not None else None
+        values = scored.scores[score]
+        verdict = judge(values, model.calibration_for(score), threshold)
         results = []
         for i, p in enumerate(good):
-            loss = float(scored.loss[i])
             results.append(
                 ScoreResult(
                     filename=p.filename,
-                    reconstruction_loss=loss,
-                    threshold=threshold,
-                    is_anomaly=None if threshold is None else loss > threshold,
-                    percentile=None if percentiles is None else float(percentiles[i]),
+                    score=score,
+                    anomaly_score=float(values[i]),
+                    reconstruction_loss=float(scored.loss[i]),
+                    threshold=verdict.threshold,
+                    is_anomaly=None if verdict.is_anomaly is None else bool(verdict.is_anomaly[i]),
+                    percentile=None if verdict.percentile is None else float(verdict.percentile[i]),
                     w1=float(scored.w1[i]),
                     input_shape=list(p.input_shape or ()),
                     resized=p.resized,
@@ -312,40 +375,51 @@ class ModelService:
         return results
 
     def _ensemble_results(
-        self, good: list[Prepared], scored: dict[str, ScoredBatch], threshold: float | None
+        self,
+        good: list[Prepared],
+        scored: dict[str, ScoredBatch],
+        score: str,
+        threshold: float | None,
     ) -> list[ScoreResult]:
-        per_member: dict[str, np.ndarray] = {}
-        for m, s in scored.items():
-            cal = self.models[m].calibration
-            assert cal is not None  # members are calibrated by construction
-            per_member[m] = cal.percentile(s.loss)
-        mean_pct = np.mean(list(per_member.values()), axis=0)  # (N,)
+        verdicts = {
+            m: judge(s.scores[score], self.models[m].calibration_for(score))
+            for m, s in scored.items()
+        }
+        percentiles = []
+        for v in verdicts.values():
+            assert v.percentile is not None  # members are calibrated for `score` (resolve_score)
+            percentiles.append(v.percentile)
+        mean_pct = np.mean(percentiles, axis=0)  # (N,)
         if threshold is None:
-            threshold = self.ensemble_threshold()
+            threshold = self.ensemble_threshold(score)
+        overall = judge(mean_pct, None, threshold)  # the same rule, in percentile units
+        assert overall.is_anomaly is not None
         results = []
         for i, p in enumerate(good):
             members = []
             for m, s in scored.items():
-                cal = self.models[m].calibration
-                assert cal is not None
-                loss = float(s.loss[i])
+                v = verdicts[m]
+                assert v.threshold is not None and v.is_anomaly is not None
+                assert v.percentile is not None
                 members.append(
                     MemberScore(
                         model=m,
-                        reconstruction_loss=loss,
+                        score=score,
+                        anomaly_score=float(s.scores[score][i]),
+                        reconstruction_loss=float(s.loss[i]),
                         w1=float(s.w1[i]),
-                        percentile=float(per_member[m][i]),
-                        threshold=cal.threshold,
-                        is_anomaly=loss > cal.threshold,
+                        percentile=float(v.percentile[i]),
+                        threshold=v.threshold,
+                        is_anomaly=bool(v.is_anomaly[i]),
                     )
                 )
-            pct = float(mean_pct[i])
             results.append(
                 ScoreResult(
                     filename=p.filename,
+                    score=score,
                     threshold=threshold,
-                    is_anomaly=pct > threshold,
-                    percentile=pct,
+                    is_anomaly=bool(overall.is_anomaly[i]),
+                    percentile=float(mean_pct[i]),
                     input_shape=list(p.input_shape or ()),
                     resized=p.resized,
                     warnings=list(p.warnings),
@@ -355,10 +429,12 @@ class ModelService:
         return results
 
 
-def _attach_images(result: ScoreResult, x: np.ndarray, x_hat: np.ndarray) -> None:
-    residual = np.abs(x - x_hat)  # (1, S, S)
-    vmax = float(residual.max())
-    result.input = gray_png(x)
-    result.reconstruction = gray_png(x_hat)
-    result.residual = heatmap_png(residual, vmax)
-    result.residual_max = vmax
+def _rank(score: str) -> int:
+    return SCORE_PREFERENCE.index(score) if score in SCORE_PREFERENCE else len(SCORE_PREFERENCE)
+
+
+def _default_score_auc(model: ServedModel) -> float | None:
+    """The measured AUC (sub vs no_sub) of a model's default score, from its card."""
+    metrics = model.checkpoint.config.metrics
+    key = f"auc_{model.checkpoint.config.default_score}_sub"
+    return metrics.get(key, metrics.get("auc_sub"))

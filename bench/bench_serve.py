@@ -76,7 +76,8 @@ def checkpoint_root(tmp: Path) -> tuple[Path, str]:
     with torch.inference_mode():
         scores = model.score(torch.from_numpy(ring_images(64, seed=1)[:, None])).numpy()
     calibration = calibration_from_scores(scores, fpr=0.05, dataset="bench rings")
-    save_checkpoint(model, config_for(model, calibration=calibration), root / "dcae")
+    config = config_for(model, calibrations={"mse": calibration}, default_score="mse")
+    save_checkpoint(model, config, root / "dcae")
     return root, "random weights (no shipped checkpoints/model_a/dcae)"
 
 

@@ -50,3 +50,16 @@ class NotReadyError(DeepLenseError):
 
 class DeviceError(DeepLenseError):
     """A requested torch device is unknown or not available on this machine."""
+
+
+class UnknownScoreError(DeepLenseError):
+    """A score name that is not registered; the message lists the valid ones."""
+
+    def __init__(self, name: str, valid: list[str]) -> None:
+        self.name = name
+        self.valid = valid
+        super().__init__(f"unknown score {name!r}; valid scores: {', '.join(sorted(valid))}")
+
+
+class UncalibratedScoreError(DeepLenseError):
+    """A score a model (or every ensemble member) has no calibration for, where one is needed."""

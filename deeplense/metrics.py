@@ -1,9 +1,7 @@
 """Per-image metrics shared by evaluation and serving (so both report the same numbers)."""
 
-import math
-
-import torch
-import torch.nn.functional as F
+import numpy as np
+from scipy.stats import rankdata
 from torch import Tensor
 
 
@@ -21,20 +19,13 @@ def column_w1(x: Tensor, x_hat: Tensor) -> Tensor:
     return (cols - cols_hat).abs().mean(dim=1)
 
 
-def smoothed_residual_error(x: Tensor, x_hat: Tensor, sigma_pixels: float) -> Tensor:
-    """Mean squared residual after smoothing it with a Gaussian of `sigma_pixels` (a matched
-    filter for PSF-sized features): (N, 1, H, W) x 2 -> (N,) float32.
-
-    Pixel noise is white, a substructure's imprint is at least PSF-wide, so smoothing the
-    residual by the PSF keeps most of the signal and removes most of the noise. Edges are
-    reflected.
-    """
-    radius = max(1, int(math.ceil(3 * sigma_pixels)))
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64, device=x.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma_pixels) ** 2)
-    kernel = (kernel / kernel.sum()).float()
-    r = x.float() - x_hat.float()  # (N, 1, H, W)
-    r = F.pad(r, (radius, radius, radius, radius), mode="reflect")
-    r = F.conv2d(r, kernel.view(1, 1, 1, -1))  # along x
-    r = F.conv2d(r, kernel.view(1, 1, -1, 1))  # along y -> (N, 1, H, W)
-    return r.pow(2).flatten(1).double().mean(dim=1).float()
+def roc_auc(normal: np.ndarray, anomalous: np.ndarray) -> float:
+    """ROC-AUC of scores where higher = anomalous: P(anomalous > normal) + P(tie) / 2, by
+    ranks (the Mann-Whitney U statistic; equals scikit-learn's roc_auc_score)."""
+    a = np.asarray(normal, dtype=np.float64)
+    b = np.asarray(anomalous, dtype=np.float64)
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("ROC-AUC needs at least one score of each class")
+    ranks = rankdata(np.concatenate([a, b]))  # average ranks on ties
+    u = ranks[len(a) :].sum() - len(b) * (len(b) + 1) / 2.0
+    return float(u / (len(a) * len(b)))

@@ -1,27 +1,35 @@
 """Batched scoring used by the service, the `score` CLI and evaluation alike.
 
-One function turns prepared images into reconstruction losses, W1 distances and
-reconstructions, so a served score equals the evaluated score for the same input.
+One function turns prepared images into the named scores of `deeplense.scores` (the study's
+MSE always among them, as `loss`), W1 distances, and optionally reconstructions and one
+score's residual map, so a served score equals the evaluated score for the same input.
 """
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from deeplense.metrics import column_w1, smoothed_residual_error
-from models.base import AnomalyModel, reconstruction_error
+from deeplense.metrics import column_w1
+from deeplense.scores import compute_scores
+from models.base import AnomalyModel
+from models.checkpoint import DEFAULT_PSF_SIGMA_PIXELS
+
+MSE = "mse"
 
 
 @dataclass
 class ScoredBatch:
-    """Scores of N images: loss and w1 are (N,) float64; reconstruction (N, 1, H, W) float32
-    and smoothed_loss (N,) are None when not requested."""
+    """Scores of N images: loss (the MSE) and w1 are (N,) float64, `scores` maps each
+    requested score name to (N,) float64; reconstruction and residual_map are (N, 1, H, W)
+    float32, or None when not requested."""
 
     loss: np.ndarray
     w1: np.ndarray
-    reconstruction: np.ndarray | None
-    smoothed_loss: np.ndarray | None = None
+    reconstruction: np.ndarray | None = None
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    residual_map: np.ndarray | None = None
 
 
 @torch.inference_mode()
@@ -31,35 +39,39 @@ def score_array(
     device: torch.device | str = "cpu",
     batch_size: int = 64,
     keep_reconstructions: bool = False,
-    smoothing_sigma_pixels: float | None = None,
+    scores: Sequence[str] = (MSE,),
+    psf_sigma_pixels: float = DEFAULT_PSF_SIGMA_PIXELS,
+    map_of: str | None = None,
 ) -> ScoredBatch:
     """Score (N, 1, H, W) float32 images in [0, 1] with `model` (put in eval mode).
 
-    With `smoothing_sigma_pixels`, also the PSF-matched-filter residual error
-    (`deeplense.metrics.smoothed_residual_error`), an experimental, noise-suppressing score.
+    `scores` names the scores to compute (the MSE is always computed, as `loss`);
+    `psf_sigma_pixels` sets the noise-aware scores' matched filter (the checkpoint's
+    `input.psf_sigma_pixels`); `map_of` keeps that score's residual map.
     """
     model.eval()
-    losses, w1s, recons, smoothed = [], [], [], []
+    names = list(dict.fromkeys([MSE, *scores]))
+    values: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    w1s, recons, maps = [], [], []
     for start in range(0, len(images), batch_size):
         # A copy: `images` may be a read-only memmap, which torch will not wrap.
         batch = np.array(images[start : start + batch_size], dtype=np.float32)  # (B, 1, H, W)
         x = torch.from_numpy(batch).to(device=device, non_blocking=True)
         x_hat = model.reconstruct(x)
-        losses.append(reconstruction_error(x, x_hat).double().cpu().numpy())
+        scored = compute_scores(x, x_hat, names, psf_sigma_pixels, map_of=map_of)
+        for n in names:
+            values[n].append(scored.values[n].cpu().numpy())
         w1s.append(column_w1(x, x_hat).double().cpu().numpy())
         if keep_reconstructions:
             recons.append(x_hat.float().cpu().numpy())
-        if smoothing_sigma_pixels is not None:
-            err = smoothed_residual_error(x, x_hat, smoothing_sigma_pixels)
-            smoothed.append(err.double().cpu().numpy())
+        if scored.residual_map is not None:
+            maps.append(scored.residual_map.float().cpu().numpy())
     empty = np.zeros(0, dtype=np.float64)
+    joined = {n: np.concatenate(v) if v else empty for n, v in values.items()}
     return ScoredBatch(
-        loss=np.concatenate(losses) if losses else empty,
+        loss=joined[MSE],
         w1=np.concatenate(w1s) if w1s else empty,
         reconstruction=np.concatenate(recons) if keep_reconstructions and recons else None,
-        smoothed_loss=(
-            (np.concatenate(smoothed) if smoothed else empty)
-            if smoothing_sigma_pixels is not None
-            else None
-        ),
+        scores={n: v for n, v in joined.items() if n in scores or n == MSE},
+        residual_map=np.concatenate(maps) if maps else None,
     )

@@ -12,19 +12,29 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from deeplense.atomic import atomic_directory
 from deeplense.errors import CheckpointError, UnknownModelError
+from deeplense.scores import SCORES
 from models.base import AnomalyModel
 from models.registry import create_model
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one calibration per named score and a default score
+READABLE_FORMATS = (1, 2)  # 1 is read as version 2 with its one (MSE) calibration
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 N_QUANTILES = 101
+DEFAULT_PSF_SIGMA_PIXELS = 2.0  # the study's 0.1" PSF on 0.05" pixels
 
 
 class _Strict(BaseModel):
@@ -38,7 +48,17 @@ class InputSpec(_Strict):
     height: int = Field(gt=0)
     width: int = Field(gt=0)
     normalisation: Literal["minmax"] = "minmax"
-    pixel_scale_arcsec: float | None = 0.05
+    pixel_scale_arcsec: float | None = Field(default=0.05, gt=0)
+    psf_sigma_arcsec: float | None = Field(
+        default=0.1, gt=0, description="Gaussian PSF sigma of the training data (arcsec)"
+    )
+
+    @property
+    def psf_sigma_pixels(self) -> float:
+        """PSF sigma in input pixels (the noise-aware scores' matched filter); 2 when unknown."""
+        if self.psf_sigma_arcsec is None or self.pixel_scale_arcsec is None:
+            return DEFAULT_PSF_SIGMA_PIXELS
+        return self.psf_sigma_arcsec / self.pixel_scale_arcsec
 
 
 class Calibration(_Strict):
@@ -50,8 +70,19 @@ class Calibration(_Strict):
     n_images: int = Field(gt=0, description="normal images the calibration used")
     dataset: str | None = None
     youden_threshold: float | None = Field(
-        default=None, description="threshold maximising TPR - FPR on labelled data, if any"
+        default=None,
+        description="threshold maximising TPR - FPR on the labelled validation split, if any",
     )
+    validation_auc: float | None = Field(
+        default=None, description="ROC-AUC sub vs no_sub on the labelled validation split"
+    )
+
+    @field_validator("threshold", "youden_threshold", "validation_auc")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not np.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
 
     @field_validator("quantiles")
     @classmethod
@@ -88,19 +119,68 @@ class TrainingFacts(_Strict):
     git_commit: str | None = None
     torch_version: str | None = None
     budget: str | None = Field(default=None, description="training budget in words")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="problems found at export, e.g. a collapsed model (one image for every input)",
+    )
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
 class CheckpointConfig(_Strict):
-    """Contents of config.json."""
+    """Contents of config.json (format 2; a format-1 file is read with its MSE calibration)."""
 
-    format_version: Literal[1] = 1
+    format_version: Literal[2] = 2
     architecture: str
     arguments: dict[str, Any]
     input: InputSpec
-    calibration: Calibration | None = None
+    calibrations: dict[str, Calibration] = Field(
+        default_factory=dict, description="one calibration per named score (deeplense.scores)"
+    )
+    default_score: str = Field(default="mse", description="the score used when none is named")
+    default_score_reason: str | None = None
     training: TrainingFacts = Field(default_factory=TrainingFacts)
     metrics: dict[str, float] = Field(default_factory=dict, description="evaluation metrics")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, raw: Any) -> Any:
+        # Format 1 held one calibration of the study's MSE score: it becomes calibrations.mse.
+        if isinstance(raw, dict) and raw.get("format_version") == 1:
+            raw = dict(raw)
+            calibration = raw.pop("calibration", None)
+            raw["format_version"] = 2
+            raw["calibrations"] = {} if calibration is None else {"mse": calibration}
+            raw["default_score"] = "mse"
+            raw["default_score_reason"] = "format-1 checkpoint: only the MSE score is calibrated"
+        return raw
+
+    @model_validator(mode="after")
+    def _known_scores(self) -> "CheckpointConfig":
+        unknown = sorted(set(self.calibrations) - set(SCORES))
+        if unknown:
+            raise ValueError(
+                f"calibrations for unknown scores {unknown}; valid: {', '.join(sorted(SCORES))}"
+            )
+        if self.default_score not in SCORES:
+            raise ValueError(
+                f"default_score {self.default_score!r} is not a score; "
+                f"valid: {', '.join(sorted(SCORES))}"
+            )
+        if self.calibrations and self.default_score not in self.calibrations:
+            raise ValueError(
+                f"default_score {self.default_score!r} has no calibration; "
+                f"calibrated: {', '.join(sorted(self.calibrations))}"
+            )
+        return self
+
+    def calibration_for(self, score: str | None = None) -> Calibration | None:
+        """The calibration of `score` (default: the default score), or None."""
+        return self.calibrations.get(score or self.default_score)
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """The default score's calibration, or None."""
+        return self.calibration_for(None)
 
 
 @dataclass

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 import models
+from deeplense.scores import list_scores
+from deeplense.scoring import score_array
 from models.base import AnomalyModel
-from models.checkpoint import Calibration, config_for, save_checkpoint
+from models.checkpoint import Calibration, CheckpointConfig, config_for, save_checkpoint
 from training.calibrate import calibration_from_scores
 
 TINY_SIZE = 32
@@ -51,11 +53,18 @@ def tiny_images(n: int, seed: int = 0, size: int = TINY_SIZE) -> np.ndarray:
     return np.stack(images)
 
 
-def tiny_calibration(model: AnomalyModel, fpr: float = 0.05) -> Calibration:
-    """Calibration of `model` on tiny normal images (scores -> quantiles, threshold)."""
-    with torch.no_grad():
-        scores = model.score(torch.from_numpy(tiny_images(64, seed=123))).numpy()
-    return calibration_from_scores(scores, fpr=fpr, dataset="tiny")
+def tiny_calibrations(model: AnomalyModel, fpr: float = 0.05) -> dict[str, Calibration]:
+    """Every score's calibration of `model` on tiny normal images (quantiles, threshold)."""
+    scored = score_array(model, tiny_images(64, seed=123), scores=list_scores())
+    return {
+        name: calibration_from_scores(values, fpr=fpr, dataset="tiny")
+        for name, values in scored.scores.items()
+    }
+
+
+def tiny_config(model: AnomalyModel, default_score: str = "mse") -> CheckpointConfig:
+    """A checkpoint config for `model`, calibrated for every score on tiny images."""
+    return config_for(model, calibrations=tiny_calibrations(model), default_score=default_score)
 
 
 @pytest.fixture(scope="session", params=models.list_models())
@@ -70,5 +79,5 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("checkpoints")
     for name in models.list_models():
         model = tiny_model(name)
-        save_checkpoint(model, config_for(model, calibration=tiny_calibration(model)), root / name)
+        save_checkpoint(model, tiny_config(model), root / name)
     return root

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from deeplense.errors import InvalidImageError, OutputExistsError
 from deeplense.imaging import DEFAULT_MAX_PIXELS, check_pixels, read_stack
+from deeplense.judge import judge
 from deeplense.preprocess import to_model_input
 from deeplense.scoring import score_array
 from models.checkpoint import LoadedCheckpoint
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 CSV_COLUMNS = (
     "filename",
+    "score",
+    "anomaly_score",
     "reconstruction_loss",
     "threshold",
     "is_anomaly",
@@ -47,6 +50,8 @@ class ScoreRow:
     """One image's result; the numbers are None when the image could not be scored."""
 
     filename: str
+    score: str | None = None
+    anomaly_score: float | None = None
     reconstruction_loss: float | None = None
     threshold: float | None = None
     is_anomaly: bool | None = None
@@ -61,6 +66,8 @@ class ScoreRow:
         shape = None if self.input_shape is None else "x".join(map(str, self.input_shape))
         values = [
             self.filename,
+            self.score,
+            self.anomaly_score,
             self.reconstruction_loss,
             self.threshold,
             self.is_anomaly,
@@ -132,15 +139,17 @@ def score_files(
     batch_size: int = 64,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    score: str | None = None,
 ) -> Iterator[ScoreRow]:
     """Rows for every image of `files`, in order, scored in batches of `batch_size`.
 
-    The threshold is `threshold` when given, else the checkpoint's calibrated one (None when
-    it has no calibration: is_anomaly is then None); percentile needs a calibration.
+    `score` names the anomaly score (default: the checkpoint's). The threshold is `threshold`
+    when given, else the checkpoint's calibrated one for that score (None when it has none:
+    is_anomaly is then None); percentile needs a calibration (`deeplense.judge`).
     """
-    calibration = loaded.config.calibration
-    if threshold is None and calibration is not None:
-        threshold = calibration.threshold
+    score = score or loaded.config.default_score
+    calibration = loaded.config.calibration_for(score)
+    psf = loaded.config.input.psf_sigma_pixels
     size = loaded.model.image_size
     pending: list[_Prepared] = []
     n_ready = 0  # prepared images waiting in `pending`
@@ -148,24 +157,27 @@ def score_files(
 
     def flush() -> Iterator[ScoreRow]:
         good = [p.x for p in pending if p.x is not None]
-        loss = w1 = pct = np.zeros(0)
+        loss = w1 = values = np.zeros(0)
         if good:
-            scored = score_array(loaded.model, np.stack(good), device=device, batch_size=batch_size)
-            loss, w1 = scored.loss, scored.w1  # (B,) each
-            if calibration is not None:
-                pct = calibration.percentile(loss)
+            scored = score_array(
+                loaded.model, np.stack(good), device=device, batch_size=batch_size,
+                scores=[score], psf_sigma_pixels=psf,
+            )  # fmt: skip
+            loss, w1, values = scored.loss, scored.w1, scored.scores[score]  # (B,) each
+        verdict = judge(values, calibration, threshold)
         i = 0
         for p in pending:
             if p.x is None:
                 yield ScoreRow(filename=p.filename, error=p.error)
                 continue
-            value = float(loss[i])
             yield ScoreRow(
                 filename=p.filename,
-                reconstruction_loss=value,
-                threshold=threshold,
-                is_anomaly=None if threshold is None else value > threshold,
-                percentile=None if calibration is None else float(pct[i]),
+                score=score,
+                anomaly_score=float(values[i]),
+                reconstruction_loss=float(loss[i]),
+                threshold=verdict.threshold,
+                is_anomaly=None if verdict.is_anomaly is None else bool(verdict.is_anomaly[i]),
+                percentile=None if verdict.percentile is None else float(verdict.percentile[i]),
                 w1=float(w1[i]),
                 input_shape=p.input_shape,
                 resized=p.resized,

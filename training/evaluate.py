@@ -1,14 +1,18 @@
 """Evaluation of checkpoints on a labelled test set, measured as REFERENCE.md defines it.
 
-For every model: ROC-AUC of sub (sphere + vort) vs no_sub and of each substructure class vs
-no_sub (scikit-learn's roc_auc_score / roc_curve, score = per-image MSE, no_sub = 0,
-sub = 1), W1 (per image, the 1-D Wasserstein distance between the column sums of input and
-reconstruction, `deeplense.metrics.column_w1`) averaged over the no_sub test images, the mean
-MSE per class, and the false- and true-positive rates of the checkpoint's calibrated
-threshold on the test images (flag = score > threshold, as the service flags).
+For every model and every registered score (`deeplense.scores`: the study's MSE, chi2,
+chi2_psf): ROC-AUC of sub (sphere + vort) vs no_sub and of each substructure class vs no_sub
+(scikit-learn's roc_auc_score / roc_curve, no_sub = 0, sub = 1), as `auc_<score>_<cmp>`;
+`auc_<cmp>` repeats the checkpoint's default score's. Also W1 (per image, the 1-D
+Wasserstein distance between the column sums of input and reconstruction,
+`deeplense.metrics.column_w1`) averaged over the no_sub test images, the mean MSE per class,
+the false- and true-positive rates of the default score's calibrated threshold on the test
+images (`deeplense.judge`, the rule the service flags by), and the reconstruction health
+check of `training.health` (a collapsed model is reported loudly).
 
 Scores come from `deeplense.scoring.score_array`, the function the service and the `score`
-CLI use, so an evaluated score equals the served score for the same image.
+CLI use, so an evaluated score equals the served score for the same image. Nothing here is
+tuned on the test split: thresholds and default scores come from calibration.
 """
 
 import json
@@ -24,7 +28,10 @@ from tqdm import tqdm
 
 from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, DatasetError
+from deeplense.judge import judge
+from deeplense.scores import list_scores
 from deeplense.scoring import score_array
+from models.base import AnomalyModel
 from models.checkpoint import (
     LoadedCheckpoint,
     find_checkpoints,
@@ -33,13 +40,11 @@ from models.checkpoint import (
     write_config,
 )
 from training.datasets import CLASSES, load_split, manifest_sha256
+from training.health import Health, health_of
 
 log = logging.getLogger(__name__)
 
 NORMAL = "no_sub"
-# PSF width of the simulated data (REFERENCE.md): the experimental matched-filter score smooths
-# residuals by it before squaring (deeplense.metrics.smoothed_residual_error).
-PSF_SIGMA_ARCSEC = 0.1
 # Comparisons reported for every model: name -> the anomalous classes it pools against no_sub.
 COMPARISONS: dict[str, tuple[str, ...]] = {
     "sub": tuple(c for c in CLASSES if c != NORMAL),
@@ -67,6 +72,8 @@ class ModelEvaluation:
     roc: dict[str, tuple[np.ndarray, np.ndarray]]  # comparison -> (fpr, tpr), each (M,)
     examples: dict[str, Examples] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    default_score: str = "mse"
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -95,37 +102,34 @@ def dataset_name(data_dir: Path) -> str | None:
 
 
 def class_metrics(
-    losses: dict[str, np.ndarray], w1: dict[str, np.ndarray], threshold: float | None
+    scores: dict[str, np.ndarray], threshold: float | None
 ) -> tuple[dict[str, float], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Metrics and ROC curves from per-class scores: class -> (N_c,) losses and W1 values.
+    """AUCs and ROC curves from one score's per-class values: class -> (N_c,).
 
-    Keys: auc_<comparison>, mse_<class>, w1_<class> (w1_no_sub is REFERENCE.md's W1), and with
-    a threshold: threshold, test_fpr (no_sub flagged) and test_tpr_<comparison> (flagged).
+    Keys: auc_<comparison>, and with a threshold: test_fpr (no_sub flagged) and
+    test_tpr_<comparison> (flagged), flags by `deeplense.judge`.
     """
-    if NORMAL not in losses or len(losses[NORMAL]) == 0:
+    if NORMAL not in scores or len(scores[NORMAL]) == 0:
         raise DatasetError(f"the test set has no {NORMAL} images; evaluation needs them")
     metrics: dict[str, float] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    normal = losses[NORMAL]
+    normal = scores[NORMAL]
     for comparison, classes in COMPARISONS.items():
-        present = [c for c in classes if c in losses and len(losses[c])]
+        present = [c for c in classes if c in scores and len(scores[c])]
         if not present:
             continue
-        anomalous = np.concatenate([losses[c] for c in present])
+        anomalous = np.concatenate([scores[c] for c in present])
         y = np.concatenate([np.zeros(len(normal)), np.ones(len(anomalous))])
         s = np.concatenate([normal, anomalous])
         metrics[f"auc_{comparison}"] = float(roc_auc_score(y, s))
         fpr, tpr, _ = roc_curve(y, s)
         curves[comparison] = (fpr, tpr)
         if threshold is not None:
-            metrics[f"test_tpr_{comparison}"] = float(np.mean(anomalous > threshold))
-    for cls, values in losses.items():
-        if len(values):
-            metrics[f"mse_{cls}"] = float(np.mean(values))
-            metrics[f"w1_{cls}"] = float(np.mean(w1[cls]))
+            flags = judge(anomalous, None, threshold).is_anomaly
+            metrics[f"test_tpr_{comparison}"] = float(np.mean(flags))
     if threshold is not None:
         metrics["threshold"] = float(threshold)
-        metrics["test_fpr"] = float(np.mean(normal > threshold))
+        metrics["test_fpr"] = float(np.mean(judge(normal, None, threshold).is_anomaly))
     return metrics, curves
 
 
@@ -138,19 +142,19 @@ def evaluate_model(
 ) -> ModelEvaluation:
     """Evaluate one loaded checkpoint on class -> (N, 1, H, W) test images at its input size."""
     model = loaded.model
-    losses: dict[str, np.ndarray] = {}
+    config = loaded.config
+    names = list_scores()
+    per_score: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
     w1: dict[str, np.ndarray] = {}
-    smoothed: dict[str, np.ndarray] = {}
     examples: dict[str, Examples] = {}
-    pixel_scale = loaded.config.input.pixel_scale_arcsec or 0.05
-    sigma_pixels = PSF_SIGMA_ARCSEC / pixel_scale
     for cls, x in images.items():
         scored = score_array(
-            model, x, device=device, batch_size=batch_size, smoothing_sigma_pixels=sigma_pixels
-        )
-        losses[cls], w1[cls] = scored.loss, scored.w1
-        assert scored.smoothed_loss is not None
-        smoothed[cls] = scored.smoothed_loss
+            model, x, device=device, batch_size=batch_size, scores=names,
+            psf_sigma_pixels=config.input.psf_sigma_pixels,
+        )  # fmt: skip
+        for n in names:
+            per_score[n][cls] = scored.scores[n]
+        w1[cls] = scored.w1
         k = min(n_examples, len(x))
         if k:
             shown = score_array(model, x[:k], device=device, keep_reconstructions=True)
@@ -158,27 +162,47 @@ def evaluate_model(
             examples[cls] = Examples(
                 inputs=x[:k, 0].copy(), reconstructions=shown.reconstruction[:, 0]
             )
-    calibration = loaded.config.calibration
-    threshold = calibration.threshold if calibration is not None else None
-    metrics, curves = class_metrics(losses, w1, threshold)
-    # Experimental: the same residuals, PSF-smoothed before squaring (only the AUCs).
-    smoothed_metrics, _ = class_metrics(smoothed, w1, None)
-    metrics.update(
-        {f"smoothed_{k}": v for k, v in smoothed_metrics.items() if k.startswith("auc_")}
+    default = config.default_score
+    calibration = config.calibration_for(default)
+    metrics, curves = class_metrics(
+        per_score[default], calibration.threshold if calibration else None
     )
+    for n in names:
+        aucs, _ = class_metrics(per_score[n], None)
+        metrics.update({f"auc_{n}_{k[4:]}": v for k, v in aucs.items()})
+    for cls in images:
+        if len(images[cls]):
+            metrics[f"mse_{cls}"] = float(np.mean(per_score["mse"][cls]))
+            metrics[f"w1_{cls}"] = float(np.mean(w1[cls]))
     if calibration is not None:
         metrics["calibration_fpr"] = calibration.fpr
-    training = loaded.config.training.model_dump(exclude={"extra"}, exclude_none=True)
+    health = _health(model, images, device, batch_size)
+    metrics.update(health.numbers)
+    for warning in health.warnings:
+        log.warning("%s: %s", loaded.name, warning)
+    training = config.training.model_dump(exclude={"extra"}, exclude_none=True)
     return ModelEvaluation(
         name=loaded.name,
-        architecture=loaded.config.architecture,
+        architecture=config.architecture,
         checkpoint=loaded.path,
         image_size=model.image_size,
         metrics=metrics,
         roc=curves,
         examples=examples,
         training=training,
+        default_score=default,
+        warnings=health.warnings,
     )
+
+
+def _health(
+    model: AnomalyModel, images: dict[str, np.ndarray], device: torch.device | str, batch: int
+) -> Health:
+    """The reconstruction health check on the no_sub test images (mean image: their own)."""
+    x = np.array(images[NORMAL][:256], dtype=np.float32)
+    scored = score_array(model, x, device=device, batch_size=batch, keep_reconstructions=True)
+    assert scored.reconstruction is not None
+    return health_of(x, scored.reconstruction, x.mean(axis=0))
 
 
 def evaluate_checkpoints(

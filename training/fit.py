@@ -45,9 +45,10 @@ from deeplense.scoring import score_array
 from models.base import AnomalyModel
 from models.checkpoint import TrainingFacts, config_for, save_checkpoint
 from models.registry import model_class
-from training.calibrate import calibration_from_scores
+from training.calibrate import calibrate_model
 from training.datasets import ImageArrayDataset, load_split, manifest_sha256
 from training.evaluate import dataset_name
+from training.health import reconstruction_health
 
 log = logging.getLogger(__name__)
 
@@ -680,14 +681,23 @@ def _export(
     precision: Precision,
     dist: Distributed,
 ) -> Path:
-    """Calibrate on the val no_sub scores and write OUT/<name> (rank 0 only)."""
+    """Calibrate every score on the validation split and write OUT/<name> (rank 0 only)."""
     options = plan.options
     data = Path(options.data)
     dataset = dataset_name(data) or data.resolve().name
     scores = score_array(model, plan.val, device=device, batch_size=options.batch_size).loss
     if not np.isfinite(scores).all():
         raise DatasetError(f"{name}: non-finite validation scores; training diverged")
-    calibration = calibration_from_scores(scores, fpr=options.fpr, dataset=dataset)
+    val = load_split(data, "val", image_size=model.image_size)  # no_sub (+ sphere, vort)
+    val[NORMAL] = plan.val
+    psf = config_for(model).input.psf_sigma_pixels
+    calibrated = calibrate_model(
+        model, val, psf, fpr=options.fpr, dataset=dataset, device=device,
+        batch_size=options.batch_size,
+    )  # fmt: skip
+    health = reconstruction_health(model, plan.val, plan.train, device, options.batch_size)
+    for warning in health.warnings:
+        log.warning("%s: %s", name, warning)
     last = history[-1] if history else {}
     facts = TrainingFacts(
         dataset=dataset,
@@ -699,6 +709,7 @@ def _export(
         device=_device_name(device, dist),
         wall_time_s=round(wall_time, 3),
         final_losses={k: v for k, v in last.items() if k != "epoch" and math.isfinite(v)},
+        warnings=health.warnings,
         git_commit=git_commit(),
         torch_version=torch.__version__,
         budget=training_budget(
@@ -716,17 +727,27 @@ def _export(
             "lr": options.lr if name != "aae" else None,
             "weight_decay": options.weight_decay,
             "history": history,
+            "reconstruction_health": health.numbers,
         },
     )
-    config = config_for(model, calibration=calibration, training=facts)
+    config = config_for(
+        model,
+        calibrations=calibrated.calibrations,
+        default_score=calibrated.default_score,
+        default_score_reason=calibrated.reason,
+        training=facts,
+    )
     target = save_checkpoint(model, config, Path(options.out) / name, overwrite=options.overwrite)
+    default = calibrated.calibrations[calibrated.default_score]
     log.info(
-        "%s: wrote %s (threshold %.6g at FPR %g on %d val images)",
+        "%s: wrote %s (default score %s: threshold %.6g at FPR %g on %d val images; %s)",
         name,
         target,
-        calibration.threshold,
-        calibration.fpr,
-        calibration.n_images,
+        calibrated.default_score,
+        default.threshold,
+        default.fpr,
+        default.n_images,
+        calibrated.reason,
     )
     return target
 

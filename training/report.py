@@ -11,6 +11,7 @@ from matplotlib.figure import Figure  # object API: the Agg canvas, no pyplot gl
 
 from deeplense.atomic import atomic_directory
 from deeplense.errors import OutputExistsError
+from deeplense.scores import list_scores
 from training.evaluate import COMPARISONS, NORMAL, Evaluation
 
 # Published results of arXiv 2008.12731 (REFERENCE.md), by dataset then model.
@@ -49,6 +50,8 @@ def metrics_document(evaluation: Evaluation) -> dict[str, Any]:
             "checkpoint": str(result.checkpoint),
             "image_size": result.image_size,
             "metrics": result.metrics,
+            "default_score": result.default_score,
+            "warnings": result.warnings,
             "published": {
                 "auc_sub": _published(PUBLISHED_AUC, evaluation.dataset, arch),
                 "w1_no_sub": _published(PUBLISHED_W1, evaluation.dataset, arch),
@@ -107,7 +110,15 @@ def render_markdown(evaluation: Evaluation) -> str:
         f"- Device: {evaluation.device}",
         f"- Published numbers: arXiv 2008.12731 ({ds or 'no dataset recorded: not compared'})",
         "",
+    ]
+    for name, r in items:
+        for warning in r.warnings:
+            out += [f"> **WARNING ({name})**: {warning}", ""]
+    out += [
         "## ROC-AUC, substructure (sphere + vort) vs no_sub (higher is better)",
+        "",
+        "With the checkpoint's default score (the one the service judges by; chosen on the",
+        "labelled validation split at calibration, never on this test split).",
         "",
     ]
     rows = []
@@ -115,26 +126,27 @@ def render_markdown(evaluation: Evaluation) -> str:
         auc = r.metrics.get("auc_sub")
         pub = _published(PUBLISHED_AUC, ds, r.architecture)
         sub_cols = [_fmt(r.metrics.get(f"auc_{c}")) for c in COMPARISONS if c != "sub"]
-        rows.append([name, _fmt(auc), _fmt(pub, 5), _delta(auc, pub), *sub_cols])
+        rows.append([name, r.default_score, _fmt(auc), _fmt(pub, 5), _delta(auc, pub), *sub_cols])
     sub_names = [f"AUC {c} vs {NORMAL}" for c in COMPARISONS if c != "sub"]
-    out += _table(["model", "AUC (ours)", "AUC (published)", "difference", *sub_names], rows)
+    header = ["model", "score", "AUC (ours)", "AUC (published)", "difference", *sub_names]
+    out += _table(header, rows)
     if ds in SUPERVISED_AUC:
         out += [f"Supervised reference (ResNet-18 with labels): AUC {SUPERVISED_AUC[ds]}.", ""]
 
     out += [
-        "## Experimental: ROC-AUC of the PSF-smoothed residual",
+        "## ROC-AUC of every score (sub / sphere / vort vs no_sub)",
         "",
-        "The same reconstructions, scored by the mean squared residual after smoothing it with",
-        "the PSF (`deeplense.metrics.smoothed_residual_error`): a matched filter that removes",
-        "most pixel noise. Not the served score; shown to tell reconstruction quality from noise.",
+        "mse is the study's score; chi2, chi2_psf and chi2_psf_light whiten the residual by the",
+        "noise estimated from each image (`deeplense.scores`). Published numbers used mse.",
         "",
     ]
-    rows = [
-        [name, *[_fmt(r.metrics.get(f"smoothed_auc_{c}")) for c in COMPARISONS]]
-        for name, r in items
-        if any(k.startswith("smoothed_auc_") for k in r.metrics)
-    ]
-    out += _table(["model", *[f"AUC {c}" for c in COMPARISONS]], rows)
+    rows = []
+    for name, r in items:
+        for score in list_scores():
+            cells = [_fmt(r.metrics.get(f"auc_{score}_{c}")) for c in COMPARISONS]
+            if any(c != "—" for c in cells):
+                rows.append([name, score, *cells])
+    out += _table(["model", "score", *[f"AUC {c}" for c in COMPARISONS]], rows)
 
     out += ["## W1 on no_sub test images (lower is better)", ""]
     rows = []
@@ -155,7 +167,29 @@ def render_markdown(evaluation: Evaluation) -> str:
     rows = [[name, *[_fmt_sci(r.metrics.get(f"mse_{c}")) for c in classes]] for name, r in items]
     out += _table(["model", *classes], rows)
 
-    out += ["## Calibrated threshold on the test set (flag = score > threshold)", ""]
+    out += [
+        "## Reconstruction health",
+        "",
+        "spread ratio: how much the reconstructions vary between no_sub test images relative to",
+        "the inputs (near 0: one image for every input, collapsed); loss ratio: MSE over that of",
+        "the mean image (near 1 or above: learned nothing).",
+        "",
+    ]
+    rows = [
+        [
+            name,
+            _fmt(r.metrics.get("spread_ratio"), 3),
+            _fmt(r.metrics.get("loss_ratio"), 3),
+            "COLLAPSED / WARNING" if r.warnings else "ok",
+        ]
+        for name, r in items
+    ]
+    out += _table(["model", "spread ratio", "loss ratio", "verdict"], rows)
+
+    out += [
+        "## Calibrated threshold of the default score on the test set (flag = score > threshold)",
+        "",
+    ]
     tpr_cols = [c for c in COMPARISONS]
     rows = []
     for name, r in items:

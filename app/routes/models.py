@@ -6,7 +6,9 @@ from fastapi import APIRouter, Depends, Path
 
 from app.dependencies import ReadyServiceDep, require_api_key
 from app.schemas import CalibrationSummary, EnsembleCard, ErrorBody, ModelCard, ModelList
-from app.scoring import ModelService, ServedModel
+from app.scoring import ENSEMBLE, ModelService, ServedModel
+from deeplense.scores import list_scores
+from models.checkpoint import Calibration
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[Depends(require_api_key)])
 
@@ -19,27 +21,35 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def calibration_summary(score: str, cal: Calibration) -> CalibrationSummary:
+    """What a card shows of one score's calibration."""
+    return CalibrationSummary(
+        score=score,
+        fpr=cal.fpr,
+        threshold=cal.threshold,
+        n_images=cal.n_images,
+        dataset=cal.dataset,
+        youden_threshold=cal.youden_threshold,
+        validation_auc=cal.validation_auc,
+        normal_loss_quantiles={k: cal.quantiles[i] for k, i in _QUANTILES.items()},
+    )
+
+
 def model_card(service: ModelService, served: ServedModel) -> ModelCard:
     """The card of one loaded model."""
     config = served.checkpoint.config
-    cal = config.calibration
-    summary = None
-    if cal is not None:
-        summary = CalibrationSummary(
-            fpr=cal.fpr,
-            threshold=cal.threshold,
-            n_images=cal.n_images,
-            dataset=cal.dataset,
-            youden_threshold=cal.youden_threshold,
-            normal_loss_quantiles={k: cal.quantiles[i] for k, i in _QUANTILES.items()},
-        )
+    summaries = {s: calibration_summary(s, c) for s, c in config.calibrations.items()}
     return ModelCard(
         name=served.name,
         architecture=config.architecture,
         arguments=config.arguments,
         parameters=served.parameters,
         input=config.input,
-        calibration=summary,
+        default_score=config.default_score,
+        default_score_reason=config.default_score_reason,
+        scores=list_scores(),
+        calibration=summaries.get(config.default_score),
+        calibrations=summaries,
         metrics=config.metrics,
         training=config.training,
         weights_sha256=served.weights_sha256,
@@ -53,11 +63,14 @@ async def list_models(service: ReadyServiceDep) -> ModelList:
     """Every loaded model's card, the default model and the valid `?model=` values."""
     ensemble = None
     if service.ensemble_members:
-        threshold = service.ensemble_threshold()
+        score = service.default_score(ENSEMBLE)
+        threshold = service.ensemble_threshold(score)
         ensemble = EnsembleCard(
             members=service.ensemble_members,
+            default_score=score,
             threshold_percentile=threshold,
-            rule=f"mean of the members' calibrated percentiles; flagged when it exceeds "
+            rule=f"mean of the members' calibrated percentiles of the requested score "
+            f"(default {score}); flagged when it exceeds "
             f"{threshold:g}. Not calibrated on its own: its false-positive rate on normal "
             "images is usually below the members' fpr (they rarely all score high together).",
         )

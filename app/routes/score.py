@@ -30,7 +30,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "bytes) (max_file_bytes, env DEEPLENSE_MAX_FILE_BYTES)",
     ),
     422: _error(
-        "no uploaded file could be read (one entry per file), or a bad query parameter",
+        "no uploaded file could be read (one entry per file), an unknown score (the detail "
+        "lists the valid ones), a score an ensemble member is not calibrated for, or a bad "
+        "query parameter",
         [
             {
                 "loc": ["body", "files", 0],
@@ -66,12 +68,22 @@ async def score(
             examples=["aae"],
         ),
     ] = None,
+    score: Annotated[
+        str | None,
+        Query(
+            description="Anomaly score to judge by: mse (the study's mean squared error), chi2 "
+            "(residual in units of the per-pixel noise, estimated from the image) or chi2_psf "
+            "(the whitened residual matched-filtered by the PSF). Default: the model's "
+            "(GET /models says which). reconstruction_loss (the MSE) is returned either way.",
+            examples=["chi2_psf"],
+        ),
+    ] = None,
     threshold: Annotated[
         float | None,
         Query(
-            description="Override the calibrated threshold: loss units for a single model, "
-            "percentile (0-100) for the ensemble",
-            examples=[0.003],
+            description="Override the calibrated threshold: the score's units for a single "
+            "model, percentile (0-100) for the ensemble",
+            examples=[1.5],
             allow_inf_nan=False,
         ),
     ] = None,
@@ -86,8 +98,9 @@ async def score(
     an `error` and the others are still scored; when no file can be read the answer is 422.
     """
     name = service.resolve(model)
+    score_name = service.resolve_score(name, score)  # a bad name is a 422 before any upload work
     uploads = await read_uploads(files, settings)
-    run = partial(service.score, name, uploads, threshold, include_images)
+    run = partial(service.score, name, uploads, threshold, include_images, score_name)
     # Off the event loop, at most service.limiter requests at a time (one in the forward
     # pass, the next decoding); the rest wait here, not in threads. abandon_on_cancel: a
     # request past its deadline answers 504 at once; its thread finishes in the background.

@@ -120,14 +120,14 @@ def _tiny_checkpoints(root: Path) -> Path:
     """Tiny random-weight checkpoints, the test suite's (tests/conftest.py)."""
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     sys.path.insert(0, str(REPO_ROOT))
-    from conftest import tiny_calibration, tiny_model
+    from conftest import tiny_config, tiny_model
 
     import models
-    from models.checkpoint import config_for, save_checkpoint
+    from models.checkpoint import save_checkpoint
 
     for name in models.list_models():
         model = tiny_model(name)
-        save_checkpoint(model, config_for(model, calibration=tiny_calibration(model)), root / name)
+        save_checkpoint(model, tiny_config(model), root / name)
     return root
 
 

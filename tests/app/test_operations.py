@@ -92,9 +92,13 @@ def test_models_lists_a_card_per_checkpoint(client: TestClient) -> None:
         assert card["parameters"] > 0
         assert card["input"] == {
             "channels": 1, "height": 32, "width": 32, "normalisation": "minmax",
-            "pixel_scale_arcsec": 0.05,
+            "pixel_scale_arcsec": 0.05, "psf_sigma_arcsec": 0.1,
         }  # fmt: skip
+        assert card["default_score"] == "mse" and "chi2_psf" in card["scores"]
+        assert set(card["calibrations"]) == set(card["scores"])  # one per score
+        assert card["calibrations"]["chi2"]["score"] == "chi2"
         calibration = card["calibration"]
+        assert calibration == card["calibrations"]["mse"]
         assert calibration["fpr"] == 0.05 and calibration["n_images"] == 64
         q = calibration["normal_loss_quantiles"]
         assert q["min"] <= q["median"] <= q["p95"] <= q["max"]

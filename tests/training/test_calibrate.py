@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from deeplense.scoring import score_array
 from models.checkpoint import load_checkpoint, read_config
@@ -19,10 +20,11 @@ def write_val(root: Path, n: int = 50) -> Path:
     return root
 
 
-def write_test(root: Path) -> None:
-    (root / "test").mkdir(parents=True)
-    np.save(root / "test" / "no_sub.npy", tiny_images(20, seed=8)[:, 0])
-    np.save(root / "test" / "vort.npy", tiny_images(20, seed=9)[:, 0])
+def write_labelled(root: Path, split: str) -> None:
+    (root / split).mkdir(parents=True, exist_ok=True)
+    if split != "val":
+        np.save(root / split / "no_sub.npy", tiny_images(20, seed=8)[:, 0])
+    np.save(root / split / "vort.npy", tiny_images(20, seed=9)[:, 0])
 
 
 @pytest.fixture
@@ -43,8 +45,11 @@ def test_calibrate_sets_threshold_at_the_requested_fpr(
     args = ["calibrate", "--checkpoints", str(checkpoints), "--model", "dcae",
             "--data", str(data), "--fpr", "0.2", "--device", "cpu"]  # fmt: skip
     assert main(args) == 0
-    cal = read_config(checkpoints / "dcae").calibration
-    assert cal is not None
+    config = read_config(checkpoints / "dcae")
+    assert set(config.calibrations) == {"mse", "chi2", "chi2_psf", "chi2_psf_light"}
+    # No labelled validation images: the default is the bounds' best score, said so.
+    assert config.default_score == "chi2_psf" and "no labelled" in str(config.default_score_reason)
+    cal = config.calibrations["mse"]
     scores = _val_scores(checkpoints / "dcae", data)
     assert cal.fpr == 0.2 and cal.n_images == 50
     assert cal.threshold == pytest.approx(np.quantile(scores, 0.8))
@@ -52,8 +57,8 @@ def test_calibrate_sets_threshold_at_the_requested_fpr(
     assert len(cal.quantiles) == 101
     assert cal.quantiles[0] == pytest.approx(scores.min())
     assert cal.quantiles[-1] == pytest.approx(scores.max())
-    assert cal.youden_threshold is None  # no labelled test set
-    assert cal.threshold != before.calibration.threshold  # it really was rewritten
+    assert cal.youden_threshold is None and cal.validation_auc is None  # no labels in val
+    assert cal.threshold != before.calibrations["mse"].threshold  # it really was rewritten
     # Only the chosen model was touched; the rest of config.json is unchanged.
     assert read_config(checkpoints / "aae") == read_config(tiny_checkpoints / "aae")
     after = read_config(checkpoints / "dcae")
@@ -61,19 +66,41 @@ def test_calibrate_sets_threshold_at_the_requested_fpr(
     assert not list((checkpoints / "dcae").glob(".*tmp"))
 
 
-def test_calibrate_all_adds_youden_with_labelled_test(checkpoints: Path, tmp_path: Path) -> None:
+def test_labelled_validation_gives_youden_auc_and_the_default_score(
+    checkpoints: Path, tmp_path: Path
+) -> None:
     data = write_val(tmp_path / "data")
-    write_test(data)
+    write_labelled(data, "val")
     assert main(["calibrate", "--checkpoints", str(checkpoints), "--data", str(data)]) == 0
     for folder in checkpoints.iterdir():
-        cal = read_config(folder).calibration
-        assert cal is not None and cal.fpr == 0.05 and cal.youden_threshold is not None
+        config = read_config(folder)
         model = load_checkpoint(folder).model
-        normal = score_array(model, np.load(data / "test" / "no_sub.npy")[:, None]).loss
-        vort = score_array(model, np.load(data / "test" / "vort.npy")[:, None]).loss
-        labels = np.r_[np.zeros(len(normal)), np.ones(len(vort))]
-        expected = youden_threshold(np.r_[normal, vort], labels)
-        assert cal.youden_threshold == pytest.approx(expected)
+        aucs = {}
+        for score, cal in config.calibrations.items():
+            assert cal.fpr == 0.05 and cal.youden_threshold is not None
+            normal, vort = (
+                score_array(
+                    model, np.load(data / "val" / f"{c}.npy")[:, None], scores=[score]
+                ).scores[score]
+                for c in ("no_sub", "vort")
+            )
+            labels = np.r_[np.zeros(len(normal)), np.ones(len(vort))]
+            expected = youden_threshold(np.r_[normal, vort], labels)
+            assert cal.youden_threshold == pytest.approx(expected)
+            assert cal.validation_auc == pytest.approx(roc_auc_score(labels, np.r_[normal, vort]))
+            aucs[score] = cal.validation_auc
+        best = max(round(v, 4) for v in aucs.values())
+        assert round(aucs[config.default_score], 4) == best  # the best validation AUC
+        assert "validation" in str(config.default_score_reason)
+
+
+def test_the_test_split_is_never_used_to_calibrate(checkpoints: Path, tmp_path: Path) -> None:
+    data = write_val(tmp_path / "data")
+    write_labelled(data, "test")  # labelled test images only: nothing may come from them
+    assert main(["calibrate", "--checkpoints", str(checkpoints), "--data", str(data)]) == 0
+    for folder in checkpoints.iterdir():
+        for cal in read_config(folder).calibrations.values():
+            assert cal.youden_threshold is None and cal.validation_auc is None
 
 
 def test_calibrate_unknown_model_is_a_one_line_error(

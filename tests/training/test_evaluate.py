@@ -44,14 +44,11 @@ def test_class_metrics_match_hand_computed_numbers() -> None:
         "sphere": np.array([0.25, 0.5]),
         "vort": np.array([0.6, 0.7]),
     }
-    w1 = {c: v * 10 for c, v in losses.items()}
-    metrics, curves = class_metrics(losses, w1, threshold=0.35)
+    metrics, curves = class_metrics(losses, threshold=0.35)
     # sphere: 0.25 beats 2 of 4 normals, 0.5 beats 4 of 4 -> 6/8; vort beats all -> 1.
     assert metrics["auc_sphere"] == pytest.approx(0.75)
     assert metrics["auc_vort"] == pytest.approx(1.0)
     assert metrics["auc_sub"] == pytest.approx(14 / 16)
-    assert metrics["mse_no_sub"] == pytest.approx(0.25)
-    assert metrics["w1_no_sub"] == pytest.approx(2.5)
     assert metrics["test_fpr"] == pytest.approx(0.25)  # only 0.4 > 0.35
     assert metrics["test_tpr_sub"] == pytest.approx(0.75)
     assert metrics["test_tpr_sphere"] == pytest.approx(0.5)
@@ -61,7 +58,7 @@ def test_class_metrics_match_hand_computed_numbers() -> None:
 
 def test_class_metrics_without_threshold_has_no_rates() -> None:
     losses = {"no_sub": np.array([0.1, 0.2]), "vort": np.array([0.3, 0.05])}
-    metrics, curves = class_metrics(losses, losses, threshold=None)
+    metrics, curves = class_metrics(losses, threshold=None)
     assert "test_fpr" not in metrics and "threshold" not in metrics
     assert set(curves) == {"sub", "vort"}
     assert metrics["auc_vort"] == pytest.approx(0.5)
@@ -106,14 +103,20 @@ def test_evaluate_cli_writes_the_report(checkpoints: Path, tmp_path: Path) -> No
     assert set(doc["models"]) == {p.name for p in checkpoints.iterdir()}
     for name, entry in doc["models"].items():
         for key in ("auc_sub", "auc_sphere", "auc_vort", "w1_no_sub", "mse_no_sub",
-                    "mse_sphere", "mse_vort", "test_fpr", "test_tpr_sub",
-                    "smoothed_auc_sub", "smoothed_auc_vort"):  # fmt: skip
+                    "mse_sphere", "mse_vort", "test_fpr", "test_tpr_sub", "auc_mse_sub",
+                    "auc_chi2_sub", "auc_chi2_psf_vort", "auc_chi2_psf_light_sphere",
+                    "spread_ratio", "loss_ratio"):  # fmt: skip
             assert np.isfinite(entry["metrics"][key]), (name, key)
+        # The default score's AUCs are repeated without the score's name.
+        assert entry["metrics"]["auc_sub"] == entry["metrics"]["auc_mse_sub"]
         assert entry["published"]["auc_sub"] == PUBLISHED_AUC["model_a"][name]
     for png in ("roc.png", "examples.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "| aae |" in report and "0.93207" in report and "0.22117" in report
+    assert "| aae | chi2_psf |" in report  # every score's AUCs
+    # Random tiny models barely depend on their input: the health check says so loudly.
+    assert "COLLAPSED" in report or "NO BETTER THAN THE MEAN IMAGE" in report
     # Without --update-checkpoints the checkpoints keep their (empty) metrics.
     assert read_config(checkpoints / "aae").metrics == {}
     assert not list(tmp_path.glob(".report*"))  # no temp folder left behind

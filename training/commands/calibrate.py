@@ -27,9 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "calibrate",
         help="set checkpoints' anomaly thresholds from normal validation images",
         description=(
-            "Score DIR/val no_sub images, set the threshold at the target false-positive rate, "
-            "store 101 score quantiles (and the Youden-J threshold when DIR/test is labelled) "
-            "in each checkpoint's config.json."
+            "For every anomaly score: score DIR/val no_sub images, set the threshold at the "
+            "target false-positive rate and store 101 score quantiles in each checkpoint's "
+            "config.json. When DIR/val also holds sphere or vort images, add each score's "
+            "validation ROC-AUC and Youden-J threshold and make the best score the default. "
+            "The test split is never read."
         ),
     )
     p.add_argument("--checkpoints", type=Path, required=True, help="folder of checkpoint folders")
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = dataset_name(args.data) or args.data.name
     for name, path in found.items():
         loaded = load_checkpoint(path, device=device)
-        calibration = calibrate_checkpoint(
+        result = calibrate_checkpoint(
             loaded,
             args.data,
             fpr=args.fpr,
@@ -63,11 +65,19 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             dataset=dataset,
         )
-        write_config(loaded.config.model_copy(update={"calibration": calibration}), path)
-        youden = calibration.youden_threshold
-        print(
-            f"{name}: threshold {calibration.threshold:.6g} at FPR {calibration.fpr} "
-            f"({calibration.n_images} val images)"
-            + ("" if youden is None else f", Youden-J threshold {youden:.6g}")
-        )
+        update = {
+            "calibrations": result.calibrations,
+            "default_score": result.default_score,
+            "default_score_reason": result.reason,
+        }
+        write_config(loaded.config.model_copy(update=update), path)
+        for score, cal in result.calibrations.items():
+            youden, auc = cal.youden_threshold, cal.validation_auc
+            print(
+                f"{name} {score}: threshold {cal.threshold:.6g} at FPR {cal.fpr} "
+                f"({cal.n_images} val images)"
+                + ("" if youden is None else f", Youden-J threshold {youden:.6g}")
+                + ("" if auc is None else f", validation AUC {auc:.4f}")
+            )
+        print(f"{name}: default score {result.default_score} ({result.reason})")
     return 0

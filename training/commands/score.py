@@ -2,17 +2,27 @@
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, OutputExistsError, UnknownModelError
 from deeplense.imaging import DEFAULT_MAX_PIXELS
+from deeplense.scores import list_scores
 from models.checkpoint import find_checkpoints, load_checkpoint
 from training.batch_score import parse_shard, score_files, shard_files, write_csv
 from training.commands.evaluate import positive_int
 from training.datasets import find_image_files
 
 log = logging.getLogger(__name__)
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite float (no nan or inf)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def shard(text: str) -> tuple[int, int]:
@@ -30,8 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Score every image in the given files and folders (searched recursively; .npy "
             "stacks and FITS cubes give one row per image, named file[k]) with one checkpoint "
-            "and write a CSV with columns filename, reconstruction_loss, threshold, is_anomaly, "
-            "percentile, w1, input_shape, resized, error."
+            "and write a CSV with columns filename, score, anomaly_score, reconstruction_loss, "
+            "threshold, is_anomaly, percentile, w1, input_shape, resized, error: the numbers "
+            "POST /score returns for the same file."
         ),
     )
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
@@ -48,10 +59,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument(
-        "--threshold",
-        type=float,
+        "--score",
+        choices=list_scores(),
         default=None,
-        help="flag threshold on the loss (default: the checkpoint's calibrated one)",
+        help="anomaly score to judge by (default: the checkpoint's default score)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=finite_float,
+        default=None,
+        help="flag threshold on the score (default: the checkpoint's calibrated one)",
     )
     p.add_argument(
         "--max-pixels",
@@ -73,11 +90,13 @@ def run(args: argparse.Namespace) -> int:
         raise UnknownModelError(args.model, list(found))
     device = resolve_device(args.device)
     loaded = load_checkpoint(found[args.model], device=device)
-    if args.threshold is None and loaded.config.calibration is None:
+    score = args.score or loaded.config.default_score
+    if args.threshold is None and loaded.config.calibration_for(score) is None:
         log.warning(
-            "%s has no calibration: threshold, is_anomaly and percentile stay empty "
-            "(run `python -m training calibrate` or pass --threshold)",
+            "%s has no calibration of score %s: threshold, is_anomaly and percentile stay "
+            "empty (run `python -m training calibrate` or pass --threshold)",
             loaded.path,
+            score,
         )
     files = find_image_files(args.paths)
     index, count = args.shard
@@ -87,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         loaded,
         selected,
         threshold=args.threshold,
+        score=score,
         device=device,
         batch_size=args.batch_size,
         max_pixels=args.max_pixels,

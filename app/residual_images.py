@@ -1,0 +1,70 @@
+"""The images a score response carries: input, reconstruction and the score's residual map.
+
+mse: |x - x_hat| as an inferno heat map scaled to its own maximum (pixel units), as before.
+Noise-aware scores (chi2, chi2_psf): the score's own signed map in units of the noise sigma
+(`deeplense.scores`), on one fixed diverging scale, so two uploads can be compared by eye and
+a user sees where in the arcs an excess (red) or a deficit (blue) sits and how significant
+it is.
+"""
+
+import base64
+
+import numpy as np
+import torch
+
+from app.imaging import encode_png, gray_png, heatmap_png, to_uint8
+from app.schemas import ScoreResult
+from deeplense.scores import compute_scores, get_score
+
+SIGMA_SCALE = 5.0  # noise sigmas at the ends of the diverging colour scale
+
+
+def _diverging_lut() -> bytes:
+    # Blue (deficit) -> white (0) -> red (excess): ColorBrewer RdBu end and middle points,
+    # linearly interpolated to 256 entries (index 128 is white, 0 blue, 255 red).
+    anchors = np.array(
+        [[5, 48, 97], [67, 147, 195], [247, 247, 247], [214, 96, 77], [103, 0, 31]],
+        dtype=np.float64,
+    )
+    t = np.linspace(0.0, 1.0, 256)
+    at = np.linspace(0.0, 1.0, len(anchors))
+    lut = np.stack([np.interp(t, at, anchors[:, c]) for c in range(3)], axis=1)  # (256, 3)
+    return np.round(lut).astype(np.uint8).tobytes()
+
+
+DIVERGING_LUT = _diverging_lut()
+
+
+def diverging_png(signed: np.ndarray, vmax: float) -> str:
+    """(H, W) or (1, H, W) signed map -> base64 PNG: -vmax blue, 0 white, +vmax red."""
+    m = np.asarray(signed, dtype=np.float64).reshape(signed.shape[-2:])
+    scaled = np.clip(0.5 + 0.5 * m / vmax, 0.0, 1.0)
+    png = encode_png(to_uint8(scaled), palette=DIVERGING_LUT)  # indexed colour
+    return base64.b64encode(png).decode("ascii")
+
+
+def attach_images(
+    results: list[ScoreResult], x: np.ndarray, x_hat: np.ndarray, score: str, psf_pixels: float
+) -> None:
+    """Set input, reconstruction and residual PNGs on each result: x, x_hat (N, 1, S, S)."""
+    noise_aware = get_score(score).noise_aware
+    maps = None
+    if noise_aware:
+        computed = compute_scores(
+            torch.from_numpy(x), torch.from_numpy(x_hat), [score], psf_pixels, map_of=score
+        )
+        assert computed.residual_map is not None
+        maps = computed.residual_map.numpy()  # (N, 1, S, S) in noise sigmas
+    for i, result in enumerate(results):
+        result.input = gray_png(x[i])
+        result.reconstruction = gray_png(x_hat[i])
+        if maps is not None:
+            result.residual = diverging_png(maps[i], SIGMA_SCALE)
+            result.residual_max = SIGMA_SCALE
+            result.residual_units = "sigma"
+        else:
+            residual = np.abs(x[i] - x_hat[i])  # (1, S, S)
+            vmax = float(residual.max())
+            result.residual = heatmap_png(residual, vmax)
+            result.residual_max = vmax
+            result.residual_units = "pixel"

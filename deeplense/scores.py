@@ -1,0 +1,183 @@
+"""Anomaly scores: named, registered, pure functions of (image, reconstruction, noise map).
+
+Every score is the mean square of its own residual *map* (N, 1, H, W), so a score, its
+map and the picture a user sees of it can never disagree:
+
+- `mse`: the study's per-image mean squared error; map = x - x_hat ([0, 1] units).
+- `chi2`: map = (x - x_hat) / sigma, the residual in units of the per-pixel noise sigma
+  that `deeplense.noise.estimate_noise` measured from the image itself. 1 for pure noise.
+- `chi2_psf`: the whitened residual smoothed by the Gaussian PSF (a matched filter: pixel
+  noise is white, a subhalo's imprint is at least PSF-wide), divided by the filter's noise
+  gain sqrt(sum k^2) so that pure noise still has unit variance per pixel. The map is in
+  units of the noise, and 1 is the expected score of a perfect reconstruction.
+- `chi2_psf_light`: chi2_psf over the region where the reconstruction's light stands more
+  than one noise sigma above its own background (its median): the arcs and the lens light.
+  Sky pixels carry no signal, only noise; leaving them out sharpens the score. The map is
+  zero outside the region and scaled by sqrt(pixels / region pixels), so its mean square is
+  the mean over the region.
+
+Higher is more anomalous for every score. `compute_scores` evaluates any set of them in one
+pass and is the only place the service, the `score` CLI and evaluation get scores from
+(through `deeplense.scoring.score_array`).
+"""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from deeplense.errors import UnknownScoreError
+from deeplense.noise import estimate_noise, gaussian_kernel_1d
+
+MapFn = Callable[[Tensor, Tensor, Tensor | None, float], Tensor]
+
+
+@dataclass(frozen=True)
+class Score:
+    """A registered score: its map function (x, x_hat, sigma, psf sigma px) -> (N, 1, H, W)."""
+
+    name: str
+    description: str
+    residual_map: MapFn
+    noise_aware: bool  # needs the noise map sigma
+
+    def __call__(
+        self, x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf_sigma_pixels: float
+    ) -> Tensor:
+        """(N,) float64 score: the mean square of the map."""
+        return mean_square(self.residual_map(x, x_hat, sigma, psf_sigma_pixels))
+
+
+SCORES: dict[str, Score] = {}
+# The order ties are broken in when choosing a default score (the physics' best first).
+PREFERENCE = ("chi2_psf_light", "chi2_psf", "chi2", "mse")
+LIGHT_REGION_SIGMA = 1.0  # chi2_psf_light: light above this many sigma over the background
+
+
+def register_score(score: Score) -> Score:
+    """Add a score to the registry (names are unique)."""
+    if score.name in SCORES:
+        raise ValueError(f"score {score.name!r} is already registered")
+    SCORES[score.name] = score
+    return score
+
+
+def get_score(name: str) -> Score:
+    """The registered score `name`; UnknownScoreError listing the valid names otherwise."""
+    if name not in SCORES:
+        raise UnknownScoreError(name, list_scores())
+    return SCORES[name]
+
+
+def list_scores() -> list[str]:
+    """Registered score names, sorted."""
+    return sorted(SCORES)
+
+
+def mean_square(m: Tensor) -> Tensor:
+    """Per-image mean of squares, (N, ...) -> (N,) float64 (differences in the map's dtype,
+    sums in float64, so a score does not depend on batching)."""
+    return m.flatten(1).double().pow(2).mean(dim=1)
+
+
+def residual(x: Tensor, x_hat: Tensor) -> Tensor:
+    """x - x_hat in float32: (N, 1, H, W)."""
+    return x.float() - x_hat.float()
+
+
+def _need(sigma: Tensor | None) -> Tensor:
+    if sigma is None:
+        raise ValueError("this score needs the noise map sigma (deeplense.noise)")
+    return sigma.float()
+
+
+def psf_filter(m: Tensor, psf_sigma_pixels: float) -> Tensor:
+    """Matched filter: smooth (N, 1, H, W) by the Gaussian PSF (reflected edges) and divide by
+    the filter's noise gain, so unit white noise keeps unit variance."""
+    kernel = gaussian_kernel_1d(psf_sigma_pixels, m.dtype, m.device)
+    r = (kernel.numel() - 1) // 2
+    pad_w, pad_h = min(r, m.shape[-1] - 1), min(r, m.shape[-2] - 1)
+    kx, ky = kernel[r - pad_w : r + pad_w + 1], kernel[r - pad_h : r + pad_h + 1]
+    y = F.conv2d(F.pad(m, (pad_w, pad_w, 0, 0), mode="reflect"), kx.view(1, 1, 1, -1))
+    y = F.conv2d(F.pad(y, (0, 0, pad_h, pad_h), mode="reflect"), ky.view(1, 1, -1, 1))
+    gain = torch.sqrt((kx**2).sum() * (ky**2).sum())  # std of smoothed unit white noise
+    return y / gain
+
+
+def _mse_map(x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float) -> Tensor:
+    return residual(x, x_hat)
+
+
+def _chi2_map(x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float) -> Tensor:
+    return residual(x, x_hat) / _need(sigma)
+
+
+def _chi2_psf_map(x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float) -> Tensor:
+    return psf_filter(_chi2_map(x, x_hat, sigma, psf), psf)
+
+
+def light_region(x_hat: Tensor, sigma: Tensor) -> Tensor:
+    """Mask (N, 1, H, W) where x_hat exceeds its per-image median by LIGHT_REGION_SIGMA sigma."""
+    background = x_hat.float().flatten(1).median(dim=1).values.view(-1, 1, 1, 1)
+    return (x_hat.float() - background) > LIGHT_REGION_SIGMA * sigma
+
+
+def _chi2_psf_light_map(x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float) -> Tensor:
+    m = _chi2_psf_map(x, x_hat, sigma, psf)
+    mask = light_region(x_hat, _need(sigma))
+    pixels = mask[0].numel()
+    count = mask.flatten(1).sum(dim=1).clamp_min(1).view(-1, 1, 1, 1)
+    return m * mask * torch.sqrt(pixels / count)
+
+
+register_score(
+    Score("mse", "the study's per-image mean squared error, [0, 1] units", _mse_map, False)
+)
+register_score(
+    Score("chi2", "mean square of the residual in units of the per-pixel noise", _chi2_map, True)
+)
+register_score(
+    Score(
+        "chi2_psf",
+        "mean square of the noise-whitened residual matched-filtered by the PSF",
+        _chi2_psf_map,
+        True,
+    )
+)
+register_score(
+    Score(
+        "chi2_psf_light",
+        "chi2_psf over the region where the reconstruction has light above 1 sigma",
+        _chi2_psf_light_map,
+        True,
+    )
+)
+
+
+@dataclass
+class ScoreValues:
+    """Scores of a batch: name -> (N,) float64, and the requested map (N, 1, H, W) or None."""
+
+    values: dict[str, Tensor]
+    residual_map: Tensor | None
+
+
+def compute_scores(
+    x: Tensor,
+    x_hat: Tensor,
+    names: Iterable[str],
+    psf_sigma_pixels: float,
+    map_of: str | None = None,
+) -> ScoreValues:
+    """Every score in `names` (and the map of `map_of`) for images x and reconstructions x_hat,
+    both (N, 1, H, W); the noise map is estimated once, from x, when a score needs it."""
+    wanted = [get_score(n) for n in dict.fromkeys(names)]
+    shown = get_score(map_of) if map_of is not None else None
+    sigma = None
+    if any(s.noise_aware for s in [*wanted, *([shown] if shown else [])]):
+        sigma = estimate_noise(x.float(), psf_sigma_pixels)
+    values = {s.name: s(x, x_hat, sigma, psf_sigma_pixels) for s in wanted}
+    m = shown.residual_map(x, x_hat, sigma, psf_sigma_pixels) if shown else None
+    return ScoreValues(values=values, residual_map=m)
