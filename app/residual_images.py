@@ -21,12 +21,13 @@ SIGMA_SCALE = 5.0  # noise sigmas at the ends of the diverging colour scale
 
 def _diverging_lut() -> bytes:
     # Blue (deficit) -> white (0) -> red (excess): ColorBrewer RdBu end and middle points,
-    # linearly interpolated to 256 entries (index 128 is white, 0 blue, 255 red).
+    # linearly interpolated to 256 entries: entry i at i / 256, so the value 0 (entry 128,
+    # where to_uint8 puts 0.5) is exactly white; 0 is the deepest blue, 255 nearly the red.
     anchors = np.array(
         [[5, 48, 97], [67, 147, 195], [247, 247, 247], [214, 96, 77], [103, 0, 31]],
         dtype=np.float64,
     )
-    t = np.linspace(0.0, 1.0, 256)
+    t = np.arange(256) / 256.0
     at = np.linspace(0.0, 1.0, len(anchors))
     lut = np.stack([np.interp(t, at, anchors[:, c]) for c in range(3)], axis=1)  # (256, 3)
     return np.round(lut).astype(np.uint8).tobytes()

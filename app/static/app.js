@@ -10,6 +10,7 @@
   const form = document.getElementById("score-form");
   const filesInput = document.getElementById("files");
   const modelSelect = document.getElementById("model");
+  const scoreSelect = document.getElementById("score");
   const modelHelp = document.getElementById("model-help");
   const MODEL_HELP = modelHelp.textContent;
   const thresholdHelp = document.getElementById("threshold-help");
@@ -166,19 +167,43 @@
     describeModel();
   }
 
-  /** One line under the model menu: input size, threshold and its FPR, AUC when known. */
+  /** The score menu: "model's default" plus every score the service computes. */
+  function fillScores(cards) {
+    const names = [];
+    for (const card of cards) {
+      for (const s of card.scores || []) if (!names.includes(s)) names.push(s);
+    }
+    const previous = scoreSelect.value;
+    scoreSelect.replaceChildren();
+    const byDefault = document.createElement("option");
+    byDefault.value = "";
+    byDefault.textContent = "model's default";
+    scoreSelect.appendChild(byDefault);
+    for (const name of names) {
+      const option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      scoreSelect.appendChild(option);
+    }
+    if (names.includes(previous)) scoreSelect.value = previous;
+  }
+
+  /** One line under the model menu: input size, default score, its threshold and FPR, and
+   *  the measured AUC, with a caveat when that AUC is near chance. */
   function describeModel() {
     const name = modelSelect.value;
     const parts = [];
     if (name === "ensemble" && catalogue.ensemble) {
       const e = catalogue.ensemble;
       parts.push(`mean of the calibrated percentiles of ${e.members.join(", ")}`);
+      if (e.default_score) parts.push(`default score ${e.default_score}`);
       if (typeof e.threshold_percentile === "number") {
         parts.push(`flagged above ${formatPercentile(e.threshold_percentile)}`);
       }
     } else if (catalogue.cards[name]) {
       const card = catalogue.cards[name];
       if (card.input) parts.push(`${card.input.height} × ${card.input.width} px input`);
+      if (card.default_score) parts.push(`default score ${card.default_score}`);
       const cal = card.calibration;
       if (cal) {
         const fpr = formatNumber(100 * cal.fpr);
@@ -186,11 +211,20 @@
       } else {
         parts.push("uncalibrated: no threshold or percentile");
       }
-      if (card.metrics && typeof card.metrics.auc === "number") {
-        parts.push(`AUC ${card.metrics.auc.toFixed(3)}`);
+      const auc = card.metrics ? card.metrics.auc_sub : undefined;
+      if (typeof auc === "number") parts.push(`measured AUC ${auc.toFixed(3)}`);
+      modelHelp.textContent = parts.join(" · ");
+      if (typeof auc === "number" && auc < 0.6) {
+        const caveat = document.createElement("span");
+        caveat.className = "caveat";
+        caveat.textContent =
+          " · near chance on simulated test data: treat its flags as uninformative";
+        modelHelp.appendChild(caveat);
       }
     }
-    modelHelp.textContent = parts.length ? parts.join(" · ") : MODEL_HELP;
+    if (!(catalogue.cards[name] && name !== "ensemble")) {
+      modelHelp.textContent = parts.length ? parts.join(" · ") : MODEL_HELP;
+    }
     thresholdHelp.textContent =
       name === "ensemble"
         ? "Override the flag threshold, in percentile units (0–100)."
@@ -209,6 +243,7 @@
       if (names.length === 0) throw new Error("the service has no models loaded");
       catalogue = { cards: {}, ensemble: (body && body.ensemble) || null };
       for (const card of (body && body.models) || []) catalogue.cards[card.name] = card;
+      fillScores((body && body.models) || []);
       fillModels(names, body && body.default);
       if (banner.dataset.source === "models") hideBanner();
     } catch (err) {
@@ -227,7 +262,7 @@
     const caption = table.createCaption();
     caption.textContent = "Ensemble members";
     const head = table.createTHead().insertRow();
-    for (const title of ["Model", "Loss", "Percentile", "Flag"]) {
+    for (const title of ["Model", "Score", "Loss (MSE)", "Percentile", "Flag"]) {
       const th = document.createElement("th");
       th.scope = "col";
       th.textContent = title;
@@ -237,6 +272,7 @@
     for (const m of members) {
       const row = body.insertRow();
       row.insertCell().textContent = m.model;
+      row.insertCell().textContent = formatNumber(m.anomaly_score);
       row.insertCell().textContent = formatNumber(m.reconstruction_loss);
       row.insertCell().textContent = formatPercentile(m.percentile);
       const flag = row.insertCell();
@@ -300,9 +336,20 @@
       "not requested",
     );
     if (typeof result.residual_max === "number" && result.residual) {
-      // Colour bar of the heat map: black = 0, pale yellow = residual_max (pixel units).
       const scale = card.querySelector(".fig-residual .scale");
-      scale.querySelector(".scale-max").textContent = formatNumber(result.residual_max);
+      if (result.residual_units === "sigma") {
+        // Diverging: -residual_max sigma blue, 0 white, +residual_max sigma red.
+        scale.classList.add("scale-sigma");
+        scale.querySelector(".scale-min").textContent = `−${formatNumber(result.residual_max)} σ`;
+        scale.querySelector(".scale-max").textContent = `+${formatNumber(result.residual_max)} σ`;
+        card.querySelector(".residual-caption").textContent =
+          result.score === "chi2"
+            ? "Residual in noise σ"
+            : "Residual in noise σ, PSF-matched";
+      } else {
+        // Heat map: black = 0, pale yellow = residual_max (pixel units).
+        scale.querySelector(".scale-max").textContent = formatNumber(result.residual_max);
+      }
       scale.hidden = false;
     }
     if (model === "ensemble") {
@@ -311,6 +358,10 @@
 
     const loss = result.reconstruction_loss;
     const threshold = result.threshold;
+    if (result.score) {
+      card.querySelector(".m-score-name").textContent = `Anomaly score (${result.score})`;
+    }
+    setMetric(card, ".m-score", result.anomaly_score, formatNumber(result.anomaly_score));
     setMetric(card, ".m-loss", loss, formatNumber(loss));
     setMetric(
       card,
@@ -337,7 +388,7 @@
     objectUrls = [];
     const results = Array.isArray(body.results) ? body.results : [];
     const model = body.model || modelSelect.value;
-    const units = body.threshold_units || (model === "ensemble" ? "percentile" : "loss");
+    const units = body.threshold_units || (model === "ensemble" ? "percentile" : "score");
     const cards = results.map((r, i) => renderResult(r, files[i], model, units));
     resultsList.replaceChildren(...cards);
 
@@ -370,6 +421,7 @@
       return;
     }
     const params = new URLSearchParams({ model, include_images: "true" });
+    if (scoreSelect.value) params.set("score", scoreSelect.value);
     const threshold = thresholdInput.value.trim();
     if (threshold !== "") {
       if (!Number.isFinite(Number(threshold))) {

@@ -118,7 +118,7 @@ def test_upload_page_lists_every_model_and_the_ensemble(page: Page) -> None:
     assert set(options) == {*models.list_models(), "ensemble"}
     assert page.is_hidden("#banner")
     assert page.get_attribute("#files", "multiple") is not None
-    for control in ("files", "model", "threshold", "api-key"):
+    for control in ("files", "model", "score", "threshold", "api-key"):
         assert page.locator(f"label[for='{control}']").count() == 1, control
 
 
@@ -162,6 +162,20 @@ def test_upload_page_scores_with_the_ensemble(page: Page, tmp_path: Path) -> Non
     assert cards[0]["badge"] in {"anomalous", "normal"}
     assert 0.0 <= float(cards[0]["percentile"]) <= 100.0
     assert page.inner_text("#summary").startswith("1 file scored with ensemble")
+
+
+def test_upload_page_scores_by_a_chosen_noise_aware_score(page: Page, tmp_path: Path) -> None:
+    scores = page.eval_on_selector_all("#score option", "os => os.map(o => o.value)")
+    assert scores[0] == "" and {"mse", "chi2", "chi2_psf"} <= set(scores)
+    page.select_option("#score", "chi2_psf")
+    _submit(page, [_write_npy(tmp_path / "lens.npy")], "vae", n_cards=1)
+    card = page.locator("#results .result").first
+    assert card.locator(".m-score-name").inner_text() == "Anomaly score (chi2_psf)"
+    assert card.locator(".m-score").inner_text() not in {"", "—"}
+    scale = card.locator(".fig-residual .scale")
+    assert "scale-sigma" in (scale.get_attribute("class") or "")
+    assert scale.locator(".scale-max").inner_text() == "+5 σ"
+    assert "noise σ" in card.locator(".residual-caption").inner_text()
 
 
 def test_upload_page_shows_an_unreadable_file_inline(page: Page, tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ from tests.conftest import TINY_SIZE
 from tests.encode import fits_bytes, npy_bytes, png_bytes
 
 RESULT_FIELDS = {
-    "filename", "reconstruction_loss", "threshold", "is_anomaly", "percentile", "w1",
+    "filename", "score", "anomaly_score", "reconstruction_loss", "threshold", "is_anomaly",
+    "percentile", "w1",
     "reconstruction", "residual", "input_shape", "resized", "error",
 }  # fmt: skip
 
@@ -48,7 +49,9 @@ def test_npy_fits_and_png_in_one_request_are_each_scored(client: TestClient) -> 
         assert result["reconstruction_loss"] > 0
         assert result["w1"] >= 0
         assert 0 <= result["percentile"] <= 100
-        assert result["is_anomaly"] == (result["reconstruction_loss"] > result["threshold"])
+        assert result["score"] == "mse"  # the tiny checkpoints' default
+        assert result["anomaly_score"] == result["reconstruction_loss"]
+        assert result["is_anomaly"] == (result["anomaly_score"] > result["threshold"])
         assert result["input_shape"] == [TINY_SIZE, TINY_SIZE]
         assert result["resized"] is False
         recon = decode_png(result["reconstruction"])

@@ -1,0 +1,147 @@
+"""Named scores through every path: POST /score?score=, the score CLI and evaluate agree."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.main import create_app
+from deeplense.scores import list_scores
+from deeplense.scoring import score_array
+from models.checkpoint import CONFIG_FILE, load_checkpoint, read_config
+from tests.app.conftest import image, make_settings, upload
+from tests.app.test_score import decode_png
+from tests.conftest import tiny_images
+from tests.encode import fits_bytes, npy_bytes
+from training.__main__ import main
+from training.evaluate import evaluate_checkpoints
+
+SCORES = list_scores()
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_served_equals_the_cli_and_score_array_for_every_score(
+    score: str, client: TestClient, tiny_checkpoints: Path, tmp_path: Path
+) -> None:
+    files = {"a.npy": npy_bytes(image(7)), "b.fits": fits_bytes(image(8, size=45) * 3.0 + 1.0)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    out = tmp_path / "scores.csv"
+    argv = ["score", "--checkpoints", str(tiny_checkpoints), "--model", "vae", "--score", score]
+    assert main([*argv, *(str(tmp_path / n) for n in files), "--out", str(out)]) == 0
+    with out.open() as fh:
+        cli = {Path(row["filename"]).name: row for row in csv.DictReader(fh)}
+    uploads = [upload(n, d) for n, d in files.items()]
+    response = client.post("/score", params={"model": "vae", "score": score}, files=uploads)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["score"] == score and body["threshold_units"] == "score"
+    calibration = read_config(tiny_checkpoints / "vae").calibrations[score]
+    for result in body["results"]:
+        row = cli[result["filename"]]
+        assert row["score"] == result["score"] == score
+        for key in ("anomaly_score", "reconstruction_loss", "threshold", "percentile"):
+            assert float(row[key]) == pytest.approx(result[key], rel=1e-6), key
+        assert row["is_anomaly"].lower() == str(result["is_anomaly"]).lower()
+        assert result["threshold"] == calibration.threshold
+        assert result["is_anomaly"] == (result["anomaly_score"] > result["threshold"])
+    # ...and score_array on the same input (what evaluate uses):
+    model = load_checkpoint(tiny_checkpoints / "vae").model
+    x = np.stack([image(7)[None]])
+    direct = score_array(model, x, scores=[score]).scores[score]
+    assert body["results"][0]["anomaly_score"] == pytest.approx(float(direct[0]), rel=1e-6)
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_evaluated_auc_equals_the_auc_of_the_served_scores(
+    score: str, client: TestClient, tiny_checkpoints: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    (data / "test").mkdir(parents=True)
+    stacks = {"no_sub": tiny_images(8, seed=2), "sphere": tiny_images(4, seed=3),
+              "vort": tiny_images(4, seed=4)}  # fmt: skip
+    for cls, x in stacks.items():
+        np.save(data / "test" / f"{cls}.npy", x[:, 0])
+    (data / "manifest.json").write_text(json.dumps({"dataset": "model_a"}))
+    evaluated = evaluate_checkpoints(tiny_checkpoints, data, device="cpu", names=["dcae"])
+    served: dict[str, list[float]] = {}
+    for cls, x in stacks.items():
+        uploads = [upload(f"{cls}{i}.npy", npy_bytes(img[0])) for i, img in enumerate(x)]
+        params = {"model": "dcae", "score": score, "include_images": "false"}
+        results = client.post("/score", params=params, files=uploads).json()["results"]
+        served[cls] = [r["anomaly_score"] for r in results]
+    normal = np.array(served["no_sub"])
+    anomalous = np.array(served["sphere"] + served["vort"])
+    # AUC by its definition: P(anomalous > normal) + P(tie) / 2.
+    auc = np.mean([(a > n) + 0.5 * (a == n) for a in anomalous for n in normal])
+    assert evaluated.models["dcae"].metrics[f"auc_{score}_sub"] == pytest.approx(auc, abs=1e-9)
+
+
+def test_a_noise_aware_score_returns_its_map_in_noise_units(client: TestClient) -> None:
+    files = [upload("a.npy", npy_bytes(image(1)))]
+    result = client.post("/score?model=aae&score=chi2_psf", files=files).json()["results"][0]
+    assert result["score"] == "chi2_psf" and result["anomaly_score"] > 0
+    assert result["reconstruction_loss"] > 0  # the MSE is always returned
+    assert result["residual_units"] == "sigma" and result["residual_max"] == 5.0
+    assert 0 <= result["percentile"] <= 100
+    residual = decode_png(result["residual"])
+    assert residual.mode == "P"
+    palette = residual.getpalette()
+    assert palette is not None and tuple(palette[3 * 128 : 3 * 128 + 3]) == (247, 247, 247)
+    mse = client.post("/score?model=aae&score=mse", files=files).json()["results"][0]
+    assert mse["residual_units"] == "pixel" and mse["residual_max"] > 0
+    assert isinstance(decode_png(mse["residual"]), Image.Image)
+
+
+def test_an_unknown_score_is_422_listing_the_valid_ones(client: TestClient) -> None:
+    files = [upload("a.npy", npy_bytes(image(1)))]
+    response = client.post("/score?score=ssim", files=files)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "ssim" in detail and all(s in detail for s in SCORES)
+
+
+@pytest.mark.parametrize("score", ["chi2", "chi2_psf_light"])
+def test_the_ensemble_works_per_score(score: str, client: TestClient) -> None:
+    files = [upload("a.npy", npy_bytes(image(1))), upload("b.npy", npy_bytes(image(2)))]
+    body = client.post("/score", params={"model": "ensemble", "score": score}, files=files).json()
+    assert body["score"] == score and body["threshold_units"] == "percentile"
+    alone = client.post("/score", params={"model": "rbm", "score": score}, files=files).json()
+    for result, single in zip(body["results"], alone["results"], strict=True):
+        members = result["members"]
+        assert all(m["score"] == score for m in members)
+        assert result["percentile"] == pytest.approx(np.mean([m["percentile"] for m in members]))
+        rbm = next(m for m in members if m["model"] == "rbm")
+        assert rbm["anomaly_score"] == single["anomaly_score"]
+        assert rbm["is_anomaly"] == (rbm["anomaly_score"] > rbm["threshold"])
+
+
+def test_a_format_1_checkpoint_still_loads_with_the_mse_only(
+    tiny_checkpoints: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "old"
+    (root / "dcae").mkdir(parents=True)
+    new = read_config(tiny_checkpoints / "dcae")
+    raw = json.loads(new.model_dump_json())
+    for key in ("calibrations", "default_score", "default_score_reason"):
+        raw.pop(key)
+    raw["format_version"] = 1
+    raw["calibration"] = json.loads(new.calibrations["mse"].model_dump_json())
+    del raw["input"]["psf_sigma_arcsec"]
+    (root / "dcae" / CONFIG_FILE).write_text(json.dumps(raw))
+    weights = (tiny_checkpoints / "dcae" / "model.safetensors").read_bytes()
+    (root / "dcae" / "model.safetensors").write_bytes(weights)
+    config = read_config(root / "dcae")
+    assert set(config.calibrations) == {"mse"} and config.default_score == "mse"
+    with TestClient(create_app(make_settings(root))) as client:
+        files = [upload("a.npy", npy_bytes(image(1)))]
+        result = client.post("/score", files=files).json()["results"][0]
+        assert result["score"] == "mse" and result["is_anomaly"] is not None
+        # Other scores are computed, but have no calibration: no threshold, no percentile.
+        chi2 = client.post("/score?score=chi2", files=files).json()["results"][0]
+        assert chi2["anomaly_score"] > 0 and chi2["threshold"] is None
+        assert chi2["percentile"] is None and chi2["is_anomaly"] is None
