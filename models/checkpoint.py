@@ -31,6 +31,7 @@ from models.registry import create_model
 
 FORMAT_VERSION = 2  # 2: one calibration per named score and a default score
 READABLE_FORMATS = (1, 2)  # 1 is read as version 2 with its one (MSE) calibration
+CONV_DECODER_ARCHITECTURES = ("aae", "vae", "dcae")  # use models.layers.ConvDecoder
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 N_QUANTILES = 101
@@ -152,6 +153,9 @@ class CheckpointConfig(_Strict):
             raw["calibrations"] = {} if calibration is None else {"mse": calibration}
             raw["default_score"] = "mse"
             raw["default_score_reason"] = "format-1 checkpoint: only the MSE score is calibrated"
+            # Format-1 conv decoders were trained without edge replication (models/layers.py).
+            if raw.get("architecture") in CONV_DECODER_ARCHITECTURES:
+                raw["arguments"] = {"replicate_edges": False, **raw.get("arguments", {})}
         return raw
 
     @model_validator(mode="after")

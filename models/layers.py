@@ -5,11 +5,23 @@ Conv(16->32, k7, s3, p1) 49->15, Conv(32->64, k7) 15->9, flatten 64*9*9 = 5184. 
 mirrors it with transposed convolutions whose output_padding is computed so every size is
 recovered exactly (for 150: 9->15->49->150), then a sigmoid because pixels lie in [0, 1]
 (the original's tanh could not reach 0 without wasting half its range).
+
+Edges: a plain transposed convolution gives its outermost output pixels fewer kernel taps
+than the interior (at stride 3, kernel 7: one input position instead of two or three), so a
+decoder cannot draw its border as freely as the rest and leaves a bright or dark frame whose
+error dominates the residual (the first shipped AAE put 85% of its squared error within 3
+pixels of the edge). With `replicate_edges` (the default) each transposed convolution's input
+is first extended by replicating its border ceil(k / s) times, and the extra output that
+produces is cropped again (a larger `padding`): every output pixel, edges included, then
+gets the same number of taps, at no change in parameters or output size. Checkpoints made
+before this fix (format 1) load with `replicate_edges=False`, as they were trained.
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -24,6 +36,7 @@ class ConvNetConfig:
     paddings: tuple[int, ...] = (1, 1, 0)
     # 256 rather than the published 1000: keeps a checkpoint near 11 MB instead of 42 MB.
     latent_dim: int = 256
+    replicate_edges: bool = True  # uniform kernel coverage at the edges (module doc)
 
     def __post_init__(self) -> None:
         self.channels = tuple(self.channels)
@@ -72,6 +85,26 @@ class ConvEncoder(nn.Module):
         return self.net(x)  # (N, flat_dim)
 
 
+class EdgeReplicatedConvTranspose2d(nn.ConvTranspose2d):
+    """A ConvTranspose2d whose input border is replicated `margin` times and whose padding
+    crops the extra output again: same parameters and output size, uniform edge coverage."""
+
+    def __init__(self, *args: int, margin: int, **kwargs: int) -> None:
+        super().__init__(*args, **kwargs)
+        self.margin = margin
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        m = self.margin
+        x = F.pad(x, (m, m, m, m), mode="replicate")  # (N, C, H + 2m, W + 2m)
+        # Each replicated input position adds `stride` output pixels per side: crop them.
+        extra = m * self.stride[0]
+        padding = (self.padding[0] + extra, self.padding[1] + extra)
+        return F.conv_transpose2d(
+            x, self.weight, self.bias, self.stride, padding, self.output_padding,
+            self.groups, self.dilation,
+        )  # fmt: skip
+
+
 class ConvDecoder(nn.Module):
     """Flattened features (N, flat_dim) -> image (N, 1, H, W) in [0, 1]."""
 
@@ -85,16 +118,18 @@ class ConvDecoder(nn.Module):
             k, s, p = cfg.kernels[i], cfg.strides[i], cfg.paddings[i]
             # The encoder floored (size + 2p - k) / s; output_padding gives that remainder back.
             output_padding = (sizes[i] + 2 * p - k) % s
-            layers.append(
-                nn.ConvTranspose2d(
-                    cfg.channels[i],
-                    out_channels[i],
-                    k,
-                    stride=s,
-                    padding=p,
+            conv: nn.ConvTranspose2d
+            if cfg.replicate_edges:
+                conv = EdgeReplicatedConvTranspose2d(
+                    cfg.channels[i], out_channels[i], k, stride=s, padding=p,
+                    output_padding=output_padding, margin=math.ceil(k / s),
+                )  # fmt: skip
+            else:
+                conv = nn.ConvTranspose2d(
+                    cfg.channels[i], out_channels[i], k, stride=s, padding=p,
                     output_padding=output_padding,
-                )
-            )
+                )  # fmt: skip
+            layers.append(conv)
             if i > 0:
                 layers.append(nn.ReLU(inplace=True))
         self.net = nn.Sequential(*layers)

@@ -170,3 +170,37 @@ def test_rbm_default_checkpoint_stays_small() -> None:
     n_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     assert model.config.n_visible == 22_500
     assert 22e6 < n_bytes < 24e6
+
+
+@pytest.mark.parametrize("replicate", [True, False])
+def test_decoder_edges_get_as_many_kernel_taps_as_the_interior(replicate: bool) -> None:
+    """All-ones weights and features count the taps behind each output pixel: with edge
+    replication no border pixel gets fewer than the interior; without, corners get none."""
+    from models.layers import ConvDecoder, ConvNetConfig
+
+    cfg = ConvNetConfig(replicate_edges=replicate)
+    decoder = ConvDecoder(cfg)
+    for layer in decoder.net:
+        if isinstance(layer, torch.nn.ConvTranspose2d):
+            torch.nn.init.ones_(layer.weight)
+            torch.nn.init.zeros_(layer.bias)
+    with torch.no_grad():
+        taps = decoder.net(torch.ones(1, *decoder.shape))[0, 0]  # (150, 150) before sigmoid
+    assert taps.shape == (150, 150)
+    interior = taps[10:-10, 10:-10]
+    border = torch.cat([taps[:3].flatten(), taps[-3:].flatten(), taps[:, :3].flatten(),
+                        taps[:, -3:].flatten()])  # fmt: skip
+    if replicate:
+        assert border.min() >= interior.min() and border.max() <= interior.max()
+    else:
+        assert border.min() < 0.01 * interior.min()  # the old decoder's starved frame
+
+
+def test_format_1_conv_checkpoints_keep_their_decoder() -> None:
+    from models.checkpoint import CheckpointConfig
+
+    raw = {"format_version": 1, "architecture": "dcae", "arguments": {"image_size": 150},
+           "input": {"height": 150, "width": 150}}  # fmt: skip
+    assert CheckpointConfig.model_validate(raw).arguments["replicate_edges"] is False
+    raw2 = {**raw, "format_version": 2}
+    assert "replicate_edges" not in CheckpointConfig.model_validate(raw2).arguments
