@@ -89,19 +89,28 @@ class EdgeReplicatedConvTranspose2d(nn.ConvTranspose2d):
     """A ConvTranspose2d whose input border is replicated `margin` times and whose padding
     crops the extra output again: same parameters and output size, uniform edge coverage."""
 
-    def __init__(self, *args: int, margin: int, **kwargs: int) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        output_padding: int,
+        margin: int,
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+            output_padding=output_padding,
+        )  # fmt: skip
         self.margin = margin
+        self.crop = padding + margin * stride  # each replicated position adds `stride` pixels
 
     def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
         m = self.margin
         x = F.pad(x, (m, m, m, m), mode="replicate")  # (N, C, H + 2m, W + 2m)
-        # Each replicated input position adds `stride` output pixels per side: crop them.
-        extra = m * self.stride[0]
-        padding = (self.padding[0] + extra, self.padding[1] + extra)
         return F.conv_transpose2d(
-            x, self.weight, self.bias, self.stride, padding, self.output_padding,
-            self.groups, self.dilation,
+            x, self.weight, self.bias, self.stride, self.crop, self.output_padding,
         )  # fmt: skip
 
 
