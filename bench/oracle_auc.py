@@ -1,80 +1,186 @@
-"""How separable are the classes at all? ROC-AUC of ideal scores on a simulated test set.
+"""Detection bounds: the best ROC-AUC any reconstruction can reach, per score, and how it
+grows with the subhalo mass (`training.bounds` has the method).
 
-An anomaly model can at best reconstruct the smooth lens (no subhalos) exactly. This script
-re-renders that noiseless macro model for each test image from the dataset's stored
-parameters and scores the image with
+1. The bounds table, on DATA_DIR's test split (first N images per class): for every
+   registered score, the AUC (sub, sphere, vort vs no_sub) when each image is scored against
+   (a) the exact noiseless smooth lens and (b) a least-squares refit of the smooth model
+   started at the truth, holding what the dataset keeps fixed.
+2. With --curve: the detection curve, AUC (sub vs no_sub) against the subhalo mass fraction
+   (0.25, 0.5, 1, 2, 4% by default) for both bounds and for every checkpoint folder under
+   each --checkpoints root (each model by its default score, and by chi2_psf). Test sets for
+   the other fractions are simulated into --work (same seed and dataset as DATA_DIR, so the
+   no_sub images are the same) and reused on the next run. Printed as a table and drawn as
+   --plot (PNG).
 
-- `oracle_mse`: the mean squared residual against the ideal reconstruction (the best any
-  reconstruction-MSE model can do), and
-- `oracle_filtered`: the same residual smoothed by the PSF first (a matched filter that
-  suppresses pixel noise, a bound for a noise-aware score),
+    .venv/bin/python bench/oracle_auc.py DATA_DIR [--n 300] [--no-refit]
+    .venv/bin/python bench/oracle_auc.py DATA_DIR --n 100 --curve --checkpoints checkpoints/model_a
 
-then prints the AUC of sub vs no_sub, sphere vs no_sub and vort vs no_sub.
-
-    .venv/bin/python bench/oracle_auc.py data/model_a [--n 300]
+The refit costs about a second per image on one core; the exact bound a few milliseconds.
 """
 
 import argparse
-import csv
-import dataclasses
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
-from sklearn.metrics import roc_auc_score
+import torch
 
-from training.lensing.render import LensParams, render_components
-from training.simulate import PARAMETERS_FILE, SimConfig, read_manifest
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from deeplense.metrics import roc_auc  # noqa: E402
+from deeplense.scores import compute_scores, list_scores  # noqa: E402
+from deeplense.scoring import score_array  # noqa: E402
+from models.checkpoint import find_checkpoints, load_checkpoint  # noqa: E402
+from training.bounds import bound_reconstructions, sim_config  # noqa: E402
+from training.simulate import read_manifest, simulate_dataset  # noqa: E402
+
+CLASSES = ("no_sub", "sphere", "vort")
+COMPARISONS = {"sub": ("sphere", "vort"), "sphere": ("sphere",), "vort": ("vort",)}
+FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.04)
 
 
-def load_params(directory: Path, n: int) -> dict[tuple[str, int], LensParams]:
-    """Parameters of the first n test images of each class (subhalos dropped: macro model)."""
-    fields = {f.name for f in dataclasses.fields(LensParams)} - {"subhalos"}
-    out = {}
-    with (directory / PARAMETERS_FILE).open(newline="") as f:
-        for row in csv.DictReader(f):
-            index = int(row["index"])
-            if row["split"] == "test" and index < n:
-                values = {k: float(v) for k, v in row.items() if k in fields}
-                out[(row["class"], index)] = LensParams(**values)
+def aucs(values: dict[str, np.ndarray]) -> dict[str, float]:
+    """AUC of each comparison from one score's per-class values."""
+    return {
+        name: roc_auc(values["no_sub"], np.concatenate([values[c] for c in classes]))
+        for name, classes in COMPARISONS.items()
+    }
+
+
+def bound_scores(
+    directory: Path, n: int, refit: bool, psf: float, classes: tuple[str, ...] = CLASSES
+) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """bound ("exact", "refit") -> score -> class -> (N,) values."""
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {"exact": {}, "refit": {}}
+    for cls in classes:
+        images = bound_reconstructions(directory, cls, n, refit)
+        x = torch.from_numpy(images.images)
+        for bound, recon in (("exact", images.exact), ("refit", images.refit)):
+            if recon is None:
+                continue
+            values = compute_scores(x, torch.from_numpy(recon), list_scores(), psf).values
+            for score, v in values.items():
+                out[bound].setdefault(score, {})[cls] = v.numpy()
+    return {b: s for b, s in out.items() if s}
+
+
+def model_scores(
+    root: Path, directory: Path, n: int
+) -> dict[str, tuple[str, dict[str, dict[str, np.ndarray]]]]:
+    """model -> (its default score, score -> class -> (N,) values), per checkpoint in `root`."""
+    out: dict[str, tuple[str, dict[str, dict[str, np.ndarray]]]] = {}
+    for name, path in find_checkpoints(root).items():
+        loaded = load_checkpoint(path)
+        per: dict[str, dict[str, np.ndarray]] = {}
+        for cls in CLASSES:
+            stack = np.load(directory / "test" / f"{cls}.npy", mmap_mode="r", allow_pickle=False)
+            scored = score_array(
+                loaded.model, stack[:n], scores=list_scores(),
+                psf_sigma_pixels=loaded.config.input.psf_sigma_pixels,
+            )  # fmt: skip
+            for score, v in scored.scores.items():
+                per.setdefault(score, {})[cls] = v
+        out[f"{root.name}/{name}"] = (loaded.config.default_score, per)
     return out
+
+
+def table(directory: Path, n: int, refit: bool) -> None:
+    manifest = read_manifest(directory)
+    config = sim_config(directory)
+    psf = config.psf_sigma / config.pixel_scale
+    start = time.perf_counter()
+    bounds = bound_scores(directory, n, refit, psf)
+    print(
+        f"dataset {manifest['dataset']}, subhalo mass fraction "
+        f"{manifest.get('subhalo_mass_fraction')}, first {n} test images per class "
+        f"({time.perf_counter() - start:.0f} s)\n"
+    )
+    print("| score | bound | AUC sub | AUC sphere | AUC vort |")
+    print("| --- | --- | --- | --- | --- |")
+    for score in list_scores():
+        for bound, scores in bounds.items():
+            a = aucs(scores[score])
+            print(f"| {score} | {bound} | {a['sub']:.3f} | {a['sphere']:.3f} | {a['vort']:.3f} |")
+
+
+def fraction_dataset(base: Path, work: Path, fraction: float, n: int) -> Path:
+    """DATA_DIR's test set at another subhalo mass fraction (simulated once, then reused)."""
+    manifest = read_manifest(base)
+    if abs(float(manifest.get("subhalo_mass_fraction", 0.01)) - fraction) < 1e-12:
+        return base
+    out = work / f"{manifest['dataset']}_seed{manifest['seed']}_f{fraction:g}_n{n}"
+    if not (out / "manifest.json").is_file():
+        simulate_dataset(
+            manifest["dataset"], out, n_train=0, n_val=0, n_test=n, seed=int(manifest["seed"]),
+            workers=1, progress=False, subhalo_mass_fraction=fraction, overwrite=out.exists(),
+        )  # fmt: skip
+    return out
+
+
+def curve(
+    directory: Path, n: int, refit: bool, roots: list[Path], work: Path, plot: Path | None
+) -> None:
+    config = sim_config(directory)
+    psf = config.psf_sigma / config.pixel_scale
+    rows: dict[str, list[float]] = {}
+    # The no_sub test images do not depend on the mass fraction (same seed): fit them once.
+    normal = bound_scores(directory, n, refit, psf, classes=("no_sub",))
+    for fraction in FRACTIONS:
+        data = fraction_dataset(directory, work, fraction, n)
+        bounds = bound_scores(data, n, refit, psf, classes=("sphere", "vort"))
+        for bound, scores in bounds.items():
+            for score in scores:
+                scores[score]["no_sub"] = normal[bound][score]["no_sub"]
+            for score in ("mse", "chi2_psf", "chi2_psf_light"):
+                rows.setdefault(f"bound {bound}, {score}", []).append(aucs(scores[score])["sub"])
+        for root in roots:
+            for model, (default, scores) in model_scores(root, data, n).items():
+                for score in dict.fromkeys([default, "chi2_psf"]):
+                    rows.setdefault(f"{model}, {score}", []).append(aucs(scores[score])["sub"])
+        print(f"  fraction {fraction:g} done", file=sys.stderr)
+    print("\nAUC sub vs no_sub against the subhalo mass fraction\n")
+    print("| detector | " + " | ".join(f"{100 * f:g}%" for f in FRACTIONS) + " |")
+    print("| --- |" + " --- |" * len(FRACTIONS))
+    for name, values in rows.items():
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    if plot is not None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+        ax = fig.subplots()
+        for name, values in rows.items():
+            style = "--" if name.startswith("bound") else "-"
+            ax.plot([100 * f for f in FRACTIONS], values, style, marker="o", label=name)
+        title = f"Detection curve ({read_manifest(directory)['dataset']})"
+        ax.set(xscale="log", xlabel="subhalo mass fraction (%)", ylim=(0.45, 1.01),
+               ylabel="ROC-AUC sub vs no_sub", title=title)  # fmt: skip
+        ax.axhline(0.5, color="grey", linewidth=0.7)
+        ax.legend(fontsize=7, loc="lower right")
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(plot, dpi=110)
+        print(f"\nwrote {plot}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, help="a simulated dataset folder")
+    parser.add_argument("data", type=Path, help="a simulated dataset folder (simulator 2.x)")
     parser.add_argument("--n", type=int, default=300, help="test images per class")
+    parser.add_argument("--no-refit", action="store_true", help="skip the (slow) refit bound")
+    parser.add_argument("--curve", action="store_true", help="also the detection curve")
+    parser.add_argument(
+        "--checkpoints", type=Path, action="append", default=[],
+        help="checkpoint root to add to the curve (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "bounds",
+                        help="where test sets at other mass fractions are simulated")  # fmt: skip
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of the detection curve")
     args = parser.parse_args()
-    manifest = read_manifest(args.data)
-    config = SimConfig(**manifest["config"])
-    psf_sigma_pixels = config.psf_sigma / config.pixel_scale
-    params = load_params(args.data, args.n)
-    scores: dict[str, dict[str, list[float]]] = {"oracle_mse": {}, "oracle_filtered": {}}
-    for cls in ("no_sub", "sphere", "vort"):
-        images = np.load(args.data / "test" / f"{cls}.npy", mmap_mode="r", allow_pickle=False)
-        for name in scores:
-            scores[name][cls] = []
-        for i in range(min(args.n, len(images))):
-            x = np.asarray(images[i, 0], dtype=np.float64)  # (H, W) in [0, 1]
-            clean = render_components(params[(cls, i)], config).rate  # (H, W) counts/s
-            design = np.stack([clean.ravel(), np.ones(clean.size)], axis=1)
-            coef, *_ = np.linalg.lstsq(design, x.ravel(), rcond=None)
-            residual = x - (design @ coef).reshape(x.shape)  # noise (+ substructure)
-            scores["oracle_mse"][cls].append(float(np.mean(residual**2)))
-            smoothed = gaussian_filter(residual, psf_sigma_pixels)
-            scores["oracle_filtered"][cls].append(float(np.mean(smoothed**2)))
-    print(f"dataset {manifest.get('dataset')}, {args.n} test images per class\n")
-    print("| score | AUC sub | AUC sphere | AUC vort |")
-    print("| --- | --- | --- | --- |")
-    for name, by_class in scores.items():
-        normal = np.array(by_class["no_sub"])
-        row = []
-        for subs in (("sphere", "vort"), ("sphere",), ("vort",)):
-            anomalous = np.concatenate([by_class[c] for c in subs])
-            y = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
-            row.append(roc_auc_score(y, np.r_[normal, anomalous]))
-        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    refit = not args.no_refit
+    table(args.data, args.n, refit)
+    if args.curve:
+        curve(args.data, args.n, refit, args.checkpoints, args.work, args.plot)
     return 0
 
 
