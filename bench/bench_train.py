@@ -1,6 +1,6 @@
 """Training throughput per model: images/s of the real training step on the current device.
 
-Runs each model's own step (`training.fit.make_step`: Adam + one-cycle, the AAE's three
+Runs each model's own step (`training.steps.make_step`: Adam + one-cycle, the AAE's three
 updates, mixed precision on CUDA) on a batch already on the device, so the numbers are the
 compute cost alone (data loading from a memory-mapped .npy is far cheaper). Default geometry
 (150x150, the registry's default configs), a few warm-up steps, then timed steps until either
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import models  # noqa: E402
 from deeplense.device import resolve_device  # noqa: E402
 from models.base import count_parameters  # noqa: E402
-from training.fit import Precision, make_step  # noqa: E402
+from training.steps import Precision, make_step  # noqa: E402
 
 EPOCH_IMAGES = 25_000  # the study's training set
 

@@ -38,7 +38,7 @@ class AAEConfig(ConvNetConfig):
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
-@register_model("aae")
+@register_model("aae", training_step="training.aae_step:AdversarialStep")
 class AdversarialAutoencoder(AnomalyModel):
     """Encoder -> Linear(flat->latent) = z -> Linear(latent->flat) -> decoder; a discriminator
     Linear(latent->256)-ReLU-Linear(256->256)-ReLU-Linear(256->1) tells prior samples from z.

@@ -18,6 +18,7 @@ class AnomalyModel(nn.Module):
     """Base class: subclasses set `Config` (a dataclass) and implement reconstruct and loss."""
 
     architecture: ClassVar[str] = ""
+    training_step: ClassVar[str | None] = None  # "module:Class", set by register_model
     Config: ClassVar[type[Any]]
 
     def __init__(self, config: Any) -> None:

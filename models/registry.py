@@ -11,13 +11,18 @@ _REGISTRY: dict[str, type[AnomalyModel]] = {}
 M = TypeVar("M", bound=type[AnomalyModel])
 
 
-def register_model(name: str) -> Callable[[M], M]:
-    """Class decorator: make a model constructible by `name` (also sets `cls.architecture`)."""
+def register_model(name: str, training_step: str | None = None) -> Callable[[M], M]:
+    """Class decorator: make a model constructible by `name` (also sets `cls.architecture`).
+
+    `training_step` names the model's own training step as "module:Class" (imported only by
+    the training code, so the service never loads it); None trains with the standard step.
+    """
 
     def decorate(cls: M) -> M:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
         cls.architecture = name
+        cls.training_step = training_step
         _REGISTRY[name] = cls
         return cls
 

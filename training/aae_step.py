@@ -11,6 +11,7 @@ one-cycle schedule peaking at its rate. The objectives run inside one module's `
 DistributedDataParallel can wrap it and synchronise the gradients of every phase.
 """
 
+import logging
 from typing import Any
 
 import torch
@@ -18,7 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.aae import AdversarialAutoencoder
-from training.fit import Distributed, Precision, ScheduledOptimizer, wrap_for_training
+from training.steps import ScheduledOptimizer, StepSettings, wrap_for_training
+
+log = logging.getLogger(__name__)
 
 PHASES = ("autoencoder", "discriminator", "generator")
 
@@ -54,17 +57,19 @@ class AAEObjectives(nn.Module):
 
 class AdversarialStep:
     """One training step of the AAE (three optimiser updates); same interface as
-    `training.fit.StandardStep`: call with a batch, get the detached loss parts."""
+    `training.steps.StandardStep`: call with a batch, get the detached loss parts. It uses
+    the model config's three learning rates, not the loop's `lr`."""
 
-    def __init__(
-        self,
-        model: AdversarialAutoencoder,
-        weight_decay: float,
-        total_steps: int,
-        precision: Precision,
-        dist: Distributed,
-    ) -> None:
+    def __init__(self, model: AdversarialAutoencoder, settings: StepSettings) -> None:
         cfg = model.config
+        precision, dist = settings.precision, settings.dist
+        weight_decay, total_steps = settings.weight_decay, settings.total_steps
+        if dist.is_main:
+            log.info(
+                "aae: its own learning rates (autoencoder %g, discriminator %g, generator %g), "
+                "not --lr",
+                cfg.lr_autoencoder, cfg.lr_discriminator, cfg.lr_generator,
+            )  # fmt: skip
         self.precision = precision
         # Some parameters sit out each phase (e.g. the decoder in the generator phase).
         self.net = wrap_for_training(AAEObjectives(model), dist, find_unused_parameters=True)

@@ -56,7 +56,7 @@ def test_two_process_ddp_on_cpu_writes_valid_checkpoints(tmp_path: Path) -> None
 SYNC_SCRIPT = """
 import torch, torch.distributed as dist
 import models
-from training.fit import Distributed, Precision, make_step
+from training.steps import Distributed, Precision, make_step
 from tests.conftest import tiny_images, tiny_model
 
 dist.init_process_group("gloo")

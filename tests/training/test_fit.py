@@ -14,7 +14,8 @@ from models.checkpoint import WEIGHTS_FILE, load_checkpoint
 from tests.conftest import TINY_GEOMETRY, tiny_images, tiny_model
 from training.__main__ import main
 from training.commands.fit import arch_arg
-from training.fit import STATE_DIR, Precision, make_step
+from training.fit import STATE_DIR
+from training.steps import Precision, make_step
 
 TINY_ARCH = [
     *("--arch-arg", "channels=[4,8,8]", "--arch-arg", "kernels=[3,3,3]"),

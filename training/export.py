@@ -1,0 +1,142 @@
+"""Export a trained model: calibrate every score, check its reconstructions, write the
+checkpoint folder with its model card (training facts, budget, warnings)."""
+
+import logging
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deeplense.errors import DatasetError
+from deeplense.scoring import score_array
+from models.base import AnomalyModel
+from models.checkpoint import TrainingFacts, config_for, save_checkpoint
+from training.calibrate import calibrate_model
+from training.datasets import load_split, manifest_sha256
+from training.evaluate import dataset_name
+from training.health import reconstruction_health
+from training.plan import NORMAL, Plan
+from training.steps import Distributed, Precision
+
+log = logging.getLogger(__name__)
+
+
+def export_checkpoint(
+    plan: Plan,
+    name: str,
+    model: AnomalyModel,
+    device: torch.device,
+    history: list[dict[str, float]],
+    wall_time: float,
+    precision: Precision,
+    dist: Distributed,
+) -> Path:
+    """Calibrate every score on the validation split and write OUT/<name> (rank 0 only)."""
+    options = plan.options
+    data = Path(options.data)
+    dataset = dataset_name(data) or data.resolve().name
+    scores = score_array(model, plan.val, device=device, batch_size=options.batch_size).loss
+    if not np.isfinite(scores).all():
+        raise DatasetError(f"{name}: non-finite validation scores; training diverged")
+    val = load_split(data, "val", image_size=model.image_size)  # no_sub (+ sphere, vort)
+    val[NORMAL] = plan.val
+    psf = config_for(model).input.psf_sigma_pixels
+    calibrated = calibrate_model(
+        model, val, psf, fpr=options.fpr, dataset=dataset, device=device,
+        batch_size=options.batch_size,
+    )  # fmt: skip
+    health = reconstruction_health(model, plan.val, plan.train, device, options.batch_size)
+    for warning in health.warnings:
+        log.warning("%s: %s", name, warning)
+    last = history[-1] if history else {}
+    facts = TrainingFacts(
+        dataset=dataset,
+        dataset_manifest_sha256=manifest_sha256(data),
+        n_train=len(plan.train),
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        device=_device_name(device, dist),
+        wall_time_s=round(wall_time, 3),
+        final_losses={k: v for k, v in last.items() if k != "epoch" and math.isfinite(v)},
+        warnings=health.warnings,
+        git_commit=git_commit(),
+        torch_version=torch.__version__,
+        budget=training_budget(
+            options.epochs,
+            len(plan.train),
+            options.batch_size,
+            _device_name(device, dist),
+            wall_time,
+        ),
+        extra={
+            "world_size": dist.world_size,
+            "global_batch_size": options.batch_size * dist.world_size,
+            "precision": precision.name,
+            "optimizer": "Adam + OneCycleLR",
+            "lr": options.lr if name != "aae" else None,
+            "weight_decay": options.weight_decay,
+            "history": history,
+            "reconstruction_health": health.numbers,
+        },
+    )
+    config = config_for(
+        model,
+        calibrations=calibrated.calibrations,
+        default_score=calibrated.default_score,
+        default_score_reason=calibrated.reason,
+        training=facts,
+    )
+    target = save_checkpoint(model, config, Path(options.out) / name, overwrite=options.overwrite)
+    default = calibrated.calibrations[calibrated.default_score]
+    log.info(
+        "%s: wrote %s (default score %s: threshold %.6g at FPR %g on %d val images; %s)",
+        name,
+        target,
+        calibrated.default_score,
+        default.threshold,
+        default.fpr,
+        default.n_images,
+        calibrated.reason,
+    )
+    return target
+
+
+def training_budget(
+    epochs: int, n_train: int, batch_size: int, device: str, wall_time_s: float
+) -> str:
+    """The training budget in words, for the model card."""
+    where = device
+    if device.startswith("cpu"):
+        where = f"{device} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return (
+        f"{epochs} epochs over {n_train} images (batch {batch_size}) on {where}, "
+        f"{wall_time_s / 60:.1f} min of training"
+    )
+
+
+def _device_name(device: torch.device, dist: Distributed) -> str:
+    text = device.type
+    if device.type == "cuda":
+        text = f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{text} x{dist.world_size}" if dist.enabled else text
+
+
+def git_commit() -> str | None:
+    """`git rev-parse HEAD` of the source tree, or None outside a git checkout."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = result.stdout.strip()
+    return commit or None
