@@ -33,7 +33,7 @@ from training.simulate import DATASETS, draw_params, image_rngs
 
 CONFIG = RenderConfig()  # the simulator's grid: 150 x 150 pixels of 0.05", 2x2, PSF 0.1"
 SIM = SimConfig()
-TINY = RenderConfig(image_size=6, pixel_scale=0.4, supersampling=2, psf_sigma=0.3)
+TINY = RenderConfig(image_size=4, pixel_scale=0.6, supersampling=2, psf_sigma=0.4)
 
 
 def drawn(cls: str, index: int, dataset: str = "model_a") -> LensParams:
@@ -90,20 +90,18 @@ def test_matches_the_numpy_renderer(cls: str) -> None:
         assert np.abs(ours.lens[i, 0].numpy() - lens).max() < 1e-5 * lens.max()
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_matches_lenstronomy(dtype: torch.dtype) -> None:
-    records = [drawn("no_sub", 0), drawn("vort", 0)]
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+def test_matches_lenstronomy(dtype: torch.dtype, tolerance: float) -> None:
+    # The project requires 1e-3 of the peak (0.02 noise sigma at SNR 20). lenstronomy's
+    # numerics (2x2 sub-pixels, Gaussian PSF on pixels) are ours, so float64 agrees to
+    # rounding (measured 2e-15) and float32 to its precision (measured 6e-7).
+    records = [drawn("no_sub", 0), drawn("vort", 0), drawn("sphere", 1, "model_b")]
     ours = render_components(LensBatch.from_records(records, dtype=dtype), CONFIG)
     reference = LenstronomyRenderer(SIM)
     for i, params in enumerate(records):
-        their_arcs, their_lens = reference.render(params)
-        # 1e-3 of the peak (0.02 noise sigma at SNR 20), as the NumPy simulator is held to.
-        assert np.abs(ours.arcs[i, 0].double().numpy() - their_arcs).max() < 1e-3 * (
-            their_arcs.max()
-        )
-        assert np.abs(ours.lens[i, 0].double().numpy() - their_lens).max() < 1e-3 * (
-            their_lens.max()
-        )
+        for part, theirs in zip(ours, reference.render(params), strict=True):
+            mine = part[i, 0].double().numpy()
+            assert np.abs(mine - theirs).max() < tolerance * theirs.max()
 
 
 def test_ray_tracing_matches_lenstronomy() -> None:
@@ -202,6 +200,25 @@ def test_gradients_match_finite_differences(values: dict[str, float]) -> None:
 
     inputs = tuple(_parameters(batch).values())
     assert torch.autograd.gradcheck(image, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_forward_mode_jacobian_equals_reverse_mode() -> None:
+    # Gauss-Newton refinement wants J = d image / d parameters: torch.func.jacfwd must work.
+    batch = dataclasses.replace(
+        batch_values(),
+        subhalos=torch.tensor([[[0.83, 0.47], [-0.71, 0.77]]], dtype=torch.float64),
+        theta_sub=torch.tensor([0.1], dtype=torch.float64),
+    )
+    values = torch.stack([getattr(batch, k) for k in PARAMETERS], dim=-1)  # (1, 13)
+
+    def image(x: torch.Tensor) -> torch.Tensor:
+        fields = {k: x[:, i] for i, k in enumerate(PARAMETERS)}
+        arcs, lens = render_components(dataclasses.replace(batch, **fields), TINY)
+        return arcs + lens
+
+    forward = torch.func.jacfwd(image)(values)  # (1, 1, 4, 4, 1, 13)
+    torch.testing.assert_close(forward, torch.func.jacrev(image)(values), rtol=1e-10, atol=1e-12)
+    assert forward.abs().amax(dim=(0, 1, 2, 3, 4)).min() > 0  # every parameter acts
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
