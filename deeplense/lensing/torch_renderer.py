@@ -259,6 +259,23 @@ def _psf_matrix(
     return matrix.to(dtype=dtype, device=device)
 
 
+def _per_image(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b, image by image: a (N, p, q) or (p, q), b (N, q, M) or (q, M) -> (N, p, M).
+
+    One product of the same shape per image, rather than one folded product whose blocking
+    (and so whose rounding) depends on N: an image's bits do not depend on its batch.
+    """
+    if a.dim() == 3 and b.dim() == 3:
+        return torch.bmm(a, b)
+    pairs = [(x, b) for x in a] if a.dim() == 3 else [(a, x) for x in b]
+    if torch.is_grad_enabled():
+        return torch.stack([torch.mm(x, y) for x, y in pairs])
+    out = a.new_empty(len(pairs), a.shape[-2], b.shape[-1])  # no_grad: skip the stack's copy
+    for i, (x, y) in enumerate(pairs):
+        torch.mm(x, y, out=out[i])
+    return out
+
+
 def _column(t: Tensor) -> Tensor:
     """(N,) -> (N, 1, 1), to broadcast over images."""
     return t[:, None, None]
@@ -320,7 +337,7 @@ def source_plane(batch: LensBatch, config: RenderConfig) -> tuple[Tensor, Tensor
     c, basis = _grid(
         config.image_size, config.pixel_scale, config.supersampling, batch.dtype, batch.device
     )
-    beta = torch.matmul(_macro_coefficients(batch), basis)  # (N, 2, m*m)
+    beta = _per_image(_macro_coefficients(batch), basis)  # (N, 2, m*m)
     alpha = _subhalo_deflection(batch, c)
     if alpha is not None:
         beta = beta - alpha
@@ -372,7 +389,7 @@ def sersic(
     dx, dy = torch.broadcast_tensors(dx, dy)
     shape = (r_eff.shape[0], *dx.shape[-2:])
     offsets = torch.stack([dx.expand(shape), dy.expand(shape)], dim=1).flatten(2)  # (N, 2, M)
-    uv = torch.matmul(_ellipse(r_eff, q, phi), offsets)
+    uv = _per_image(_ellipse(r_eff, q, phi), offsets)
     return _sersic_radial(uv, r_eff, n).reshape(shape)
 
 
@@ -394,7 +411,9 @@ def psf_blur(image: Tensor, config: RenderConfig) -> Tensor:
     )
     # Separable: along x (columns) then along y (rows), as two products with B (banded);
     # on the CPU faster than a float64 convolution, and exact for kernels wider than the image.
-    return torch.matmul(blur, torch.matmul(image, blur.T))
+    n = image.shape[-1]
+    flat = image.reshape(-1, n, n)
+    return _per_image(blur, _per_image(flat, blur.T)).view(image.shape)
 
 
 def _to_image(surface: Tensor, config: RenderConfig) -> Tensor:
@@ -414,10 +433,10 @@ def render_arcs(batch: LensBatch, config: RenderConfig | None = None) -> Tensor:
     centre = torch.stack([batch.source_x, batch.source_y], dim=-1)  # (N, 2)
     coefficients = torch.cat([coefficients[:, :, :4], -centre[:, :, None]], dim=2)
     # (u, v) = E (beta - centre), beta = C basis - alpha: one product for the smooth lens.
-    uv = torch.matmul(torch.matmul(ellipse, coefficients), basis)
+    uv = _per_image(torch.bmm(ellipse, coefficients), basis)
     alpha = _subhalo_deflection(batch, c)
     if alpha is not None:
-        uv = uv - torch.matmul(ellipse, alpha)
+        uv = uv - torch.bmm(ellipse, alpha)
     return _to_image(_sersic_radial(uv, batch.source_r_eff, batch.source_n), config)
 
 
@@ -427,7 +446,7 @@ def render_lens_light(batch: LensBatch, config: RenderConfig | None = None) -> T
     _, basis = _grid(
         config.image_size, config.pixel_scale, config.supersampling, batch.dtype, batch.device
     )
-    uv = torch.matmul(_ellipse(batch.lens_r_eff, batch.lens_q, batch.lens_phi), basis[:2])
+    uv = _per_image(_ellipse(batch.lens_r_eff, batch.lens_q, batch.lens_phi), basis[:2])
     return _to_image(_sersic_radial(uv, batch.lens_r_eff, batch.lens_n), config)
 
 
