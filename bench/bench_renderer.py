@@ -9,9 +9,10 @@ sphere with 25 subhalos of 0.024"), 150x150 pixels, 2x2 supersampling, PSF 0.1":
      machine disturbs less than wall-clock time;
   2. agreement with lenstronomy (the project's reference): max |ours - lenstronomy| / peak
      of lenstronomy, over the first --agreement images, arcs and lens light separately;
-  3. the simulator's budget: CPU ms per no_sub image at float64, batch --batch, 1 thread,
-     for this renderer and for the NumPy one in training.lensing (physics only), and
-     images/s per core of a whole simulator step (render + Poisson noise + [0, 1] scaling);
+  3. the simulator's budget: CPU ms per image at float64, 1 thread, for this renderer
+     (batch --batch, and one image per call) and for the NumPy one in training.lensing
+     (physics only), and images/s per core of a whole simulator step (render + Poisson
+     noise + [0, 1] scaling);
   4. bit-for-bit: the final float32 [0, 1] image from these unit components (at the study's
      intensities, source 0.8 and lens 1.2 counts/s at R_eff) against the NumPy renderer's
      pieces, noiseless and with the same Poisson draws.
@@ -59,10 +60,8 @@ from training.lensing.noise import min_max_scale, poisson_observation  # noqa: E
 from training.lensing.render import (  # noqa: E402
     LensParams,
     SimConfig,
-    lens_light,
-    macro_source_plane,
     psf,
-    source_light,
+    surface_brightness,
 )
 from training.simulate import DATASETS, draw_params, image_rngs  # noqa: E402
 
@@ -156,81 +155,78 @@ def agreement_table(
 
 def numpy_unit_components(p: LensParams) -> tuple[np.ndarray, np.ndarray]:
     """The NumPy renderer's unit-amplitude arcs and lens light (its render_components
-    without the photometry): float32 Sersic, float64 average and PSF."""
+    without the photometry): float32 Sersic, float64 average and PSF, subhalos through its
+    interpolated point-mass field."""
     ss = SIM.supersampling
-    bx, by = macro_source_plane(p, SIM)
-    arcs = psf(downsample(source_light(p, bx, by), ss), SIM)
-    return arcs, psf(downsample(lens_light(p, SIM), ss), SIM)
+    arcs, lens = surface_brightness(p, SIM)
+    return psf(downsample(arcs, ss), SIM), psf(downsample(lens, ss), SIM)
 
 
-def simulator_table(recs: list[LensParams], repeats: int) -> None:
+def simulator_table(batches: dict[str, list[LensParams]], repeats: int) -> None:
     torch.set_num_threads(1)
-    batch = LensBatch.from_records(recs, dtype=torch.float64)
-    n = len(recs)
-    _, ours_cpu = timed(forward(batch), repeats)
-    singles = [LensBatch.from_records([p], dtype=torch.float64) for p in recs]
-    _, single_cpu = timed(lambda: [forward(b)() for b in singles], repeats)
-    _, numpy_cpu = timed(lambda: [numpy_unit_components(p) for p in recs], repeats)
-    rng = np.random.default_rng(0)
-    with torch.no_grad():
-        images = combine(render_components(batch, CONFIG), SOURCE_AMPLITUDE, LENS_AMPLITUDE)
-    rates = images[:, 0].numpy()
-    _, noise_cpu = timed(
-        lambda: [min_max_scale(poisson_observation(r, SIM.exposure, SIM.sky, rng)) for r in rates],
-        repeats,
-    )
-    print(f"\n3. simulator budget: no_sub, float64, batch {n}, 1 thread (40 images/s/core = 25 ms)")
-    print(f"{'step':44} {'CPU ms/image':>12} {'images/s/core':>14}")
-    for name, cpu in (
-        ("torch renderer (unit components + combine)", ours_cpu),
-        ("torch renderer, one image per call", single_cpu),
-        ("NumPy renderer pieces (training.lensing)", numpy_cpu),
-        ("Poisson noise + [0, 1] scaling (NumPy)", noise_cpu),
-        ("simulator step: torch render + noise", ours_cpu + noise_cpu),
-    ):
-        print(f"{name:44} {1e3 * cpu / n:12.2f} {n / cpu:14.1f}")
-
-
-def bits_table(recs: list[LensParams]) -> None:
-    batch = LensBatch.from_records(recs, dtype=torch.float64)
-    with torch.no_grad():
-        components = render_components(batch, CONFIG)
-        ours = combine(components, SOURCE_AMPLITUDE, LENS_AMPLITUDE)
-    ours_arcs = components.arcs
-    same, worst, same_noisy, worst_noisy, total = 0, 0.0, 0, 0.0, 0
-    for i, p in enumerate(recs):
-        arcs, lens = numpy_unit_components(p)
-        theirs = SOURCE_AMPLITUDE * arcs + LENS_AMPLITUDE * lens
-        mine = ours[i, 0].numpy()
-        a, b = min_max_scale(mine), min_max_scale(theirs)
-        same += int((a == b).sum())
-        worst = max(worst, float(np.abs(a.astype(np.float64) - b).max()))
-        seed = 1000 + i
-        a = min_max_scale(
-            poisson_observation(mine, SIM.exposure, SIM.sky, np.random.default_rng(seed))
+    print("\n3. simulator budget: float64, 1 thread (40 images/s/core = 25 ms per image)")
+    print(f"{'scene':7} {'step':44} {'CPU ms/image':>12} {'images/s/core':>14}")
+    for scene, recs in batches.items():
+        batch = LensBatch.from_records(recs, dtype=torch.float64)
+        n = len(recs)
+        _, ours_cpu = timed(forward(batch), repeats)
+        singles = [LensBatch.from_records([p], dtype=torch.float64) for p in recs]
+        _, single_cpu = timed(lambda s=singles: [forward(b)() for b in s], repeats)
+        _, numpy_cpu = timed(lambda r=recs: [numpy_unit_components(p) for p in r], repeats)
+        rng = np.random.default_rng(0)
+        with torch.no_grad():
+            images = combine(render_components(batch, CONFIG), SOURCE_AMPLITUDE, LENS_AMPLITUDE)
+        rates = images[:, 0].numpy()
+        _, noise_cpu = timed(
+            lambda r=rates, g=rng: [
+                min_max_scale(poisson_observation(x, SIM.exposure, SIM.sky, g)) for x in r
+            ],
+            repeats,
         )
-        b = min_max_scale(poisson_observation(theirs, SIM.exposure, SIM.sky, np.random.default_rng(seed)))  # fmt: skip  # noqa: E501
-        same_noisy += int((a == b).sum())
-        worst_noisy = max(worst_noisy, float(np.abs(a.astype(np.float64) - b).max()))
-        total += a.size
-    print(f"\n4. bit-for-bit against the NumPy renderer: final float32 [0, 1] images, "
-          f"{len(recs)} no_sub, torch float64")  # fmt: skip
-    print(f"{'image':10} {'identical pixels':>17} {'max |diff|':>11}")
-    print(f"{'noiseless':10} {same / total:17.4%} {worst:11.2e}")
-    print(f"{'Poisson':10} {same_noisy / total:17.4%} {worst_noisy:11.2e}")
-    # Is the torch render itself reproducible? The bits of an image may depend on the
-    # batch it is rendered in (matrix products block by shape) and on the thread count.
-    threads = torch.get_num_threads()
-    with torch.no_grad():
-        alone = [render_components(LensBatch.from_records([p]), CONFIG).arcs[0] for p in recs]
-        torch.set_num_threads(2 if threads == 1 else 1)
-        other = render_components(batch, CONFIG).arcs
-        torch.set_num_threads(threads)
-    in_batch = all(torch.equal(ours_arcs[i], a) for i, a in enumerate(alone))
-    print(
-        f"torch float64 arcs bit-identical alone and in a batch of {len(recs)}: {in_batch}; "
-        f"with 1 and 2 threads: {torch.equal(other, ours_arcs)}"
-    )
+        for name, cpu in (
+            (f"torch renderer, batch {n}", ours_cpu),
+            ("torch renderer, one image per call", single_cpu),
+            ("NumPy renderer physics (training.lensing)", numpy_cpu),
+            ("Poisson noise + [0, 1] scaling (NumPy)", noise_cpu),
+            ("simulator step: torch (one per call) + noise", single_cpu + noise_cpu),
+        ):
+            print(f"{scene:7} {name:44} {1e3 * cpu / n:12.2f} {n / cpu:14.1f}")
+
+
+def bits_table(batches: dict[str, list[LensParams]]) -> None:
+    print("\n4. bit-for-bit against the NumPy renderer: final float32 [0, 1] images, torch "
+          "float64; Poisson: the same generator seed on both")  # fmt: skip
+    print(f"{'scene':7} {'image':10} {'identical pixels':>17} {'max |diff|':>11}")
+    for scene, recs in batches.items():
+        with torch.no_grad():
+            components = render_components(LensBatch.from_records(recs), CONFIG)
+        ours = combine(components, SOURCE_AMPLITUDE, LENS_AMPLITUDE)[:, 0].numpy()
+        same, worst = np.zeros(2), np.zeros(2)
+        for i, p in enumerate(recs):
+            arcs, lens = numpy_unit_components(p)
+            theirs = SOURCE_AMPLITUDE * arcs + LENS_AMPLITUDE * lens
+            for j, noisy in enumerate((False, True)):
+                pair = []
+                for rate in (ours[i], theirs):
+                    if noisy:
+                        rng = np.random.default_rng(1000 + i)
+                        rate = poisson_observation(rate, SIM.exposure, SIM.sky, rng)
+                    pair.append(min_max_scale(rate))
+                same[j] += (pair[0] == pair[1]).mean() / len(recs)
+                worst[j] = max(worst[j], np.abs(pair[0].astype(np.float64) - pair[1]).max())
+        for j, name in enumerate(("noiseless", "Poisson")):
+            print(f"{scene:7} {name:10} {same[j]:17.4%} {worst[j]:11.2e}")
+        # Is the torch render itself reproducible, whatever the batch and thread count?
+        threads = torch.get_num_threads()
+        with torch.no_grad():
+            alone = [render_components(LensBatch.from_records([p]), CONFIG).arcs for p in recs]
+            torch.set_num_threads(2 if threads == 1 else 1)
+            other = render_components(LensBatch.from_records(recs), CONFIG).arcs
+            torch.set_num_threads(threads)
+        in_batch = torch.equal(torch.cat(alone), components.arcs)
+        threads_too = torch.equal(other, components.arcs)
+        print(f"{scene:7} torch arcs bit-identical alone and in a batch of {len(recs)}: "
+              f"{in_batch}; with 1 and 2 threads: {threads_too}")  # fmt: skip
 
 
 def caustics_run(
@@ -305,8 +301,8 @@ def main() -> None:
     speed_table(rows, args.threads)
     reference = {s: lenstronomy_components(recs[: args.agreement]) for s, recs in batches.items()}
     agreement_table(results, reference)
-    simulator_table(batches["no_sub"], args.repeats)
-    bits_table(batches["no_sub"])
+    simulator_table(batches, args.repeats)
+    bits_table(batches)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 
