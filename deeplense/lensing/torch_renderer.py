@@ -45,6 +45,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd import forward_ad
 
 # Floors of radii, as lenstronomy's (and training.lensing.profiles') so that all agree.
 _SIS_R_MIN = 1e-15  # arcsec
@@ -259,6 +260,14 @@ def _psf_matrix(
     return matrix.to(dtype=dtype, device=device)
 
 
+def _carries_derivatives(t: Tensor) -> bool:
+    """Whether `t` takes part in forward-mode AD (a dual tensor, or wrapped by torch.func)."""
+    return (
+        torch._C._functorch.is_functorch_wrapped_tensor(t)
+        or forward_ad.unpack_dual(t).tangent is not None
+    )
+
+
 def _per_image(a: Tensor, b: Tensor) -> Tensor:
     """a @ b, image by image: a (N, p, q) or (p, q), b (N, q, M) or (q, M) -> (N, p, M).
 
@@ -268,9 +277,10 @@ def _per_image(a: Tensor, b: Tensor) -> Tensor:
     if a.dim() == 3 and b.dim() == 3:
         return torch.bmm(a, b)
     pairs = [(x, b) for x in a] if a.dim() == 3 else [(a, x) for x in b]
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() or _carries_derivatives(a) or _carries_derivatives(b):
         return torch.stack([torch.mm(x, y) for x, y in pairs])
-    out = a.new_empty(len(pairs), a.shape[-2], b.shape[-1])  # no_grad: skip the stack's copy
+    # Nothing to differentiate: write into one tensor, skipping the stack's copy.
+    out = a.new_empty(len(pairs), a.shape[-2], b.shape[-1])
     for i, (x, y) in enumerate(pairs):
         torch.mm(x, y, out=out[i])
     return out

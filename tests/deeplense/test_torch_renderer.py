@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage, special
+from torch.autograd import forward_ad
 
 from deeplense.lensing.torch_renderer import (
     PARAMETERS,
@@ -219,8 +220,18 @@ def test_forward_mode_jacobian_equals_reverse_mode() -> None:
         return arcs + lens
 
     forward = torch.func.jacfwd(image)(values)  # (1, 1, 4, 4, 1, 13)
-    torch.testing.assert_close(forward, torch.func.jacrev(image)(values), rtol=1e-10, atol=1e-12)
+    reverse = torch.func.jacrev(image)(values)
+    torch.testing.assert_close(forward, reverse, rtol=1e-10, atol=1e-12)
     assert forward.abs().amax(dim=(0, 1, 2, 3, 4)).min() > 0  # every parameter acts
+    with torch.no_grad():  # forward mode needs no autograd graph, so it works here too
+        torch.testing.assert_close(torch.func.jacfwd(image)(values), reverse)
+        with forward_ad.dual_level():
+            tangent = torch.zeros_like(values)
+            tangent[:, 0] = 1.0  # d / d theta_e
+            out = image(forward_ad.make_dual(values, tangent))
+            derivative = forward_ad.unpack_dual(out).tangent
+        assert derivative is not None
+        torch.testing.assert_close(derivative, reverse[..., 0, 0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
