@@ -1,9 +1,10 @@
-"""The four anomaly models behind one interface (`models.base.AnomalyModel`) and a registry.
+"""The anomaly models (the study's four and LensFit) behind one interface
+(`models.base.AnomalyModel`) and a registry.
 
 Importing this package registers every model.
 """
 
-from models import aae, dcae, rbm, vae  # noqa: F401  (registers the models)
+from models import aae, dcae, lensfit, rbm, vae  # noqa: F401  (registers the models)
 from models.base import AnomalyModel, reconstruction_error
 from models.registry import create_model, list_models, register_model
 

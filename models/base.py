@@ -42,6 +42,10 @@ class AnomalyModel(nn.Module):
         """Training objective on a batch (N, 1, H, W): {"loss": scalar, other parts...}."""
         raise NotImplementedError
 
+    def card(self) -> dict[str, Any]:
+        """Facts about the trained model for its model card (e.g. a learned prior); {}."""
+        return {}
+
     def score(self, x: Tensor) -> Tensor:
         """Per-image mean squared reconstruction error: (N, 1, H, W) -> (N,)."""
         return reconstruction_error(x, self.reconstruct(x))

@@ -30,6 +30,7 @@ TINY_ARGUMENTS: dict[str, dict] = {
     "vae": TINY_GEOMETRY,
     "dcae": TINY_GEOMETRY,
     "rbm": {"image_size": TINY_SIZE, "n_hidden": 16},
+    "lensfit": {**TINY_GEOMETRY, "hidden": 16, "refine_steps": 2},
 }
 
 

@@ -81,6 +81,7 @@ def export_checkpoint(
             "weight_decay": options.weight_decay,
             "history": history,
             "reconstruction_health": health.numbers,
+            "model_card": model.card(),
         },
     )
     config = config_for(

@@ -1,0 +1,222 @@
+"""LensFit: a physics-informed autoencoder whose decoder is the lens equation.
+
+A generic autoencoder can partly reconstruct a subhalo and leaves its own smooth errors in
+the residual. LensFit cannot: its decoder draws only smooth lenses, the study's own physics
+(a singular isothermal sphere with external shear, an elliptical Sersic lens light and an
+elliptical Sersic source; `deeplense.lensing.torch_renderer`), so every subhalo stays in the
+residual. It is the lens modeller's "fit a smooth model and look at the chi-square of the
+residual", amortised by a network.
+
+- Encoder: the study's convolutional encoder (`models.layers.ConvEncoder`), then an MLP to
+  one raw value per smooth-lens parameter, each mapped into its physical range by a sigmoid:
+  Einstein radius, shear (g1, g2), source position, source ellipticity (e1, e2) and
+  half-light radius, lens-light ellipticity and half-light radius. Sersic indices are
+  fixed (config). Units: arcsec, radians.
+- Decoder: the renderer draws the unit-amplitude arcs and lens light; their amplitudes and
+  the image's [0, 1] offset are solved in closed form per image by a noise-weighted linear
+  least-squares fit (x ~ a arcs + b lens + c), so min-max scaling costs nothing to learn.
+- Loss: the noise-whitened residual, mean((x - x_hat)^2 / sigma^2), with sigma estimated
+  from each image (`deeplense.noise`); 1 for a perfect fit.
+- Prior: running mean and variance of the raw encodings over the training images (like
+  BatchNorm's), stored in the checkpoint; `card()` reports them in physical units.
+- Refinement (optional, `refine_steps` > 0): per image, that many Adam steps on the raw
+  parameters minimising the whitened residual plus the Gaussian prior's penalty, a MAP fit
+  started at the encoder's guess. The prior keeps what the training set held fixed (Model
+  A's Einstein radius) from absorbing a subhalo's mass.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from deeplense.lensing.torch_renderer import LensBatch, RenderConfig, render_components
+from deeplense.noise import estimate_noise
+from models.base import AnomalyModel
+from models.layers import ConvEncoder, ConvNetConfig
+from models.registry import register_model
+
+# Raw outputs of the encoder, in order, with their physical range (lo, hi).
+RANGES: dict[str, tuple[float, float]] = {
+    "theta_e": (0.4, 2.2),  # arcsec
+    "gamma1": (-0.35, 0.35),
+    "gamma2": (-0.35, 0.35),
+    "source_x": (-1.6, 1.6),  # arcsec
+    "source_y": (-1.6, 1.6),
+    "source_e1": (-0.5, 0.5),  # ellipticity (1 - q) / (1 + q) times (cos 2 phi, sin 2 phi)
+    "source_e2": (-0.5, 0.5),
+    "source_r_eff": (0.1, 1.5),  # arcsec
+    "lens_e1": (-0.5, 0.5),
+    "lens_e2": (-0.5, 0.5),
+    "lens_r_eff": (0.1, 1.5),  # arcsec
+}
+NAMES = tuple(RANGES)
+_ELLIPTICITY_EPS = 1e-6  # keeps the angle's gradient finite at a round profile
+
+
+@dataclass
+class LensFitConfig(ConvNetConfig):
+    """Encoder geometry (the shared conv stack), the instrument, and the refinement."""
+
+    pixel_scale: float = 0.05  # arcsec per pixel
+    psf_sigma: float = 0.1  # arcsec
+    supersampling: int = 1  # sub-pixels per pixel per axis in the decoder's renderer
+    source_n: float = 1.5  # Sersic indices, fixed (REFERENCE.md)
+    lens_n: float = 2.5
+    hidden: int = 128  # MLP width between the conv features and the parameters
+    refine_steps: int = 0  # Adam steps of the MAP refinement at inference (0: encoder only)
+    refine_lr: float = 0.05  # on the raw (pre-sigmoid) parameters
+    prior_momentum: float = 0.01  # running prior update per training batch
+
+
+def _q_phi(e1: Tensor, e2: Tensor) -> tuple[Tensor, Tensor]:
+    e = torch.sqrt(e1 * e1 + e2 * e2 + _ELLIPTICITY_EPS**2)
+    return (1.0 - e) / (1.0 + e), 0.5 * torch.atan2(e2, e1 + _ELLIPTICITY_EPS)
+
+
+@register_model("lensfit")
+class LensFit(AnomalyModel):
+    """Encoder -> smooth-lens parameters -> renderer -> linear amplitudes (module doc)."""
+
+    Config = LensFitConfig
+    lo: Tensor  # (P,) buffers: range starts and widths, the running prior of raw encodings
+    span: Tensor
+    prior_mean: Tensor
+    prior_var: Tensor
+
+    def __init__(self, config: LensFitConfig) -> None:
+        super().__init__(config)
+        self.encoder = ConvEncoder(config)
+        out = nn.Linear(config.hidden, len(NAMES))
+        nn.init.zeros_(out.weight)  # start every parameter mid-range
+        nn.init.zeros_(out.bias)
+        self.head = nn.Sequential(
+            nn.Linear(config.flat_dim, config.hidden), nn.ReLU(inplace=True), out
+        )
+        lo = torch.tensor([RANGES[n][0] for n in NAMES])
+        hi = torch.tensor([RANGES[n][1] for n in NAMES])
+        self.register_buffer("lo", lo)
+        self.register_buffer("span", hi - lo)
+        self.register_buffer("prior_mean", torch.zeros(len(NAMES)))
+        self.register_buffer("prior_var", torch.ones(len(NAMES)))
+        self.render_config = RenderConfig(
+            image_size=config.image_size,
+            pixel_scale=config.pixel_scale,
+            supersampling=config.supersampling,
+            psf_sigma=config.psf_sigma,
+        )
+
+    # ---- pieces -------------------------------------------------------------------------
+
+    @property
+    def psf_sigma_pixels(self) -> float:
+        return float(self.config.psf_sigma / self.config.pixel_scale)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """(N, 1, H, W) -> raw parameters (N, P), unbounded."""
+        return self.head(self.encoder(x))
+
+    def physical(self, raw: Tensor) -> Tensor:
+        """Raw (N, P) -> physical values (N, P) within RANGES."""
+        return self.lo + self.span * torch.sigmoid(raw)
+
+    def lens_batch(self, raw: Tensor) -> LensBatch:
+        """The renderer's parameters for raw encodings (N, P)."""
+        p = dict(zip(NAMES, self.physical(raw.float()).unbind(dim=1), strict=True))
+        source_q, source_phi = _q_phi(p["source_e1"], p["source_e2"])
+        lens_q, lens_phi = _q_phi(p["lens_e1"], p["lens_e2"])
+        ones = torch.ones_like(p["theta_e"])
+        return LensBatch(
+            theta_e=p["theta_e"], gamma1=p["gamma1"], gamma2=p["gamma2"],
+            source_x=p["source_x"], source_y=p["source_y"], source_r_eff=p["source_r_eff"],
+            source_n=ones * self.config.source_n, source_q=source_q, source_phi=source_phi,
+            lens_r_eff=p["lens_r_eff"], lens_n=ones * self.config.lens_n, lens_q=lens_q,
+            lens_phi=lens_phi,
+        )  # fmt: skip
+
+    def draw(self, raw: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        """The smooth lens of `raw` fitted to x's scale: (N, 1, H, W).
+
+        Amplitudes of arcs and lens light and the offset come from the weighted linear
+        least-squares fit to x (weights 1 / sigma), solved per image in closed form.
+        """
+        arcs, lens = render_components(self.lens_batch(raw), self.render_config)
+        columns = [arcs.flatten(1), lens.flatten(1), torch.ones_like(arcs.flatten(1))]
+        design = torch.stack(columns, dim=2)  # (N, pixels, 3)
+        w = (1.0 / sigma.float()).flatten(1).unsqueeze(2)  # (N, P, 1)
+        a = design * w  # (N, pixels, 3)
+        b = x.float().flatten(1).unsqueeze(2) * w  # (N, pixels, 1)
+        gram = a.transpose(1, 2) @ a  # (N, 3, 3)
+        ridge = 1e-6 * gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)
+        gram = gram + ridge.view(-1, 1, 1) * torch.eye(3, dtype=gram.dtype, device=gram.device)
+        coef = torch.linalg.solve(gram, a.transpose(1, 2) @ b)  # (N, 3, 1)
+        return (design @ coef).view_as(x)
+
+    def prior_penalty(self, raw: Tensor) -> Tensor:
+        """Gaussian prior's negative log density (up to a constant), per image: (N,)."""
+        return 0.5 * ((raw - self.prior_mean) ** 2 / self.prior_var.clamp_min(1e-6)).sum(dim=1)
+
+    def refine(self, raw: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        """`refine_steps` Adam steps of the MAP fit per image, from `raw` (N, P)."""
+        steps = int(self.config.refine_steps)
+        if steps <= 0:
+            return raw
+        # Works under torch.inference_mode (the scoring path): fresh tensors, grad on.
+        with torch.inference_mode(False), torch.enable_grad():
+            x, sigma = x.detach().clone(), sigma.detach().clone()
+            r = raw.detach().clone().requires_grad_(True)
+            optimiser = torch.optim.Adam([r], lr=self.config.refine_lr)
+            pixels = x[0].numel()
+            for _ in range(steps):
+                optimiser.zero_grad(set_to_none=True)
+                chi2 = ((x - self.draw(r, x, sigma)) / sigma).pow(2).flatten(1).sum(dim=1)
+                (0.5 * chi2 + self.prior_penalty(r)).sum().div(pixels).backward()
+                optimiser.step()
+        return r.detach()
+
+    # ---- the AnomalyModel interface -----------------------------------------------------
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        sigma = estimate_noise(x.float(), self.psf_sigma_pixels)
+        raw = self.refine(self.encode(x), x, sigma)
+        return self.draw(raw, x, sigma).clamp(0.0, 1.0)
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        sigma = estimate_noise(x.float(), self.psf_sigma_pixels).detach()
+        raw = self.encode(x)
+        if self.training:
+            self._update_prior(raw.detach())
+        x_hat = self.draw(raw, x, sigma)
+        chi2 = ((x - x_hat) / sigma).pow(2).mean()
+        mse = (x - x_hat).pow(2).mean()
+        return {"loss": chi2, "chi2": chi2, "mse": mse}
+
+    @torch.no_grad()
+    def _update_prior(self, raw: Tensor) -> None:
+        m = float(self.config.prior_momentum)
+        mean = raw.float().mean(dim=0)
+        var = raw.float().var(dim=0, unbiased=False) if len(raw) > 1 else self.prior_var
+        self.prior_mean.mul_(1.0 - m).add_(m * mean)
+        self.prior_var.mul_(1.0 - m).add_(m * var)
+
+    def card(self) -> dict[str, Any]:
+        """The learned prior in physical units (mean and std, delta method) and the
+        refinement settings, for the model card."""
+        mean = self.physical(self.prior_mean[None])[0]
+        s = torch.sigmoid(self.prior_mean)
+        std = self.span * s * (1.0 - s) * self.prior_var.sqrt()
+        return {
+            "prior": {
+                n: {"mean": round(float(mu), 5), "std": round(float(sd), 5)}
+                for n, mu, sd in zip(NAMES, mean, std, strict=True)
+            },
+            "prior_note": "Gaussian on the raw encodings; physical mean, std by the delta method",
+            "refinement": {
+                "steps": int(self.config.refine_steps),
+                "lr": float(self.config.refine_lr),
+                "method": "Adam on the raw parameters: 0.5 chi2 + prior penalty (MAP)",
+            },
+            "fixed": {"source_n": self.config.source_n, "lens_n": self.config.lens_n},
+            "supersampling": self.config.supersampling,
+        }
