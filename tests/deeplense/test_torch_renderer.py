@@ -205,7 +205,8 @@ def test_gradients_match_finite_differences(values: dict[str, float]) -> None:
     assert torch.autograd.gradcheck(image, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
-def test_forward_mode_jacobian_equals_reverse_mode() -> None:
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_forward_mode_jacobian_equals_reverse_mode() -> None:  # torch.func warns on import
     # Gauss-Newton refinement wants J = d image / d parameters: torch.func.jacfwd must work.
     batch = dataclasses.replace(
         batch_values(),
