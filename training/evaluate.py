@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from deeplense.device import resolve_device
@@ -102,6 +101,8 @@ def class_metrics(
     Keys: auc_<comparison>, mse_<class>, w1_<class> (w1_no_sub is REFERENCE.md's W1), and with
     a threshold: threshold, test_fpr (no_sub flagged) and test_tpr_<comparison> (flagged).
     """
+    from sklearn.metrics import roc_auc_score, roc_curve  # the train extra: imported on use
+
     if NORMAL not in losses or len(losses[NORMAL]) == 0:
         raise DatasetError(f"the test set has no {NORMAL} images; evaluation needs them")
     metrics: dict[str, float] = {}
