@@ -145,6 +145,7 @@ def write_config(config: CheckpointConfig, directory: Path) -> None:
     path = Path(directory) / CONFIG_FILE
     tmp = path.with_name(f".{CONFIG_FILE}.tmp")
     tmp.write_text(config.model_dump_json(indent=2) + "\n")
+    tmp.chmod(0o644)  # world-readable whatever the umask: containers read it as another user
     os.replace(tmp, path)
 
 
