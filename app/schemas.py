@@ -230,13 +230,33 @@ class ModelList(BaseModel):
     ensemble: EnsembleCard | None = Field(description="null when fewer than two calibrated models")
 
 
-class Health(BaseModel):
+class RuntimeInfo(BaseModel):
+    """Where the models run: reported by /health and /ready."""
+
+    device: str | None = Field(
+        description="torch device serving requests (cpu, cuda:0); null until start-up has "
+        "chosen it from `device_setting`",
+        examples=["cpu"],
+    )
+    device_setting: Literal["auto", "cpu", "cuda"] = Field(
+        description="DEEPLENSE_DEVICE: auto (CUDA when available), cpu or cuda",
+        examples=["auto"],
+    )
+    torch_version: str = Field(description="the installed torch", examples=["2.13.0+cpu"])
+    torch_cuda: str | None = Field(
+        description="CUDA version the installed torch was built for; null for a CPU-only build",
+        examples=[None],
+    )
+    cuda_available: bool = Field(description="torch sees a usable CUDA GPU", examples=[False])
+
+
+class Health(RuntimeInfo):
     """Liveness: the process answers."""
 
     status: Literal["ok"] = Field(default="ok", examples=["ok"])
 
 
-class Readiness(BaseModel):
+class Readiness(RuntimeInfo):
     """Readiness: every configured model loaded and warmed up."""
 
     ready: bool
