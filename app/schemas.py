@@ -12,7 +12,7 @@ _PNG = "iVBORw0KGgoAAAANSUhEUgAA...(base64 PNG)"
 class MemberScore(BaseModel):
     """One ensemble member's numbers for one image (its own calibration)."""
 
-    model: str = Field(examples=["aae"])
+    model: str = Field(description="the member checkpoint's name", examples=["aae"])
     reconstruction_loss: float = Field(description="this member's mean squared error")
     w1: float = Field(description="this member's column-sum W1 distance")
     percentile: float = Field(description="loss percentile among this member's normals")
@@ -24,7 +24,9 @@ class ScoreResult(BaseModel):
     """The score of one uploaded file. On a file that could not be read only `filename` and
     `error` are set."""
 
-    filename: str = Field(examples=["lens_0001.fits"])
+    filename: str = Field(
+        description="the uploaded file's name, as sent", examples=["lens_0001.fits"]
+    )
     reconstruction_loss: float | None = Field(
         default=None,
         description="Mean squared error between the model input (the image min-max scaled to "
@@ -117,7 +119,7 @@ class ScoreResponse(BaseModel):
     threshold_units: Literal["loss", "percentile"] = Field(
         description="units of each result's threshold: loss (single model) or percentile (ensemble)"
     )
-    results: list[ScoreResult]
+    results: list[ScoreResult] = Field(description="one result per uploaded file, in order")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -157,7 +159,7 @@ class CalibrationSummary(BaseModel):
     fpr: float = Field(description="target false-positive rate on normal images")
     threshold: float = Field(description="loss above which an image is flagged")
     n_images: int = Field(description="normal images the calibration used")
-    dataset: str | None = None
+    dataset: str | None = Field(default=None, description="dataset the normals came from")
     youden_threshold: float | None = Field(
         default=None, description="threshold maximising TPR - FPR on labelled data, if any"
     )
@@ -171,7 +173,7 @@ class ModelCard(BaseModel):
     """What a loaded checkpoint is, how it was made and how well it did."""
 
     name: str = Field(description="the name to pass as ?model= (the checkpoint's folder)")
-    architecture: str = Field(examples=["aae"])
+    architecture: str = Field(description="registered architecture", examples=["aae"])
     arguments: dict[str, Any] = Field(description="constructor arguments from config.json")
     parameters: int = Field(description="trainable parameters")
     input: InputSpec
@@ -183,8 +185,8 @@ class ModelCard(BaseModel):
     )
     training: TrainingFacts
     weights_sha256: str = Field(description="SHA-256 of model.safetensors")
-    device: str = Field(examples=["cpu"])
-    is_default: bool
+    device: str = Field(description="torch device the model runs on", examples=["cpu"])
+    is_default: bool = Field(description="true for the model used when a request names none")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -213,20 +215,22 @@ class ModelCard(BaseModel):
 class EnsembleCard(BaseModel):
     """How model=ensemble combines its members."""
 
-    members: list[str]
+    members: list[str] = Field(description="the calibrated models averaged")
     threshold_percentile: float = Field(
         description="flag when the mean member percentile exceeds this: 100 (1 - fpr), fpr "
         "the smallest member fpr"
     )
-    rule: str
+    rule: str = Field(description="the flag rule in words")
 
 
 class ModelList(BaseModel):
     """Every loaded model, the default, and the valid ?model= values."""
 
-    default: str = Field(examples=["aae"])
-    choices: list[str] = Field(examples=[["aae", "dcae", "rbm", "vae", "ensemble"]])
-    models: list[ModelCard]
+    default: str = Field(description="model used when a request names none", examples=["aae"])
+    choices: list[str] = Field(
+        description="valid ?model= values", examples=[["aae", "dcae", "rbm", "vae", "ensemble"]]
+    )
+    models: list[ModelCard] = Field(description="a card per loaded model")
     ensemble: EnsembleCard | None = Field(description="null when fewer than two calibrated models")
 
 
@@ -253,14 +257,14 @@ class RuntimeInfo(BaseModel):
 class Health(RuntimeInfo):
     """Liveness: the process answers."""
 
-    status: Literal["ok"] = Field(default="ok", examples=["ok"])
+    status: Literal["ok"] = Field(default="ok", description="always ok", examples=["ok"])
 
 
 class Readiness(RuntimeInfo):
     """Readiness: every configured model loaded and warmed up."""
 
-    ready: bool
-    detail: str = Field(examples=["all 4 models ready"])
+    ready: bool = Field(description="true once every configured model is ready (then 200)")
+    detail: str = Field(description="the state in words", examples=["all 4 models ready"])
     models: dict[str, str] = Field(
         description="state of each configured checkpoint: pending, loading, warming, ready",
         examples=[{"aae": "ready", "vae": "ready"}],
@@ -271,4 +275,7 @@ class Readiness(RuntimeInfo):
 class ErrorBody(BaseModel):
     """Every error: FastAPI's usual body."""
 
-    detail: Any = Field(examples=["unknown model 'foo'; valid models: aae, dcae, ensemble"])
+    detail: Any = Field(
+        description="what was wrong: a message, or FastAPI's list of invalid parameters",
+        examples=["unknown model 'foo'; valid models: aae, dcae, ensemble"],
+    )

@@ -34,11 +34,13 @@ class _Strict(BaseModel):
 class InputSpec(_Strict):
     """What the model expects: one channel, height x width pixels, per-image min-max scaling."""
 
-    channels: Literal[1] = 1
-    height: int = Field(gt=0)
-    width: int = Field(gt=0)
-    normalisation: Literal["minmax"] = "minmax"
-    pixel_scale_arcsec: float | None = 0.05
+    channels: Literal[1] = Field(default=1, description="image channels (grayscale)")
+    height: int = Field(gt=0, description="input height, pixels")
+    width: int = Field(gt=0, description="input width, pixels")
+    normalisation: Literal["minmax"] = Field(
+        default="minmax", description="per-image scaling to [0, 1]"
+    )
+    pixel_scale_arcsec: float | None = Field(default=0.05, description="arcsec per pixel")
 
 
 class Calibration(_Strict):
@@ -76,19 +78,21 @@ class Calibration(_Strict):
 class TrainingFacts(_Strict):
     """How a checkpoint was made. Every field optional: random-weight test checkpoints have none."""
 
-    dataset: str | None = None
-    dataset_manifest_sha256: str | None = None
-    n_train: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    seed: int | None = None
-    device: str | None = None
-    wall_time_s: float | None = None
-    final_losses: dict[str, float] = Field(default_factory=dict)
-    git_commit: str | None = None
-    torch_version: str | None = None
+    dataset: str | None = Field(default=None, description="training dataset's name")
+    dataset_manifest_sha256: str | None = Field(
+        default=None, description="SHA-256 of the dataset's manifest.json"
+    )
+    n_train: int | None = Field(default=None, description="training images")
+    epochs: int | None = Field(default=None, description="epochs trained")
+    batch_size: int | None = Field(default=None, description="images per step, per process")
+    seed: int | None = Field(default=None, description="random seed")
+    device: str | None = Field(default=None, description="device trained on")
+    wall_time_s: float | None = Field(default=None, description="training time, seconds")
+    final_losses: dict[str, float] = Field(default_factory=dict, description="last epoch's losses")
+    git_commit: str | None = Field(default=None, description="source commit trained from")
+    torch_version: str | None = Field(default=None, description="torch trained with")
     budget: str | None = Field(default=None, description="training budget in words")
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict, description="anything else recorded")
 
 
 class CheckpointConfig(_Strict):
