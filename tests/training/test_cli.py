@@ -119,7 +119,7 @@ def test_serve_answers_on_the_given_port(tiny_checkpoints: Path) -> None:
         assert body["device"] == "cpu" and body["device_setting"] == "cpu"
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        proc.communicate(timeout=20)  # reaps it and closes its pipe
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[str], timeout_s: float = 60) -> dict:
