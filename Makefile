@@ -25,7 +25,7 @@ help: ## list the targets
 $(TORCH_STAMP):
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	# The pinned CPU build first: a bare `torch` requirement would pull multi-GB CUDA wheels.
+	# torch first, pinned: a bare `torch` requirement can pull multi-GB CUDA wheels.
 	# --force-reinstall: another build of the same version (CPU -> CUDA) replaces the old one.
 	rm -f .venv/.torch-*
 	$(PY) -m pip install -q --force-reinstall --constraint $(CONSTRAINTS) '$(TORCH_PIN)'
