@@ -1,18 +1,26 @@
-# DeepLense anomaly service: a CUDA-capable image with the shipped checkpoints inside.
+# syntax=docker/dockerfile:1
+# DeepLense anomaly service: Python 3.11 slim, the tests' torch, the shipped checkpoints inside.
 #
-#   docker build -t deeplense-anomaly .
-#   docker run --rm --gpus all -p 8000:8000 deeplense-anomaly           # NVIDIA GPU
-#   docker run --rm -p 8000:8000 -e DEEPLENSE_DEVICE=cpu deeplense-anomaly   # CPU only
+#   docker build -t deeplense-anomaly:cpu .                                   # CPU (default)
+#   docker build --build-arg TORCH_VARIANT=cuda -t deeplense-anomaly:cuda .   # NVIDIA GPU
+#   docker run --rm -p 8000:8000 deeplense-anomaly:cpu
+#   docker run --rm --gpus all -p 8000:8000 -e DEEPLENSE_DEVICE=cuda deeplense-anomaly:cuda
 #
-# docker-compose.yml wraps both; docs/docker.md says what was and was not run.
+# docker-compose.yml wraps both (profiles cpu and gpu); docs/docker.md says what was and was
+# not run. The `syntax` line gives BuildKit a Dockerfile frontend that knows HEALTHCHECK's
+# --start-interval.
 
-# PyTorch's official CUDA runtime image: Ubuntu, Python 3.11 (conda at /opt/conda),
-# torch 2.5.1 built for CUDA 12.4 with cuDNN 9. pyproject asks for torch>=2.3, so pip keeps
-# this torch (a constraint below makes sure of it).
-ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# Both variants start from the same slim Debian Python; only the torch wheel differs.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The torch the test suite runs on: the Makefile's TORCH_PIN (tests/test_compose.py checks).
+ARG TORCH_VERSION=2.13.0
+# cpu: PyTorch's CPU-only wheel (no CUDA libraries, a few hundred MB).
+# cuda: the default build of the package index, with its CUDA runtime as nvidia-* wheels; the
+# host needs only the NVIDIA driver and the NVIDIA Container Toolkit.
+ARG TORCH_VARIANT=cpu
 
 # ---- builder: the source tree becomes one wheel; only the wheel moves on -------------------
-FROM ${BASE_IMAGE} AS builder
+FROM ${PYTHON_IMAGE} AS builder
 WORKDIR /src
 # README.md: pyproject's `readme` field, read when the wheel's metadata is built.
 COPY pyproject.toml README.md ./
@@ -23,7 +31,9 @@ COPY training/ training/
 RUN python -m pip wheel --no-deps --no-cache-dir --wheel-dir /wheels .
 
 # ---- runtime -------------------------------------------------------------------------------
-FROM ${BASE_IMAGE} AS runtime
+FROM ${PYTHON_IMAGE} AS runtime
+ARG TORCH_VERSION
+ARG TORCH_VARIANT
 
 LABEL org.opencontainers.image.title="deeplense-anomaly" \
       org.opencontainers.image.description="Anomaly scoring service for strong gravitational lensing images" \
@@ -35,17 +45,24 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# Install the project and its dependencies into the base's Python. The base's torch is pinned
-# as a constraint, so pip can only keep it, never swap in another (multi-GB) build; the checks
-# after the install fail the build if torch changed or is not a CUDA build.
+# torch first, from the variant's index, then the project and every other dependency at the
+# exact versions of constraints.txt (the file `make` installs with). The check after the
+# install fails the build if torch is not TORCH_VERSION or not the variant asked for.
+COPY constraints.txt /tmp/constraints.txt
 COPY --from=builder /wheels /tmp/wheels
-RUN python -c "import torch; print('torch==' + torch.__version__)" > /tmp/torch-pin.txt \
-    && python -m pip install --constraint /tmp/torch-pin.txt /tmp/wheels/*.whl \
-    && python -c "import torch; pin = open('/tmp/torch-pin.txt').read().strip(); \
-assert pin == 'torch==' + torch.__version__, 'pip replaced the base image torch: ' + pin; \
-assert torch.version.cuda, 'torch in this image is not a CUDA build'; \
-print('kept torch', torch.__version__, 'for CUDA', torch.version.cuda)" \
-    && rm -rf /tmp/wheels /tmp/torch-pin.txt
+RUN case "${TORCH_VARIANT}" in \
+      cpu) export PIP_INDEX_URL=https://download.pytorch.org/whl/cpu ;; \
+      cuda) ;; \
+      *) echo "TORCH_VARIANT must be cpu or cuda, not ${TORCH_VARIANT}" >&2; exit 1 ;; \
+    esac \
+    && python -m pip install --no-deps "torch==${TORCH_VERSION}" \
+    && unset PIP_INDEX_URL \
+    && python -m pip install --constraint /tmp/constraints.txt "torch==${TORCH_VERSION}" /tmp/wheels/*.whl \
+    && python -c "import os, torch; want, variant = os.environ['TORCH_VERSION'], os.environ['TORCH_VARIANT']; \
+assert torch.__version__.split('+')[0] == want, f'torch {torch.__version__}, expected {want}'; \
+assert bool(torch.version.cuda) == (variant == 'cuda'), f'torch {torch.__version__} is not the {variant} build'; \
+print('torch', torch.__version__, 'CUDA', torch.version.cuda)" \
+    && rm -rf /tmp/wheels /tmp/constraints.txt
 
 # An unprivileged user (uid/gid 10001; USER names it by number so Kubernetes runAsNonRoot
 # can check it); code and checkpoints stay root-owned, readable but not writable by it.
@@ -62,16 +79,18 @@ COPY checkpoints/ /app/checkpoints/
 ENV DEEPLENSE_CHECKPOINT_DIR=/app/checkpoints/model_a \
     DEEPLENSE_DEVICE=auto
 
-# Smoke test: the service module imports with every dependency present (models load later,
-# at start-up, in the app's lifespan).
-RUN python -c "import app.main"
+# Smoke test: the service imports with every dependency present, and the `deeplense` command
+# (serve, score, ...) runs without the train extra (models load later, at start-up).
+RUN python -c "import app.main" && deeplense --help >/dev/null && deeplense score --help >/dev/null
 
 USER 10001:10001
 EXPOSE 8000
 
 # Liveness: GET /health must answer 2xx. No curl in this image, so Python's urllib does it
 # (an HTTP error or refused connection raises, and the exit status 1 means unhealthy).
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+# --start-interval: probe every second during the start period (Docker Engine 25 or later;
+# older engines ignore it and probe every 30 s), so the container is healthy within seconds.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --start-interval=1s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
 
-CMD ["python", "-m", "uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["deeplense", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -3,40 +3,53 @@ SHELL := /bin/bash
 PY ?= .venv/bin/python
 RUNTIME_STAMP := .venv/.installed-runtime
 VENV_STAMP := .venv/.installed
+# The torch the tests run on; the Dockerfile's TORCH_VERSION must match (tests/test_compose.py).
 TORCH_PIN ?= torch==2.13.0
+# One stamp per pin: another TORCH_PIN (e.g. `make serve TORCH_PIN=torch` on a GPU machine)
+# has no stamp yet, so torch is reinstalled.
+TORCH_STAMP := .venv/.torch-$(shell printf '%s' '$(TORCH_PIN)' | tr -c 'A-Za-z0-9.+-' '_')
+# Exact versions of every other dependency, shared with the Dockerfile (scripts/lock_constraints.py).
+CONSTRAINTS := constraints.txt
+# pytest-xdist workers for `make test` (auto: one per core).
+TEST_WORKERS ?= auto
 DATASET ?= model_a
 PRESET ?= small
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve test test-fast lint format simulate reproduce bench bench-sim bench-train bench-serve clean
+.PHONY: help install serve test test-fast lint format lock simulate reproduce bench bench-sim bench-train bench-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(RUNTIME_STAMP): pyproject.toml
+$(TORCH_STAMP):
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	# The pinned CPU build first: a bare `torch` requirement would pull multi-GB CUDA wheels.
-	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e .
+	# torch first, pinned: a bare `torch` requirement can pull multi-GB CUDA wheels.
+	# --force-reinstall: another build of the same version (CPU -> CUDA) replaces the old one.
+	rm -f .venv/.torch-*
+	$(PY) -m pip install -q --force-reinstall --constraint $(CONSTRAINTS) '$(TORCH_PIN)'
+	touch $@
+
+$(RUNTIME_STAMP): pyproject.toml $(CONSTRAINTS) $(TORCH_STAMP)
+	$(PY) -m pip install -q --constraint $(CONSTRAINTS) -e .
 	touch $@
 
 $(VENV_STAMP): $(RUNTIME_STAMP) scripts/install-system-deps.sh
-	$(PY) -m pip install -q -e '.[train,dev]'
+	$(PY) -m pip install -q --constraint $(CONSTRAINTS) -e '.[train,dev]'
 	bash scripts/install-system-deps.sh
 	touch $@
 
 install: $(VENV_STAMP) ## .venv with CPU torch, the project and its train/dev extras, Chromium and docker-compose (for the tests)
 
-serve: $(RUNTIME_STAMP) ## install the service's dependencies and run it on port 8000 (shipped Model A checkpoints)
-	$(PY) -m uvicorn app.main:app --host 0.0.0.0 --port $(PORT)
+serve: $(RUNTIME_STAMP) ## install the service's dependencies and run it on port 8000 (PORT=8001 for another; shipped Model A checkpoints)
+	$(PY) -m training serve --host 0.0.0.0 --port $(PORT)
 
 test: $(VENV_STAMP) lint ## lint (ruff, mypy) then run the whole test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: $(VENV_STAMP) ## the test suite without lint
-	$(PY) -m pytest -q -x
+	$(PY) -m pytest -q -x -n $(TEST_WORKERS)
 
 lint: $(VENV_STAMP) ## ruff check, ruff format --check, mypy
 	$(PY) -m ruff check .
@@ -46,6 +59,9 @@ lint: $(VENV_STAMP) ## ruff check, ruff format --check, mypy
 format: $(VENV_STAMP) ## apply ruff's fixes and formatting
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
+
+lock: $(VENV_STAMP) ## rewrite constraints.txt from the installed versions (after changing a dependency)
+	$(PY) scripts/lock_constraints.py
 
 reproduce: $(VENV_STAMP) ## simulate, fit all four models, evaluate (DATASET=model_a|model_b PRESET=small|cpu|full)
 	bash scripts/reproduce.sh $(DATASET) $(PRESET)

@@ -8,7 +8,9 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
+from app.docs_csp import DocsContentSecurityPolicy
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware, TimeoutMiddleware
 from app.metrics import install_metrics
@@ -61,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await anyio.to_thread.run_sync(service.close)
 
-    app = FastAPI(
+    # FastAPIOffline: a FastAPI whose /docs and /redoc load Swagger UI and ReDoc from the
+    # fastapi-offline package (under /static-offline-docs), never from a CDN.
+    app = FastAPIOffline(
         title="DeepLense anomaly service",
         version="0.1.0",
         description=DESCRIPTION,
@@ -84,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     for router in (score.router, models.router, health.router, ui.router):
         app.include_router(router)
+    app.add_middleware(DocsContentSecurityPolicy, paths={"/docs", "/redoc"})
     app.add_middleware(OneLineStartupErrors)
     return app
 

@@ -12,7 +12,7 @@ _PNG = "iVBORw0KGgoAAAANSUhEUgAA...(base64 PNG)"
 class MemberScore(BaseModel):
     """One ensemble member's numbers for one image (its own calibration of the score)."""
 
-    model: str = Field(examples=["aae"])
+    model: str = Field(description="the member checkpoint's name", examples=["aae"])
     score: str = Field(description="the score's name (the request's score)", examples=["chi2"])
     anomaly_score: float = Field(description="this member's value of the score")
     reconstruction_loss: float = Field(description="this member's mean squared error")
@@ -26,13 +26,16 @@ class ScoreResult(BaseModel):
     """The score of one uploaded file. On a file that could not be read only `filename` and
     `error` are set."""
 
-    filename: str = Field(examples=["lens_0001.fits"])
+    filename: str = Field(
+        description="the uploaded file's name, as sent", examples=["lens_0001.fits"]
+    )
     score: str | None = Field(
         default=None,
         description="Name of the anomaly score used (the request's `score`, else the "
         "checkpoint's default): mse (the study's mean squared error), chi2 (the residual in "
-        "units of the per-pixel noise, estimated from the image) or chi2_psf (that whitened "
-        "residual matched-filtered by the PSF; 1 for a perfect reconstruction of pure noise).",
+        "units of the per-pixel noise, estimated from the image), chi2_psf (that whitened "
+        "residual matched-filtered by the PSF; 1 for a perfect reconstruction of pure noise) "
+        "or chi2_psf_light (chi2_psf where the reconstruction has light).",
         examples=["chi2_psf"],
     )
     anomaly_score: float | None = Field(
@@ -145,7 +148,7 @@ class ScoreResponse(BaseModel):
         description="units of each result's threshold: the score's own (single model) or "
         "percentile (ensemble)"
     )
-    results: list[ScoreResult]
+    results: list[ScoreResult] = Field(description="one result per uploaded file, in order")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -190,7 +193,7 @@ class CalibrationSummary(BaseModel):
     fpr: float = Field(description="target false-positive rate on normal images")
     threshold: float = Field(description="score above which an image is flagged")
     n_images: int = Field(description="normal images the calibration used")
-    dataset: str | None = None
+    dataset: str | None = Field(default=None, description="dataset the normals came from")
     youden_threshold: float | None = Field(
         default=None,
         description="threshold maximising TPR - FPR on the labelled validation split, if any",
@@ -208,7 +211,7 @@ class ModelCard(BaseModel):
     """What a loaded checkpoint is, how it was made and how well it did."""
 
     name: str = Field(description="the name to pass as ?model= (the checkpoint's folder)")
-    architecture: str = Field(examples=["aae"])
+    architecture: str = Field(description="registered architecture", examples=["aae"])
     arguments: dict[str, Any] = Field(description="constructor arguments from config.json")
     parameters: int = Field(description="trainable parameters")
     input: InputSpec
@@ -228,8 +231,8 @@ class ModelCard(BaseModel):
     )
     training: TrainingFacts
     weights_sha256: str = Field(description="SHA-256 of model.safetensors")
-    device: str = Field(examples=["cpu"])
-    is_default: bool
+    device: str = Field(description="torch device the model runs on", examples=["cpu"])
+    is_default: bool = Field(description="true for the model used when a request names none")
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -258,35 +261,57 @@ class ModelCard(BaseModel):
 class EnsembleCard(BaseModel):
     """How model=ensemble combines its members."""
 
-    members: list[str]
+    members: list[str] = Field(description="the calibrated models averaged")
     default_score: str = Field(description="the score used when a request names none")
     threshold_percentile: float = Field(
         description="flag when the mean member percentile exceeds this: 100 (1 - fpr), fpr "
         "the smallest member fpr"
     )
-    rule: str
+    rule: str = Field(description="the flag rule in words")
 
 
 class ModelList(BaseModel):
     """Every loaded model, the default, and the valid ?model= values."""
 
-    default: str = Field(examples=["aae"])
-    choices: list[str] = Field(examples=[["aae", "dcae", "rbm", "vae", "ensemble"]])
-    models: list[ModelCard]
+    default: str = Field(description="model used when a request names none", examples=["aae"])
+    choices: list[str] = Field(
+        description="valid ?model= values", examples=[["aae", "dcae", "rbm", "vae", "ensemble"]]
+    )
+    models: list[ModelCard] = Field(description="a card per loaded model")
     ensemble: EnsembleCard | None = Field(description="null when fewer than two calibrated models")
 
 
-class Health(BaseModel):
+class RuntimeInfo(BaseModel):
+    """Where the models run: reported by /health and /ready."""
+
+    device: str | None = Field(
+        description="torch device serving requests (cpu, cuda:0); null until start-up has "
+        "chosen it from `device_setting`",
+        examples=["cpu"],
+    )
+    device_setting: Literal["auto", "cpu", "cuda"] = Field(
+        description="DEEPLENSE_DEVICE: auto (CUDA when available), cpu or cuda",
+        examples=["auto"],
+    )
+    torch_version: str = Field(description="the installed torch", examples=["2.13.0+cpu"])
+    torch_cuda: str | None = Field(
+        description="CUDA version the installed torch was built for; null for a CPU-only build",
+        examples=[None],
+    )
+    cuda_available: bool = Field(description="torch sees a usable CUDA GPU", examples=[False])
+
+
+class Health(RuntimeInfo):
     """Liveness: the process answers."""
 
-    status: Literal["ok"] = Field(default="ok", examples=["ok"])
+    status: Literal["ok"] = Field(default="ok", description="always ok", examples=["ok"])
 
 
-class Readiness(BaseModel):
+class Readiness(RuntimeInfo):
     """Readiness: every configured model loaded and warmed up."""
 
-    ready: bool
-    detail: str = Field(examples=["all 4 models ready"])
+    ready: bool = Field(description="true once every configured model is ready (then 200)")
+    detail: str = Field(description="the state in words", examples=["all 4 models ready"])
     models: dict[str, str] = Field(
         description="state of each configured checkpoint: pending, loading, warming, ready",
         examples=[{"aae": "ready", "vae": "ready"}],
@@ -297,4 +322,7 @@ class Readiness(BaseModel):
 class ErrorBody(BaseModel):
     """Every error: FastAPI's usual body."""
 
-    detail: Any = Field(examples=["unknown model 'foo'; valid models: aae, dcae, ensemble"])
+    detail: Any = Field(
+        description="what was wrong: a message, or FastAPI's list of invalid parameters",
+        examples=["unknown model 'foo'; valid models: aae, dcae, ensemble"],
+    )

@@ -19,8 +19,10 @@ from deeplense.errors import OutputExistsError
 def atomic_directory(out: Path, overwrite: bool = False, shared: bool = False) -> Iterator[Path]:
     """Yield an empty temp folder beside `out`; on success it replaces `out`, on error it goes.
 
-    Raises OutputExistsError if `out` exists and not `overwrite`. `shared` makes the folder
-    world-readable (mkdtemp makes it private), for datasets and reports.
+    Raises OutputExistsError if `out` exists and not `overwrite`. `shared` makes the result
+    world-readable, folders 0755 and files 0644, whatever the writers chose (mkdtemp makes the
+    folder private, safetensors its file 0600): datasets, reports and checkpoints, which a
+    container running as another user must read.
     """
     out = Path(out)
     if (out.exists() or out.is_symlink()) and not overwrite:
@@ -28,13 +30,27 @@ def atomic_directory(out: Path, overwrite: bool = False, shared: bool = False) -
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        if shared:
-            tmp.chmod(0o755)
         yield tmp
+        if shared:
+            make_world_readable(tmp)
         replace_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def make_world_readable(root: Path) -> None:
+    """chmod `root` and every folder below it 0755, every file 0644 (symlinks untouched)."""
+    root.chmod(0o755)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            path = Path(folder, name)
+            if not path.is_symlink():
+                path.chmod(0o755)
+        for name in files:
+            path = Path(folder, name)
+            if not path.is_symlink():
+                path.chmod(0o644)
 
 
 def replace_directory(tmp: Path, out: Path) -> None:

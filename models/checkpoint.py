@@ -45,11 +45,13 @@ class _Strict(BaseModel):
 class InputSpec(_Strict):
     """What the model expects: one channel, height x width pixels, per-image min-max scaling."""
 
-    channels: Literal[1] = 1
-    height: int = Field(gt=0)
-    width: int = Field(gt=0)
-    normalisation: Literal["minmax"] = "minmax"
-    pixel_scale_arcsec: float | None = Field(default=0.05, gt=0)
+    channels: Literal[1] = Field(default=1, description="image channels (grayscale)")
+    height: int = Field(gt=0, description="input height, pixels")
+    width: int = Field(gt=0, description="input width, pixels")
+    normalisation: Literal["minmax"] = Field(
+        default="minmax", description="per-image scaling to [0, 1]"
+    )
+    pixel_scale_arcsec: float | None = Field(default=0.05, gt=0, description="arcsec per pixel")
     psf_sigma_arcsec: float | None = Field(
         default=0.1, gt=0, description="Gaussian PSF sigma of the training data (arcsec)"
     )
@@ -108,23 +110,25 @@ class Calibration(_Strict):
 class TrainingFacts(_Strict):
     """How a checkpoint was made. Every field optional: random-weight test checkpoints have none."""
 
-    dataset: str | None = None
-    dataset_manifest_sha256: str | None = None
-    n_train: int | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    seed: int | None = None
-    device: str | None = None
-    wall_time_s: float | None = None
-    final_losses: dict[str, float] = Field(default_factory=dict)
-    git_commit: str | None = None
-    torch_version: str | None = None
+    dataset: str | None = Field(default=None, description="training dataset's name")
+    dataset_manifest_sha256: str | None = Field(
+        default=None, description="SHA-256 of the dataset's manifest.json"
+    )
+    n_train: int | None = Field(default=None, description="training images")
+    epochs: int | None = Field(default=None, description="epochs trained")
+    batch_size: int | None = Field(default=None, description="images per step, per process")
+    seed: int | None = Field(default=None, description="random seed")
+    device: str | None = Field(default=None, description="device trained on")
+    wall_time_s: float | None = Field(default=None, description="training time, seconds")
+    final_losses: dict[str, float] = Field(default_factory=dict, description="last epoch's losses")
+    git_commit: str | None = Field(default=None, description="source commit trained from")
+    torch_version: str | None = Field(default=None, description="torch trained with")
     budget: str | None = Field(default=None, description="training budget in words")
     warnings: list[str] = Field(
         default_factory=list,
         description="problems found at export, e.g. a collapsed model (one image for every input)",
     )
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, Any] = Field(default_factory=dict, description="anything else recorded")
 
 
 class CheckpointConfig(_Strict):
@@ -229,6 +233,7 @@ def write_config(config: CheckpointConfig, directory: Path) -> None:
     path = Path(directory) / CONFIG_FILE
     tmp = path.with_name(f".{CONFIG_FILE}.tmp")
     tmp.write_text(config.model_dump_json(indent=2) + "\n")
+    tmp.chmod(0o644)  # world-readable whatever the umask: containers read it as another user
     os.replace(tmp, path)
 
 

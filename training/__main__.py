@@ -1,7 +1,10 @@
-"""`python -m training <command> ...`: simulate, fit, calibrate, evaluate, score.
+"""`deeplense <command> ...` (also `python -m training <command> ...`): serve, simulate, fit,
+calibrate, evaluate, score, bench.
 
-Domain errors (bad input, existing outputs, bad checkpoints) end the program with one line on
-stderr and exit code 2; nothing else is caught, so real bugs keep their traceback.
+Domain errors (bad input, existing outputs, bad checkpoints) and a missing optional extra end
+the program with one line on stderr and exit code 2; nothing else is caught, so real bugs keep
+their traceback. Each command imports its heavy dependencies only when it runs, so `--help`
+and the commands that do not need the train extra (scikit-learn, matplotlib) work without it.
 """
 
 import argparse
@@ -13,10 +16,14 @@ from deeplense.errors import DeepLenseError
 from deeplense.numerics import flush_denormals
 from training.commands import COMMANDS
 
+# Optional dependencies, by the top-level module a command imports -> the extra that has it.
+EXTRAS = {"sklearn": "train", "matplotlib": "train"}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(prog: str = "deeplense") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m training", description="DeepLense anomaly models: offline tools."
+        prog=prog,
+        description="DeepLense anomaly models: the scoring service and the offline tools.",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -25,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "deeplense") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -37,10 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     except DeepLenseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        extra = EXTRAS.get(missing)
+        if extra is None:
+            raise
+        print(
+            f"error: `{args.command}` needs {missing}, in the {extra} extra: "
+            f"pip install -e '.[{extra}]' (make install does it)",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m training"))

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from deeplense.device import resolve_device
@@ -109,6 +108,8 @@ def class_metrics(
     Keys: auc_<comparison>, and with a threshold: test_fpr (no_sub flagged) and
     test_tpr_<comparison> (flagged), flags by `deeplense.judge`.
     """
+    from sklearn.metrics import roc_auc_score, roc_curve  # the train extra: imported on use
+
     if NORMAL not in scores or len(scores[NORMAL]) == 0:
         raise DatasetError(f"the test set has no {NORMAL} images; evaluation needs them")
     metrics: dict[str, float] = {}

@@ -1,18 +1,33 @@
 """Liveness and readiness probes (always open, no API key)."""
 
+from typing import Any
+
+import torch
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.dependencies import ServiceDep
 from app.schemas import Health, Readiness
+from app.scoring import ModelService
 
 router = APIRouter(tags=["operations"])
 
 
+def runtime_info(service: ModelService) -> dict[str, Any]:
+    """The RuntimeInfo fields: the device chosen at start-up, torch and its CUDA."""
+    return {
+        "device": str(service.device) if service.loaded else None,
+        "device_setting": service.settings.device,
+        "torch_version": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+    }
+
+
 @router.get("/health", summary="Liveness: the process answers")
-async def health() -> Health:
+async def health(service: ServiceDep) -> Health:
     """Always 200 while the process runs, even while models load."""
-    return Health()
+    return Health(**runtime_info(service))
 
 
 @router.get(
@@ -30,6 +45,11 @@ async def health() -> Health:
                         "detail": "not ready: vae (loading), rbm (pending)",
                         "models": {"aae": "ready", "vae": "loading", "rbm": "pending"},
                         "not_ready": ["vae", "rbm"],
+                        "device": None,
+                        "device_setting": "auto",
+                        "torch_version": "2.13.0+cpu",
+                        "torch_cuda": None,
+                        "cuda_available": False,
                     }
                 }
             },
@@ -47,5 +67,11 @@ async def ready(service: ServiceDep) -> JSONResponse:
     else:
         listed = ", ".join(f"{n} ({s})" for n, s in waiting.items())
         detail = "not ready: " + (listed or "finishing start-up")
-    body = Readiness(ready=service.ready, detail=detail, models=states, not_ready=list(waiting))
+    body = Readiness(
+        ready=service.ready,
+        detail=detail,
+        models=states,
+        not_ready=list(waiting),
+        **runtime_info(service),
+    )
     return JSONResponse(body.model_dump(), status_code=200 if service.ready else 503)

@@ -4,9 +4,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from training.evaluate import evaluate_checkpoints, store_metrics
-from training.report import REPORT_FILES, check_output, write_report
-
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # scikit-learn and matplotlib (the train extra) load only when evaluate runs.
+    from training.evaluate import evaluate_checkpoints, store_metrics
+    from training.report import REPORT_FILES, check_output, write_report
+
     check_output(args.out, args.overwrite)
     evaluation = evaluate_checkpoints(
         args.checkpoints,

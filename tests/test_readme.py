@@ -1,0 +1,191 @@
+"""The README's commands run as written after its first command, `make serve`.
+
+A scratch folder stands in for a fresh clone after `make serve`: the repository's files
+(symlinked) and a `.venv/` whose `python` is this interpreter, whose `bin/` holds the
+`deeplense` script pip writes and an `activate`, and whose install stamps are up to date, so
+`make` installs nothing (installing is tested in tests/test_makefile.py; PYTHONPATH stands
+in for the editable install). The test runs `make serve` there, then every fenced bash and
+python block of the README in order, each in a fresh bash with `.venv` activated, as the
+README says. Two changes to the text, both forced by a shared test machine: the service
+listens on a free port (8000 may be taken), so `localhost:8000` becomes that port; and the
+job-array variables of the sharded `score` example are set, as a cluster would set them.
+Blocks that cannot run here are listed in NOT_RUN with the reason and what covers them; a new
+README block that is in neither list fails the test. Inline `make ...` commands are dry-run.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.app.serve_fixture import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+LINKED = ["app", "models", "deeplense", "training", "bench", "checkpoints", "examples",
+          "scripts", "Makefile", "pyproject.toml", "constraints.txt", "README.md"]  # fmt: skip
+FIRST_COMMAND = "make serve"
+# First command of a README block (comment dropped) -> why it is not run, and what covers it.
+NOT_RUN = {
+    "docker compose --profile cpu up --build -d": "no Docker engine here: both profiles go "
+    "through `compose config` and the Compose schema in tests/test_compose.py",
+    "make bench-sim": "benchmarks run for minutes; "
+    "`deeplense bench` handing arguments to a script is tested in tests/training/test_cli.py",
+}
+CLUSTER_ENV = {"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}
+
+
+def readme_blocks() -> list[tuple[str, str]]:
+    """(language, code) of every ```bash and ```python block, in order."""
+    return re.findall(r"^```(bash|python)\n(.*?)^```$", README.read_text(), re.M | re.S)
+
+
+def _key(code: str) -> str:
+    """A block's name: its first line without the comment."""
+    return code.splitlines()[0].split("#")[0].strip()
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The scratch 'fresh clone after make serve' folder."""
+    root = tmp_path_factory.mktemp("clone")
+    for name in LINKED:
+        (root / name).symlink_to(ROOT / name)
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    _write(bin_dir / "python", f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    _write(  # what pip writes for pyproject's [project.scripts] entry (guarded: spawn safe)
+        bin_dir / "deeplense",
+        f"#!{sys.executable}\nimport re\nimport sys\nfrom training.__main__ import main\n"
+        "if __name__ == '__main__':\n"
+        "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+        "    sys.exit(main())\n",
+    )
+    (bin_dir / "activate").write_text(
+        f'VIRTUAL_ENV="{root}/.venv"\nexport VIRTUAL_ENV\nPATH="$VIRTUAL_ENV/bin:$PATH"\n'
+        "export PATH\n"
+    )
+    later = time.time() + 60  # stamps newer than every file they depend on
+    for stamp in (".torch-torch__2.13.0", ".installed-runtime", ".installed"):
+        (root / ".venv" / stamp).touch()
+        os.utime(root / ".venv" / stamp, (later, later))
+    return root
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEEPLENSE_", "SLURM_"))}
+    return env | {"PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def served(clone: Path) -> Iterator[int]:
+    """The README's first command, `make serve`, on a free port; yields the port."""
+    assert readme_blocks()[0] == ("bash", FIRST_COMMAND + "\n")
+    port = free_port()
+    log = (clone / "serve.log").open("wb")
+    proc = subprocess.Popen(
+        ["make", "serve", f"PORT={port}"], cwd=clone, env=_env(), stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (clone / "serve.log").read_text()
+            assert time.monotonic() < deadline, "/ready not 200 after 120 s"
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def run_block(clone: Path, port: int, language: str, code: str) -> str:
+    """One README block in bash with .venv activated; its stdout (fails on a non-zero exit)."""
+    code = code.replace("localhost:8000", f"localhost:{port}")
+    if language == "python":
+        code = f"python - <<'PYTHON'\n{code}PYTHON\n"
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", f"source .venv/bin/activate\n{code}"],
+        cwd=clone, env=_env() | CLUSTER_ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, f"README block failed:\n{code}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def test_every_readme_block_runs_as_written(clone: Path, served: int) -> None:
+    outputs: dict[str, str] = {}
+    for language, code in readme_blocks()[1:]:
+        first = _key(code)
+        if first in NOT_RUN:
+            continue
+        outputs[first] = run_block(clone, served, language, code)
+
+    ready = next(out for first, out in outputs.items() if first.startswith("source .venv"))
+    assert "usage: deeplense" in ready and json.loads(ready.splitlines()[-1])["ready"] is True
+    scored = json.loads(next(o for f, o in outputs.items() if f.startswith("curl -s -F")))
+    assert [r["filename"] for r in scored["results"]] == ["vort_0.fits", "no_sub_0.npy"]
+    assert all(r["error"] is None for r in scored["results"])
+    printed = next(o for f, o in outputs.items() if f == "import httpx")
+    assert [line.split()[0] for line in printed.splitlines()] == ["sphere_0.png", "no_sub_1.fits"]
+    rows = (clone / "scores.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(list((ROOT / "examples").glob("*.*"))) - 1  # not the .py
+    assert (clone / "scores_0.csv").is_file()
+    assert json.loads((clone / "reports" / "try" / "metrics.json").read_text())
+    covered = set(outputs) | set(NOT_RUN)
+    assert covered == {_key(code) for _, code in readme_blocks()[1:]}
+
+
+def test_no_block_is_skipped_without_a_reason() -> None:
+    firsts = {_key(code) for _, code in readme_blocks()}
+    assert set(NOT_RUN) <= firsts, "NOT_RUN names a block the README no longer has"
+
+
+def test_every_inline_make_command_is_a_real_target(clone: Path) -> None:
+    commands = set(re.findall(r"`(make [^`]+)`", README.read_text()))
+    assert {"make serve PORT=8001", "make install", "make test", "make help"} <= commands
+    for command in sorted(commands):
+        done = subprocess.run(
+            [*command.split(), "-n"], cwd=clone, env=_env(), capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"`{command}`: {done.stderr}"
+
+
+def test_python_examples_need_only_the_service_install() -> None:
+    # `make serve` installs pyproject's dependencies, not the extras: an example importing a
+    # dev-only package (httpx used to be one) would fail for a newcomer.
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    owners = packages_distributions()
+    for language, code in readme_blocks():
+        if language != "python":
+            continue
+        for module in re.findall(r"^(?:import|from) (\w+)", code, re.M):
+            if module in sys.stdlib_module_names:
+                continue
+            dists = {canonicalize_name(d) for d in owners.get(module, [])}
+            assert dists & runtime, f"README example imports {module}, not a runtime dependency"

@@ -1,0 +1,76 @@
+"""`deeplense serve`: the scoring service under uvicorn.
+
+Flags override the service's `DEEPLENSE_*` variables (app/settings.py); the variables still
+set everything the flags leave out, so `deeplense serve` and `uvicorn app.main:app` agree.
+"""
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def port(text: str) -> int:
+    """argparse type: a TCP port, 1 to 65535."""
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must lie between 1 and 65535, got {text}")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the scoring service (upload page, /score, /docs) on HOST:PORT",
+        description=(
+            "Serve every checkpoint folder under --checkpoints over HTTP: the upload page at /, "
+            "the API at /score and /models, its documentation at /docs and /redoc (served "
+            "from the package, no CDN), /health, /ready and /metrics. Settings not given as "
+            "flags come from DEEPLENSE_* environment variables (README, Configuration)."
+        ),
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; 0.0.0.0 answers on every interface)",
+    )
+    p.add_argument("--port", type=port, default=8000, help="TCP port (default 8000)")
+    p.add_argument(
+        "--checkpoints",
+        type=Path,
+        default=None,
+        help="folder of checkpoint folders (DEEPLENSE_CHECKPOINT_DIR; default: the shipped "
+        "Model A checkpoints)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="DEEPLENSE_DEVICE: auto (CUDA when available), cpu or cuda (default auto)",
+    )
+    p.add_argument(
+        "--default-model", default=None, help="DEEPLENSE_DEFAULT_MODEL, e.g. aae or ensemble"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    flags: dict[str, Any] = {
+        "checkpoint_dir": args.checkpoints,
+        "device": args.device,
+        "default_model": args.default_model,
+    }
+    settings = Settings(**{k: v for k, v in flags.items() if v is not None})
+    # uvicorn's own log level follows the service's; a start-up failure exits non-zero with
+    # one line naming the file (app/startup.py).
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+    )
+    return 0
