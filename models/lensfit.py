@@ -141,6 +141,10 @@ class LensFit(AnomalyModel):
         Amplitudes of arcs and lens light and the offset come from the weighted linear
         least-squares fit to x (weights 1 / sigma), solved per image in closed form.
         """
+        with torch.autocast(x.device.type, enabled=False):  # physics in float32 always
+            return self._draw(raw.float(), x.float(), sigma.float())
+
+    def _draw(self, raw: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
         arcs, lens = render_components(self.lens_batch(raw), self.render_config)
         columns = [arcs.flatten(1), lens.flatten(1), torch.ones_like(arcs.flatten(1))]
         design = torch.stack(columns, dim=2)  # (N, pixels, 3)
@@ -187,9 +191,9 @@ class LensFit(AnomalyModel):
         raw = self.encode(x)
         if self.training:
             self._update_prior(raw.detach())
-        x_hat = self.draw(raw, x, sigma)
-        chi2 = ((x - x_hat) / sigma).pow(2).mean()
-        mse = (x - x_hat).pow(2).mean()
+        x_hat = self.draw(raw, x, sigma)  # float32, also under autocast
+        chi2 = ((x.float() - x_hat) / sigma).pow(2).mean()
+        mse = (x.float() - x_hat).pow(2).mean()
         return {"loss": chi2, "chi2": chi2, "mse": mse}
 
     @torch.no_grad()
