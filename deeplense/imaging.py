@@ -110,12 +110,6 @@ _PILLOW_GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _STACK_SHAPES = "(H, W), (1, H, W), (N, H, W) or (N, 1, H, W)"
 _VALUE_CHUNK = 256  # images per chunk when checking the values of a (memory-mapped) stack
 _TIFF_COMPRESSIONS = install_tiff_codecs()  # codes safe to decode: none, deflate, PackBits
-# Series kinds whose readers open other files next to the TIFF: never follow those.
-_TIFF_NO_MULTIFILE: dict[str, bool | None] = {
-    "is_ome": False,
-    "is_ndtiff": False,
-    "is_mmstack": False,
-}
 
 ImageSource = Path | str | bytes
 """A file path, or the file's bytes (an upload)."""
@@ -482,7 +476,10 @@ def _decode_pillow(request: _Request, formats: list[str]) -> _Decoded:
 def _decode_tiff(request: _Request) -> _Decoded:
     with (
         request.open() as fh,
-        tifffile.TiffFile(fh, _multifile=False, **_TIFF_NO_MULTIFILE) as tif,
+        # OME, NDTiff and MMStack series open other files next to the TIFF: not those.
+        tifffile.TiffFile(
+            fh, _multifile=False, is_ome=False, is_ndtiff=False, is_mmstack=False
+        ) as tif,
     ):
         if not tif.series:
             raise request.fail("no image in the TIFF file")
@@ -506,6 +503,8 @@ def _decode_tiff(request: _Request) -> _Decoded:
         for page in series.pages:  # a TiffFrame decodes with its keyframe's compression
             if page is None:
                 continue
+            if page.keyframe is None:
+                raise request.fail("TIFF page without a key frame")
             compression = int(page.keyframe.compression)
             if compression not in _TIFF_COMPRESSIONS:
                 name = _tiff_compression_name(compression)
