@@ -22,8 +22,9 @@ import anyio
 import numpy as np
 import torch
 
+from app.decode_pool import DecodePool
 from app.errors import NoReadableFileError
-from app.imaging import Prepared, Upload, gray_png, heatmap_png, prepare
+from app.imaging import Prepared, Upload, gray_png, heatmap_png
 from app.runtime import keep_freed_memory
 from app.schemas import MemberScore, ScoreResponse, ScoreResult
 from app.settings import Settings
@@ -102,6 +103,7 @@ class ModelService:
         self._compute = threading.Lock()
         # Requests scored at once: one in the forward pass while the next one decodes.
         self.limiter = anyio.CapacityLimiter(SCORING_SLOTS)
+        self.decoder = DecodePool(settings)  # decoding in killable worker processes
 
     # ---- start-up -------------------------------------------------------------------------
 
@@ -118,6 +120,7 @@ class ModelService:
     def load(self) -> None:
         """Load, check and warm up every checkpoint, then pick the default and the ensemble."""
         found = self.discover()
+        self.decoder.start()
         self.device = resolve_device(self.settings.device)
         if self.settings.torch_threads is not None:
             torch.set_num_threads(self.settings.torch_threads)
@@ -196,6 +199,7 @@ class ModelService:
         deadline, so the process does not exit under a running torch kernel."""
         if self._compute.acquire(timeout=timeout_s):
             self._compute.release()
+        self.decoder.close()
 
     # ---- state ----------------------------------------------------------------------------
 
@@ -250,7 +254,7 @@ class ModelService:
         """Score `uploads` with model `name` (or the ensemble); unreadable files get `error`."""
         members = self.ensemble_members if name == ENSEMBLE else [name]
         size = self.models[members[0]].size
-        prepared = [prepare(u, size, self.settings.max_pixels) for u in uploads]
+        prepared = self.decoder.prepare_all(uploads, size, self.settings.max_pixels)
         good = [p for p in prepared if p.error is None]
         if not good:
             raise NoReadableFileError([(p.filename, p.error or "unreadable") for p in prepared])

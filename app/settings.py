@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=4096 * 4096, ge=1)
     # Whole-request deadline in seconds (upload, decoding and inference); over it -> 504.
     request_timeout_s: float = Field(default=60.0, gt=0)
+    # Decoding runs in this many worker processes (at most this many files decode at once);
+    # a worker past a file's decode_timeout_s or its request's deadline is killed and
+    # replaced, and the file gets an error. Each worker's address space is capped at
+    # decode_memory_bytes (None = no cap).
+    decode_workers: int = Field(default=2, ge=1)
+    decode_timeout_s: float = Field(default=10.0, gt=0)
+    decode_memory_bytes: int | None = Field(default=4 << 30, ge=256 * MB)
 
     # Browser origins allowed to call the API (CORS); empty = same-origin only.
     cors_origins: list[str] = Field(default_factory=list)
