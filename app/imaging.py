@@ -81,9 +81,7 @@ Decoder = Callable[[bytes, str, int], DecodedImage]
 (`app.decode_pool`)."""
 
 
-def prepare(
-    upload: Upload, size: int, max_pixels: int, decode: Decoder = _decode_here
-) -> Prepared:
+def prepare(upload: Upload, size: int, max_pixels: int, decode: Decoder = _decode_here) -> Prepared:
     """Decode one upload and make it model input of side `size`; a bad file gets `error`.
 
     `warnings` holds the decoder's notes (colour converted, alpha ignored) and, when the

@@ -12,9 +12,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware, TimeoutMiddleware
 from app.metrics import install_metrics
+from app.openapi import install_openapi
 from app.routes import health, models, score, ui
 from app.scoring import ModelService
-from app.settings import Settings, get_settings
+from app.settings import Settings, SettingsError, get_settings
 from app.startup import OneLineStartupErrors
 from deeplense.numerics import flush_denormals
 
@@ -85,7 +86,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (score.router, models.router, health.router, ui.router):
         app.include_router(router)
     app.add_middleware(OneLineStartupErrors)
+    install_openapi(app, settings)
     return app
 
 
-app = create_app()
+try:
+    app = create_app()
+except SettingsError as exc:  # uvicorn imports this module: one line, not a traceback
+    raise SystemExit(f"error: {exc}") from None

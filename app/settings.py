@@ -8,8 +8,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deeplense.errors import DeepLenseError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -59,7 +61,28 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class SettingsError(DeepLenseError):
+    """A `DEEPLENSE_*` variable holds a value the settings refuse; one line names each."""
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One line: each invalid variable, its value (cut short) and what pydantic expected."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        value = repr(error.get("input"))
+        value = value if len(value) <= 40 else value[:37] + "..."
+        problems.append(
+            f"{Settings.model_config['env_prefix']}{field.upper()}={value}: {error['msg']}"
+        )
+    return "invalid settings: " + "; ".join(problems)
+
+
 @lru_cache
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment (tests pass their own)."""
-    return Settings()
+    """The process-wide settings, read once from the environment (tests pass their own);
+    SettingsError (one line) when a variable is invalid."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_invalid(exc)) from None

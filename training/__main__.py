@@ -1,17 +1,29 @@
 """`python -m training <command> ...`: simulate, fit, calibrate, evaluate, score.
 
 Domain errors (bad input, existing outputs, bad checkpoints) end the program with one line on
-stderr and exit code 2; nothing else is caught, so real bugs keep their traceback.
+stderr and exit code 2; nothing else is caught, so real bugs keep their traceback. Ctrl-C
+(exit 130) and SIGTERM (exit 143) unwind the stack like an exception, so temp files and
+half-written folders are removed on the way out.
 """
 
 import argparse
 import importlib
 import logging
+import signal
 import sys
+from types import FrameType
 
 from deeplense.errors import DeepLenseError
 from deeplense.numerics import flush_denormals
 from training.commands import COMMANDS
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; raised where the program is, so cleanups run as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     flush_denormals()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except DeepLenseError as exc:
@@ -40,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -50,9 +50,10 @@ async def score(
     files: Annotated[
         list[UploadFile],
         File(
+            min_length=1,
             description="One or more images: FITS (.fits, .fit, .fz), NumPy (.npy), PNG, TIFF. "
             "Each is read as one 2-D image, min-max scaled to [0, 1] and area-resized to the "
-            "model's size when it differs."
+            "model's size when it differs.",
         ),
     ],
     service: ReadyServiceDep,
