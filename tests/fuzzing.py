@@ -46,9 +46,11 @@ def seeds() -> list[tuple[str, bytes]]:
         Image.fromarray(pixels).save(buf, format=fmt, **kwargs)
         found.append((name, buf.getvalue()))
     buf = io.BytesIO()
-    tifffile.imwrite(buf, np.stack([image.reshape(grey.shape)] * 3).astype(np.float32))
+    stack = np.stack([image.reshape(grey.shape)] * 3).astype(np.float32)
+    tifffile.imwrite(buf, stack, photometric="minisblack")
     found.append(("stack.tif", buf.getvalue()))
-    found.append(("no_sub_0.fits.gz", gzip.compress((EXAMPLES / "no_sub_0.fits").read_bytes())))
+    fits = (EXAMPLES / "no_sub_0.fits").read_bytes()
+    found.append(("no_sub_0.fits.gz", gzip.compress(fits, mtime=0)))
     return found
 
 
@@ -136,7 +138,7 @@ def _tiff_tag(data: bytes, rng: np.random.Generator) -> bytes:
 
 
 def _gzip(data: bytes, rng: np.random.Generator) -> bytes:
-    return gzip.compress(data, int(rng.integers(1, 10)))
+    return gzip.compress(data, int(rng.integers(1, 10)), mtime=0)
 
 
 MUTATIONS: list[Mutation] = [

@@ -22,6 +22,7 @@ def _error(description: str, example: Any) -> dict[str, Any]:
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("the body is not valid multipart/form-data", "Invalid multipart data."),
     401: _error("API key required and missing or wrong", "invalid API key in the X-API-Key header"),
     404: _error("unknown model", "unknown model 'foo'; valid models: aae, dcae, ensemble, vae"),
     413: _error(
