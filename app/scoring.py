@@ -120,7 +120,6 @@ class ModelService:
     def load(self) -> None:
         """Load, check and warm up every checkpoint, then pick the default and the ensemble."""
         found = self.discover()
-        self.decoder.start()
         self.device = resolve_device(self.settings.device)
         if self.settings.torch_threads is not None:
             torch.set_num_threads(self.settings.torch_threads)
@@ -148,6 +147,7 @@ class ModelService:
             )  # fmt: skip
         self.ensemble_members = self._pick_ensemble()
         self.default_model = self._pick_default()
+        self.decoder.start()
         self.loaded = True
         logger.info(
             "default model %s; ensemble members %s",
