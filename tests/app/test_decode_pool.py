@@ -57,9 +57,9 @@ def test_a_file_over_the_decode_timeout_is_refused_and_its_worker_replaced(
 ) -> None:
     pool = DecodePool(make_settings(tmp_path))
     big = fits_bytes(np.random.default_rng(0).random((2048, 2048)))  # 32 MB of float64
-    small = npy_bytes(np.arange(16, dtype=np.float32).reshape(4, 4))
+    small = fits_bytes(np.arange(16, dtype=np.float32).reshape(4, 4))
     try:
-        started(pool).decode(small, "warm.npy", 10**8, time.monotonic() + 30)  # worker ready
+        started(pool).decode(small, "warm.fits", 10**8, time.monotonic() + 30)  # worker ready
         pool.settings = make_settings(tmp_path, decode_timeout_s=0.001)
         before = pool.pids()
         (slow,) = pool.prepare_all([Upload("big.fits", big)], 16, 10**8)
@@ -80,6 +80,13 @@ def test_the_request_deadline_ends_decoding(tmp_path: Path) -> None:
         assert pool.killed == 1
     finally:
         pool.close()
+
+
+def test_npy_decodes_in_the_server_without_a_worker(tmp_path: Path) -> None:
+    pool = DecodePool(make_settings(tmp_path))  # not started: no worker at all
+    image = np.arange(12, dtype=np.float32).reshape(3, 4)
+    decoded = pool.decode(npy_bytes(image), "a.npy", 100, time.monotonic() + 1)
+    np.testing.assert_array_equal(decoded.pixels, image)
 
 
 def test_settings_bound_the_pool() -> None:
