@@ -1,14 +1,17 @@
 """Decompression with a byte cap: no compressed input expands past the size we allow.
 
 Used by `deeplense.imaging` for gzip-compressed FITS (inflated here, the decoder gets plain
-bytes) and, through tifffile's codec table, for deflate and PackBits TIFF strips and tiles.
+bytes), through tifffile's codec table for deflate and PackBits TIFF strips and tiles, and
+through astropy's tile codecs for GZIP_1 and GZIP_2 tile-compressed FITS (.fz).
 A stream that would inflate past its cap stops at the cap, so a decompression bomb costs at
 most the cap in memory and the time to inflate it.
 """
 
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import tifffile
@@ -112,3 +115,40 @@ def install_tiff_codecs() -> frozenset[int]:
         return frozenset({1})
     codecs.update(_TIFF_BOUNDED)
     return frozenset({1, *_TIFF_BOUNDED})
+
+
+_TILE_LIMIT: ContextVar[int] = ContextVar("fits_tile_limit", default=0)
+
+
+def _bounded_tile_gunzip(data: bytes) -> bytes:
+    # Stands in for gzip.decompress inside astropy's GZIP_1 / GZIP_2 tile codecs.
+    try:
+        return inflate_gzip(data, _TILE_LIMIT.get())
+    except InflateError as exc:
+        raise ValueError(f"compressed FITS tile: {exc}") from None
+
+
+@contextmanager
+def fits_tile_limit(limit: int) -> Iterator[None]:
+    """Within the block, a gzip-compressed FITS tile inflates to at most `limit` bytes."""
+    token = _TILE_LIMIT.set(limit)
+    try:
+        yield
+    finally:
+        _TILE_LIMIT.reset(token)
+
+
+def install_fits_tile_codecs() -> bool:
+    """Make astropy inflate GZIP_1 / GZIP_2 FITS tiles within `fits_tile_limit`; whether
+    that took (False: the caller must refuse those tiles, failing closed).
+
+    astropy's codecs call the module's `gzip_decompress` (gzip.decompress, no bound).
+    """
+    try:
+        from astropy.io.fits.hdu.compressed import _codecs
+    except ImportError:
+        return False
+    if not callable(getattr(_codecs, "gzip_decompress", None)):
+        return False
+    _codecs.gzip_decompress = _bounded_tile_gunzip
+    return True

@@ -13,7 +13,8 @@ Decoding is bounded before it starts:
   FITS NAXISn and BITPIX, PNG/JPEG header, TIFF series shape and dtype) before any pixel
   is decoded;
 - gzip (.fits.gz) is inflated here with a byte cap derived from the pixel cap (see
-  `inflate_limit`), and the FITS reader gets plain bytes; TIFF deflate and PackBits segments
+  `inflate_limit`), and the FITS reader gets plain bytes; GZIP_1/2 tiles of compressed FITS
+  (.fz) inflate to at most the largest image allowed; TIFF deflate and PackBits segments
   inflate to their declared size and no further (`deeplense.bounded`); other TIFF
   compressions are refused;
 - warnings are silenced before any parser runs (astropy's card checks cost CPU per card);
@@ -44,7 +45,9 @@ from deeplense.bounded import (
     InflateError,
     InflateLimitError,
     clean_message,
+    fits_tile_limit,
     inflate_gzip,
+    install_fits_tile_codecs,
     install_tiff_codecs,
 )
 from deeplense.errors import DeepLenseError, ImageTooLargeError, InvalidImageError
@@ -110,6 +113,7 @@ _PILLOW_GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _STACK_SHAPES = "(H, W), (1, H, W), (N, H, W) or (N, 1, H, W)"
 _VALUE_CHUNK = 256  # images per chunk when checking the values of a (memory-mapped) stack
 _TIFF_COMPRESSIONS = install_tiff_codecs()  # codes safe to decode: none, deflate, PackBits
+_FITS_GZIP_TILES = install_fits_tile_codecs()  # GZIP_1/2 tiles inflate within a cap
 
 ImageSource = Path | str | bytes
 """A file path, or the file's bytes (an upload)."""
@@ -438,7 +442,13 @@ def _decode_fits(request: _Request) -> _Decoded:
                     f"truncated FITS file: the header declares {declared} bytes of data "
                     f"({shape}, BITPIX {bitpix}), the file has {request.size()} bytes"
                 )
-            data = hdu.data  # big-endian, BSCALE/BZERO applied
+            if isinstance(hdu, fits.CompImageHDU):
+                kind = str(hdu.compression_type).upper()
+                if kind.startswith("GZIP") and not _FITS_GZIP_TILES:
+                    raise request.fail(f"unsupported FITS tile compression {kind}")
+            # A compressed tile never inflates past the largest image allowed.
+            with fits_tile_limit(request.max_pixels * BYTES_PER_PIXEL_CAP):
+                data = hdu.data  # big-endian, BSCALE/BZERO applied
             if data is None or tuple(data.shape) != shape:
                 raise request.fail(f"FITS data do not match the header shape {shape}")
             return _as_float32(data).reshape(n, h, w), []

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from astropy.io import fits
 
-from deeplense.bounded import _bounded_packbits_decode, inflate_gzip
+from deeplense.bounded import _bounded_packbits_decode, fits_tile_limit, inflate_gzip
 from deeplense.errors import ImageTooLargeError, InvalidImageError
 from deeplense.imaging import decode_image, decode_stack, inflate_limit, read_image
 from tests.encode import fits_bytes, tiff_bytes
@@ -221,3 +222,25 @@ def test_library_messages_carry_no_object_reprs() -> None:
     # A TIFF header with an IFD offset past the end: tifffile names the stream object.
     data = b"II*\x00" + (10_000).to_bytes(4, "little") + bytes(8)
     refused(data, "ifd.tif")
+
+
+def test_gzip_tiles_of_compressed_fits_inflate_within_the_cap() -> None:
+    from astropy.io.fits.hdu.compressed._codecs import Gzip1, Gzip2
+
+    bomb = gzip.compress(bytes(4 << 20), 9)  # a 4 MiB tile in about 4 KB
+    for codec in (Gzip1(), Gzip2(itemsize=4)):
+        with fits_tile_limit(64 * 64 * 8), pytest.raises(ValueError, match="more than"):
+            codec.decode(bomb)
+
+
+@pytest.mark.parametrize("compression", ["GZIP_1", "GZIP_2", "RICE_1"])
+def test_tile_compressed_fits_still_reads(compression: str) -> None:
+    image = np.random.default_rng(0).random((64, 80)).astype(np.float32)
+    levels = {"RICE_1": 16}  # RICE quantises floats; the GZIPs keep them exactly
+    hdu = fits.CompImageHDU(
+        image, compression_type=compression, quantize_level=levels.get(compression, 0)
+    )
+    buf = io.BytesIO()
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
+    pixels = read_image(buf.getvalue(), filename="a.fz")
+    np.testing.assert_allclose(pixels, image, atol=0.02 if compression == "RICE_1" else 0)
