@@ -14,6 +14,7 @@ worker subverted by a hostile file cannot make the server run code by what it an
 
 import argparse
 import json
+import logging
 import os
 import resource
 import struct
@@ -99,6 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="decode image files sent on stdin")
     parser.add_argument("--memory-bytes", type=int, default=None, help="RLIMIT_AS cap")
     args = parser.parse_args()
+    # tifffile logs a warning per malformed tag; the answer's error says what was wrong.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
     if args.memory_bytes is not None:
         resource.setrlimit(resource.RLIMIT_AS, (args.memory_bytes, args.memory_bytes))
     # The protocol gets the real stdout; anything a library prints goes to stderr instead.

@@ -37,11 +37,18 @@ def slow_png() -> bytes:
     return buf.getvalue()
 
 
-def idle_cpu(pid: int, seconds: float = 1.0) -> float:
-    """CPU seconds the process tree of `pid` uses over the next `seconds`."""
-    before = tree_cpu_seconds(pid)
-    time.sleep(seconds)
-    return tree_cpu_seconds(pid) - before
+def idle_cpu(pid: int, windows: int = 5) -> float:
+    """The least CPU seconds the process tree of `pid` uses in one second, over up to
+    `windows` seconds (stops at the first idle one): a worker replaced after a kill spends
+    about a CPU-second importing its decoders, more on a loaded machine."""
+    least = float("inf")
+    for _ in range(windows):
+        before = tree_cpu_seconds(pid)
+        time.sleep(1.0)
+        least = min(least, tree_cpu_seconds(pid) - before)
+        if least < IDLE_CPU_S:
+            break
+    return least
 
 
 def tree_rss(pid: int) -> int:
@@ -79,16 +86,16 @@ def test_hang_and_bomb_leave_the_server_idle_near_its_start_rss(
 
 
 def test_work_stops_at_the_deadline(tiny_checkpoints: Path, tmp_path: Path) -> None:
-    # D6: 30 slow files, 2 s deadline. Threads kept decoding for seconds after the 504; now
-    # the decoding stops at the deadline and the server is idle a second later.
+    # D6: 60 slow files (about 15 CPU-s of decoding and scaling), 2 s deadline. The thread
+    # kept decoding long after the 504; now decoding stops at the deadline and the server
+    # is idle once the killed worker's replacement has started.
     data = slow_png()
     settings = {"DEEPLENSE_REQUEST_TIMEOUT_S": "2", "DEEPLENSE_DECODE_TIMEOUT_S": "30"}
     with run_server(tiny_checkpoints, tmp_path / "server.log", settings=settings) as url:
         pid = find_by_argument(url.rsplit(":", 1)[1])
-        uploads = [("files", (f"slow{i}.png", data)) for i in range(30)]
+        uploads = [("files", (f"slow{i}.png", data)) for i in range(60)]
         started = time.monotonic()
         response = httpx.post(f"{url}/score", files=uploads, timeout=30)
         assert response.status_code == 504, response.text
         assert time.monotonic() - started < 5
-        time.sleep(1.0)
         assert idle_cpu(pid) < IDLE_CPU_S
