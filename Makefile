@@ -17,7 +17,7 @@ PRESET ?= small
 PORT ?= 8000
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve test test-fast lint format lock simulate reproduce bench bench-sim bench-train bench-serve clean
+.PHONY: help install serve test test-fast fuzz lint format lock simulate reproduce bench bench-sim bench-train bench-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -50,6 +50,11 @@ test: $(VENV_STAMP) lint ## lint (ruff, mypy) then run the whole test suite
 
 test-fast: $(VENV_STAMP) ## the test suite without lint
 	$(PY) -m pytest -q -x -n $(TEST_WORKERS)
+
+FUZZ_CASES ?= 5000
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(VENV_STAMP) ## 5000 mutated uploads and 2000 schemathesis requests (FUZZ_CASES=, FUZZ_EXAMPLES=); `make test` runs a few hundred
+	DEEPLENSE_FUZZ_CASES=$(FUZZ_CASES) DEEPLENSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/fuzz
 
 lint: $(VENV_STAMP) ## ruff check, ruff format --check, mypy
 	$(PY) -m ruff check .

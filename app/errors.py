@@ -10,7 +10,9 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,6 +30,9 @@ from deeplense.errors import (
 )
 
 logger = logging.getLogger(__name__)
+
+MAX_VALIDATION_ERRORS = 10  # entries of a 422 for a malformed request
+MAX_ECHOED_CHARS = 64  # characters of an invalid value echoed back in its entry
 
 
 class InvalidApiKeyError(DeepLenseError):
@@ -97,6 +102,9 @@ def error_response(exc: DeepLenseError) -> JSONResponse:
 
 async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DeepLenseError)
+    metrics = getattr(request.app.state, "metrics", None)
+    if isinstance(exc, NoReadableFileError) and metrics is not None:
+        metrics.record_unreadable(len(exc.problems))
     logger.info("%s %s -> %s: %s", request.method, request.url.path, status_for(exc), exc)
     return error_response(exc)
 
@@ -110,6 +118,26 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    # FastAPI echoes each invalid value in `input` (95 text parts named `files` made a
+    # 194 MiB answer): keep at most MAX_VALIDATION_ERRORS entries, inputs cut to a prefix.
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    shown = [_short_error(e) for e in errors[:MAX_VALIDATION_ERRORS]]
+    if len(errors) > MAX_VALIDATION_ERRORS:
+        shown.append({"msg": f"{len(errors) - MAX_VALIDATION_ERRORS} more errors not shown"})
+    return JSONResponse({"detail": shown}, status_code=422)
+
+
+def _short_error(error: Any) -> dict[str, Any]:
+    entry = {k: error[k] for k in ("type", "loc", "msg") if k in error}
+    if "input" in error:
+        text = error["input"] if isinstance(error["input"], str) else repr(error["input"])
+        cut = len(text) > MAX_ECHOED_CHARS
+        entry["input"] = text[:MAX_ECHOED_CHARS] + ("..." if cut else "")
+    return jsonable_encoder(entry)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return JSONResponse(
@@ -121,4 +149,5 @@ def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers above on `app`."""
     app.add_exception_handler(DeepLenseError, _domain_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)

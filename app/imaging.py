@@ -9,6 +9,7 @@ use, so a file scores the same here and there.
 import base64
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ from fastapi import UploadFile
 from app.limits import describe_bytes
 from app.settings import Settings
 from deeplense.errors import InvalidImageError, PayloadTooLargeError
-from deeplense.imaging import decode_image
+from deeplense.imaging import DecodedImage, decode_image
 from deeplense.preprocess import to_model_input
 
 
@@ -71,19 +72,36 @@ def _file_too_large(name: str, size: int, limit: int) -> PayloadTooLargeError:
     )
 
 
-def prepare(upload: Upload, size: int, max_pixels: int) -> Prepared:
-    """Decode one upload and make it model input of side `size`; a bad file gets `error`."""
+def _decode_here(data: bytes, filename: str, max_pixels: int) -> DecodedImage:
+    return decode_image(data, filename=filename, max_pixels=max_pixels)
+
+
+Decoder = Callable[[bytes, str, int], DecodedImage]
+"""(data, filename, max_pixels) -> the decoded image; the service's runs in a worker process
+(`app.decode_pool`)."""
+
+
+def prepare(upload: Upload, size: int, max_pixels: int, decode: Decoder = _decode_here) -> Prepared:
+    """Decode one upload and make it model input of side `size`; a bad file gets `error`.
+
+    `warnings` holds the decoder's notes (colour converted, alpha ignored) and, when the
+    image is not `size` x `size`, a line saying it was resized.
+    """
     try:
-        decoded = decode_image(upload.data, filename=upload.filename, max_pixels=max_pixels)
+        decoded = decode(upload.data, upload.filename, max_pixels)
         x, resized = to_model_input(decoded.pixels, size, upload.filename)  # (1, size, size)
     except InvalidImageError as exc:
         return Prepared(filename=upload.filename, error=str(exc))
+    height, width = decoded.pixels.shape
+    notes = decoded.warnings
+    if resized:
+        notes += (f"resized from {height} x {width} to {size} x {size} pixels",)
     return Prepared(
         filename=upload.filename,
-        input_shape=tuple(decoded.pixels.shape),  # (H, W) as read
+        input_shape=(height, width),  # as read
         image=x,
         resized=resized,
-        warnings=decoded.warnings,
+        warnings=notes,
     )
 
 

@@ -4,11 +4,18 @@ Both answer through `app.errors.error_response`, so their bodies and codes come 
 one table. Per-file limits (bytes, pixels, file count) are checked in `app.imaging`.
 """
 
+import time
+from contextvars import ContextVar
+
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import RequestTimeoutError, error_response
 from deeplense.errors import PayloadTooLargeError
+
+request_deadline: ContextVar[float | None] = ContextVar("request_deadline", default=None)
+"""When the current request's deadline passes (time.monotonic()); None outside a request.
+Set by TimeoutMiddleware; work in threads (which copy the context) stops there."""
 
 
 def describe_bytes(n: int) -> str:
@@ -78,6 +85,7 @@ class TimeoutMiddleware:
                 started = True
             await send(message)
 
+        request_deadline.set(time.monotonic() + self.seconds)
         try:
             with anyio.fail_after(self.seconds):
                 await self.app(scope, receive, tracking_send)

@@ -14,9 +14,10 @@ from app.docs_csp import DocsContentSecurityPolicy
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware, TimeoutMiddleware
 from app.metrics import install_metrics
+from app.openapi import install_openapi
 from app.routes import health, models, score, ui
 from app.scoring import ModelService
-from app.settings import Settings, get_settings
+from app.settings import Settings, SettingsError, get_settings
 from app.startup import OneLineStartupErrors
 from deeplense.numerics import flush_denormals
 
@@ -90,7 +91,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.add_middleware(DocsContentSecurityPolicy, paths={"/docs", "/redoc"})
     app.add_middleware(OneLineStartupErrors)
+    install_openapi(app, settings)
     return app
 
 
-app = create_app()
+try:
+    app = create_app()
+except SettingsError as exc:  # uvicorn imports this module: one line, not a traceback
+    raise SystemExit(f"error: {exc}") from None

@@ -35,6 +35,10 @@ class ScoringMetrics:
             "unreadable_files", "Uploaded files that could not be read", registry=registry
         )
 
+    def record_unreadable(self, count: int) -> None:
+        """Count the files of a request refused as a whole (422: none could be read)."""
+        self.unreadable_files.inc(count)
+
     def record(self, outcome: ScoreResponse) -> None:
         """Count one request's results."""
         scored = [r for r in outcome.results if r.error is None]

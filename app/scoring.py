@@ -3,10 +3,12 @@
 `ModelService.load()` runs in the app's lifespan: it loads every checkpoint folder under
 the configured directory (a bad one raises CheckpointError naming the file, so the server
 never starts half-broken), warms each model up and records its state for /ready.
-`score()` runs in a worker thread: decoding, one batched forward pass per model through
-`deeplense.scoring.score_array` (the function evaluation and the `score` CLI use), and the
-response images. Forward passes hold one lock, so concurrent requests queue for the compute
-device instead of fighting over its cores; decoding and PNG encoding run outside it.
+`score()` runs in a worker thread: decoding in killable worker processes (`app.decode_pool`:
+a file past its decode timeout or the request deadline costs nothing afterwards), one batched
+forward pass per model through `deeplense.scoring.score_array` (the function evaluation and
+the `score` CLI use, for every named score), the flags by `deeplense.judge`, and the response
+images. Forward passes hold one lock, so concurrent requests queue for the compute device
+instead of fighting over its cores; decoding and PNG encoding run outside it.
 """
 
 import hashlib
@@ -22,8 +24,9 @@ import anyio
 import numpy as np
 import torch
 
+from app.decode_pool import DecodePool
 from app.errors import NoReadableFileError
-from app.imaging import Prepared, Upload, prepare
+from app.imaging import Prepared, Upload
 from app.residual_images import attach_images
 from app.runtime import keep_freed_memory
 from app.schemas import MemberScore, ScoreResponse, ScoreResult
@@ -121,6 +124,7 @@ class ModelService:
         self._compute = threading.Lock()
         # Requests scored at once: one in the forward pass while the next one decodes.
         self.limiter = anyio.CapacityLimiter(SCORING_SLOTS)
+        self.decoder = DecodePool(settings)  # decoding in killable worker processes
 
     # ---- start-up -------------------------------------------------------------------------
 
@@ -164,6 +168,7 @@ class ModelService:
             )  # fmt: skip
         self.ensemble_members = self._pick_ensemble()
         self.default_model = self._pick_default()
+        self.decoder.start()
         self.loaded = True
         logger.info(
             "default model %s; ensemble members %s",
@@ -215,6 +220,7 @@ class ModelService:
         deadline, so the process does not exit under a running torch kernel."""
         if self._compute.acquire(timeout=timeout_s):
             self._compute.release()
+        self.decoder.close()
 
     # ---- state ----------------------------------------------------------------------------
 
@@ -309,7 +315,7 @@ class ModelService:
         members = self.ensemble_members if name == ENSEMBLE else [name]
         size = self.models[members[0]].size
         psf = self.models[members[0]].psf_sigma_pixels
-        prepared = [prepare(u, size, self.settings.max_pixels) for u in uploads]
+        prepared = self.decoder.prepare_all(uploads, size, self.settings.max_pixels)
         good = [p for p in prepared if p.error is None]
         if not good:
             raise NoReadableFileError([(p.filename, p.error or "unreadable") for p in prepared])

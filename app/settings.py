@@ -8,8 +8,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deeplense.errors import DeepLenseError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
@@ -42,6 +44,13 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=4096 * 4096, ge=1)
     # Whole-request deadline in seconds (upload, decoding and inference); over it -> 504.
     request_timeout_s: float = Field(default=60.0, gt=0)
+    # Decoding runs in this many worker processes (at most this many files decode at once);
+    # a worker past a file's decode_timeout_s or its request's deadline is killed and
+    # replaced, and the file gets an error. Each worker's address space is capped at
+    # decode_memory_bytes (None = no cap).
+    decode_workers: int = Field(default=2, ge=1)
+    decode_timeout_s: float = Field(default=10.0, gt=0)
+    decode_memory_bytes: int | None = Field(default=4 << 30, ge=256 * MB)
 
     # Browser origins allowed to call the API (CORS); empty = same-origin only.
     cors_origins: list[str] = Field(default_factory=list)
@@ -52,7 +61,28 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class SettingsError(DeepLenseError):
+    """A `DEEPLENSE_*` variable holds a value the settings refuse; one line names each."""
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """One line: each invalid variable, its value (cut short) and what pydantic expected."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        value = repr(error.get("input"))
+        value = value if len(value) <= 40 else value[:37] + "..."
+        problems.append(
+            f"{Settings.model_config['env_prefix']}{field.upper()}={value}: {error['msg']}"
+        )
+    return "invalid settings: " + "; ".join(problems)
+
+
 @lru_cache
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment (tests pass their own)."""
-    return Settings()
+    """The process-wide settings, read once from the environment (tests pass their own);
+    SettingsError (one line) when a variable is invalid."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_invalid(exc)) from None

@@ -6,17 +6,26 @@ back as float32 in their stored units (no scaling; `deeplense.preprocess` scales
 `(H, W)` for one image, `(N, H, W)` for a stack.
 
 Every bad input raises `InvalidImageError(filename, problem)` (or its subclass
-`ImageTooLargeError`): no raw decoder exception escapes. The pixel cap is checked from the
-header (NumPy header, FITS NAXISn, PNG/JPEG header size, TIFF page shape) before any pixel is
-decoded, so decompression bombs are never expanded. NumPy files are read with
-`allow_pickle=False` only; pickled or object arrays are refused.
+`ImageTooLargeError`): no raw decoder exception escapes, and messages carry no object reprs.
+Decoding is bounded before it starts:
+- the pixel cap (H * W per image) and the decoded size (at most `BYTES_PER_PIXEL_CAP` bytes
+  per pixel, samples and bit depth included) are checked from the header (NumPy header,
+  FITS NAXISn and BITPIX, PNG/JPEG header, TIFF series shape and dtype) before any pixel
+  is decoded;
+- gzip (.fits.gz) is inflated here with a byte cap derived from the pixel cap (see
+  `inflate_limit`), and the FITS reader gets plain bytes; GZIP_1/2 tiles of compressed FITS
+  (.fz) inflate to at most the largest image allowed; TIFF deflate and PackBits segments
+  inflate to their declared size and no further (`deeplense.bounded`); other TIFF
+  compressions are refused;
+- warnings are silenced before any parser runs (astropy's card checks cost CPU per card);
+- TIFFs are read without following references to other files (OME, NDTiff, MMStack).
+NumPy files are read with `allow_pickle=False` only; pickled or object arrays are refused.
 
 Colour images (RGB, RGBA, palette, CMYK) become luminance Y = 0.299 R + 0.587 G + 0.114 B
 (ITU-R BT.601, Pillow's own weights) and the conversion is reported in `warnings`; an RGB
 file whose three channels are equal is grey already and is read exactly, without a warning.
 """
 
-import gzip
 import io
 import logging
 import math
@@ -29,16 +38,34 @@ from typing import IO
 import numpy as np
 import tifffile
 from astropy.io import fits
-from astropy.utils.exceptions import AstropyWarning
 from numpy.lib import format as npy_format
 from PIL import Image
 
+from deeplense.bounded import (
+    InflateError,
+    InflateLimitError,
+    clean_message,
+    fits_tile_limit,
+    inflate_gzip,
+    install_fits_tile_codecs,
+    install_tiff_codecs,
+)
 from deeplense.errors import DeepLenseError, ImageTooLargeError, InvalidImageError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 4096 * 4096
 """Largest accepted image, in pixels per image (H * W); checked before decoding."""
+
+BYTES_PER_PIXEL_CAP = 8
+"""Largest decoded size per pixel, in bytes (a float64 grey pixel, or 4 samples of 16 bits):
+an image over `max_pixels * BYTES_PER_PIXEL_CAP` decoded bytes is refused from its header."""
+
+HEADER_ALLOWANCE_BYTES = 1 << 20
+"""Bytes allowed besides the pixels in an inflated .fits.gz (headers, other HDUs)."""
+
+MAX_INFLATED_STACK_BYTES = 4 << 30
+"""Inflate cap of a .fits.gz read as a stack (the `score` CLI), whatever `max_pixels` says."""
 
 SUPPORTED_EXTENSIONS = (
     ".npy",
@@ -58,7 +85,13 @@ SUPPORTED_FORMATS = (
     "NumPy .npy (2-D, (1, H, W) or stacks), FITS (.fits, .fit, .fits.gz), "
     "PNG and TIFF (8/16-bit grey, float TIFF, colour), JPEG"
 )
-"""Human-readable list used in 'unknown format' messages."""
+"""Human-readable list used in 'unknown format' messages when stacks are accepted."""
+
+SINGLE_IMAGE_FORMATS = (
+    "NumPy .npy (2-D or (1, H, W)), FITS (.fits, .fit, .fits.gz), "
+    "PNG and TIFF (8/16-bit grey, float TIFF, colour), JPEG"
+)
+"""The same for readers of one image (the service): no stacks."""
 
 LUMINANCE_WEIGHTS = (0.299, 0.587, 0.114)
 """ITU-R BT.601 weights of R, G, B in the luminance of a colour image."""
@@ -79,6 +112,8 @@ _EXTENSION_FORMATS = {
 _PILLOW_GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _STACK_SHAPES = "(H, W), (1, H, W), (N, H, W) or (N, 1, H, W)"
 _VALUE_CHUNK = 256  # images per chunk when checking the values of a (memory-mapped) stack
+_TIFF_COMPRESSIONS = install_tiff_codecs()  # codes safe to decode: none, deflate, PackBits
+_FITS_GZIP_TILES = install_fits_tile_codecs()  # GZIP_1/2 tiles inflate within a cap
 
 ImageSource = Path | str | bytes
 """A file path, or the file's bytes (an upload)."""
@@ -153,6 +188,14 @@ def decode_stack(
     return stack
 
 
+def inflate_limit(max_pixels: int, single: bool) -> int:
+    """Most bytes a .fits.gz may inflate to: the largest image's pixels at
+    BYTES_PER_PIXEL_CAP plus HEADER_ALLOWANCE_BYTES; for stacks MAX_INFLATED_STACK_BYTES
+    (or that, when larger)."""
+    one = max_pixels * BYTES_PER_PIXEL_CAP + HEADER_ALLOWANCE_BYTES
+    return one if single else max(one, MAX_INFLATED_STACK_BYTES)
+
+
 def check_pixels(pixels: np.ndarray, filename: str) -> None:
     """Raise InvalidImageError unless `pixels` is a non-empty, finite, non-constant 2-D image."""
     if pixels.ndim != 2:
@@ -223,6 +266,21 @@ class _Request:
     def fail(self, problem: str) -> InvalidImageError:
         return InvalidImageError(self.name, problem)
 
+    def formats(self) -> str:
+        """The supported formats, as this reader (one image or stacks) accepts them."""
+        return SINGLE_IMAGE_FORMATS if self.single else SUPPORTED_FORMATS
+
+    def check_bytes(self, per_image: int, h: int, w: int, what: str) -> None:
+        """ImageTooLargeError when one image decodes to more than the byte cap."""
+        cap = self.max_pixels * BYTES_PER_PIXEL_CAP
+        if per_image > cap:
+            raise ImageTooLargeError(
+                self.name,
+                f"{h} x {w} pixels of {what} decode to {per_image} bytes, more than the "
+                f"limit of {cap} bytes ({BYTES_PER_PIXEL_CAP} bytes per pixel of the "
+                "pixel limit)",
+            )
+
     def layout(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
         """Interpret an array shape as (N, H, W); raise if it is not an image or too large."""
         if len(shape) < 2:
@@ -253,14 +311,26 @@ _Decoder = Callable[[_Request], _Decoded]
 def _decode(request: _Request) -> DecodedStack:
     """Sniff the format, decode with the matching decoder, wrap any decoder failure."""
     fmt = _detect_format(request)
+    if fmt == "gzip":
+        request, fmt = _inflated(request), "fits"
+        if not (request.data or b"").startswith(b"SIMPLE  ="):
+            raise request.fail(
+                f"gzip-compressed file that is not FITS; supported formats: {request.formats()}"
+            )
     try:
-        pixels, notes = _DECODERS[fmt](request)
-    except (DeepLenseError, MemoryError):
+        # Before any parser runs: astropy checks (and warns about) every header card.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pixels, notes = _DECODERS[fmt](request)
+    except DeepLenseError:
         raise
+    except MemoryError as exc:
+        raise ImageTooLargeError(request.name, "not enough memory to decode it") from exc
     except Exception as exc:  # any decoder failure is a bad file, named with its cause
         raise request.fail(
-            f"corrupt or truncated {_FORMAT_NAMES[fmt]} file ({type(exc).__name__}: {exc})"
-        ) from exc
+            f"corrupt or truncated {_FORMAT_NAMES[fmt]} file "
+            f"({type(exc).__name__}: {clean_message(exc)})"
+        ) from None
     for note in notes:
         logger.warning("%s: %s", request.name, note)
     return DecodedStack(pixels, fmt, tuple(notes))
@@ -273,7 +343,7 @@ def _detect_format(request: _Request) -> str:
         with request.open() as fh:
             head = fh.read(16)
     except OSError as exc:
-        raise request.fail(f"cannot read file: {exc.strerror or exc}") from exc
+        raise request.fail(f"cannot read file: {exc.strerror or clean_message(exc)}") from exc
     expected = _EXTENSION_FORMATS.get(_extension(request.name))
     if size == 0:
         raise request.fail("empty file (0 bytes)")
@@ -288,25 +358,31 @@ def _detect_format(request: _Request) -> str:
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
     if head.startswith(b"\x1f\x8b"):
-        return _detect_gzip(request)
+        return "gzip"
     if expected == "npy" and head[:1] == b"\x80":  # pickle protocol >= 2
         raise request.fail("pickled .npy files are refused (save a plain array with np.save)")
     if expected is not None:
         raise request.fail(f"corrupt or not a {_FORMAT_NAMES[expected]} file (unrecognised header)")
-    raise request.fail(f"unknown format; supported formats: {SUPPORTED_FORMATS}")
+    raise request.fail(f"unknown format; supported formats: {request.formats()}")
 
 
-def _detect_gzip(request: _Request) -> str:
+def _inflated(request: _Request) -> _Request:
+    """The request over the inflated content of its gzip file, inflated within the cap."""
     try:
-        with request.open() as raw, gzip.GzipFile(fileobj=raw) as fh:
-            inner = fh.read(16)
-    except (OSError, EOFError) as exc:
-        raise request.fail(f"corrupt gzip file ({type(exc).__name__}: {exc})") from exc
-    if inner.startswith(b"SIMPLE  ="):
-        return "fits"
-    raise request.fail(
-        f"gzip-compressed file that is not FITS; supported formats: {SUPPORTED_FORMATS}"
-    )
+        with request.open() as fh:
+            compressed = fh.read()
+    except OSError as exc:
+        raise request.fail(f"cannot read file: {exc.strerror or clean_message(exc)}") from exc
+    limit = inflate_limit(request.max_pixels, request.single)
+    try:
+        data = inflate_gzip(compressed, limit)
+    except InflateLimitError as exc:
+        raise ImageTooLargeError(
+            request.name, f"gzip content {exc}, the limit for {request.max_pixels} pixels"
+        ) from None
+    except InflateError as exc:
+        raise request.fail(str(exc)) from None
+    return _Request(request.name, None, data, request.max_pixels, request.single)
 
 
 def _decode_npy(request: _Request) -> _Decoded:
@@ -325,6 +401,7 @@ def _decode_npy(request: _Request) -> _Decoded:
     if dtype.names is not None or dtype.kind not in "biuf":
         raise request.fail(f"unsupported pixel type {dtype}; expected integers or floats")
     n, h, w = request.layout(tuple(shape))
+    request.check_bytes(h * w * dtype.itemsize, h, w, str(dtype))
     expected_bytes = offset + math.prod(shape) * dtype.itemsize
     if request.size() < expected_bytes:
         raise request.fail(
@@ -344,30 +421,37 @@ def _decode_npy(request: _Request) -> _Decoded:
 
 
 def _decode_fits(request: _Request) -> _Decoded:
-    with request.open() as raw:
-        is_gzip = raw.read(2) == b"\x1f\x8b"
-        raw.seek(0)
-        fileobj: IO[bytes] | gzip.GzipFile = gzip.GzipFile(fileobj=raw) if is_gzip else raw
-        # astropy warns on stderr about malformed headers; our error says what was wrong.
-        with (
-            warnings.catch_warnings(),
-            fits.open(fileobj, memmap=False, lazy_load_hdus=True) as hdul,
-        ):
-            warnings.simplefilter("ignore", AstropyWarning)
-            for hdu in hdul:
-                if isinstance(hdu, fits.GroupsHDU) or not isinstance(
-                    hdu, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU
-                ):
-                    continue
-                naxis = int(hdu.header.get("NAXIS", 0))
-                if naxis == 0:
-                    continue
-                shape = tuple(int(hdu.header[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
-                n, h, w = request.layout(shape)  # before .data: no bomb is decoded
+    # Plain bytes only: a .fits.gz was inflated (within its cap) by _inflated.
+    with request.open() as raw, fits.open(raw, memmap=False, lazy_load_hdus=True) as hdul:
+        for hdu in hdul:
+            if isinstance(hdu, fits.GroupsHDU) or not isinstance(
+                hdu, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU
+            ):
+                continue
+            naxis = int(hdu.header.get("NAXIS", 0))
+            if naxis == 0:
+                continue
+            shape = tuple(int(hdu.header[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
+            n, h, w = request.layout(shape)  # before .data: no bomb is decoded
+            bitpix = int(hdu.header.get("BITPIX", 0))
+            if bitpix not in (8, 16, 32, 64, -32, -64):
+                raise request.fail(f"invalid FITS BITPIX {bitpix}")
+            declared = n * h * w * abs(bitpix) // 8
+            if not isinstance(hdu, fits.CompImageHDU) and declared > request.size():
+                raise request.fail(
+                    f"truncated FITS file: the header declares {declared} bytes of data "
+                    f"({shape}, BITPIX {bitpix}), the file has {request.size()} bytes"
+                )
+            if isinstance(hdu, fits.CompImageHDU):
+                kind = str(hdu.compression_type).upper()
+                if kind.startswith("GZIP") and not _FITS_GZIP_TILES:
+                    raise request.fail(f"unsupported FITS tile compression {kind}")
+            # A compressed tile never inflates past the largest image allowed.
+            with fits_tile_limit(request.max_pixels * BYTES_PER_PIXEL_CAP):
                 data = hdu.data  # big-endian, BSCALE/BZERO applied
-                if data is None or tuple(data.shape) != shape:
-                    raise request.fail(f"FITS data do not match the header shape {shape}")
-                return _as_float32(data).reshape(n, h, w), []
+            if data is None or tuple(data.shape) != shape:
+                raise request.fail(f"FITS data do not match the header shape {shape}")
+            return _as_float32(data).reshape(n, h, w), []
     raise request.fail("no image data in any FITS HDU")
 
 
@@ -400,7 +484,15 @@ def _decode_pillow(request: _Request, formats: list[str]) -> _Decoded:
 
 
 def _decode_tiff(request: _Request) -> _Decoded:
-    with request.open() as fh, tifffile.TiffFile(fh) as tif:
+    with (
+        request.open() as fh,
+        # OME, NDTiff and MMStack series open other files next to the TIFF: not those.
+        tifffile.TiffFile(
+            fh, _multifile=False, is_ome=False, is_ndtiff=False, is_mmstack=False
+        ) as tif,
+    ):
+        if not tif.series:
+            raise request.fail("no image in the TIFF file")
         if len(tif.series) > 1:
             raise request.fail(
                 f"holds {len(tif.series)} images of different shapes; expected one image or "
@@ -414,6 +506,21 @@ def _decode_tiff(request: _Request) -> _Decoded:
         order = [i for i, a in enumerate(axes) if a not in "YXS"]
         order += [axes.index("Y"), axes.index("X")] + ([axes.index("S")] if "S" in axes else [])
         n, h, w = request.layout(tuple(shape[i] for i in order if axes[i] != "S"))
+        samples = shape[axes.index("S")] if "S" in axes else 1
+        request.check_bytes(
+            h * w * samples * series.dtype.itemsize, h, w, f"{samples} x {series.dtype}"
+        )
+        for page in series.pages:  # a TiffFrame decodes with its keyframe's compression
+            if page is None:
+                continue
+            if page.keyframe is None:
+                raise request.fail("TIFF page without a key frame")
+            compression = int(page.keyframe.compression)
+            if compression not in _TIFF_COMPRESSIONS:
+                name = _tiff_compression_name(compression)
+                raise request.fail(
+                    f"unsupported TIFF compression {name}; supported: none, deflate, PackBits"
+                )
         photometric = int(series.keyframe.photometric)
         colormap = series.keyframe.colormap
         data = np.transpose(series.asarray(), order)  # decoded only after the checks
@@ -437,6 +544,13 @@ def _decode_tiff(request: _Request) -> _Decoded:
         name = tifffile.PHOTOMETRIC(photometric).name
         raise request.fail(f"unsupported TIFF colour model {name}; expected grey or RGB")
     return pixels.reshape(n, h, w), notes
+
+
+def _tiff_compression_name(code: int) -> str:
+    try:
+        return tifffile.COMPRESSION(code).name
+    except ValueError:
+        return str(code)
 
 
 def _as_float32(array: np.ndarray) -> np.ndarray:

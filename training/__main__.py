@@ -5,12 +5,16 @@ Domain errors (bad input, existing outputs, bad checkpoints) and a missing optio
 the program with one line on stderr and exit code 2; nothing else is caught, so real bugs keep
 their traceback. Each command imports its heavy dependencies only when it runs, so `--help`
 and the commands that do not need the train extra (scikit-learn, matplotlib) work without it.
+Ctrl-C (exit 130) and SIGTERM (exit 143) unwind the stack like an exception, so temp files
+and half-written folders are removed on the way out.
 """
 
 import argparse
 import importlib
 import logging
+import signal
 import sys
+from types import FrameType
 
 from deeplense.errors import DeepLenseError
 from deeplense.numerics import flush_denormals
@@ -18,6 +22,14 @@ from training.commands import COMMANDS
 
 # Optional dependencies, by the top-level module a command imports -> the extra that has it.
 EXTRAS = {"sklearn": "train", "matplotlib": "train"}
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; raised where the program is, so cleanups run as for Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
 
 
 def build_parser(prog: str = "deeplense") -> argparse.ArgumentParser:
@@ -39,6 +51,7 @@ def main(argv: list[str] | None = None, prog: str = "deeplense") -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     flush_denormals()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)
     except DeepLenseError as exc:
@@ -58,6 +71,11 @@ def main(argv: list[str] | None = None, prog: str = "deeplense") -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ def _error(description: str, example: Any) -> dict[str, Any]:
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("the body is not valid multipart/form-data", "Invalid multipart data."),
     401: _error("API key required and missing or wrong", "invalid API key in the X-API-Key header"),
     404: _error("unknown model", "unknown model 'foo'; valid models: aae, dcae, ensemble, vae"),
     413: _error(
@@ -52,9 +53,10 @@ async def score(
     files: Annotated[
         list[UploadFile],
         File(
+            min_length=1,
             description="One or more images: FITS (.fits, .fit, .fz), NumPy (.npy), PNG, TIFF. "
             "Each is read as one 2-D image, min-max scaled to [0, 1] and area-resized to the "
-            "model's size when it differs."
+            "model's size when it differs.",
         ),
     ],
     service: ReadyServiceDep,

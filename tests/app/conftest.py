@@ -15,8 +15,9 @@ from tests.conftest import TINY_SIZE, tiny_images
 
 
 def make_settings(root: Path, **overrides: object) -> Settings:
-    """Settings on checkpoint root `root` on the CPU; `overrides` win."""
-    values: dict[str, object] = {"checkpoint_dir": root, "device": "cpu"}
+    """Settings on checkpoint root `root` on the CPU, one decoding worker (each costs a
+    process start per app); `overrides` win."""
+    values: dict[str, object] = {"checkpoint_dir": root, "device": "cpu", "decode_workers": 1}
     return Settings(**(values | overrides))  # type: ignore[arg-type]
 
 

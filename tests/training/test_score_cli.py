@@ -1,6 +1,10 @@
 """`python -m training score`: CSV rows equal direct scores, shards, errors, atomic output."""
 
 import csv
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,8 @@ from models.checkpoint import load_checkpoint
 from tests.conftest import tiny_images
 from training.__main__ import main
 from training.batch_score import CSV_COLUMNS, parse_shard, shard_files
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_files(root: Path) -> Path:
@@ -200,3 +206,28 @@ def test_missing_path_is_a_clean_error(
 ) -> None:
     assert run_score(tiny_checkpoints, tmp_path / "s.csv", str(tmp_path / "absent")) == 2
     assert "absent" in capsys.readouterr().err
+
+
+def test_sigterm_removes_the_temp_csv(tiny_checkpoints: Path, tmp_path: Path) -> None:
+    # Issue 12: SIGTERM left the hidden .tmp file behind. Many files, so scoring is under way
+    # (the temp file exists) when the signal comes.
+    folder = tmp_path / "many"
+    folder.mkdir()
+    image = tiny_images(1, seed=1)[0, 0]
+    for i in range(3000):
+        np.save(folder / f"{i:05d}.npy", image)
+    out = tmp_path / "scores.csv"
+    command = [sys.executable, "-m", "training", "score", str(folder), "--checkpoints",
+               str(tiny_checkpoints), "--model", "dcae", "--out", str(out), "--device", "cpu",
+               "--batch-size", "1"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".scores.csv.*.tmp")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no temp file appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
+    assert not out.exists()
+    assert list(tmp_path.glob(".scores.csv*")) == []

@@ -1,0 +1,154 @@
+"""Decompression with a byte cap: no compressed input expands past the size we allow.
+
+Used by `deeplense.imaging` for gzip-compressed FITS (inflated here, the decoder gets plain
+bytes), through tifffile's codec table for deflate and PackBits TIFF strips and tiles, and
+through astropy's tile codecs for GZIP_1 and GZIP_2 tile-compressed FITS (.fz).
+A stream that would inflate past its cap stops at the cap, so a decompression bomb costs at
+most the cap in memory and the time to inflate it.
+"""
+
+import re
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import tifffile
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20  # compressed bytes fed to zlib at a time
+_OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
+_MAX_MESSAGE = 200  # characters of a library's message kept in ours
+
+
+class InflateError(ValueError):
+    """A compressed stream is corrupt or truncated (message without object reprs)."""
+
+
+class InflateLimitError(InflateError):
+    """A compressed stream inflates to more than its cap."""
+
+
+def inflate_gzip(data: bytes, limit: int) -> bytes:
+    """The content of a gzip file (one or more members), at most `limit` bytes.
+
+    Raises InflateLimitError when the content is longer than `limit` (found after inflating
+    `limit + 1` bytes, never more), InflateError when the stream is corrupt or truncated.
+    Bytes after the last member that do not start another member are ignored, as gzip does.
+    """
+    out = bytearray()
+    pending = data
+    while pending[:2] == _GZIP_MAGIC:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip header and trailer
+        pos = 0
+        while not inflater.eof:
+            if inflater.unconsumed_tail:
+                feed = inflater.unconsumed_tail
+            elif pos < len(pending):
+                feed, pos = pending[pos : pos + _CHUNK], pos + _CHUNK
+            else:
+                raise InflateError("truncated gzip stream (it ends before its last block)")
+            try:
+                out += inflater.decompress(feed, limit + 1 - len(out))
+            except zlib.error as exc:
+                raise InflateError(f"corrupt gzip stream ({clean_message(exc)})") from None
+            if len(out) > limit:
+                raise InflateLimitError(f"inflates to more than {limit} bytes")
+        pending = inflater.unused_data + pending[pos:]
+    return bytes(out)
+
+
+def clean_message(exc: BaseException) -> str:
+    """A library exception's message for users: object reprs removed, length capped."""
+    text = _OBJECT_REPR.sub("the file", str(exc)).strip() or type(exc).__name__
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+def _bounded_zlib_decode(data: bytes, /, *, out: Any = None) -> bytes:
+    # tifffile passes the segment's decoded size in bytes as `out`: inflate no more.
+    if not isinstance(out, int):
+        raise ValueError("deflate TIFF segment without a known decoded size")
+    try:
+        return zlib.decompressobj().decompress(bytes(data), out)
+    except zlib.error as exc:
+        raise ValueError(f"corrupt deflate data ({clean_message(exc)})") from None
+
+
+def _bounded_packbits_decode(encoded: bytes, /, *, out: Any = None) -> bytes:
+    # PackBits (TIFF 6.0, section 9): header byte n; 0..127 copy n + 1 bytes, 129..255
+    # repeat the next byte 257 - n times, 128 no-op. Stops at the segment's decoded size.
+    if not isinstance(out, int):
+        raise ValueError("PackBits TIFF segment without a known decoded size")
+    data = bytes(encoded)
+    result = bytearray()
+    i = 0
+    while i < len(data) and len(result) < out:
+        n = data[i]
+        i += 1
+        if n < 128:
+            result += data[i : i + n + 1]
+            i += n + 1
+        elif n > 128:
+            result += data[i : i + 1] * (257 - n)
+            i += 1
+    return bytes(result[:out])
+
+
+_TIFF_BOUNDED: dict[int, Callable[..., bytes]] = {
+    8: _bounded_zlib_decode,  # ADOBE_DEFLATE
+    32946: _bounded_zlib_decode,  # DEFLATE
+    32773: _bounded_packbits_decode,  # PACKBITS
+}
+
+
+def install_tiff_codecs() -> frozenset[int]:
+    """Make tifffile decode deflate and PackBits with the caps above; the TIFF compression
+    codes that are safe to decode afterwards (always NONE = 1).
+
+    tifffile's own fallbacks (without the imagecodecs package) inflate without a bound.
+    Its codec table caches decoders in `_codecs`; when that ever changes, only uncompressed
+    TIFFs stay accepted (fail closed).
+    """
+    codecs = getattr(tifffile.TIFF.DECOMPRESSORS, "_codecs", None)
+    if not isinstance(codecs, dict):
+        return frozenset({1})
+    codecs.update(_TIFF_BOUNDED)
+    return frozenset({1, *_TIFF_BOUNDED})
+
+
+_TILE_LIMIT: ContextVar[int] = ContextVar("fits_tile_limit", default=0)
+
+
+def _bounded_tile_gunzip(data: bytes) -> bytes:
+    # Stands in for gzip.decompress inside astropy's GZIP_1 / GZIP_2 tile codecs.
+    try:
+        return inflate_gzip(data, _TILE_LIMIT.get())
+    except InflateError as exc:
+        raise ValueError(f"compressed FITS tile: {exc}") from None
+
+
+@contextmanager
+def fits_tile_limit(limit: int) -> Iterator[None]:
+    """Within the block, a gzip-compressed FITS tile inflates to at most `limit` bytes."""
+    token = _TILE_LIMIT.set(limit)
+    try:
+        yield
+    finally:
+        _TILE_LIMIT.reset(token)
+
+
+def install_fits_tile_codecs() -> bool:
+    """Make astropy inflate GZIP_1 / GZIP_2 FITS tiles within `fits_tile_limit`; whether
+    that took (False: the caller must refuse those tiles, failing closed).
+
+    astropy's codecs call the module's `gzip_decompress` (gzip.decompress, no bound).
+    """
+    try:
+        from astropy.io.fits.hdu.compressed import _codecs
+    except ImportError:
+        return False
+    if not callable(getattr(_codecs, "gzip_decompress", None)):
+        return False
+    _codecs.gzip_decompress = _bounded_tile_gunzip
+    return True

@@ -1,0 +1,114 @@
+"""A decoding worker process: `python -m deeplense.decode_worker [--memory-bytes N]`.
+
+Started by `app.decode_pool`, which can kill it at any moment. It lives in `deeplense`, not
+`app`, so that it imports only the decoders (numpy, astropy, tifffile, Pillow), never
+FastAPI or torch. It speaks a small framed protocol on stdin/stdout, with no pickle, so a
+worker subverted by a hostile file cannot make the server run code by what it answers:
+
+- once its imports are done it writes one byte, READY;
+- a job is a frame (4-byte big-endian length, JSON `{"filename", "max_pixels"}`) followed by
+  a frame holding the file's bytes;
+- the answer is a JSON frame `{"kind", "problem", "warnings", "format", "shape", "retire"}`
+  (kind: ok, invalid or too_large) followed, when ok, by a frame of float32 pixels (C order).
+"""
+
+import argparse
+import json
+import logging
+import os
+import resource
+import struct
+import sys
+from typing import BinaryIO
+
+import numpy as np
+
+from deeplense.errors import ImageTooLargeError, InvalidImageError
+from deeplense.imaging import decode_image
+
+READY = b"R"
+RETIRE_RSS_BYTES = 512 << 20
+"""A worker whose resident size is above this after a job exits; a fresh one replaces it."""
+
+_LENGTH = struct.Struct(">I")
+
+
+def write_frame(out: BinaryIO, payload: bytes) -> None:
+    """One frame: 4-byte big-endian length, then the payload."""
+    out.write(_LENGTH.pack(len(payload)))
+    out.write(payload)
+
+
+def read_frame(inp: BinaryIO) -> bytes | None:
+    """The next frame's payload; None at a clean end of input."""
+    head = inp.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack(head)
+    payload = inp.read(length)
+    return payload if len(payload) == length else None
+
+
+def rss_bytes() -> int:
+    """This process's resident size in bytes (Linux /proc)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize()
+
+
+def answer(data: bytes, filename: str, max_pixels: int) -> tuple[dict[str, object], bytes]:
+    """Decode one file: the answer's header and the pixel bytes (empty unless ok)."""
+    header: dict[str, object] = {"kind": "ok", "problem": "", "warnings": [], "format": ""}
+    pixels = b""
+    try:
+        decoded = decode_image(data, filename=filename, max_pixels=max_pixels)
+        array = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
+        header |= {"warnings": list(decoded.warnings), "format": decoded.format}
+        header["shape"] = list(array.shape)
+        pixels = array.tobytes()
+    except InvalidImageError as exc:
+        kind = "too_large" if isinstance(exc, ImageTooLargeError) else "invalid"
+        header |= {"kind": kind, "problem": exc.problem}
+    except MemoryError:
+        header |= {"kind": "too_large", "problem": "not enough memory to decode it"}
+        header["retire"] = True
+    return header, pixels
+
+
+def serve(inp: BinaryIO, out: BinaryIO) -> None:
+    """Answer jobs from `inp` on `out` until the end of input or a reason to retire."""
+    out.write(READY)
+    out.flush()
+    while True:
+        job = read_frame(inp)
+        data = read_frame(inp) if job is not None else None
+        if job is None or data is None:
+            return
+        request = json.loads(job)
+        header, pixels = answer(data, str(request["filename"]), int(request["max_pixels"]))
+        del data
+        retire = bool(header.get("retire")) or rss_bytes() > RETIRE_RSS_BYTES
+        header["retire"] = retire
+        write_frame(out, json.dumps(header).encode())
+        if header["kind"] == "ok":
+            write_frame(out, pixels)
+        out.flush()
+        if retire:
+            return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="decode image files sent on stdin")
+    parser.add_argument("--memory-bytes", type=int, default=None, help="RLIMIT_AS cap")
+    args = parser.parse_args()
+    # tifffile logs a warning per malformed tag; the answer's error says what was wrong.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    if args.memory_bytes is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (args.memory_bytes, args.memory_bytes))
+    # The protocol gets the real stdout; anything a library prints goes to stderr instead.
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin.buffer, protocol)
+
+
+if __name__ == "__main__":
+    main()

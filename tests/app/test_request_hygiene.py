@@ -1,0 +1,99 @@
+"""The smaller findings of issue 12 and the API truths of issue 11 item 8, at the HTTP level."""
+
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydantic import SecretStr
+
+from app.main import create_app
+from app.settings import Settings
+from tests.app.conftest import image, upload
+from tests.app.serve_fixture import REPO_ROOT
+from tests.encode import npy_bytes
+
+
+def test_validation_errors_echo_only_a_prefix_of_the_input(client: TestClient) -> None:
+    # 95 text parts named `files`, 100 KB each: FastAPI echoed them all (194 MiB once).
+    parts = {"files": ["x" * 100_000] * 95}
+    response = client.post("/score", data=parts)
+    assert response.status_code == 422
+    assert len(response.content) < 5_000
+    detail = response.json()["detail"]
+    assert len(detail) <= 11 and "more errors not shown" in detail[-1]["msg"]
+    assert all(len(e.get("input", "")) <= 67 for e in detail)
+
+
+def test_files_is_declared_non_empty(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    body = schema["components"]["schemas"]["Body_score_score_post"]
+    assert body["properties"]["files"]["minItems"] == 1
+    response = client.post("/score", files={"other": ("a.npy", npy_bytes(image()))})
+    assert response.status_code == 422
+
+
+def test_api_key_scheme_only_when_a_key_is_set(settings: Settings) -> None:
+    open_spec = TestClient(create_app(settings)).get("/openapi.json").json()
+    assert "securitySchemes" not in open_spec.get("components", {})
+    assert all("security" not in op for ops in open_spec["paths"].values() for op in ops.values())
+    keyed = settings.model_copy(update={"api_key": SecretStr("k")})
+    keyed_spec = TestClient(create_app(keyed)).get("/openapi.json").json()
+    assert "APIKeyHeader" in keyed_spec["components"]["securitySchemes"]
+    assert keyed_spec["paths"]["/score"]["post"]["security"]
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable_and_the_valid_values() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPLENSE_")}
+    env |= {"DEEPLENSE_DEVICE": "gpu", "DEEPLENSE_MAX_FILES": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import app.main"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "DEEPLENSE_DEVICE='gpu'" in lines[0] and "'auto', 'cpu' or 'cuda'" in lines[0]
+    assert "DEEPLENSE_MAX_FILES='0'" in lines[0]
+
+
+def _metric(client: TestClient, name: str) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_files_of_a_request_refused_as_a_whole_are_counted(client: TestClient) -> None:
+    before = _metric(client, "unreadable_files_total")
+    files = [upload("a.txt", b"hello"), upload("b.txt", b"world")]
+    assert client.post("/score", files=files).status_code == 422
+    assert _metric(client, "unreadable_files_total") == before + 2
+
+
+def test_rgb_and_resized_uploads_each_add_a_warning(client: TestClient) -> None:
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    big = npy_bytes(rng.random((40, 50), dtype=np.float32))
+    response = client.post(
+        "/score", files=[upload("rgb.png", buf.getvalue()), upload("big.npy", big)]
+    )
+    assert response.status_code == 200
+    rgb_result, big_result = response.json()["results"]
+    assert [w for w in rgb_result["warnings"] if "luminance" in w]
+    assert big_result["warnings"] == ["resized from 40 x 50 to 32 x 32 pixels"]
+
+
+def test_unknown_format_message_does_not_offer_stacks(client: TestClient) -> None:
+    files = [upload("notes.txt", b"hello"), upload("a.npy", npy_bytes(image()))]
+    error = client.post("/score", files=files).json()["results"][0]["error"]
+    assert "unknown format" in error and "stack" not in error
