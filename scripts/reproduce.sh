@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the study end to end: simulate a dataset, fit all four models, evaluate them.
+# Reproduce the study end to end: simulate a dataset, fit every registered model (the five), evaluate them.
 #
 #   scripts/reproduce.sh DATASET PRESET        (or: make reproduce DATASET=model_a PRESET=small)
 #

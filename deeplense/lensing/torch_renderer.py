@@ -231,12 +231,15 @@ def _grid(
 
     The SIS at the origin deflects by theta_e (x/r, y/r). Built in float64, then cast.
     """
-    m = n * ss
-    c = (torch.arange(m, dtype=torch.float64) - (m - 1) / 2.0) * (pixel / ss)
-    y, x = torch.meshgrid(c, c, indexing="ij")  # y along rows, x along columns
-    r = torch.hypot(x, y).clamp_min(_SIS_R_MIN)
-    basis = torch.stack([x, y, x / r, y / r, torch.ones_like(x)]).reshape(5, m * m)
-    return c.to(dtype=dtype, device=device), basis.to(dtype=dtype, device=device)
+    # Cached tensors must be ordinary ones even when first built under torch.inference_mode
+    # (the scoring path), or a later autograd use (LensFit's refinement) could not save them.
+    with torch.inference_mode(False):
+        m = n * ss
+        c = (torch.arange(m, dtype=torch.float64) - (m - 1) / 2.0) * (pixel / ss)
+        y, x = torch.meshgrid(c, c, indexing="ij")  # y along rows, x along columns
+        r = torch.hypot(x, y).clamp_min(_SIS_R_MIN)
+        basis = torch.stack([x, y, x / r, y / r, torch.ones_like(x)]).reshape(5, m * m)
+        return c.to(dtype=dtype, device=device), basis.to(dtype=dtype, device=device)
 
 
 @lru_cache(maxsize=16)
@@ -249,15 +252,16 @@ def _psf_matrix(
     normalised; sigma in pixels. B[i, j] sums the weights of the taps whose (clipped) source
     pixel is j, so the blur equals scipy.ndimage.gaussian_filter1d(mode="nearest").
     """
-    radius = int(truncate * sigma + 0.5)
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-    kernel /= kernel.sum()
-    rows = torch.arange(n)[:, None].expand(n, t.numel())
-    cols = (rows + torch.arange(-radius, radius + 1)).clamp(0, n - 1)
-    matrix = torch.zeros(n, n, dtype=torch.float64)
-    matrix.index_put_((rows, cols), kernel.expand(n, -1), accumulate=True)
-    return matrix.to(dtype=dtype, device=device)
+    with torch.inference_mode(False):  # an ordinary tensor even when cached in inference
+        radius = int(truncate * sigma + 0.5)
+        t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+        kernel /= kernel.sum()
+        rows = torch.arange(n)[:, None].expand(n, t.numel())
+        cols = (rows + torch.arange(-radius, radius + 1)).clamp(0, n - 1)
+        matrix = torch.zeros(n, n, dtype=torch.float64)
+        matrix.index_put_((rows, cols), kernel.expand(n, -1), accumulate=True)
+        return matrix.to(dtype=dtype, device=device)
 
 
 def _carries_derivatives(t: Tensor) -> bool:

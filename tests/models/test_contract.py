@@ -14,8 +14,8 @@ def _batch(n: int = 6, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(tiny_images(n, seed=seed))  # (n, 1, 32, 32)
 
 
-def test_all_four_models_are_registered() -> None:
-    assert models.list_models() == ["aae", "dcae", "rbm", "vae"]
+def test_the_five_models_are_registered() -> None:
+    assert models.list_models() == ["aae", "dcae", "lensfit", "rbm", "vae"]
 
 
 def test_reconstruct_keeps_shape_and_unit_range(model_name: str) -> None:

@@ -204,3 +204,21 @@ def test_format_1_conv_checkpoints_keep_their_decoder() -> None:
     assert CheckpointConfig.model_validate(raw).arguments["replicate_edges"] is False
     raw2 = {**raw, "format_version": 2}
     assert "replicate_edges" not in CheckpointConfig.model_validate(raw2).arguments
+
+
+def test_lensfit_refines_under_inference_mode_after_a_plain_inference_call() -> None:
+    """The scoring path runs in torch.inference_mode: the renderer's cached grids must stay
+    usable by the refinement's autograd even when first built there."""
+    from deeplense.lensing import torch_renderer
+
+    torch_renderer._grid.cache_clear()
+    torch_renderer._psf_matrix.cache_clear()
+    model = tiny_model("lensfit")
+    x = torch.from_numpy(tiny_images(3, seed=5))
+    model.config.refine_steps = 0
+    with torch.inference_mode():
+        plain = model.reconstruct(x)  # fills the caches in inference mode
+    model.config.refine_steps = 3
+    with torch.inference_mode():
+        refined = model.reconstruct(x)
+    assert refined.shape == plain.shape and not torch.equal(refined, plain)

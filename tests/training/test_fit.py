@@ -45,7 +45,9 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / WEIGHTS_FILE))
 
 
-def test_fit_all_writes_four_valid_calibrated_checkpoints(data_dir: Path, tmp_path: Path) -> None:
+def test_fit_all_writes_a_valid_calibrated_checkpoint_per_model(
+    data_dir: Path, tmp_path: Path
+) -> None:
     assert _fit(data_dir, tmp_path, "--seed", "3", "--fpr", "0.1", model="all") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == models.list_models()
     for name in models.list_models():

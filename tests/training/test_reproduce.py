@@ -74,7 +74,7 @@ def test_reproduce_runs_end_to_end_on_tiny_data(tmp_path: Path) -> None:
     doc = json.loads((report / "metrics.json").read_text())
     assert doc["dataset"] == "model_b"
     assert doc["n_test_images"] == {"no_sub": 6, "sphere": 6, "vort": 6}
-    assert set(doc["models"]) == {"aae", "vae", "dcae", "rbm"}
+    assert set(doc["models"]) == {"aae", "vae", "dcae", "rbm", "lensfit"}
     for name, entry in doc["models"].items():
         config = read_config(tmp_path / "ckpt" / name)
         assert config.calibration is not None
