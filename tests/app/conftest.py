@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from playwright.sync_api import Browser, sync_playwright
 
 from app.main import create_app
 from app.settings import Settings
+from tests.app.serve_fixture import launch_chromium, run_server
 from tests.conftest import TINY_SIZE, tiny_images
 
 
@@ -47,3 +49,31 @@ def image(seed: int = 0, size: int = TINY_SIZE) -> np.ndarray:
 def upload(name: str, data: bytes) -> tuple[str, tuple[str, bytes, str]]:
     """One multipart entry of the `files` field."""
     return ("files", (name, data, "application/octet-stream"))
+
+
+# ---- the browser tests' server and Chromium (tests/app/test_browser.py, test_docs_browser.py)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of `uvicorn app.main:app` serving the tiny checkpoints on a free port."""
+    log = tmp_path_factory.mktemp("uvicorn") / "server.log"
+    try:
+        with run_server(tiny_checkpoints, log) as url:
+            yield url
+    except RuntimeError as exc:  # the server never became ready: its log says why
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Debian Chromium driven by Playwright; a missing browser fails, never skips."""
+    with sync_playwright() as p:
+        try:
+            chromium = launch_chromium(p)
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -13,37 +13,12 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page
 
 import models
-from tests.app.serve_fixture import launch_chromium, run_server, submit
+from tests.app.serve_fixture import run_server, submit
 
 UI_TIMEOUT_MS = 15_000
-
-
-@pytest.fixture(scope="module")
-def server(tiny_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Base URL of `uvicorn app.main:app` serving the tiny checkpoints on a free port."""
-    log = tmp_path_factory.mktemp("uvicorn") / "server.log"
-    try:
-        with run_server(tiny_checkpoints, log) as url:
-            yield url
-    except RuntimeError as exc:  # the server never became ready: its log says why
-        pytest.fail(str(exc))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Headless Debian Chromium driven by Playwright; a missing browser fails, never skips."""
-    with sync_playwright() as p:
-        try:
-            chromium = launch_chromium(p)
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture

@@ -5,38 +5,12 @@ and recorded: the documentation must come whole from the package (fastapi-offlin
 """
 
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, sync_playwright
-
-from tests.app.serve_fixture import launch_chromium, run_server
+from playwright.sync_api import Browser, Page, Route
 
 TIMEOUT_MS = 20_000
-
-
-@pytest.fixture(scope="module")
-def server(tiny_checkpoints: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    log = tmp_path_factory.mktemp("uvicorn") / "server.log"
-    try:
-        with run_server(tiny_checkpoints, log) as url:
-            yield url
-    except RuntimeError as exc:
-        pytest.fail(str(exc))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as p:
-        try:
-            chromium = launch_chromium(p)
-        except RuntimeError as exc:
-            pytest.fail(str(exc))
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture
