@@ -33,6 +33,9 @@ def main() -> int:
     parser.add_argument("data", type=Path, help="dataset folder with test/{no_sub,sphere,vort}")
     parser.add_argument("--n", type=int, default=100, help="test images per class")
     parser.add_argument("--k", type=int, nargs="+", default=[0, 5, 10, 20], help="steps K")
+    parser.add_argument(
+        "--method", choices=["adam", "gauss_newton"], default="adam", help="refinement method"
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -49,9 +52,10 @@ def main() -> int:
     total = sum(len(x) for x in images.values())
     names = list_scores()
     print(f"{args.checkpoint}, {args.n} test images per class, batch {args.batch_size}, "
-          f"{args.threads} threads\n")  # fmt: skip
+          f"{args.threads} threads, refinement {args.method}\n")  # fmt: skip
     print("| K | " + " | ".join(f"AUC {s}" for s in names) + " | ms / image |")
     print("|---|" + "---|" * (len(names) + 1))
+    model.config.refine_method = args.method
     for k in args.k:
         model.config.refine_steps = k
         start = time.perf_counter()

@@ -222,3 +222,26 @@ def test_lensfit_refines_under_inference_mode_after_a_plain_inference_call() -> 
     with torch.inference_mode():
         refined = model.reconstruct(x)
     assert refined.shape == plain.shape and not torch.equal(refined, plain)
+
+
+def test_lensfit_gauss_newton_never_raises_an_images_cost() -> None:
+    """Levenberg-Marquardt accepts only steps that lower each image's MAP cost."""
+    from deeplense.noise import estimate_noise
+
+    model = tiny_model("lensfit")
+    x = torch.from_numpy(tiny_images(4, seed=9))
+    sigma = estimate_noise(x, model.psf_sigma_pixels)
+    raw = model.encode(x).detach()
+
+    def cost(r: torch.Tensor) -> torch.Tensor:
+        res = ((x - model.draw(r, x, sigma)) / sigma).flatten(1)
+        return 0.5 * res.pow(2).sum(dim=1) + model.prior_penalty(r)
+
+    with torch.no_grad():
+        before = cost(raw)
+        after = cost(model._refine_gauss_newton(raw, x, sigma, steps=3))
+    assert torch.all(after <= before) and torch.any(after < before)
+    model.config.refine_method = "newton"
+    model.config.refine_steps = 1
+    with pytest.raises(ValueError, match="adam or gauss_newton"):
+        model.reconstruct(x)
