@@ -42,6 +42,10 @@ class AnomalyModel(nn.Module):
         """Training objective on a batch (N, 1, H, W): {"loss": scalar, other parts...}."""
         raise NotImplementedError
 
+    def after_training(self, images: Tensor) -> None:
+        """An optional last step on (a subset of) the training images (N, 1, H, W), run once
+        before export; nothing by default (LensFit learns its prior here)."""
+
     def card(self) -> dict[str, Any]:
         """Facts about the trained model for its model card (e.g. a learned prior); {}."""
         return {}

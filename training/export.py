@@ -38,6 +38,9 @@ def export_checkpoint(
     options = plan.options
     data = Path(options.data)
     dataset = dataset_name(data) or data.resolve().name
+    # The model's own last step on training images (LensFit learns its prior), before any
+    # calibration, so that the calibrated scores are those of the exported model.
+    model.after_training(torch.from_numpy(np.array(plan.train[:1024], dtype=np.float32)).to(device))
     scores = score_array(model, plan.val, device=device, batch_size=options.batch_size).loss
     if not np.isfinite(scores).all():
         raise DatasetError(f"{name}: non-finite validation scores; training diverged")

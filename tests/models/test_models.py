@@ -245,3 +245,13 @@ def test_lensfit_gauss_newton_never_raises_an_images_cost() -> None:
     model.config.refine_steps = 1
     with pytest.raises(ValueError, match="adam or gauss_newton"):
         model.reconstruct(x)
+
+
+def test_lensfit_learns_its_prior_from_refined_fits_of_training_images() -> None:
+    model = tiny_model("lensfit")
+    before_mean, before_var = model.prior_mean.clone(), model.prior_var.clone()
+    model.after_training(torch.from_numpy(tiny_images(12, seed=11)))
+    assert not torch.equal(model.prior_mean, before_mean)
+    assert not torch.equal(model.prior_var, before_var)
+    assert torch.all(model.prior_var >= model.config.prior_floor)
+    assert model.training  # the model's mode is left as it was
