@@ -248,7 +248,7 @@ def test_lensfit_gauss_newton_never_raises_an_images_cost() -> None:
 
 
 def test_lensfit_learns_its_prior_from_refined_fits_of_training_images() -> None:
-    model = tiny_model("lensfit")
+    model = tiny_model("lensfit").train()
     before_mean, before_var = model.prior_mean.clone(), model.prior_var.clone()
     model.after_training(torch.from_numpy(tiny_images(12, seed=11)))
     assert not torch.equal(model.prior_mean, before_mean)
