@@ -86,11 +86,6 @@ class ServedModel:
         """Side of the square model input, in pixels."""
         return self.checkpoint.model.image_size
 
-    @property
-    def calibration(self) -> Calibration | None:
-        """The default score's calibration."""
-        return self.checkpoint.config.calibration
-
     def calibration_for(self, score: str) -> Calibration | None:
         """The calibration of `score`, or None."""
         return self.checkpoint.config.calibration_for(score)

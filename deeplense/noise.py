@@ -43,15 +43,23 @@ def gaussian_kernel_1d(sigma_pixels: float, dtype: torch.dtype, device: torch.de
     return (kernel / kernel.sum()).to(dtype)
 
 
+def smoothing_taps(
+    sigma_pixels: float, height: int, width: int, dtype: torch.dtype, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The (x, y) Gaussian taps `smooth` applies to an image of height x width: cut to the
+    widest kernel that reflected padding allows (at most the side minus one)."""
+    kernel = gaussian_kernel_1d(sigma_pixels, dtype, device)
+    r = (kernel.numel() - 1) // 2
+    pad_w, pad_h = min(r, width - 1), min(r, height - 1)
+    return kernel[r - pad_w : r + pad_w + 1], kernel[r - pad_h : r + pad_h + 1]
+
+
 def smooth(x: Tensor, sigma_pixels: float) -> Tensor:
     """Separable Gaussian smoothing of (N, 1, H, W) with reflected edges, same shape."""
-    kernel = gaussian_kernel_1d(sigma_pixels, x.dtype, x.device)
-    r = (kernel.numel() - 1) // 2
-    pad_w, pad_h = min(r, x.shape[-1] - 1), min(r, x.shape[-2] - 1)
-    y = F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect")
-    y = F.conv2d(y, kernel[r - pad_w : r + pad_w + 1].view(1, 1, 1, -1))  # along x
-    y = F.pad(y, (0, 0, pad_h, pad_h), mode="reflect")
-    return F.conv2d(y, kernel[r - pad_h : r + pad_h + 1].view(1, 1, -1, 1))  # along y
+    kx, ky = smoothing_taps(sigma_pixels, x.shape[-2], x.shape[-1], x.dtype, x.device)
+    pad_w, pad_h = (kx.numel() - 1) // 2, (ky.numel() - 1) // 2
+    y = F.conv2d(F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect"), kx.view(1, 1, 1, -1))  # x
+    return F.conv2d(F.pad(y, (0, 0, pad_h, pad_h), mode="reflect"), ky.view(1, 1, -1, 1))  # y
 
 
 def high_pass(x: Tensor) -> Tensor:

@@ -25,11 +25,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from deeplense.errors import UnknownScoreError
-from deeplense.noise import estimate_noise, gaussian_kernel_1d
+from deeplense.noise import estimate_noise, smooth, smoothing_taps
 
 MapFn = Callable[[Tensor, Tensor, Tensor | None, float], Tensor]
 
@@ -96,14 +95,9 @@ def _need(sigma: Tensor | None) -> Tensor:
 def psf_filter(m: Tensor, psf_sigma_pixels: float) -> Tensor:
     """Matched filter: smooth (N, 1, H, W) by the Gaussian PSF (reflected edges) and divide by
     the filter's noise gain, so unit white noise keeps unit variance."""
-    kernel = gaussian_kernel_1d(psf_sigma_pixels, m.dtype, m.device)
-    r = (kernel.numel() - 1) // 2
-    pad_w, pad_h = min(r, m.shape[-1] - 1), min(r, m.shape[-2] - 1)
-    kx, ky = kernel[r - pad_w : r + pad_w + 1], kernel[r - pad_h : r + pad_h + 1]
-    y = F.conv2d(F.pad(m, (pad_w, pad_w, 0, 0), mode="reflect"), kx.view(1, 1, 1, -1))
-    y = F.conv2d(F.pad(y, (0, 0, pad_h, pad_h), mode="reflect"), ky.view(1, 1, -1, 1))
+    kx, ky = smoothing_taps(psf_sigma_pixels, m.shape[-2], m.shape[-1], m.dtype, m.device)
     gain = torch.sqrt((kx**2).sum() * (ky**2).sum())  # std of smoothed unit white noise
-    return y / gain
+    return smooth(m, psf_sigma_pixels) / gain
 
 
 def _mse_map(x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float) -> Tensor:

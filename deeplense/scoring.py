@@ -72,6 +72,6 @@ def score_array(
         loss=joined[MSE],
         w1=np.concatenate(w1s) if w1s else empty,
         reconstruction=np.concatenate(recons) if keep_reconstructions and recons else None,
-        scores={n: v for n, v in joined.items() if n in scores or n == MSE},
+        scores=joined,
         residual_map=np.concatenate(maps) if maps else None,
     )
