@@ -45,12 +45,21 @@ def diverging_png(signed: np.ndarray, vmax: float) -> str:
 
 
 def attach_images(
-    results: list[ScoreResult], x: np.ndarray, x_hat: np.ndarray, score: str, psf_pixels: float
+    results: list[ScoreResult],
+    x: np.ndarray,
+    x_hat: np.ndarray,
+    score: str,
+    psf_pixels: float,
+    maps: np.ndarray | None = None,
 ) -> None:
-    """Set input, reconstruction and residual PNGs on each result: x, x_hat (N, 1, S, S)."""
+    """Set input, reconstruction and residual PNGs on each result: x, x_hat (N, 1, S, S).
+
+    `maps` is the score's residual map (N, 1, S, S) when the scoring already made it for
+    this x_hat; otherwise a noise-aware score's map is computed here."""
     noise_aware = get_score(score).noise_aware
-    maps = None
-    if noise_aware:
+    if not noise_aware:
+        maps = None
+    elif maps is None:
         computed = compute_scores(
             torch.from_numpy(x), torch.from_numpy(x_hat), [score], psf_pixels, map_of=score
         )

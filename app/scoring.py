@@ -315,12 +315,16 @@ class ModelService:
         if not good:
             raise NoReadableFileError([(p.filename, p.error or "unreadable") for p in prepared])
         batch = np.stack([p.image for p in good if p.image is not None])  # (N, 1, S, S)
+        # A single model's residual map comes with its scores; the ensemble's is drawn from
+        # the members' mean reconstruction below.
+        map_of = score if include_images and name != ENSEMBLE else None
         with self._compute:
             scored = {
                 m: score_array(
                     self.models[m].checkpoint.model, batch, device=self.device,
                     batch_size=self.settings.batch_size, keep_reconstructions=include_images,
                     scores=[score], psf_sigma_pixels=self.models[m].psf_sigma_pixels,
+                    map_of=map_of,
                 )
                 for m in members
             }  # fmt: skip
@@ -334,7 +338,8 @@ class ModelService:
         if include_images:
             recons = [s.reconstruction for s in scored.values() if s.reconstruction is not None]
             recon = np.mean(recons, axis=0)  # (N, 1, S, S); the ensemble's: the members' mean
-            attach_images(results, batch, recon, score, psf)
+            maps = None if name == ENSEMBLE else scored[name].residual_map
+            attach_images(results, batch, recon, score, psf, maps)
         in_order = iter(results)
         return ScoreResponse(
             model=name,

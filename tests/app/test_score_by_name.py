@@ -145,3 +145,21 @@ def test_a_format_1_checkpoint_still_loads_with_the_mse_only(
         chi2 = client.post("/score?score=chi2", files=files).json()["results"][0]
         assert chi2["anomaly_score"] > 0 and chi2["threshold"] is None
         assert chi2["percentile"] is None and chi2["is_anomaly"] is None
+
+
+def test_the_served_map_is_the_score_of_the_returned_reconstruction(
+    client: TestClient, tiny_checkpoints: Path
+) -> None:
+    """The single model's map comes from its scoring pass: it equals the map drawn afresh."""
+    from app.residual_images import attach_images
+    from app.schemas import ScoreResult
+
+    files = [upload("a.npy", npy_bytes(image(3)))]
+    served = client.post("/score?model=dcae&score=chi2_psf", files=files).json()["results"][0]
+    model = load_checkpoint(tiny_checkpoints / "dcae").model
+    x = np.stack([image(3)[None]])
+    recon = score_array(model, x, keep_reconstructions=True).reconstruction
+    assert recon is not None
+    fresh = [ScoreResult(filename="a.npy")]
+    attach_images(fresh, x, recon, "chi2_psf", 2.0)
+    assert served["residual"] == fresh[0].residual
