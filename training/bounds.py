@@ -29,6 +29,7 @@ import torch
 from scipy.optimize import least_squares
 
 from deeplense.noise import estimate_noise
+from training.lensing.profiles import phi_q_to_e1e2
 from training.lensing.render import LensParams, SimConfig, render_components
 from training.simulate import PARAMETERS_FILE, read_manifest
 
@@ -77,14 +78,9 @@ def _to_q_phi(e1: float, e2: float) -> tuple[float, float]:
     return (1.0 - e) / (1.0 + e), 0.5 * math.atan2(e2, e1)
 
 
-def _from_q_phi(q: float, phi: float) -> tuple[float, float]:
-    e = (1.0 - q) / (1.0 + q)
-    return e * math.cos(2.0 * phi), e * math.sin(2.0 * phi)
-
-
 def _vector(params: LensParams, free: tuple[str, ...]) -> np.ndarray:
-    se1, se2 = _from_q_phi(params.source_q, params.source_phi)
-    le1, le2 = _from_q_phi(params.lens_q, params.lens_phi)
+    se1, se2 = phi_q_to_e1e2(params.source_phi, params.source_q)
+    le1, le2 = phi_q_to_e1e2(params.lens_phi, params.lens_q)
     values = {**dataclasses.asdict(params), "source_e1": se1, "source_e2": se2}
     values.update(lens_e1=le1, lens_e2=le2)
     return np.array([values[name] for name in free], dtype=np.float64)
