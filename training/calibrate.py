@@ -119,6 +119,13 @@ def calibrate_model(
         for cls, x in val.items()
         if len(x)
     }  # fmt: skip
+    for cls, values in scored.items():
+        for name, v in values.items():
+            if not np.isfinite(v).all():
+                raise DatasetError(
+                    f"{model.architecture}: non-finite {name} scores on the {cls} validation "
+                    "images; training diverged"
+                )
     anomalous = [c for c in scored if c != NORMAL]
     calibrations = {}
     for name in names:

@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deeplense.errors import DatasetError
-from deeplense.scoring import score_array
 from models.base import AnomalyModel
 from models.checkpoint import TrainingFacts, config_for, save_checkpoint
 from training.calibrate import calibrate_model
@@ -41,9 +39,6 @@ def export_checkpoint(
     # The model's own last step on training images (LensFit learns its prior), before any
     # calibration, so that the calibrated scores are those of the exported model.
     model.after_training(torch.from_numpy(np.array(plan.train[:1024], dtype=np.float32)).to(device))
-    scores = score_array(model, plan.val, device=device, batch_size=options.batch_size).loss
-    if not np.isfinite(scores).all():
-        raise DatasetError(f"{name}: non-finite validation scores; training diverged")
     val = load_split(data, "val", image_size=model.image_size)  # no_sub (+ sphere, vort)
     val[NORMAL] = plan.val
     psf = config_for(model).input.psf_sigma_pixels

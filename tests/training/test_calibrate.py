@@ -132,3 +132,19 @@ def test_calibrate_rejects_a_bad_fpr(checkpoints: Path, tmp_path: Path, fpr: str
         main(["calibrate", "--checkpoints", str(checkpoints), "--data", str(tmp_path),
               "--fpr", fpr])  # fmt: skip
     assert exc.value.code == 2
+
+
+def test_a_diverged_model_is_a_clear_error_not_a_calibration(tmp_path: Path) -> None:
+    import torch
+
+    from deeplense.errors import DatasetError
+    from tests.conftest import tiny_model
+    from training.calibrate import calibrate_model
+
+    model = tiny_model("dcae")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    val = {"no_sub": tiny_images(8, seed=3)}
+    with pytest.raises(DatasetError, match="dcae: non-finite .* training diverged"):
+        calibrate_model(model, val, psf_sigma_pixels=2.0)
