@@ -34,10 +34,10 @@ from deeplense.scores import compute_scores, list_scores  # noqa: E402
 from deeplense.scoring import score_array  # noqa: E402
 from models.checkpoint import find_checkpoints, load_checkpoint  # noqa: E402
 from training.bounds import bound_reconstructions, sim_config  # noqa: E402
+from training.datasets import CLASSES  # noqa: E402
+from training.evaluate import COMPARISONS  # noqa: E402
 from training.simulate import read_manifest, simulate_dataset  # noqa: E402
 
-CLASSES = ("no_sub", "sphere", "vort")
-COMPARISONS = {"sub": ("sphere", "vort"), "sphere": ("sphere",), "vort": ("vort",)}
 FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.04)
 
 
