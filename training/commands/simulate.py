@@ -4,6 +4,7 @@ import argparse
 import os
 from pathlib import Path
 
+from training.commands.calibrate import fraction
 from training.lensing.render import SimConfig
 from training.simulate import DATASETS, simulate_dataset
 
@@ -19,13 +20,6 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie strictly between 0 and 1, got {text}")
     return value
 
 
@@ -50,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--subhalo-mass-fraction",
-        type=_fraction,
+        type=fraction,
         default=0.01,
         help="all subhalos together, as a fraction of the lens mass (0.01)",
     )
