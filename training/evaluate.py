@@ -30,7 +30,6 @@ from deeplense.errors import CheckpointError, DatasetError
 from deeplense.judge import judge
 from deeplense.scores import list_scores
 from deeplense.scoring import score_array
-from models.base import AnomalyModel
 from models.checkpoint import (
     LoadedCheckpoint,
     find_checkpoints,
@@ -39,7 +38,7 @@ from models.checkpoint import (
     write_config,
 )
 from training.datasets import CLASSES, load_split, manifest_sha256
-from training.health import Health, health_of
+from training.health import reconstruction_health
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +176,8 @@ def evaluate_model(
             metrics[f"w1_{cls}"] = float(np.mean(w1[cls]))
     if calibration is not None:
         metrics["calibration_fpr"] = calibration.fpr
-    health = _health(model, images, device, batch_size)
+    # The no_sub test images against their own mean image.
+    health = reconstruction_health(model, images[NORMAL], images[NORMAL], device, batch_size)
     metrics.update(health.numbers)
     for warning in health.warnings:
         log.warning("%s: %s", loaded.name, warning)
@@ -194,16 +194,6 @@ def evaluate_model(
         default_score=default,
         warnings=health.warnings,
     )
-
-
-def _health(
-    model: AnomalyModel, images: dict[str, np.ndarray], device: torch.device | str, batch: int
-) -> Health:
-    """The reconstruction health check on the no_sub test images (mean image: their own)."""
-    x = np.array(images[NORMAL][:256], dtype=np.float32)
-    scored = score_array(model, x, device=device, batch_size=batch, keep_reconstructions=True)
-    assert scored.reconstruction is not None
-    return health_of(x, scored.reconstruction, x.mean(axis=0))
 
 
 def evaluate_checkpoints(
