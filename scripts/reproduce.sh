@@ -55,7 +55,8 @@ case "$PRESET" in
         # CPU time measured on the project's 2-core CPU (busy with other jobs, so an upper
         # bound): simulate 5,000 images ~45 s; fit ~25 s start-up + ~126 s per epoch for all
         # four (aae 52, dcae 32, vae 30, rbm 12); evaluate ~27 s. 8 epochs: ~1,100 CPU s,
-        # i.e. under 19 minutes even on one core; less wall time with torch on two.
+        # i.e. under 19 minutes even on one core; less wall time with torch on two. LensFit
+        # (part of --model all since session 2) adds ~70 ms per image per epoch: ~28 min more.
         : "${N_TRAIN:=3000}" "${N_VAL:=500}" "${N_TEST:=500}"
         : "${EPOCHS:=8}" "${BATCH_SIZE:=100}"
         ;;
