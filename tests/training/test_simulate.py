@@ -150,3 +150,12 @@ def test_a_bad_mass_fraction_is_one_line(bad: str, capsys: pytest.CaptureFixture
         main(argv)
     assert exit_info.value.code == 2
     assert "--subhalo-mass-fraction" in capsys.readouterr().err
+
+
+def test_the_labelled_validation_split_defaults_to_a_quarter_of_n_val(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    argv = ["simulate", "--dataset", "model_a", "--out", str(out), "--n-train", "0",
+            "--n-val", "8", "--n-test", "0", "--workers", "1"]  # fmt: skip
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["val"] == {"no_sub": 8, "sphere": 2, "vort": 2}

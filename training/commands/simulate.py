@@ -38,9 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--n-val-sub",
         type=_count,
-        default=625,
-        help="validation sphere and vort images each (625): a labelled split for choosing "
-        "thresholds and models, never the test split",
+        default=None,
+        help="validation sphere and vort images each (default: a quarter of --n-val, 625 "
+        "for 2500): a labelled split for choosing thresholds and models, never the test split",
     )
     p.add_argument(
         "--subhalo-mass-fraction",
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
         config=config,
-        n_val_sub=args.n_val_sub,
+        n_val_sub=args.n_val // 4 if args.n_val_sub is None else args.n_val_sub,
         subhalo_mass_fraction=args.subhalo_mass_fraction,
     )
     return 0
