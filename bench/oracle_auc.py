@@ -176,7 +176,11 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bounds",
                         help="where test sets at other mass fractions are simulated")  # fmt: skip
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the detection curve")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --plot")
     args = parser.parse_args()
+    if args.plot is not None and args.plot.exists() and not args.overwrite:
+        print(f"error: {args.plot} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 2
     refit = not args.no_refit
     table(args.data, args.n, refit)
     if args.curve:
