@@ -28,6 +28,7 @@ from deeplense.errors import CheckpointError, UnknownModelError
 from deeplense.scores import SCORES
 from models.base import AnomalyModel
 from models.registry import create_model
+from models.storage import WeightsDtype, storage_state
 
 FORMAT_VERSION = 2  # 2: one calibration per named score and a default score
 READABLE_FORMATS = (1, 2)  # 1 is read as version 2 with its one (MSE) calibration
@@ -216,13 +217,18 @@ def config_for(model: AnomalyModel, **fields: Any) -> CheckpointConfig:
 
 
 def save_checkpoint(
-    model: AnomalyModel, config: CheckpointConfig, directory: Path, overwrite: bool = False
+    model: AnomalyModel,
+    config: CheckpointConfig,
+    directory: Path,
+    overwrite: bool = False,
+    weights_dtype: WeightsDtype = "float32",
 ) -> Path:
     """Write `directory/` atomically (temp folder, then rename). Refuses an existing folder
-    unless `overwrite`, in which case the old one is replaced only once the new one is whole."""
+    unless `overwrite`, in which case the old one is replaced only once the new one is whole.
+    `weights_dtype` "float16" stores the large tensors in half precision (models/storage.py)."""
     directory = Path(directory)
+    state = storage_state(model, weights_dtype)
     with atomic_directory(directory, overwrite=overwrite, shared=True) as tmp:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"architecture": model.architecture})
         (tmp / CONFIG_FILE).write_text(config.model_dump_json(indent=2) + "\n")
     return directory

@@ -1,0 +1,60 @@
+"""float16 weight storage: large tensors halved, small ones and non-finite casts kept float32."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from models.checkpoint import WEIGHTS_FILE, config_for, load_checkpoint, save_checkpoint
+from models.storage import HALF_MIN_ELEMENTS, round_to_storage, storage_state, stored_bytes
+from tests.conftest import tiny_model
+
+
+class _Mixed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.big = nn.Parameter(torch.randn(HALF_MIN_ELEMENTS))  # halved
+        self.small = nn.Parameter(torch.randn(8))  # kept: below the size rule
+        self.register_buffer("tiny_var", torch.full((HALF_MIN_ELEMENTS,), 1e-9))  # underflows
+        self.register_buffer("huge", torch.full((HALF_MIN_ELEMENTS,), 1e6))  # overflows
+        self.register_buffer("count", torch.zeros(HALF_MIN_ELEMENTS, dtype=torch.int64))
+
+
+def test_only_large_finite_float_tensors_are_halved() -> None:
+    state = storage_state(_Mixed(), "float16")
+    assert state["big"].dtype == torch.float16
+    assert state["small"].dtype == torch.float32
+    assert state["huge"].dtype == torch.float32  # 1e6 is beyond float16's 65504
+    assert state["count"].dtype == torch.int64
+    assert stored_bytes(state) < stored_bytes(storage_state(_Mixed(), "float32"))
+
+
+def test_a_tensor_whose_values_would_flush_to_zero_stays_float32() -> None:
+    assert storage_state(_Mixed(), "float16")["tiny_var"].dtype == torch.float32  # 1e-9 -> 0
+
+
+def test_rounding_in_memory_equals_what_is_loaded(tmp_path: Path) -> None:
+    model = tiny_model("dcae")
+    rounded = round_to_storage(model, "float16")
+    assert rounded > 0
+    save_checkpoint(model, config_for(model), tmp_path / "dcae", weights_dtype="float16")
+    stored = load_file(str(tmp_path / "dcae" / WEIGHTS_FILE))
+    assert any(t.dtype == torch.float16 for t in stored.values())
+    loaded = load_checkpoint(tmp_path / "dcae").model
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+
+
+def test_float32_storage_changes_nothing() -> None:
+    model = tiny_model("vae")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert round_to_storage(model, "float32") == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_unknown_dtype_is_refused() -> None:
+    with pytest.raises(ValueError, match="valid"):
+        storage_state(tiny_model("rbm"), "int8")  # type: ignore[arg-type]
