@@ -6,12 +6,14 @@ import math
 import os
 import subprocess
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 
 from models.base import AnomalyModel
 from models.checkpoint import TrainingFacts, config_for, save_checkpoint
+from models.storage import WeightsDtype, round_to_storage
 from training.calibrate import calibrate_model
 from training.datasets import load_split, manifest_sha256
 from training.evaluate import dataset_name
@@ -36,8 +38,11 @@ def export_checkpoint(
     options = plan.options
     data = Path(options.data)
     dataset = dataset_name(data) or data.resolve().name
-    # The model's own last step on training images (LensFit learns its prior), before any
-    # calibration, so that the calibrated scores are those of the exported model.
+    # Weights rounded to their storage precision, then the model's own last step on training
+    # images (LensFit learns its prior), before any calibration, so that the calibrated
+    # scores are those of the exported model.
+    weights_dtype = cast(WeightsDtype, options.weights_dtype)
+    round_to_storage(model, weights_dtype)
     model.after_training(torch.from_numpy(np.array(plan.train[:1024], dtype=np.float32)).to(device))
     val = load_split(data, "val", image_size=model.image_size)  # no_sub (+ sphere, vort)
     val[NORMAL] = plan.val
@@ -74,6 +79,7 @@ def export_checkpoint(
             "world_size": dist.world_size,
             "global_batch_size": options.batch_size * dist.world_size,
             "precision": precision.name,
+            "weights_dtype": weights_dtype,
             "optimizer": "Adam + OneCycleLR",
             "lr": options.lr if name != "aae" else None,
             "weight_decay": options.weight_decay,
@@ -89,7 +95,9 @@ def export_checkpoint(
         default_score_reason=calibrated.reason,
         training=facts,
     )
-    target = save_checkpoint(model, config, Path(options.out) / name, overwrite=options.overwrite)
+    target = save_checkpoint(
+        model, config, Path(options.out) / name, options.overwrite, weights_dtype
+    )
     default = calibrated.calibrations[calibrated.default_score]
     log.info(
         "%s: wrote %s (default score %s: threshold %.6g at FPR %g on %d val images; %s)",

@@ -13,7 +13,9 @@ import torch
 import models
 from deeplense.errors import DatasetError, OutputExistsError
 from models.registry import model_class
+from models.storage import WEIGHTS_DTYPES
 from training.datasets import load_split
+from training.steps import PRECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ class FitOptions:
     overwrite: bool = False
     num_workers: int | None = None  # None: 0 on CPU, up to 4 per process on CUDA
     max_train: int | None = None  # use only the first N training images
+    precision: str = "auto"  # training.steps.PRECISIONS: auto, fp32, bf16
+    channels_last: bool = True  # conv weights and batches in NHWC order (measured faster)
+    weights_dtype: str = "float32"  # models.storage: "float16" halves the checkpoint
     arch_args: dict[str, Any] = field(default_factory=dict)  # model config overrides
 
 
@@ -107,6 +112,12 @@ def prepare(options: FitOptions) -> Plan:
     """
     names = model_names(options.model)
     check_arch_args(names, options.arch_args)
+    if options.precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {options.precision!r}; valid: {', '.join(PRECISIONS)}")
+    if options.weights_dtype not in WEIGHTS_DTYPES:
+        raise ValueError(
+            f"unknown weights dtype {options.weights_dtype!r}; valid: {', '.join(WEIGHTS_DTYPES)}"
+        )
     for name in names:
         target = Path(options.out) / name
         if target.exists() and not options.overwrite:

@@ -46,6 +46,9 @@ class Distributed:
         return cls(rank=rank, world_size=world, local_rank=local)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class Precision:
     """Autocast dtype on the training device: None = plain float32."""
@@ -54,8 +57,19 @@ class Precision:
     dtype: torch.dtype | None = None
 
     @classmethod
-    def for_device(cls, device: torch.device) -> "Precision":
-        """bf16 on CUDA GPUs that support it, else fp16 (with a scaler); float32 on CPU."""
+    def for_device(cls, device: torch.device, choice: str = "auto") -> "Precision":
+        """`choice` "auto": bf16 on CUDA GPUs that support it, else fp16 (with a scaler), and
+        float32 on CPU (bf16 autocast on our AVX512-BF16 CPU was within noise of float32 with
+        channels_last: README, "Training speed"). "fp32" or "bf16" force one (bf16 on CPU
+        needs a CPU with bf16 support to be fast, and is refused on a GPU without it)."""
+        if choice not in PRECISIONS:
+            raise ValueError(f"unknown precision {choice!r}; valid: {', '.join(PRECISIONS)}")
+        if choice == "fp32":
+            return cls(device.type)
+        if choice == "bf16":
+            if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+                raise ValueError("precision bf16: this GPU does not support bfloat16")
+            return cls(device.type, torch.bfloat16)
         if device.type != "cuda":
             return cls(device.type)
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

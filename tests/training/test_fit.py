@@ -230,3 +230,46 @@ def test_resume_refuses_a_corrupt_state_file(
     assert _fit(data_dir, tmp_path, "--resume") == 2
     err = capsys.readouterr().err
     assert str(state) in err and "unreadable training state" in err
+
+
+def test_float16_weights_halve_the_checkpoint_and_calibrate_the_stored_model(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    assert _fit(data_dir, tmp_path / "f32", model="vae") == 0
+    assert _fit(data_dir, tmp_path / "f16", "--weights-dtype", "float16", model="vae") == 0
+    f32 = (tmp_path / "f32" / "vae" / WEIGHTS_FILE).stat().st_size
+    f16 = (tmp_path / "f16" / "vae" / WEIGHTS_FILE).stat().st_size
+    assert f16 < 0.8 * f32  # the tiny model: only its dense matrices reach the size rule
+    loaded = load_checkpoint(tmp_path / "f16" / "vae")
+    assert loaded.config.training.extra["weights_dtype"] == "float16"
+    # The calibration is that of the stored weights: re-scoring the val images with the
+    # loaded model reproduces the calibration's largest no_sub score.
+    from training.calibrate import calibrate_model
+
+    val = {"no_sub": np.load(data_dir / "val" / "no_sub.npy")[:, None]}
+    again = calibrate_model(loaded.model, val, 2.0, fpr=0.05, dataset="tiny", device="cpu")
+    for score, calibration in loaded.config.calibrations.items():
+        assert again.calibrations[score].threshold == pytest.approx(calibration.threshold)
+
+
+def test_bf16_precision_on_cpu_trains_and_is_recorded(data_dir: Path, tmp_path: Path) -> None:
+    assert _fit(data_dir, tmp_path, "--precision", "bf16", model="dcae") == 0
+    loaded = load_checkpoint(tmp_path / "dcae")
+    assert loaded.config.training.extra["precision"] == "bf16"
+    assert all(torch.isfinite(p).all() for p in loaded.model.parameters())
+
+
+def test_channels_last_and_nchw_train_to_nearly_the_same_weights(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    assert _fit(data_dir, tmp_path / "nhwc", model="dcae") == 0
+    assert _fit(data_dir, tmp_path / "nchw", "--no-channels-last", model="dcae") == 0
+    a, b = _weights(tmp_path / "nhwc" / "dcae"), _weights(tmp_path / "nchw" / "dcae")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-3, atol=1e-4)
+
+
+def test_unknown_precision_is_refused(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        _fit(data_dir, tmp_path, "--precision", "fp8")
+    assert info.value.code == 2

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import models
+from models.storage import WEIGHTS_DTYPES
 from training.commands.calibrate import fraction
 from training.commands.evaluate import non_negative_int, positive_int
 from training.fit import FitOptions, prepare, run
+from training.steps import PRECISIONS
 
 
 def arch_arg(text: str) -> tuple[str, Any]:
@@ -74,6 +76,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-train", type=positive_int, default=None, help="first N train images")
     p.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: bf16 (or fp16) autocast on CUDA, float32 on CPU; fp32 or bf16 to force one",
+    )
+    p.add_argument(
+        "--weights-dtype",
+        default="float32",
+        choices=WEIGHTS_DTYPES,
+        help="checkpoint storage: float16 halves it (large tensors only; the model is rounded "
+        "before it is calibrated, so the calibration is that of the stored weights)",
+    )
+    p.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep conv tensors in NCHW order (default: channels_last, faster on CPU and GPU)",
+    )
+    p.add_argument(
         "--arch-arg",
         type=arch_arg,
         action="append",
@@ -108,6 +129,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         overwrite=args.overwrite,
         num_workers=args.num_workers,
         max_train=args.max_train,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        weights_dtype=args.weights_dtype,
         arch_args={**args.arch_args_json, **dict(args.arch_arg)},
     )
     try:
