@@ -274,6 +274,13 @@ class ModelList(BaseModel):
     """Every loaded model, the default, and the valid ?model= values."""
 
     default: str = Field(description="model used when a request names none", examples=["aae"])
+    default_reason: str = Field(
+        description="why it is the default (the best labelled-validation AUC, or a setting)",
+        examples=[
+            "best ROC-AUC (sub vs no_sub) of each model's default score on the labelled "
+            "validation split, ties in the study's order (aae chi2_psf 0.8120, ...)"
+        ],
+    )
     choices: list[str] = Field(
         description="valid ?model= values", examples=[["aae", "dcae", "rbm", "vae", "ensemble"]]
     )

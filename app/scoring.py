@@ -50,14 +50,12 @@ from models.checkpoint import (
     find_checkpoints,
     load_checkpoint,
 )
+from models.selection import choose_default_model
 
 logger = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
-# Default model when settings name none: the loaded model with the highest measured AUC in
-# its card (metrics.auc_sub, written by `training evaluate --update-checkpoints`); without
-# metrics, the published AUC ranking (REFERENCE.md).
-PREFERENCE = ("aae", "vae", "dcae", "rbm")
+# Default model when settings name none: models.selection (best labelled-validation AUC).
 WARMUP_BATCH = 8
 SCORING_SLOTS = 2
 
@@ -113,6 +111,7 @@ class ModelService:
         self.models: dict[str, ServedModel] = {}
         self.states: dict[str, ModelState] = {}
         self.default_model: str | None = None
+        self.default_reason = ""
         self.ensemble_members: list[str] = []
         self.started = False  # True once discovery ran (the lifespan began)
         self.loaded = False  # True once every model is ready and the default is chosen
@@ -184,17 +183,14 @@ class ModelService:
     def _pick_default(self) -> str:
         wanted = self.settings.default_model
         if wanted is None:
-            measured = {
-                name: auc
-                for name, m in self.models.items()
-                if (auc := _default_score_auc(m)) is not None
-            }
-            if measured:
-                return max(sorted(measured), key=lambda name: measured[name])
-            preferred = [name for name in PREFERENCE if name in self.models]
-            return preferred[0] if preferred else sorted(self.models)[0]
+            choice = choose_default_model(
+                {name: m.checkpoint.config for name, m in self.models.items()}
+            )
+            self.default_reason = choice.reason
+            return choice.model
         if wanted != ENSEMBLE and wanted not in self.models:
             raise UnknownModelError(wanted, self.choices())
+        self.default_reason = "set by DEEPLENSE_DEFAULT_MODEL (--default-model)"
         return wanted
 
     def _pick_ensemble(self) -> list[str]:
@@ -437,10 +433,3 @@ class ModelService:
 
 def _rank(score: str) -> int:
     return SCORE_PREFERENCE.index(score) if score in SCORE_PREFERENCE else len(SCORE_PREFERENCE)
-
-
-def _default_score_auc(model: ServedModel) -> float | None:
-    """The measured AUC (sub vs no_sub) of a model's default score, from its card."""
-    metrics = model.checkpoint.config.metrics
-    key = f"auc_{model.checkpoint.config.default_score}_sub"
-    return metrics.get(key, metrics.get("auc_sub"))

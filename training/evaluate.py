@@ -37,6 +37,7 @@ from models.checkpoint import (
     read_config,
     write_config,
 )
+from models.selection import choose_default_model
 from training.datasets import CLASSES, load_split, manifest_sha256
 from training.health import reconstruction_health
 
@@ -253,9 +254,19 @@ def _labelled_split(data_dir: Path, size: int) -> dict[str, np.ndarray]:
 
 
 def store_metrics(evaluation: Evaluation) -> None:
-    """Write each model's metrics into its checkpoint's config.json (atomically)."""
-    for result in evaluation.models.values():
-        config = read_config(result.checkpoint)
-        update = config.model_copy(update={"metrics": dict(result.metrics)})
+    """Write each model's metrics into its checkpoint's config.json (atomically), and the
+    service's default choice among the evaluated models (models.selection: the labelled
+    validation split, never these test metrics) into every card's training.extra."""
+    cards = {name: read_config(r.checkpoint) for name, r in evaluation.models.items()}
+    choice = choose_default_model(cards) if cards else None
+    for name, result in evaluation.models.items():
+        config = cards[name]
+        training = config.training
+        if choice is not None:
+            extra = {**training.extra, "service_default": choice.as_record()}
+            training = training.model_copy(update={"extra": extra})
+        update = config.model_copy(update={"metrics": dict(result.metrics), "training": training})
         write_config(update, result.checkpoint)
         log.info("stored metrics in %s", result.checkpoint / "config.json")
+    if choice is not None:
+        log.info("default model %s, score %s: %s", choice.model, choice.score, choice.reason)

@@ -77,6 +77,7 @@ async def list_models(service: ReadyServiceDep) -> ModelList:
     assert service.default_model is not None
     return ModelList(
         default=service.default_model,
+        default_reason=service.default_reason,
         choices=service.choices(),
         models=[model_card(service, m) for m in service.models.values()],
         ensemble=ensemble,

@@ -217,14 +217,26 @@ def test_settings_come_from_deeplense_environment_variables(
         get_settings.cache_clear()
 
 
-def test_default_model_is_the_best_measured_auc(checkpoint_copy: Path) -> None:
-    aucs = {"aae": 0.61, "vae": 0.55, "dcae": 0.72, "rbm": 0.50}
-    for name, auc in aucs.items():
+def test_default_model_is_the_best_validation_auc_never_the_test_metrics(
+    checkpoint_copy: Path,
+) -> None:
+    val_aucs = {"aae": 0.61, "vae": 0.55, "dcae": 0.72, "rbm": 0.50}
+    test_aucs = {"aae": 0.90, "vae": 0.55, "dcae": 0.60, "rbm": 0.50}  # must not matter
+    for name, auc in val_aucs.items():
         path = checkpoint_copy / name
         config = read_config(path)
-        write_config(config.model_copy(update={"metrics": {"auc_sub": auc}}), path)
+        score = config.default_score
+        calibration = config.calibrations[score].model_copy(update={"validation_auc": auc})
+        update = {
+            "calibrations": {**config.calibrations, score: calibration},
+            "metrics": {"auc_sub": test_aucs[name], f"auc_{score}_sub": test_aucs[name]},
+        }
+        write_config(config.model_copy(update=update), path)
     with TestClient(create_app(make_settings(checkpoint_copy))) as client:
-        assert client.get("/models").json()["default"] == "dcae"
+        listing = client.get("/models").json()
+    assert listing["default"] == "dcae"
+    assert "labelled validation split" in listing["default_reason"]
+    assert "dcae" in listing["default_reason"] and "0.7200" in listing["default_reason"]
 
 
 def test_default_model_without_metrics_follows_the_published_ranking(client: TestClient) -> None:

@@ -11,6 +11,7 @@ from scipy.stats import wasserstein_distance
 from sklearn.metrics import roc_auc_score
 
 from models.checkpoint import load_checkpoint, read_config
+from models.selection import choose_default_model
 from tests.conftest import tiny_images
 from training.__main__ import main
 from training.evaluate import class_metrics, evaluate_checkpoints
@@ -149,6 +150,12 @@ def test_update_checkpoints_stores_the_metrics(checkpoints: Path, tmp_path: Path
         stored = read_config(checkpoints / name).metrics
         assert stored == entry["metrics"]
         assert load_checkpoint(checkpoints / name).config.metrics["auc_sub"] == stored["auc_sub"]
+    # Every card records the same default choice, made by the service's rule.
+    names = list(doc["models"])
+    records = [read_config(checkpoints / n).training.extra["service_default"] for n in names]
+    assert all(r == records[0] for r in records)
+    cards = {n: read_config(checkpoints / n) for n in doc["models"]}
+    assert records[0] == choose_default_model(cards).as_record()
 
 
 def test_evaluate_without_labelled_test_set_fails_cleanly(
