@@ -1,6 +1,9 @@
 """The images a score response carries: input, reconstruction and the score's residual map.
 
-mse: |x - x_hat| as an inferno heat map scaled to its own maximum (pixel units), as before.
+mse: |x - x_hat| as an inferno heat map in pixel units, on one fixed scale per model: from 0
+to 5 times the model's RMS pixel residual at its calibrated MSE threshold (the square root of
+the threshold), so two uploads to one model can be compared by eye. A model without an MSE
+calibration scales each map to its own maximum.
 Noise-aware scores (chi2, chi2_psf): the score's own signed map in units of the noise sigma
 (`deeplense.scores`), on one fixed diverging scale, so two uploads can be compared by eye and
 a user sees where in the arcs an excess (red) or a deficit (blue) sits and how significant
@@ -17,6 +20,14 @@ from app.schemas import ScoreResult
 from deeplense.scores import compute_scores, get_score
 
 SIGMA_SCALE = 5.0  # noise sigmas at the ends of the diverging colour scale
+PIXEL_RMS_MULTIPLE = 5.0  # the mse heat map's top, in RMS residuals at the MSE threshold
+
+
+def pixel_residual_scale(mse_threshold: float | None) -> float | None:
+    """Top of a model's mse heat map (pixel units) from its calibrated MSE threshold."""
+    if mse_threshold is None or not mse_threshold > 0:
+        return None
+    return PIXEL_RMS_MULTIPLE * float(np.sqrt(mse_threshold))
 
 
 def _diverging_lut() -> bytes:
@@ -51,11 +62,13 @@ def attach_images(
     score: str,
     psf_pixels: float,
     maps: np.ndarray | None = None,
+    pixel_scale: float | None = None,
 ) -> None:
     """Set input, reconstruction and residual PNGs on each result: x, x_hat (N, 1, S, S).
 
     `maps` is the score's residual map (N, 1, S, S) when the scoring already made it for
-    this x_hat; otherwise a noise-aware score's map is computed here."""
+    this x_hat; otherwise a noise-aware score's map is computed here. `pixel_scale` is the
+    model's fixed top of the mse heat map (`pixel_residual_scale`); None: each map's max."""
     noise_aware = get_score(score).noise_aware
     if not noise_aware:
         maps = None
@@ -74,7 +87,7 @@ def attach_images(
             result.residual_units = "sigma"
         else:
             residual = np.abs(x[i] - x_hat[i])  # (1, S, S)
-            vmax = float(residual.max())
+            vmax = pixel_scale if pixel_scale is not None else float(residual.max())
             result.residual = heatmap_png(residual, vmax)
             result.residual_max = vmax
             result.residual_units = "pixel"

@@ -27,7 +27,7 @@ import torch
 from app.decode_pool import DecodePool
 from app.errors import NoReadableFileError
 from app.imaging import Prepared, Upload
-from app.residual_images import attach_images
+from app.residual_images import attach_images, pixel_residual_scale
 from app.runtime import keep_freed_memory
 from app.schemas import MemberScore, ScoreResponse, ScoreResult
 from app.settings import Settings
@@ -92,6 +92,12 @@ class ServedModel:
     def psf_sigma_pixels(self) -> float:
         """The noise-aware scores' matched-filter width, in input pixels."""
         return self.checkpoint.config.input.psf_sigma_pixels
+
+    @property
+    def pixel_residual_scale(self) -> float | None:
+        """Top of this model's mse heat map (pixel units), from its MSE calibration."""
+        mse = self.calibration_for("mse")
+        return pixel_residual_scale(None if mse is None else mse.threshold)
 
 
 def _sha256(path: Path) -> str:
@@ -335,7 +341,10 @@ class ModelService:
             recons = [s.reconstruction for s in scored.values() if s.reconstruction is not None]
             recon = np.mean(recons, axis=0)  # (N, 1, S, S); the ensemble's: the members' mean
             maps = None if name == ENSEMBLE else scored[name].residual_map
-            attach_images(results, batch, recon, score, psf, maps)
+            scales = [self.models[m].pixel_residual_scale for m in members]
+            known = [v for v in scales if v is not None]
+            pixel_scale = float(np.mean(known)) if len(known) == len(scales) else None
+            attach_images(results, batch, recon, score, psf, maps, pixel_scale)
         in_order = iter(results)
         return ScoreResponse(
             model=name,

@@ -158,7 +158,13 @@
     for (const name of names) {
       const option = document.createElement("option");
       option.value = name;
-      option.textContent = name === "ensemble" ? "ensemble (all models)" : name;
+      const auc = measuredAuc(catalogue.cards[name], "");
+      option.textContent =
+        name === "ensemble"
+          ? "ensemble (all models)"
+          : auc
+            ? `${name} (AUC ${auc.value.toFixed(3)})`
+            : name;
       modelSelect.appendChild(option);
     }
     const pick = [previous, preferred].find((n) => n && names.includes(n));
@@ -188,8 +194,19 @@
     if (names.includes(previous)) scoreSelect.value = previous;
   }
 
+  /** A card's measured test AUC (sub vs no_sub) for `score` ("" = its default score), as
+   *  `evaluate --update-checkpoints` stores it: metrics.auc_<score>_sub, the default score's
+   *  also as metrics.auc_sub. null when the card holds none. */
+  function measuredAuc(card, score) {
+    const metrics = card && card.metrics;
+    if (!metrics) return null;
+    const named = score || card.default_score;
+    const value = metrics[`auc_${named}_sub`] ?? (score ? undefined : metrics.auc_sub);
+    return typeof value === "number" ? { score: named, value } : null;
+  }
+
   /** One line under the model menu: input size, default score, its threshold and FPR, and
-   *  the measured AUC, with a caveat when that AUC is near chance. */
+   *  the measured AUC of the chosen score, with a caveat when that AUC is near chance. */
   function describeModel() {
     const name = modelSelect.value;
     const parts = [];
@@ -211,10 +228,13 @@
       } else {
         parts.push("uncalibrated: no threshold or percentile");
       }
-      const auc = card.metrics ? card.metrics.auc_sub : undefined;
-      if (typeof auc === "number") parts.push(`measured AUC ${auc.toFixed(3)}`);
+      const auc = measuredAuc(card, scoreSelect.value);
+      if (auc) {
+        const what = `${auc.score}, sub vs no_sub, simulated test set`;
+        parts.push(`measured AUC ${auc.value.toFixed(3)} (${what})`);
+      }
       modelHelp.textContent = parts.join(" · ");
-      if (typeof auc === "number" && auc < 0.6) {
+      if (auc && auc.value < 0.6) {
         const caveat = document.createElement("span");
         caveat.className = "caveat";
         caveat.textContent =
@@ -464,5 +484,6 @@
   form.addEventListener("submit", submit);
   apiKeyInput.addEventListener("change", loadModels);
   modelSelect.addEventListener("change", describeModel);
+  scoreSelect.addEventListener("change", describeModel);
   loadModels();
 })();

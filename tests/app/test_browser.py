@@ -204,3 +204,36 @@ def test_upload_page_sends_the_api_key(
             context.close()
     assert cards[0]["error"] is None
     assert cards[0]["badge"] in {"anomalous", "normal"}
+
+
+def test_upload_page_shows_each_models_measured_auc_and_a_near_chance_caveat(
+    browser: Browser, server: str
+) -> None:
+    listing = httpx.get(server + "/models").json()
+    for card in listing["models"]:  # what evaluate --update-checkpoints would have stored
+        chance = card["name"] == "rbm"
+        assert card["default_score"] != "chi2"
+        card["metrics"] = {
+            "auc_sub": 0.51 if chance else 0.912,
+            f"auc_{card['default_score']}_sub": 0.51 if chance else 0.912,
+            "auc_chi2_sub": 0.55,
+        }
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    try:
+        page.route("**/models", lambda route: route.fulfill(json=listing))
+        page.goto(server + "/")
+        page.wait_for_selector("#model[data-loaded]")
+        labels = page.eval_on_selector_all("#model option", "os => os.map(o => o.textContent)")
+        assert "dcae (AUC 0.912)" in labels and "rbm (AUC 0.510)" in labels
+        page.select_option("#model", "dcae")
+        help_text = page.text_content("#model-help") or ""
+        assert "measured AUC 0.912" in help_text and "near chance" not in help_text
+        page.select_option("#score", "chi2")  # the chosen score's AUC
+        assert "measured AUC 0.550 (chi2" in (page.text_content("#model-help") or "")
+        page.select_option("#score", "")
+        page.select_option("#model", "rbm")
+        assert "near chance" in (page.text_content("#model-help") or "")
+    finally:
+        context.close()

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
+from app.residual_images import PIXEL_RMS_MULTIPLE
 from deeplense.scores import list_scores
 from deeplense.scoring import score_array
 from models.checkpoint import CONFIG_FILE, load_checkpoint, read_config
@@ -95,6 +96,19 @@ def test_a_noise_aware_score_returns_its_map_in_noise_units(client: TestClient) 
     mse = client.post("/score?model=aae&score=mse", files=files).json()["results"][0]
     assert mse["residual_units"] == "pixel" and mse["residual_max"] > 0
     assert isinstance(decode_png(mse["residual"]), Image.Image)
+
+
+def test_the_mse_heat_map_has_one_scale_per_model_from_its_calibration(
+    client: TestClient,
+) -> None:
+    threshold = client.get("/models/aae").json()["calibrations"]["mse"]["threshold"]
+    tops = set()
+    for seed in (1, 2, 3):
+        files = [upload("a.npy", npy_bytes(image(seed)))]
+        result = client.post("/score?model=aae&score=mse", files=files).json()["results"][0]
+        tops.add(result["residual_max"])
+    assert len(tops) == 1  # one scale, whatever the image
+    assert tops.pop() == pytest.approx(PIXEL_RMS_MULTIPLE * threshold**0.5)
 
 
 def test_an_unknown_score_is_422_listing_the_valid_ones(client: TestClient) -> None:
