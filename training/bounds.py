@@ -29,8 +29,7 @@ import torch
 from scipy.optimize import least_squares
 
 from deeplense.noise import estimate_noise
-from training.lensing.profiles import phi_q_to_e1e2
-from training.lensing.render import LensParams, SimConfig, render_components
+from training.lensing.render import LensParams, SimConfig, phi_q_to_e1e2, render_components
 from training.simulate import PARAMETERS_FILE, read_manifest
 
 # Free parameters of the refit, per dataset (all others held at their true values).

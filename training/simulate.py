@@ -7,9 +7,14 @@ Layout written by `simulate_dataset` (N = images, each (1, n, n) float32 in [0, 
 field); `subhalos.csv` one row per subhalo (split, class, index, k, x, y). With the seed they
 regenerate any image exactly (`regenerate_image`).
 
+Rendering: every image's noiseless light comes from the project's torch renderer
+(`deeplense.lensing.torch_renderer`, through `training.lensing.render`), float64 on one torch
+thread; the Poisson noise is NumPy's.
+
 Determinism: image `index` of (split, class) draws its parameters and its noise from
-numpy SeedSequence(seed, spawn_key=(split code, class code, index)), children 0 and 1, so
-the files do not depend on the number of workers or on chunking.
+numpy SeedSequence(seed, spawn_key=(split code, class code, index)), children 0 and 1, and
+is rendered alone on one thread, so the files do not depend on the number of workers or on
+chunking.
 
 Photometry (both datasets; the study's, REFERENCE.md "Photometry"): lens light an elliptical
 Sersic of intensity 1.2 counts/s/pixel at R_eff, n 2.5, R_eff 0.5", axis ratio U[0.5, 1];
@@ -62,7 +67,7 @@ from training.lensing.render import (
 logger = logging.getLogger(__name__)
 
 SIMULATOR_NAME = "deeplense-lensing"
-SIMULATOR_VERSION = "2.0.0"
+SIMULATOR_VERSION = "2.1.0"  # 2.1: rendered by the torch renderer (2.0: NumPy)
 MANIFEST_FORMAT = 2  # 2: the study's photometry, per-image exposure and S/N
 SPLITS = ("train", "val", "test")
 CLASSES = ("no_sub", "sphere", "vort")
@@ -392,7 +397,10 @@ def _manifest(
         "simulator": {
             "name": SIMULATOR_NAME,
             "version": SIMULATOR_VERSION,
-            **{package: metadata.version(package) for package in ("numpy", "scipy", "astropy")},
+            **{
+                package: metadata.version(package)
+                for package in ("numpy", "scipy", "torch", "astropy")
+            },
         },
         "image": {
             "size": config.image_size,

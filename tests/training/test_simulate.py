@@ -47,7 +47,7 @@ def test_cli_writes_the_dataset_layout(tmp_path: Path) -> None:
     assert manifest["ranges"]["snr"] is None  # Model A: the study's photometry, unscaled
     assert manifest["subhalo_mass_fraction"] == 0.01
     assert "half-light region" in manifest["snr_definition"]
-    assert manifest["simulator"]["version"] == simulate.SIMULATOR_VERSION == "2.0.0"
+    assert manifest["simulator"]["version"] == simulate.SIMULATOR_VERSION == "2.1.0"
     per_image = manifest["snr"]["per_image"]
     assert len(per_image["test/vort"]["median"]) == 3
     assert len(per_image["train/no_sub"]["peak"]) == 4
@@ -68,6 +68,11 @@ def test_same_seed_gives_identical_files_with_one_or_two_workers(tmp_path: Path)
         simulate.CHUNK = chunk
     assert one == two
     assert one != contents(tiny(tmp_path / "other", seed=2))
+
+
+def test_same_seed_gives_identical_files_run_after_run(tmp_path: Path) -> None:
+    # sphere and vort included: the subhalo classes go through the same renderer
+    assert contents(tiny(tmp_path / "a", "model_b")) == contents(tiny(tmp_path / "b", "model_b"))
 
 
 def test_an_existing_folder_is_refused_unless_overwrite(
