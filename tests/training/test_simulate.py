@@ -1,10 +1,12 @@
 """The simulate command: layout, determinism, atomic writing, regeneration."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import training.simulate as simulate
 from deeplense.errors import DatasetError, OutputExistsError
@@ -73,6 +75,17 @@ def test_same_seed_gives_identical_files_with_one_or_two_workers(tmp_path: Path)
 def test_same_seed_gives_identical_files_run_after_run(tmp_path: Path) -> None:
     # sphere and vort included: the subhalo classes go through the same renderer
     assert contents(tiny(tmp_path / "a", "model_b")) == contents(tiny(tmp_path / "b", "model_b"))
+
+
+def _worker_settings(_: int) -> tuple[str | None, int]:
+    return os.environ.get("OMP_WAIT_POLICY"), torch.get_num_threads()
+
+
+def test_workers_use_one_torch_thread_and_passive_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with simulate._pool(2) as pool:
+        assert pool.map(_worker_settings, range(2)) == [("PASSIVE", 1)] * 2
+    assert "OMP_WAIT_POLICY" not in os.environ  # this process's environment is restored
 
 
 def test_an_existing_folder_is_refused_unless_overwrite(
