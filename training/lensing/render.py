@@ -110,7 +110,7 @@ class Components:
 
 
 @contextmanager
-def one_torch_thread() -> Iterator[None]:
+def _one_torch_thread() -> Iterator[None]:
     """Run the block on one torch CPU thread, then restore the caller's thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -127,7 +127,7 @@ def render_components(params: LensParams, config: SimConfig) -> Components:
     the CPU cache, and one image per call was measured the fastest (bench/bench_renderer.py).
     """
     batch = LensBatch.from_records([params], dtype=torch.float64)
-    with torch.no_grad(), one_torch_thread():
+    with torch.no_grad(), _one_torch_thread():
         unit = torch_renderer.render_components(batch, config.render_config())
     arcs = unit.arcs[0, 0].numpy() * params.source_intensity  # (n, n) float64
     lens = unit.lens[0, 0].numpy() * params.lens_intensity
