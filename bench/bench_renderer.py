@@ -1,5 +1,8 @@
 """Speed and accuracy of the torch renderer (deeplense.lensing), optionally against caustics.
 
+The renderer is the project's one piece of lensing physics: the simulator
+(training.simulate, through training.lensing.render) and LensFit both draw through it.
+
 Prints four tables, for Model A parameters drawn as the simulator draws them (no_sub, and
 sphere with 25 subhalos of 0.024"), 150x150 pixels, 2x2 supersampling, PSF 0.1":
 
@@ -10,12 +13,9 @@ sphere with 25 subhalos of 0.024"), 150x150 pixels, 2x2 supersampling, PSF 0.1":
   2. agreement with lenstronomy (the project's reference): max |ours - lenstronomy| / peak
      of lenstronomy, over the first --agreement images, arcs and lens light separately;
   3. the simulator's budget: CPU ms per image at float64, 1 thread, for this renderer
-     (batch --batch, and one image per call) and for the NumPy one in training.lensing
-     (physics only), and images/s per core of a whole simulator step (render + Poisson
-     noise + [0, 1] scaling);
-  4. bit-for-bit: the final float32 [0, 1] image from these unit components (at the study's
-     intensities, source 0.8 and lens 1.2 counts/s at R_eff) against the NumPy renderer's
-     pieces, noiseless and with the same Poisson draws.
+     (batch --batch, and one image per call, as the simulator calls it), and images/s per
+     core of a whole simulator step (render + Poisson noise + [0, 1] scaling);
+  4. reproducibility: whether an image's bits depend on its batch or on the thread count.
 
 With --caustics-python PY (a Python that has caustics, torch and numpy; caustics is not a
 project dependency) the same scene is timed and checked through caustics too, by running
@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,26 +51,20 @@ sys.path.insert(0, str(REPO))
 
 from deeplense.lensing.torch_renderer import (  # noqa: E402
     LensBatch,
-    RenderConfig,
     combine,
+    psf_blur,
     render_components,
 )
 from deeplense.numerics import flush_denormals  # noqa: E402
-from training.lensing.grid import downsample  # noqa: E402
 from training.lensing.noise import min_max_scale, poisson_observation  # noqa: E402
-from training.lensing.render import (  # noqa: E402
-    LensParams,
-    SimConfig,
-    psf,
-    surface_brightness,
-)
+from training.lensing.render import LensParams, SimConfig  # noqa: E402
 from training.simulate import DATASETS, draw_params, image_rngs  # noqa: E402
 
 SEED = 12345
 SCENES = {"no_sub": "no_sub", "sub25": "sphere"}  # scene name -> simulator class
 SOURCE_AMPLITUDE, LENS_AMPLITUDE = 0.8, 1.2  # counts/s at R_eff (REFERENCE.md, Photometry)
 SIM = SimConfig()
-CONFIG = RenderConfig()
+CONFIG = SIM.render_config()  # the simulator's grid and PSF
 
 
 def records(cls: str, count: int) -> list[LensParams]:
@@ -153,13 +148,19 @@ def agreement_table(
         print(f"{renderer:10} {scene:7} {dtype:8} {worst[0]:10.2e} {worst[1]:11.2e}")
 
 
-def numpy_unit_components(p: LensParams) -> tuple[np.ndarray, np.ndarray]:
-    """The NumPy renderer's unit-amplitude arcs and lens light (its render_components
-    without the photometry): float32 Sersic, float64 average and PSF, subhalos through its
-    interpolated point-mass field."""
-    ss = SIM.supersampling
-    arcs, lens = surface_brightness(p, SIM)
-    return psf(downsample(arcs, ss), SIM), psf(downsample(lens, ss), SIM)
+def pixel_psf(images: np.ndarray) -> np.ndarray:
+    """The renderer's pixel-level PSF (lenstronomy's) on images (N, n, n): (N, n, n)."""
+    return psf_blur(torch.from_numpy(images)[:, None], CONFIG)[:, 0].numpy()
+
+
+def one_per_call(singles: list[LensBatch]) -> list[object]:
+    return [forward(b)() for b in singles]
+
+
+def noise(rates: np.ndarray, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    """Poisson noise and [0, 1] scaling of every rate image (N, n, n), as the simulator's."""
+    rng = rng or np.random.default_rng(0)
+    return [min_max_scale(poisson_observation(x, SIM.exposure, SIM.sky, rng)) for x in rates]
 
 
 def simulator_table(batches: dict[str, list[LensParams]], repeats: int) -> None:
@@ -171,22 +172,13 @@ def simulator_table(batches: dict[str, list[LensParams]], repeats: int) -> None:
         n = len(recs)
         _, ours_cpu = timed(forward(batch), repeats)
         singles = [LensBatch.from_records([p], dtype=torch.float64) for p in recs]
-        _, single_cpu = timed(lambda s=singles: [forward(b)() for b in s], repeats)
-        _, numpy_cpu = timed(lambda r=recs: [numpy_unit_components(p) for p in r], repeats)
-        rng = np.random.default_rng(0)
+        _, single_cpu = timed(partial(one_per_call, singles), repeats)
         with torch.no_grad():
             images = combine(render_components(batch, CONFIG), SOURCE_AMPLITUDE, LENS_AMPLITUDE)
-        rates = images[:, 0].numpy()
-        _, noise_cpu = timed(
-            lambda r=rates, g=rng: [
-                min_max_scale(poisson_observation(x, SIM.exposure, SIM.sky, g)) for x in r
-            ],
-            repeats,
-        )
+        _, noise_cpu = timed(partial(noise, images[:, 0].numpy()), repeats)
         for name, cpu in (
             (f"torch renderer, batch {n}", ours_cpu),
             ("torch renderer, one image per call", single_cpu),
-            ("NumPy renderer physics (training.lensing)", numpy_cpu),
             ("Poisson noise + [0, 1] scaling (NumPy)", noise_cpu),
             ("simulator step: torch (one per call) + noise", single_cpu + noise_cpu),
         ):
@@ -194,28 +186,10 @@ def simulator_table(batches: dict[str, list[LensParams]], repeats: int) -> None:
 
 
 def bits_table(batches: dict[str, list[LensParams]]) -> None:
-    print("\n4. bit-for-bit against the NumPy renderer: final float32 [0, 1] images, torch "
-          "float64; Poisson: the same generator seed on both")  # fmt: skip
-    print(f"{'scene':7} {'image':10} {'identical pixels':>17} {'max |diff|':>11}")
+    print("\n4. reproducibility of the torch renderer, float64")
     for scene, recs in batches.items():
         with torch.no_grad():
             components = render_components(LensBatch.from_records(recs), CONFIG)
-        ours = combine(components, SOURCE_AMPLITUDE, LENS_AMPLITUDE)[:, 0].numpy()
-        same, worst = np.zeros(2), np.zeros(2)
-        for i, p in enumerate(recs):
-            arcs, lens = numpy_unit_components(p)
-            theirs = SOURCE_AMPLITUDE * arcs + LENS_AMPLITUDE * lens
-            for j, noisy in enumerate((False, True)):
-                pair = []
-                for rate in (ours[i], theirs):
-                    if noisy:
-                        rng = np.random.default_rng(1000 + i)
-                        rate = poisson_observation(rate, SIM.exposure, SIM.sky, rng)
-                    pair.append(min_max_scale(rate))
-                same[j] += (pair[0] == pair[1]).mean() / len(recs)
-                worst[j] = max(worst[j], np.abs(pair[0].astype(np.float64) - pair[1]).max())
-        for j, name in enumerate(("noiseless", "Poisson")):
-            print(f"{scene:7} {name:10} {same[j]:17.4%} {worst[j]:11.2e}")
         # Is the torch render itself reproducible, whatever the batch and thread count?
         threads = torch.get_num_threads()
         with torch.no_grad():
@@ -285,16 +259,16 @@ def main() -> None:
             caustics = caustics_run(args.caustics_python, batches, args, Path(tmp))
             with np.load(Path(tmp) / "caustics.npz", allow_pickle=False) as arrays:
                 for scene in batches:
-                    for dtype in ("float32", "float64"):
-                        key = f"{scene}_{dtype}"
-                        results["caustics", scene, dtype] = (
+                    for precision in ("float32", "float64"):
+                        key = f"{scene}_{precision}"
+                        results["caustics", scene, precision] = (
                             arrays[f"{key}_arcs"],
                             arrays[f"{key}_lens"],
                         )
                         # caustics' rays and Sersic, our pixel-level PSF (lenstronomy's)
-                        results["caustics+", scene, dtype] = tuple(  # type: ignore[assignment]
-                            np.stack([psf(image, SIM) for image in arrays[f"{key}_{part}_nopsf"]])
-                            for part in ("arcs", "lens")
+                        results["caustics+", scene, precision] = (
+                            pixel_psf(arrays[f"{key}_arcs_nopsf"]),
+                            pixel_psf(arrays[f"{key}_lens_nopsf"]),
                         )
         rows += [dict(r, renderer="caustics") for r in caustics["rows"]]
         print(f"caustics {caustics['version']}")

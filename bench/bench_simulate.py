@@ -1,7 +1,8 @@
 """Simulated images/s per class at 150x150, one process, ours and lenstronomy's.
 
 Times the whole per-image pipeline of `training.simulate.simulate_image` (parameter draw,
-ray tracing, light, PSF, Poisson noise, [0, 1] scaling) for no_sub, sphere and vort, and
+the torch renderer's ray tracing, light and PSF in float64 on one thread, Poisson noise,
+[0, 1] scaling) for no_sub, sphere and vort, and
 the same images through lenstronomy's ImageModel (one model per class, reused; our noise),
 when lenstronomy is installed. "per core" is images per CPU-second of this process, which
 stays meaningful on a busy machine where wall-clock time does not.

@@ -23,14 +23,14 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from scipy.optimize import least_squares
 
 from deeplense.noise import estimate_noise
-from training.lensing.profiles import phi_q_to_e1e2
-from training.lensing.render import LensParams, SimConfig, render_components
+from training.lensing.render import LensParams, SimConfig, phi_q_to_e1e2, render_components
 from training.simulate import PARAMETERS_FILE, read_manifest
 
 # Free parameters of the refit, per dataset (all others held at their true values).
@@ -50,7 +50,7 @@ def load_test_params(directory: Path, n: int) -> dict[tuple[str, int], LensParam
         for row in csv.DictReader(f):
             index = int(row["index"])
             if row["split"] == "test" and index < n:
-                values = {k: float(v) for k, v in row.items() if k in fields}
+                values: dict[str, Any] = {k: float(v) for k, v in row.items() if k in fields}
                 out[(row["class"], index)] = LensParams(**values)
     return out
 
@@ -88,7 +88,7 @@ def _vector(params: LensParams, free: tuple[str, ...]) -> np.ndarray:
 
 def _params(start: LensParams, free: tuple[str, ...], v: np.ndarray) -> LensParams:
     values = dict(zip(free, map(float, v), strict=True))
-    update = {
+    update: dict[str, Any] = {
         k: val for k, val in values.items() if k in {f.name for f in dataclasses.fields(LensParams)}
     }
     if "source_e1" in values:

@@ -7,9 +7,15 @@ Layout written by `simulate_dataset` (N = images, each (1, n, n) float32 in [0, 
 field); `subhalos.csv` one row per subhalo (split, class, index, k, x, y). With the seed they
 regenerate any image exactly (`regenerate_image`).
 
+Rendering: every image's noiseless light comes from the project's torch renderer
+(`deeplense.lensing.torch_renderer`, through `training.lensing.render`), float64 on one torch
+thread; the Poisson noise is NumPy's. Workers are spawned processes with one torch thread
+each and OMP_WAIT_POLICY=PASSIVE (unless set), so W workers keep to W cores.
+
 Determinism: image `index` of (split, class) draws its parameters and its noise from
-numpy SeedSequence(seed, spawn_key=(split code, class code, index)), children 0 and 1, so
-the files do not depend on the number of workers or on chunking.
+numpy SeedSequence(seed, spawn_key=(split code, class code, index)), children 0 and 1, and
+is rendered alone on one thread, so the files do not depend on the number of workers or on
+chunking.
 
 Photometry (both datasets; the study's, REFERENCE.md "Photometry"): lens light an elliptical
 Sersic of intensity 1.2 counts/s/pixel at R_eff, n 2.5, R_eff 0.5", axis ratio U[0.5, 1];
@@ -36,14 +42,17 @@ import json
 import logging
 import math
 import multiprocessing
+import multiprocessing.pool
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
@@ -62,7 +71,7 @@ from training.lensing.render import (
 logger = logging.getLogger(__name__)
 
 SIMULATOR_NAME = "deeplense-lensing"
-SIMULATOR_VERSION = "2.0.0"
+SIMULATOR_VERSION = "2.1.0"  # 2.1: rendered by the torch renderer (2.0: NumPy)
 MANIFEST_FORMAT = 2  # 2: the study's photometry, per-image exposure and S/N
 SPLITS = ("train", "val", "test")
 CLASSES = ("no_sub", "sphere", "vort")
@@ -256,13 +265,37 @@ def _param_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(LensParams) if f.name != "subhalos"]
 
 
+def _init_worker() -> None:
+    """A simulation worker renders on one torch thread, so W workers use W cores."""
+    torch.set_num_threads(1)
+
+
+@contextmanager
+def _pool(workers: int) -> Iterator[multiprocessing.pool.Pool]:
+    """`workers` spawned processes (safe after torch imports), each on one torch thread.
+
+    They start with OMP_WAIT_POLICY=PASSIVE (unless set): the OpenMP runtime reads it once,
+    when torch loads, which in a spawned worker happens before any of our code runs there;
+    idle OpenMP threads then sleep instead of spinning on the cores the other workers need.
+    This process's environment is restored when the pool closes.
+    """
+    before = os.environ.get("OMP_WAIT_POLICY")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(workers, initializer=_init_worker) as pool:
+            yield pool
+    finally:
+        if before is None:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+
+
 def _map(tasks: list[_Task], workers: int) -> Iterator[tuple[np.ndarray, list[Simulated]]]:
-    """Run the tasks in order, in `workers` processes (spawned: safe after torch imports)."""
+    """Run the tasks in order, here for one worker, else in a pool of `workers` processes."""
     if workers <= 1 or len(tasks) <= 1:
         yield from map(_run_task, tasks)
         return
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(tasks))) as pool:
+    with _pool(min(workers, len(tasks))) as pool:
         yield from pool.imap(_run_task, tasks)
 
 
@@ -392,7 +425,10 @@ def _manifest(
         "simulator": {
             "name": SIMULATOR_NAME,
             "version": SIMULATOR_VERSION,
-            **{package: metadata.version(package) for package in ("numpy", "scipy", "astropy")},
+            **{
+                package: metadata.version(package)
+                for package in ("numpy", "scipy", "torch", "astropy")
+            },
         },
         "image": {
             "size": config.image_size,

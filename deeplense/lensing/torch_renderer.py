@@ -1,7 +1,9 @@
 """Batched, differentiable renderer of strong-lensing images in torch.
 
-Conventions (those of the NumPy simulator `training.lensing` and of lenstronomy; the tests
-check this renderer against both):
+The project's one piece of lensing physics: the simulator (`training.lensing.render`) and
+the LensFit model render through it.
+
+Conventions (lenstronomy's; the tests check this renderer against lenstronomy):
 
 - Angles in arcsec; position angles in radians, counter-clockwise from +x.
 - A square image of n pixels of `pixel_scale` arcsec is centred on the optical axis: the
@@ -47,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import forward_ad
 
-# Floors of radii, as lenstronomy's (and training.lensing.profiles') so that all agree.
+# Floors of radii, as lenstronomy's, so that both agree.
 _SIS_R_MIN = 1e-15  # arcsec
 _SERSIC_R_MIN = 1e-4  # arcsec (lenstronomy's Sersic `smoothing`)
 # arcsec^2; lenstronomy's 1e-50 underflows in float32, whose 1 / floor^2 (in gradients)

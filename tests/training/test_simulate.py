@@ -1,10 +1,12 @@
 """The simulate command: layout, determinism, atomic writing, regeneration."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import training.simulate as simulate
 from deeplense.errors import DatasetError, OutputExistsError
@@ -47,7 +49,7 @@ def test_cli_writes_the_dataset_layout(tmp_path: Path) -> None:
     assert manifest["ranges"]["snr"] is None  # Model A: the study's photometry, unscaled
     assert manifest["subhalo_mass_fraction"] == 0.01
     assert "half-light region" in manifest["snr_definition"]
-    assert manifest["simulator"]["version"] == simulate.SIMULATOR_VERSION == "2.0.0"
+    assert manifest["simulator"]["version"] == simulate.SIMULATOR_VERSION == "2.1.0"
     per_image = manifest["snr"]["per_image"]
     assert len(per_image["test/vort"]["median"]) == 3
     assert len(per_image["train/no_sub"]["peak"]) == 4
@@ -68,6 +70,22 @@ def test_same_seed_gives_identical_files_with_one_or_two_workers(tmp_path: Path)
         simulate.CHUNK = chunk
     assert one == two
     assert one != contents(tiny(tmp_path / "other", seed=2))
+
+
+def test_same_seed_gives_identical_files_run_after_run(tmp_path: Path) -> None:
+    # sphere and vort included: the subhalo classes go through the same renderer
+    assert contents(tiny(tmp_path / "a", "model_b")) == contents(tiny(tmp_path / "b", "model_b"))
+
+
+def _worker_settings(_: int) -> tuple[str | None, int]:
+    return os.environ.get("OMP_WAIT_POLICY"), torch.get_num_threads()
+
+
+def test_workers_use_one_torch_thread_and_passive_openmp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with simulate._pool(2) as pool:
+        assert pool.map(_worker_settings, range(2)) == [("PASSIVE", 1)] * 2
+    assert "OMP_WAIT_POLICY" not in os.environ  # this process's environment is restored
 
 
 def test_an_existing_folder_is_refused_unless_overwrite(

@@ -2,15 +2,15 @@
 
 lenstronomy is a dev dependency only; it is imported when these functions are called.
 Its models: SIS + SHEAR + POINT_MASS (x K), SERSIC_ELLIPSE light, GAUSSIAN PSF, with the
-pixel grid of `training.lensing.grid` (x along columns, y along rows, centred).
+pixel grid of the project's renderer (x along columns, y along rows, centred) and its PSF
+truncation, both from `SimConfig.render_config`.
 """
 
 from typing import Any
 
 import numpy as np
 
-from training.lensing.profiles import phi_q_to_e1e2
-from training.lensing.render import PSF_TRUNCATE, LensParams, SimConfig
+from training.lensing.render import LensParams, SimConfig, phi_q_to_e1e2
 
 
 def lens_model(params: LensParams) -> tuple[Any, list[dict[str, float]]]:
@@ -81,7 +81,7 @@ class LenstronomyRenderer:
             psf_type="GAUSSIAN",
             fwhm=config.psf_sigma * 2.0 * np.sqrt(2.0 * np.log(2.0)),
             pixel_size=pix,
-            truncation=PSF_TRUNCATE,
+            truncation=config.render_config().psf_truncate,
         )
         self.numerics = {"supersampling_factor": config.supersampling}
 

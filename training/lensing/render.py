@@ -1,11 +1,15 @@
-"""Render one lensing image from its parameters: ray-trace, light, PSF, noise, [0, 1] scaling.
+"""The simulator's images: its parameters and instrument, the torch renderer, noise, [0, 1].
+
+The physics (ray tracing, Sersic light, supersampling, PSF) is the project's one renderer,
+`deeplense.lensing.torch_renderer`, run in float64 on the CPU on one torch thread: an image's
+bits then depend neither on the process that renders it nor on the machine's core count.
+`SimConfig.render_config` is the one mapping from the simulator's instrument to the
+renderer's grid and PSF.
 
 Model: a singular isothermal sphere (Einstein radius theta_e) plus external shear, both
 centred on the optical axis, optionally with K equal point-mass subhalos; lens light is an
 elliptical Sersic at the lens centre; the source is an elliptical Sersic seen through the
-lens equation. Surface brightness is evaluated on a grid supersampled `supersampling` times
-per axis, averaged to pixels, then convolved with a Gaussian PSF (edge pixels extended, as
-lenstronomy does).
+lens equation (conventions in the renderer's docstring, lenstronomy's).
 
 Photometry (the study's, REFERENCE.md "Photometry"): each Sersic's `intensity` is its surface
 brightness at R_eff in counts/s per pixel, and a pixel's value is the profile's value there
@@ -13,21 +17,17 @@ brightness at R_eff in counts/s per pixel, and a pixel's value is the profile's 
 `SimConfig.sky` counts/s/pixel (`training.lensing.noise`); nothing rescales it to an SNR.
 """
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+import torch
 
-from training.lensing.grid import (
-    downsample,
-    point_mass_deflection_grid,
-    radial_unit_vectors,
-    supersampled_grid,
-)
+from deeplense.lensing import torch_renderer
+from deeplense.lensing.torch_renderer import LensBatch, RenderConfig
 from training.lensing.noise import min_max_scale, poisson_observation, snr_statistics
-from training.lensing.profiles import sersic
-
-PSF_TRUNCATE = 5.0  # the Gaussian kernel is cut at 5 sigma, as lenstronomy's default
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,16 @@ class SimConfig:
     def pixel_scale(self) -> float:
         """Arcsec per pixel."""
         return self.field_of_view / self.image_size
+
+    def render_config(self) -> RenderConfig:
+        """The renderer's grid and PSF for this instrument (its PSF cut at 5 sigma, as
+        lenstronomy's default)."""
+        return RenderConfig(
+            image_size=self.image_size,
+            pixel_scale=self.pixel_scale,
+            supersampling=self.supersampling,
+            psf_sigma=self.psf_sigma,
+        )
 
 
 @dataclass(frozen=True)
@@ -76,9 +86,15 @@ class LensParams:
     z_source: float = 1.0
 
 
+def phi_q_to_e1e2(phi: float, q: float) -> tuple[float, float]:
+    """Orientation (radians) and axis ratio to lenstronomy's ellipticity moduli (e1, e2)."""
+    e = (1.0 - q) / (1.0 + q)
+    return e * math.cos(2.0 * phi), e * math.sin(2.0 * phi)
+
+
 @dataclass(frozen=True)
 class Components:
-    """A noiseless image split into its parts, rates in counts/s/pixel, each (n, n)."""
+    """A noiseless image split into its parts, rates in counts/s/pixel, each (n, n) float64."""
 
     arcs: np.ndarray  # lensed source after the PSF
     lens: np.ndarray  # lens light after the PSF
@@ -93,81 +109,28 @@ class Components:
         return snr_statistics(self.arcs, self.lens, exposure, sky)
 
 
-def macro_source_plane(params: LensParams, config: SimConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Source-plane positions (beta_x, beta_y), each (n*ss, n*ss) arcsec, of the sub-pixels,
-    through the macro model alone (SIS + shear, no subhalos)."""
-    n, ss = config.image_size, config.supersampling
-    x, y = supersampled_grid(n, config.pixel_scale, ss)
-    ux, uy = radial_unit_vectors(n, config.pixel_scale, ss)  # SIS at the origin: theta_e * u
-    g1, g2 = params.gamma1, params.gamma2
-    # beta = theta - alpha_SIS - alpha_shear, with alpha_shear = [[g1, g2], [g2, -g1]] theta
-    bx = (1.0 - g1) * x
-    bx -= g2 * y
-    bx -= params.theta_e * ux
-    by = (1.0 + g1) * y
-    by -= g2 * x
-    by -= params.theta_e * uy
-    return bx, by
-
-
-def source_plane(params: LensParams, config: SimConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Source-plane positions (beta_x, beta_y), each (n*ss, n*ss) arcsec, with subhalos."""
-    bx, by = macro_source_plane(params, config)
-    if params.subhalos:
-        n, ss = config.image_size, config.supersampling
-        px, py = point_mass_deflection_grid(
-            n, config.pixel_scale, ss, params.theta_sub, np.array(params.subhalos)
-        )
-        bx -= px
-        by -= py
-    return bx, by
-
-
-def source_light(params: LensParams, bx: np.ndarray, by: np.ndarray) -> np.ndarray:
-    """Source surface brightness (1 at R_eff) at source-plane positions, float32."""
-    # float32 halves the cost of the Sersic powers and exps; 1e-7 relative is far below noise.
-    return sersic(
-        bx.astype(np.float32),
-        by.astype(np.float32),
-        params.source_r_eff,
-        params.source_n,
-        params.source_q,
-        params.source_phi,
-        (params.source_x, params.source_y),
-    )
-
-
-def lens_light(params: LensParams, config: SimConfig) -> np.ndarray:
-    """Lens surface brightness (1 at R_eff) on the supersampled grid, float32."""
-    x, y = supersampled_grid(config.image_size, config.pixel_scale, config.supersampling)
-    return sersic(
-        x.astype(np.float32),
-        y.astype(np.float32),
-        params.lens_r_eff,
-        params.lens_n,
-        params.lens_q,
-        params.lens_phi,
-    )
-
-
-def surface_brightness(params: LensParams, config: SimConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Lensed source and lens light, each (n*ss, n*ss), 1 at R_eff, before the PSF."""
-    return source_light(params, *source_plane(params, config)), lens_light(params, config)
-
-
-def psf(image: np.ndarray, config: SimConfig) -> np.ndarray:
-    """Convolve a pixel image (n, n) with the Gaussian PSF (edge pixels extended outwards)."""
-    sigma = config.psf_sigma / config.pixel_scale
-    return ndimage.gaussian_filter(image, sigma, mode="nearest", truncate=PSF_TRUNCATE)
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """Run the block on one torch CPU thread, then restore the caller's thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def render_components(params: LensParams, config: SimConfig) -> Components:
-    """Noiseless arcs and lens light in counts/s/pixel at the params' Sersic intensities."""
-    ss = config.supersampling
-    arcs = psf(downsample(source_light(params, *source_plane(params, config)), ss), config)
-    lens = psf(downsample(lens_light(params, config), ss), config)
-    arcs *= params.source_intensity
-    lens *= params.lens_intensity
+    """Noiseless arcs and lens light in counts/s/pixel at the params' Sersic intensities.
+
+    One image per renderer call: at 150 x 150 with 2 x 2 sub-pixels a batch's arrays outgrow
+    the CPU cache, and one image per call was measured the fastest (bench/bench_renderer.py).
+    """
+    batch = LensBatch.from_records([params], dtype=torch.float64)
+    with torch.no_grad(), _one_torch_thread():
+        unit = torch_renderer.render_components(batch, config.render_config())
+    arcs = unit.arcs[0, 0].numpy() * params.source_intensity  # (n, n) float64
+    lens = unit.lens[0, 0].numpy() * params.lens_intensity
     return Components(arcs=arcs, lens=lens)
 
 
