@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def run(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ((), "DATASET PRESET"),
         (("model_a",), "DATASET PRESET"),
         (("model_c", "small"), "unknown dataset 'model_c'; valid: model_a, model_b"),
-        (("model_a", "huge"), "unknown preset 'huge'; valid: full, cpu, small"),
+        (("model_a", "huge"), "unknown preset 'huge'; valid: full, cpu, release, small"),
     ],
 )
 def test_reproduce_rejects_bad_arguments(
@@ -80,6 +81,18 @@ def test_reproduce_runs_end_to_end_on_tiny_data(tmp_path: Path) -> None:
         assert config.calibration is not None
         assert config.metrics == entry["metrics"]  # --update-checkpoints is on
         assert config.training.epochs == 1
+        assert config.training.extra["weights_dtype"] == "float16"  # the default
     # A second run refuses to replace any of it.
     again = run(tmp_path, "model_b", "small", **sizes)
     assert again.returncode == 2 and "OVERWRITE=1" in again.stderr
+    # RESUME=1 after a cut-off run: finished models are kept, the missing one is trained.
+    shutil.rmtree(tmp_path / "ckpt" / "vae")
+    kept = (tmp_path / "ckpt" / "dcae" / "model.safetensors").stat().st_mtime_ns
+    shutil.rmtree(tmp_path / "report")
+    resumed = run(
+        tmp_path, "model_b", "small", **sizes, DEVICE="cpu", FIT_ARGS=TINY_FIT, RESUME="1"
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "dcae: " in resumed.stdout and "is finished; kept" in resumed.stdout
+    assert (tmp_path / "ckpt" / "dcae" / "model.safetensors").stat().st_mtime_ns == kept
+    assert read_config(tmp_path / "ckpt" / "vae").calibration is not None
