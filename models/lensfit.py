@@ -22,7 +22,11 @@ residual", amortised by a network.
   fits of training images under a broad prior, so that it measures the data's spread rather
   than the encoder's scatter (with the encodings' prior the Einstein radius could move by
   0.017" on Model A, where it is fixed, and absorb spherical subhalos). Stored in the
-  checkpoint; `card()` reports it in physical units.
+  checkpoint; `card()` reports it in physical units. With `prior_deconvolve`, the refined
+  fits' variance, population spread plus each fit's photon noise, has the noise (the mean
+  diagonal of the inverse Fisher matrix at the fits) subtracted, keeping at least
+  `prior_min_share` of it: what the training set holds fixed (Model A's Einstein radius)
+  then gets a prior as narrow as the data allow, not as wide as one fit's error bar.
 - Refinement (`refine_steps` > 0; 2 by default): per image, that many Levenberg-Marquardt
   (or Adam) steps on the raw parameters minimising the whitened residual plus the Gaussian
   prior's penalty, a MAP fit started at the encoder's guess. The prior keeps what the
@@ -79,6 +83,11 @@ class LensFitConfig(ConvNetConfig):
     prior_fit_images: int = 256  # training images refined to learn the final prior
     prior_fit_steps: int = 3  # Gauss-Newton steps per image for it
     prior_floor: float = 1e-8  # smallest prior variance of a raw parameter
+    # Separate the population's spread from the fits' noise: subtract each parameter's mean
+    # Fisher variance (photon noise of one fit) from the refined fits' variance, keeping at
+    # least `prior_min_share` of it (module doc, "Prior").
+    prior_deconvolve: bool = False
+    prior_min_share: float = 0.01
 
 
 def _q_phi(e1: Tensor, e2: Tensor) -> tuple[Tensor, Tensor]:
@@ -170,7 +179,8 @@ class LensFit(AnomalyModel):
 
     def prior_penalty(self, raw: Tensor) -> Tensor:
         """Gaussian prior's negative log density (up to a constant), per image: (N,)."""
-        return 0.5 * ((raw - self.prior_mean) ** 2 / self.prior_var.clamp_min(1e-6)).sum(dim=1)
+        var = self.prior_var.clamp_min(float(self.config.prior_floor))
+        return 0.5 * ((raw - self.prior_mean) ** 2 / var).sum(dim=1)
 
     def refine(self, raw: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
         """`refine_steps` steps of the MAP fit per image, from `raw` (N, P)."""
@@ -208,7 +218,7 @@ class LensFit(AnomalyModel):
             x, sigma = x.detach().clone().float(), sigma.detach().clone().float()
             r = raw.detach().clone().float()
             n, p = r.shape
-            inv_var = 1.0 / self.prior_var.clamp_min(1e-6)  # (P,)
+            inv_var = 1.0 / self.prior_var.clamp_min(float(self.config.prior_floor))  # (P,)
 
             def whitened(v: Tensor) -> Tensor:
                 return ((x - self.draw(v, x, sigma)) / sigma).flatten(1)  # (N, M)
@@ -221,14 +231,7 @@ class LensFit(AnomalyModel):
             damping = torch.full((n,), 1e-2, dtype=r.dtype, device=r.device)
             eye = torch.eye(p, dtype=r.dtype, device=r.device)
             for _ in range(steps):
-                columns = []
-                for k in range(p):
-                    tangent = torch.zeros_like(r)
-                    tangent[:, k] = 1.0
-                    with forward_ad.dual_level():
-                        out = whitened(forward_ad.make_dual(r, tangent))
-                        columns.append(forward_ad.unpack_dual(out).tangent)  # (N, M)
-                jac = torch.stack(columns, dim=2)  # (N, M, P)
+                jac = self._jacobian(r, x, sigma)  # (N, M, P)
                 jtj = jac.transpose(1, 2) @ jac + torch.diag(inv_var)  # (N, P, P)
                 grad = (jac.transpose(1, 2) @ res.unsqueeze(2)).squeeze(2) + (
                     r - self.prior_mean
@@ -246,6 +249,30 @@ class LensFit(AnomalyModel):
                 current = torch.where(better, trial_cost, current)
                 damping = torch.where(better, damping * 0.3, damping * 10.0).clamp(1e-6, 1e6)
         return r
+
+    def _jacobian(self, r: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        """d(whitened residual)/d(raw parameters): (N, M, P), from P forward-mode passes."""
+        columns = []
+        for k in range(r.shape[1]):
+            tangent = torch.zeros_like(r)
+            tangent[:, k] = 1.0
+            with forward_ad.dual_level():
+                dual = forward_ad.make_dual(r, tangent)
+                out = ((x - self.draw(dual, x, sigma)) / sigma).flatten(1)
+                columns.append(forward_ad.unpack_dual(out).tangent)  # (N, M)
+        return torch.stack(columns, dim=2)
+
+    @torch.no_grad()
+    def fit_variance(self, r: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        """Each raw parameter's variance from one image's photon noise at the fit `r`: the
+        diagonal of the inverse Fisher matrix (J^T J)^-1 of the whitened residual, (N, P)."""
+        with torch.inference_mode(False):
+            jac = self._jacobian(r.float(), x.float(), sigma.float()).double()  # (N, M, P)
+        fisher = jac.transpose(1, 2) @ jac  # (N, P, P)
+        ridge = 1e-9 * fisher.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
+        eye = torch.eye(r.shape[1], dtype=fisher.dtype, device=fisher.device)
+        cov = torch.linalg.inv(fisher + ridge.view(-1, 1, 1) * eye)
+        return cov.diagonal(dim1=1, dim2=2).float()
 
     # ---- the AnomalyModel interface -----------------------------------------------------
 
@@ -287,7 +314,16 @@ class LensFit(AnomalyModel):
         )  # fmt: skip
         self.prior_var.copy_(broad)
         self.prior_mean.copy_(refined.mean(dim=0))
-        self.prior_var.copy_(refined.var(dim=0).clamp_min(float(self.config.prior_floor)))
+        spread = refined.var(dim=0)  # (P,) population + fit noise
+        if self.config.prior_deconvolve:
+            noise = torch.cat(
+                [
+                    self.fit_variance(refined[i : i + 32], x[i : i + 32], sigma[i : i + 32])
+                    for i in range(0, len(x), 32)
+                ]
+            ).mean(dim=0)  # (P,)
+            spread = torch.maximum(spread - noise, float(self.config.prior_min_share) * spread)
+        self.prior_var.copy_(spread.clamp_min(float(self.config.prior_floor)))
         self.train(was_training)
 
     @torch.no_grad()
@@ -309,8 +345,14 @@ class LensFit(AnomalyModel):
                 n: {"mean": round(float(mu), 5), "std": round(float(sd), 5)}
                 for n, mu, sd in zip(NAMES, mean, std, strict=True)
             },
-            "prior_note": "Gaussian on the raw parameters, from refined fits of training images; "
-            "physical mean and std by the delta method",
+            "prior_note": "Gaussian on the raw parameters, from refined fits of training images"
+            + (
+                f" less their photon noise (kept >= {self.config.prior_min_share:g} of the "
+                "fits' variance)"
+                if self.config.prior_deconvolve
+                else ""
+            )
+            + "; physical mean and std by the delta method",
             "refinement": {
                 "steps": int(self.config.refine_steps),
                 "lr": float(self.config.refine_lr),

@@ -56,7 +56,11 @@ def test_score_does_not_depend_on_the_rest_of_the_batch(model_name: str) -> None
     with torch.no_grad():
         together = model.score(x)
         alone = torch.cat([model.score(x[i : i + 1]) for i in range(len(x))])
-    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-7)
+    # An iterative per-image fit (LensFit's Levenberg-Marquardt) runs batched float32 linear
+    # algebra whose rounding depends on the batch size, and its accept/reject steps can
+    # amplify that to ~1e-4 relative; leaking batch statistics would change scores by far more.
+    iterative = getattr(getattr(model, "config", None), "refine_steps", 0) > 0
+    torch.testing.assert_close(together, alone, rtol=1e-3 if iterative else 1e-5, atol=1e-7)
 
 
 def test_safetensors_round_trip_gives_identical_scores(model_name: str, tmp_path) -> None:

@@ -255,3 +255,31 @@ def test_lensfit_learns_its_prior_from_refined_fits_of_training_images() -> None
     assert not torch.equal(model.prior_var, before_var)
     assert torch.all(model.prior_var >= model.config.prior_floor)
     assert model.training  # the model's mode is left as it was
+
+
+def test_lensfit_fit_variance_is_the_inverse_fisher_diagonal_and_scales_with_the_noise() -> None:
+    from deeplense.noise import estimate_noise
+
+    model = tiny_model("lensfit")
+    x = torch.from_numpy(tiny_images(3, seed=4))
+    sigma = estimate_noise(x, model.psf_sigma_pixels)
+    raw = model.encode(x).detach()
+    var = model.fit_variance(raw, x, sigma)
+    assert var.shape == raw.shape and torch.all(var > 0) and torch.all(torch.isfinite(var))
+    # The whitened Jacobian is proportional to 1 / sigma: twice the noise, four times the
+    # variance of every parameter.
+    torch.testing.assert_close(model.fit_variance(raw, x, 2 * sigma), 4 * var, rtol=2e-3, atol=0)
+
+
+def test_lensfit_deconvolved_prior_lies_between_its_floor_share_and_the_plain_one() -> None:
+    images = torch.from_numpy(tiny_images(12, seed=11))
+    plain = tiny_model("lensfit")
+    plain.after_training(images)
+    narrow = tiny_model("lensfit")
+    narrow.config.prior_deconvolve = True
+    narrow.after_training(images)
+    torch.testing.assert_close(narrow.prior_mean, plain.prior_mean)
+    share = narrow.config.prior_min_share
+    assert torch.all(narrow.prior_var <= plain.prior_var * (1 + 1e-6))
+    assert torch.all(narrow.prior_var >= share * plain.prior_var * (1 - 1e-6))
+    assert torch.any(narrow.prior_var < plain.prior_var)  # some noise was taken out
