@@ -1,0 +1,97 @@
+"""Change a trained model's inference settings without retraining it.
+
+Some config arguments do not touch the weights' shapes: LensFit's refinement (`refine_steps`,
+`refine_method`) and how it learns its prior (`prior_deconvolve`, `prior_fit_steps`, ...).
+`retune` loads a checkpoint, applies new values of such arguments, runs the model's own
+after-training step on DIR/train (LensFit re-learns its prior), calibrates every score on
+DIR/val (the labelled split when it has one; never the test split) and writes a NEW
+checkpoint folder. The old test metrics are dropped, since they no longer describe the
+model: run `evaluate --update-checkpoints` on the new folder. The card records what changed.
+"""
+
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from deeplense.errors import CheckpointError, DatasetError
+from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
+from models.registry import create_model
+from models.storage import WEIGHTS_DTYPES, WeightsDtype
+from training.calibrate import ScoreCalibrations, calibrate_checkpoint
+from training.datasets import load_split
+from training.plan import NORMAL, config_fields
+
+log = logging.getLogger(__name__)
+AFTER_TRAINING_IMAGES = 1024  # as export: the first N training images
+
+
+def retuned_model(loaded: LoadedCheckpoint, changes: dict[str, Any]) -> torch.nn.Module:
+    """The checkpoint's model rebuilt with `changes` to its arguments, same weights.
+    ValueError for an argument the architecture does not have or refuses;
+    CheckpointError when the change would need other weights."""
+    architecture = loaded.config.architecture
+    unknown = sorted(set(changes) - config_fields(architecture))
+    if unknown:
+        valid = ", ".join(sorted(config_fields(architecture)))
+        raise ValueError(f"{architecture} has no argument {', '.join(unknown)}; valid: {valid}")
+    model = create_model(architecture, **{**loaded.config.arguments, **changes})
+    try:
+        model.load_state_dict(loaded.model.state_dict(), strict=True)
+    except RuntimeError:
+        raise CheckpointError(
+            f"{', '.join(sorted(changes))}: changes the weights' shapes; retrain instead"
+        ) from None
+    return model
+
+
+def retune(
+    checkpoint: Path,
+    data: Path,
+    out: Path,
+    changes: dict[str, Any],
+    fpr: float = 0.05,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    overwrite: bool = False,
+) -> tuple[Path, ScoreCalibrations]:
+    """Write OUT: CHECKPOINT's model with `changes`, its after-training step re-run on
+    DATA/train, calibrated on DATA/val. Refuses an existing OUT unless `overwrite`."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} exists; pass --overwrite to replace it")
+    if out.resolve() == Path(checkpoint).resolve():
+        raise CheckpointError(f"{out}: write the retuned model to a new folder, not over itself")
+    loaded = load_checkpoint(checkpoint, device=device)
+    model = retuned_model(loaded, changes).to(device)
+    train = load_split(data, "train", image_size=model.image_size, classes=[NORMAL]).get(NORMAL)
+    if train is None or len(train) < 2:
+        raise DatasetError(f"{Path(data) / 'train'}: need at least 2 no_sub images")
+    images = np.array(train[:AFTER_TRAINING_IMAGES], dtype=np.float32)  # (N, 1, S, S)
+    model.after_training(torch.from_numpy(images).to(device))
+    model.eval()
+    rebuilt = LoadedCheckpoint(model=model, config=loaded.config, path=loaded.path)
+    calibrated = calibrate_checkpoint(
+        rebuilt, data, fpr=fpr, device=device, batch_size=batch_size,
+        dataset=loaded.config.training.dataset,
+    )  # fmt: skip
+    training = loaded.config.training
+    history = list(training.extra.get("retuned", []))
+    history.append({"from": str(checkpoint), "changes": changes, "data": str(data)})
+    extra = {**training.extra, "retuned": history, "model_card": model.card()}
+    config = loaded.config.model_copy(
+        update={
+            "arguments": model.arguments(),
+            "calibrations": calibrated.calibrations,
+            "default_score": calibrated.default_score,
+            "default_score_reason": calibrated.reason,
+            "metrics": {},  # measured on the old settings: evaluate again
+            "training": training.model_copy(update={"extra": extra}),
+        }
+    )
+    stored = training.extra.get("weights_dtype", "float32")
+    weights_dtype = cast(WeightsDtype, stored if stored in WEIGHTS_DTYPES else "float32")
+    save_checkpoint(model, config, out, overwrite=overwrite, weights_dtype=weights_dtype)
+    return out, calibrated
