@@ -4,7 +4,7 @@ saved as .npy (float32, [0, 1]), FITS (float32) and 16-bit PNG.
     .venv/bin/python examples/make_examples.py [--overwrite]
 
 The images come from the project's simulator, `training.simulate.simulate_image` with seed
-2026 and split "test"; the shipped checkpoints were trained on seeds 1 and 2, so no example
+2026 and split "test"; the shipped checkpoints were trained on seed 0, so no example
 is a training image.
 """
 
