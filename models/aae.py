@@ -47,6 +47,8 @@ class AdversarialAutoencoder(AnomalyModel):
     numerically safe under mixed precision where sigmoid + BCE is not.
     """
 
+    training_only = ("discriminator.",)  # the adversary: training only, not shipped
+
     Config = AAEConfig
 
     def __init__(self, config: AAEConfig) -> None:

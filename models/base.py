@@ -19,6 +19,9 @@ class AnomalyModel(nn.Module):
 
     architecture: ClassVar[str] = ""
     training_step: ClassVar[str | None] = None  # "module:Class", set by register_model
+    # State-dict key prefixes that scoring never reads (an adversary, a variance head): not
+    # stored in checkpoints, so a loaded model scores exactly but cannot continue training.
+    training_only: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[Any]]
 
     def __init__(self, config: Any) -> None:

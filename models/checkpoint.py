@@ -292,13 +292,24 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> Load
             f"{weights}: unreadable or truncated safetensors file ({exc})"
         ) from None
     try:
-        model.load_state_dict(state, strict=True)
+        result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         detail = " ".join(line.strip() for line in first[:3])
         raise CheckpointError(
             f"{weights}: weights do not match architecture {config.architecture!r} ({detail})"
         ) from None
+    optional = tuple(model.training_only)
+    missing = [k for k in result.missing_keys if not (optional and k.startswith(optional))]
+    if missing or result.unexpected_keys:
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", result.unexpected_keys))
+            if keys
+        )
+        raise CheckpointError(
+            f"{weights}: weights do not match architecture {config.architecture!r} ({detail})"
+        )
     model.to(device).eval()
     return LoadedCheckpoint(model=model, config=config, path=directory)
 

@@ -34,10 +34,16 @@ def _halvable(tensor: Tensor) -> bool:
 
 
 def storage_state(model: nn.Module, weights_dtype: WeightsDtype) -> dict[str, Tensor]:
-    """The state dict as it is written: CPU, contiguous, large tensors in `weights_dtype`."""
+    """The state dict as it is written: CPU, contiguous, large tensors in `weights_dtype`,
+    without the model's training-only tensors (`AnomalyModel.training_only`)."""
     if weights_dtype not in WEIGHTS_DTYPES:
         raise ValueError(f"unknown weights dtype {weights_dtype!r}; valid: {WEIGHTS_DTYPES}")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    skip = tuple(getattr(model, "training_only", ()))
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+        if not (skip and k.startswith(skip))
+    }
     if weights_dtype == "float16":
         state = {k: v.half() if _halvable(v) else v for k, v in state.items()}
     return state

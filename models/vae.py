@@ -48,6 +48,9 @@ class VariationalAutoencoder(AnomalyModel):
     """Encoder -> (mu, logvar) heads Linear(flat->latent) -> z -> Linear(latent->flat) ->
     decoder."""
 
+    # Scoring decodes the mean of z (eval mode): the log-variance head is training only.
+    training_only = ("to_logvar.",)
+
     Config = VAEConfig
 
     def __init__(self, config: VAEConfig) -> None:

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from deeplense.errors import CheckpointError
 from models.checkpoint import WEIGHTS_FILE, config_for, load_checkpoint, save_checkpoint
 from models.storage import HALF_MIN_ELEMENTS, round_to_storage, storage_state, stored_bytes
 from tests.conftest import tiny_model
@@ -58,3 +59,29 @@ def test_float32_storage_changes_nothing() -> None:
 def test_unknown_dtype_is_refused() -> None:
     with pytest.raises(ValueError, match="valid"):
         storage_state(tiny_model("rbm"), "int8")  # type: ignore[arg-type]
+
+
+def test_training_only_tensors_are_not_stored_and_the_model_still_scores_exactly(
+    tmp_path: Path,
+) -> None:
+    x = torch.rand(3, 1, 32, 32)
+    for name, prefix in (("aae", "discriminator."), ("vae", "to_logvar.")):
+        model = tiny_model(name).eval()
+        save_checkpoint(model, config_for(model), tmp_path / name)
+        stored = load_file(str(tmp_path / name / WEIGHTS_FILE))
+        assert stored and not any(k.startswith(prefix) for k in stored), name
+        assert any(k.startswith(prefix) for k in model.state_dict()), name
+        loaded = load_checkpoint(tmp_path / name).model
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.score(x), model.score(x), rtol=0, atol=0)
+
+
+def test_a_missing_tensor_that_scoring_needs_is_still_refused(tmp_path: Path) -> None:
+    model = tiny_model("vae")
+    save_checkpoint(model, config_for(model), tmp_path / "vae")
+    path = tmp_path / "vae" / WEIGHTS_FILE
+    stored = load_file(str(path))
+    del stored[next(k for k in stored if k.startswith("to_mu."))]
+    save_file(stored, str(path))
+    with pytest.raises(CheckpointError, match="missing: to_mu"):
+        load_checkpoint(tmp_path / "vae")
