@@ -22,8 +22,8 @@ residual", amortised by a network.
   fits of training images under a broad prior, so that it measures the data's spread rather
   than the encoder's scatter (with the encodings' prior the Einstein radius could move by
   0.017" on Model A, where it is fixed, and absorb spherical subhalos). Stored in the
-  checkpoint; `card()` reports it in physical units. With `prior_deconvolve`, the refined
-  fits' variance, population spread plus each fit's photon noise, has the noise (the mean
+  checkpoint; `card()` reports it in physical units. With `prior_deconvolve` (the default),
+  the refined fits' variance, population spread plus each fit's photon noise, has the noise (the mean
   diagonal of the inverse Fisher matrix at the fits) subtracted, keeping at least
   `prior_min_share` of it: what the training set holds fixed (Model A's Einstein radius)
   then gets a prior as narrow as the data allow, not as wide as one fit's error bar.
@@ -81,12 +81,12 @@ class LensFitConfig(ConvNetConfig):
     refine_lr: float = 0.05  # Adam's step on the raw (pre-sigmoid) parameters
     prior_momentum: float = 0.01  # running prior update per training batch
     prior_fit_images: int = 256  # training images refined to learn the final prior
-    prior_fit_steps: int = 3  # Gauss-Newton steps per image for it
+    prior_fit_steps: int = 8  # Gauss-Newton steps per image for it (converged fits)
     prior_floor: float = 1e-8  # smallest prior variance of a raw parameter
     # Separate the population's spread from the fits' noise: subtract each parameter's mean
     # Fisher variance (photon noise of one fit) from the refined fits' variance, keeping at
     # least `prior_min_share` of it (module doc, "Prior").
-    prior_deconvolve: bool = False
+    prior_deconvolve: bool = True
     prior_min_share: float = 0.01
 
 

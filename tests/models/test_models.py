@@ -274,9 +274,10 @@ def test_lensfit_fit_variance_is_the_inverse_fisher_diagonal_and_scales_with_the
 def test_lensfit_deconvolved_prior_lies_between_its_floor_share_and_the_plain_one() -> None:
     images = torch.from_numpy(tiny_images(12, seed=11))
     plain = tiny_model("lensfit")
+    plain.config.prior_deconvolve = False
     plain.after_training(images)
     narrow = tiny_model("lensfit")
-    narrow.config.prior_deconvolve = True
+    assert narrow.config.prior_deconvolve  # the default
     narrow.after_training(images)
     torch.testing.assert_close(narrow.prior_mean, plain.prior_mean)
     share = narrow.config.prior_min_share
