@@ -5,8 +5,9 @@ float16), which keeps the shipped folder small enough to clone and copy quickly.
 of at least `HALF_MIN_ELEMENTS` values are halved: conv kernels and dense matrices hold
 nearly all the bytes, while small tensors (biases, norms, a model's prior) stay float32,
 since they cost nothing and can hold values float16 cannot (a prior variance of 1e-8
-underflows it). A tensor whose values do not survive the cast (beyond float16's 65504, or a
-value that is not zero flushed to zero below 6e-8) stays float32 too. Loading needs nothing
+underflows it). A tensor whose values do not survive the cast (beyond float16's 65504, or
+rounded by more than 1e-3 of the tensor's largest magnitude, e.g. a tensor of values below
+float16's 6e-8) stays float32 too. Loading needs nothing
 special: `load_state_dict` casts back to the model's float32.
 
 A model is rounded in memory (`round_to_storage`) before it is calibrated, so that its
@@ -21,16 +22,20 @@ from torch import Tensor, nn
 WeightsDtype = Literal["float32", "float16"]
 WEIGHTS_DTYPES: tuple[str, ...] = get_args(WeightsDtype)
 HALF_MIN_ELEMENTS = 1024
+HALF_MAX_ERROR = 1e-3  # of a tensor's largest magnitude; float16 rounds to 2^-11 = 4.9e-4
 
 
 def _halvable(tensor: Tensor) -> bool:
-    """A large float32 tensor whose values all survive float16: none overflows, and none
-    that is not zero becomes zero."""
+    """A large float32 tensor that float16 holds to its own precision: nothing overflows,
+    and no value moves by more than `HALF_MAX_ERROR` of the tensor's largest magnitude (a
+    weight of 1e-9 beside weights of 0.1 may flush to zero; a tensor of 1e-9s may not)."""
     if tensor.dtype != torch.float32 or tensor.numel() < HALF_MIN_ELEMENTS:
         return False
     half = tensor.half()
-    flushed = (half == 0) & (tensor != 0)
-    return bool(torch.isfinite(half).all()) and not bool(flushed.any())
+    if not bool(torch.isfinite(half).all()):
+        return False
+    scale = float(tensor.abs().max())
+    return scale == 0.0 or float((half.float() - tensor).abs().max()) <= HALF_MAX_ERROR * scale
 
 
 def storage_state(model: nn.Module, weights_dtype: WeightsDtype) -> dict[str, Tensor]:

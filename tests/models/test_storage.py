@@ -36,6 +36,17 @@ def test_a_tensor_whose_values_would_flush_to_zero_stays_float32() -> None:
     assert storage_state(_Mixed(), "float16")["tiny_var"].dtype == torch.float32  # 1e-9 -> 0
 
 
+def test_a_few_negligible_values_do_not_keep_a_weight_matrix_in_float32() -> None:
+    # Trained weights hold some values below float16's range beside typical ones of 1e-2.
+    layer = nn.Linear(64, 64, bias=False)
+    with torch.no_grad():
+        layer.weight[0, :4] = torch.tensor([1e-9, -3e-10, 2e-12, 0.0])
+    state = storage_state(layer, "float16")
+    assert state["weight"].dtype == torch.float16
+    error = (state["weight"].float() - layer.weight.detach()).abs().max()
+    assert error <= 1e-3 * layer.weight.detach().abs().max()
+
+
 def test_rounding_in_memory_equals_what_is_loaded(tmp_path: Path) -> None:
     model = tiny_model("dcae")
     rounded = round_to_storage(model, "float16")
