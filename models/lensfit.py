@@ -22,9 +22,10 @@ residual", amortised by a network.
   fits of training images under a broad prior, so that it measures the data's spread rather
   than the encoder's scatter (with the encodings' prior the Einstein radius could move by
   0.017" on Model A, where it is fixed, and absorb spherical subhalos). Stored in the
-  checkpoint; `card()` reports it in physical units. With `prior_deconvolve` (the default),
-  the refined fits' variance, population spread plus each fit's photon noise, has the noise (the mean
-  diagonal of the inverse Fisher matrix at the fits) subtracted, keeping at least
+  checkpoint; `card()` reports it in physical units. With `prior_deconvolve` (the
+  default), the refined fits' variance, population spread plus each fit's photon noise, has
+  the noise (the mean diagonal of the inverse Fisher matrix at the fits) subtracted, keeping
+  at least
   `prior_min_share` of it: what the training set holds fixed (Model A's Einstein radius)
   then gets a prior as narrow as the data allow, not as wide as one fit's error bar.
 - Refinement (`refine_steps` > 0; 2 by default): per image, that many Levenberg-Marquardt

@@ -7,6 +7,9 @@ after-training step on DIR/train (LensFit re-learns its prior), calibrates every
 DIR/val (the labelled split when it has one; never the test split) and writes a NEW
 checkpoint folder. The old test metrics are dropped, since they no longer describe the
 model: run `evaluate --update-checkpoints` on the new folder. The card records what changed.
+
+It also converts a checkpoint's storage (`weights_dtype` "float16": half the size): the
+weights are rounded in memory first, so the new calibration is that of the stored weights.
 """
 
 import logging
@@ -19,7 +22,7 @@ import torch
 from deeplense.errors import CheckpointError, DatasetError
 from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from models.registry import create_model
-from models.storage import WEIGHTS_DTYPES, WeightsDtype
+from models.storage import WEIGHTS_DTYPES, WeightsDtype, round_to_storage
 from training.calibrate import ScoreCalibrations, calibrate_checkpoint
 from training.datasets import load_split
 from training.plan import NORMAL, config_fields
@@ -56,9 +59,11 @@ def retune(
     device: torch.device | str = "cpu",
     batch_size: int = 64,
     overwrite: bool = False,
+    weights_dtype: WeightsDtype | None = None,
 ) -> tuple[Path, ScoreCalibrations]:
-    """Write OUT: CHECKPOINT's model with `changes`, its after-training step re-run on
-    DATA/train, calibrated on DATA/val. Refuses an existing OUT unless `overwrite`."""
+    """Write OUT: CHECKPOINT's model with `changes`, stored in `weights_dtype` (None: as
+    before), its after-training step re-run on DATA/train, calibrated on DATA/val. Refuses
+    an existing OUT unless `overwrite`."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} exists; pass --overwrite to replace it")
@@ -66,6 +71,10 @@ def retune(
         raise CheckpointError(f"{out}: write the retuned model to a new folder, not over itself")
     loaded = load_checkpoint(checkpoint, device=device)
     model = retuned_model(loaded, changes).to(device)
+    stored = loaded.config.training.extra.get("weights_dtype", "float32")
+    if weights_dtype is None:
+        weights_dtype = cast(WeightsDtype, stored if stored in WEIGHTS_DTYPES else "float32")
+    round_to_storage(model, weights_dtype)  # calibrate the weights that are stored
     train = load_split(data, "train", image_size=model.image_size, classes=[NORMAL]).get(NORMAL)
     if train is None or len(train) < 2:
         raise DatasetError(f"{Path(data) / 'train'}: need at least 2 no_sub images")
@@ -79,8 +88,14 @@ def retune(
     )  # fmt: skip
     training = loaded.config.training
     history = list(training.extra.get("retuned", []))
-    history.append({"from": str(checkpoint), "changes": changes, "data": str(data)})
-    extra = {**training.extra, "retuned": history, "model_card": model.card()}
+    history.append(
+        {"from": str(checkpoint), "changes": changes, "weights_dtype": weights_dtype,
+         "data": str(data)}
+    )  # fmt: skip
+    extra = {
+        **training.extra, "retuned": history, "model_card": model.card(),
+        "weights_dtype": weights_dtype,
+    }  # fmt: skip
     config = loaded.config.model_copy(
         update={
             "arguments": model.arguments(),
@@ -91,7 +106,5 @@ def retune(
             "training": training.model_copy(update={"extra": extra}),
         }
     )
-    stored = training.extra.get("weights_dtype", "float32")
-    weights_dtype = cast(WeightsDtype, stored if stored in WEIGHTS_DTYPES else "float32")
     save_checkpoint(model, config, out, overwrite=overwrite, weights_dtype=weights_dtype)
     return out, calibrated

@@ -74,3 +74,23 @@ def test_retune_refuses_unknown_arguments_shape_changes_and_existing_output(
     assert main([*base, "--out", str(tmp_path / "d"), "--arch-arg", "refine_steps=1"]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert not any((tmp_path / n).exists() for n in "abc")
+
+
+def test_retune_converts_a_float32_checkpoint_to_float16_and_recalibrates(
+    data: Path, tmp_path: Path
+) -> None:
+    from models.checkpoint import config_for, save_checkpoint
+    from tests.conftest import tiny_model
+
+    model = tiny_model("dcae")
+    source = save_checkpoint(model, config_for(model), tmp_path / "f32" / "dcae")
+    out = tmp_path / "f16"
+    argv = ["retune", "--checkpoint", str(source), "--data", str(data), "--out", str(out),
+            "--weights-dtype", "float16", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    assert (out / "model.safetensors").stat().st_size < (
+        source / "model.safetensors"
+    ).stat().st_size
+    converted = load_checkpoint(out)
+    assert converted.config.training.extra["weights_dtype"] == "float16"
+    assert converted.config.calibrations  # recalibrated on the rounded weights

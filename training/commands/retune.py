@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from deeplense.device import resolve_device
+from models.storage import WEIGHTS_DTYPES
 from training.commands.calibrate import fraction
 from training.commands.evaluate import positive_int
 from training.commands.fit import arch_arg
@@ -19,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "refine_steps, refine_method, prior_deconvolve), re-run the model's after-training "
             "step on DIR/train (LensFit re-learns its prior), calibrate every score on DIR/val "
             "and write a new checkpoint folder OUT. Its test metrics are dropped: evaluate it "
-            "again. The test split is never read."
+            "again. --weights-dtype float16 converts its storage (rounded before the "
+            "calibration). The test split is never read."
         ),
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder")
@@ -32,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fpr", type=fraction, default=0.05, help="calibration FPR (default 0.05)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument(
+        "--weights-dtype", choices=WEIGHTS_DTYPES, default=None,
+        help="store the weights as float16 or float32 (default: as the checkpoint does)",
+    )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=_run)
 
@@ -40,14 +46,17 @@ def _run(args: argparse.Namespace) -> int:
     from training.retune import retune
 
     changes = dict(args.arch_arg)
-    if not changes:
-        print("error: nothing to change: give at least one --arch-arg KEY=VALUE", file=sys.stderr)
+    if not changes and args.weights_dtype is None:
+        print(
+            "error: nothing to change: give --arch-arg KEY=VALUE or --weights-dtype",
+            file=sys.stderr,
+        )
         return 2
     try:
         out, calibrated = retune(
             args.checkpoint, args.data, args.out, changes, fpr=args.fpr,
             device=resolve_device(args.device), batch_size=args.batch_size,
-            overwrite=args.overwrite,
+            overwrite=args.overwrite, weights_dtype=args.weights_dtype,
         )  # fmt: skip
     except ValueError as exc:  # an argument the model does not have or refuses
         print(f"error: {exc}", file=sys.stderr)
