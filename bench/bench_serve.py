@@ -1,8 +1,8 @@
 """Raw model vs HTTP throughput and latency of the scoring service, on loopback.
 
 Starts `uvicorn app.main:app` on 127.0.0.1 (a free port) in a subprocess with one 150x150
-DCAE checkpoint (checkpoints/model_a/dcae when present, else a calibrated random-weight one
-made in a temporary folder), then measures:
+checkpoint, the DCAE by default or `--model NAME` (checkpoints/model_a/NAME when present,
+else a calibrated random-weight one made in a temporary folder), then measures:
 
   (a) the raw model: forward images/s at batch 1 and 32 in this process;
   (b) HTTP: images/s with --clients concurrent clients, --files files per request, with and
@@ -15,6 +15,7 @@ Every loop is bounded by a time budget and a count; the server is killed when th
 ends, whatever happens.
 
     python bench/bench_serve.py [--seconds 3] [--rounds 3] [--clients 8] [--files 32]
+    python bench/bench_serve.py --model lensfit --files 8      # the default model, refining
 """
 
 import argparse
@@ -41,13 +42,14 @@ import torch  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import models  # noqa: E402
 from models.base import AnomalyModel  # noqa: E402
 from models.checkpoint import config_for, load_checkpoint, save_checkpoint  # noqa: E402
 from models.registry import create_model  # noqa: E402
 from training.calibrate import calibration_from_scores  # noqa: E402
 
 SIZE = 150
-SHIPPED = REPO / "checkpoints" / "model_a" / "dcae"
+SHIPPED_ROOT = REPO / "checkpoints" / "model_a"
 BOUNDARY = "bench-serve-boundary"
 
 
@@ -64,21 +66,22 @@ def ring_images(n: int, seed: int = 0, size: int = SIZE) -> np.ndarray:
     return out
 
 
-def checkpoint_root(tmp: Path) -> tuple[Path, str]:
-    """A checkpoint root holding only a dcae folder, and where that checkpoint came from."""
+def checkpoint_root(tmp: Path, name: str) -> tuple[Path, str]:
+    """A checkpoint root holding only the `name` folder, and where that checkpoint came from."""
     root = tmp / "checkpoints"
     root.mkdir()
-    if (SHIPPED / "config.json").is_file():
-        (root / "dcae").symlink_to(SHIPPED, target_is_directory=True)
-        return root, str(SHIPPED.relative_to(REPO))
+    shipped = SHIPPED_ROOT / name
+    if (shipped / "config.json").is_file():
+        (root / name).symlink_to(shipped, target_is_directory=True)
+        return root, str(shipped.relative_to(REPO))
     torch.manual_seed(0)
-    model = create_model("dcae", image_size=SIZE).eval()
+    model = create_model(name, image_size=SIZE).eval()
     with torch.inference_mode():
         scores = model.score(torch.from_numpy(ring_images(64, seed=1)[:, None])).numpy()
     calibration = calibration_from_scores(scores, fpr=0.05, dataset="bench rings")
     config = config_for(model, calibrations={"mse": calibration}, default_score="mse")
-    save_checkpoint(model, config, root / "dcae")
-    return root, "random weights (no shipped checkpoints/model_a/dcae)"
+    save_checkpoint(model, config, root / name)
+    return root, f"random weights (no shipped checkpoints/model_a/{name})"
 
 
 def timed_loop(step: Callable[[], object], seconds: float, max_iters: int) -> tuple[int, float]:
@@ -239,6 +242,9 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", default="dcae", choices=models.list_models(), help="what to serve (dcae)"
+    )
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of (a), (b)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients")
@@ -251,14 +257,14 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     proc = None
     try:
-        root, source = checkpoint_root(tmp)
+        root, source = checkpoint_root(tmp, args.model)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         log = tmp / "server.log"
         proc = start_server(root, port, log, args.threads)
         wait_ready(url, proc, log)
 
-        model = load_checkpoint(root / "dcae").model
+        model = load_checkpoint(root / args.model).model
         body = multipart(ring_images(args.files, seed=3))
         check = httpx.post(f"{url}/score", content=body, headers=HEADERS, timeout=60).json()
         assert len(check["results"]) == args.files and check["results"][0]["error"] is None
@@ -295,7 +301,7 @@ def main() -> int:
     def pct(values: list[float], q: float) -> float:
         return float(np.percentile(values, q))
 
-    print(f"\nbench-serve: DCAE {SIZE}x{SIZE}, {source}")
+    print(f"\nbench-serve: {args.model} {SIZE}x{SIZE}, {source}")
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
         f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}"
