@@ -58,6 +58,12 @@ class AnomalyModel(nn.Module):
         return reconstruction_error(x, self.reconstruct(x))
 
 
+def is_training_only(model: nn.Module, key: str) -> bool:
+    """Whether state-dict `key` is one of `model`'s training-only tensors (not stored)."""
+    prefixes = tuple(getattr(model, "training_only", ()))
+    return bool(prefixes) and key.startswith(prefixes)
+
+
 def reconstruction_error(x: Tensor, x_hat: Tensor) -> Tensor:
     """Per-image mean squared error: (N, 1, H, W) x 2 -> (N,) float32.
 

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from deeplense.atomic import atomic_directory
 from deeplense.errors import CheckpointError, UnknownModelError
 from deeplense.scores import SCORES
-from models.base import AnomalyModel
+from models.base import AnomalyModel, is_training_only
 from models.registry import create_model
 from models.storage import WeightsDtype, storage_state
 
@@ -299,8 +299,7 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> Load
         raise CheckpointError(
             f"{weights}: weights do not match architecture {config.architecture!r} ({detail})"
         ) from None
-    optional = tuple(model.training_only)
-    missing = [k for k in result.missing_keys if not (optional and k.startswith(optional))]
+    missing = [k for k in result.missing_keys if not is_training_only(model, k)]
     if missing or result.unexpected_keys:
         detail = "; ".join(
             f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"

@@ -25,9 +25,8 @@ residual", amortised by a network.
   checkpoint; `card()` reports it in physical units. With `prior_deconvolve` (the
   default), the refined fits' variance, population spread plus each fit's photon noise, has
   the noise (the mean diagonal of the inverse Fisher matrix at the fits) subtracted, keeping
-  at least
-  `prior_min_share` of it: what the training set holds fixed (Model A's Einstein radius)
-  then gets a prior as narrow as the data allow, not as wide as one fit's error bar.
+  at least `prior_min_share` of it: what the training set holds fixed (Model A's Einstein
+  radius) then gets a prior as narrow as the data allow, not as wide as one fit's error bar.
 - Refinement (`refine_steps` > 0; 2 by default): per image, that many Levenberg-Marquardt
   (or Adam) steps on the raw parameters minimising the whitened residual plus the Gaussian
   prior's penalty, a MAP fit started at the encoder's guess. The prior keeps what the
@@ -222,7 +221,7 @@ class LensFit(AnomalyModel):
             inv_var = 1.0 / self.prior_var.clamp_min(float(self.config.prior_floor))  # (P,)
 
             def whitened(v: Tensor) -> Tensor:
-                return ((x - self.draw(v, x, sigma)) / sigma).flatten(1)  # (N, M)
+                return self._whitened(v, x, sigma)
 
             def cost(v: Tensor, res: Tensor) -> Tensor:
                 return 0.5 * res.pow(2).sum(dim=1) + self.prior_penalty(v)  # (N,)
@@ -251,6 +250,10 @@ class LensFit(AnomalyModel):
                 damping = torch.where(better, damping * 0.3, damping * 10.0).clamp(1e-6, 1e6)
         return r
 
+    def _whitened(self, r: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+        """The whitened residual (x - draw(r)) / sigma of each image, flattened: (N, M)."""
+        return ((x - self.draw(r, x, sigma)) / sigma).flatten(1)
+
     def _jacobian(self, r: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
         """d(whitened residual)/d(raw parameters): (N, M, P), from P forward-mode passes."""
         columns = []
@@ -259,7 +262,7 @@ class LensFit(AnomalyModel):
             tangent[:, k] = 1.0
             with forward_ad.dual_level():
                 dual = forward_ad.make_dual(r, tangent)
-                out = ((x - self.draw(dual, x, sigma)) / sigma).flatten(1)
+                out = self._whitened(dual, x, sigma)
                 columns.append(forward_ad.unpack_dual(out).tangent)  # (N, M)
         return torch.stack(columns, dim=2)
 

@@ -14,10 +14,12 @@ A model is rounded in memory (`round_to_storage`) before it is calibrated, so th
 calibration and its health check are those of the weights that are served.
 """
 
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import torch
 from torch import Tensor, nn
+
+from models.base import is_training_only
 
 WeightsDtype = Literal["float32", "float16"]
 WEIGHTS_DTYPES: tuple[str, ...] = get_args(WeightsDtype)
@@ -38,16 +40,21 @@ def _halvable(tensor: Tensor) -> bool:
     return scale == 0.0 or float((half.float() - tensor).abs().max()) <= HALF_MAX_ERROR * scale
 
 
+def check_weights_dtype(value: str) -> WeightsDtype:
+    """`value` as a WeightsDtype; ValueError naming the valid ones otherwise."""
+    if value not in WEIGHTS_DTYPES:
+        raise ValueError(f"unknown weights dtype {value!r}; valid: {', '.join(WEIGHTS_DTYPES)}")
+    return cast(WeightsDtype, value)
+
+
 def storage_state(model: nn.Module, weights_dtype: WeightsDtype) -> dict[str, Tensor]:
     """The state dict as it is written: CPU, contiguous, large tensors in `weights_dtype`,
     without the model's training-only tensors (`AnomalyModel.training_only`)."""
-    if weights_dtype not in WEIGHTS_DTYPES:
-        raise ValueError(f"unknown weights dtype {weights_dtype!r}; valid: {WEIGHTS_DTYPES}")
-    skip = tuple(getattr(model, "training_only", ()))
+    check_weights_dtype(weights_dtype)
     state = {
         k: v.detach().cpu().contiguous()
         for k, v in model.state_dict().items()
-        if not (skip and k.startswith(skip))
+        if not is_training_only(model, k)
     }
     if weights_dtype == "float16":
         state = {k: v.half() if _halvable(v) else v for k, v in state.items()}
@@ -58,8 +65,7 @@ def storage_state(model: nn.Module, weights_dtype: WeightsDtype) -> dict[str, Te
 def round_to_storage(model: nn.Module, weights_dtype: WeightsDtype) -> int:
     """Round `model`'s weights in place to what `storage_state` writes; returns how many
     tensors were rounded (0 for float32)."""
-    if weights_dtype not in WEIGHTS_DTYPES:
-        raise ValueError(f"unknown weights dtype {weights_dtype!r}; valid: {WEIGHTS_DTYPES}")
+    check_weights_dtype(weights_dtype)
     if weights_dtype == "float32":
         return 0
     rounded = 0

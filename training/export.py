@@ -6,14 +6,13 @@ import math
 import os
 import subprocess
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
 
 from models.base import AnomalyModel
 from models.checkpoint import TrainingFacts, config_for, save_checkpoint
-from models.storage import WeightsDtype, round_to_storage
+from models.storage import check_weights_dtype, round_to_storage
 from training.calibrate import calibrate_model
 from training.datasets import load_split, manifest_sha256
 from training.evaluate import dataset_name
@@ -41,7 +40,7 @@ def export_checkpoint(
     # Weights rounded to their storage precision, then the model's own last step on training
     # images (LensFit learns its prior), before any calibration, so that the calibrated
     # scores are those of the exported model.
-    weights_dtype = cast(WeightsDtype, options.weights_dtype)
+    weights_dtype = check_weights_dtype(options.weights_dtype)
     round_to_storage(model, weights_dtype)
     model.after_training(torch.from_numpy(np.array(plan.train[:1024], dtype=np.float32)).to(device))
     val = load_split(data, "val", image_size=model.image_size)  # no_sub (+ sphere, vort)

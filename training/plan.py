@@ -13,9 +13,9 @@ import torch
 import models
 from deeplense.errors import DatasetError, OutputExistsError
 from models.registry import model_class
-from models.storage import WEIGHTS_DTYPES
+from models.storage import check_weights_dtype
 from training.datasets import load_split
-from training.steps import PRECISIONS
+from training.steps import check_precision
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +112,8 @@ def prepare(options: FitOptions) -> Plan:
     """
     names = model_names(options.model)
     check_arch_args(names, options.arch_args)
-    if options.precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {options.precision!r}; valid: {', '.join(PRECISIONS)}")
-    if options.weights_dtype not in WEIGHTS_DTYPES:
-        raise ValueError(
-            f"unknown weights dtype {options.weights_dtype!r}; valid: {', '.join(WEIGHTS_DTYPES)}"
-        )
+    check_precision(options.precision)  # refused before any data is read
+    check_weights_dtype(options.weights_dtype)
     for name in names:
         target = Path(options.out) / name
         if target.exists() and not options.overwrite:

@@ -49,6 +49,13 @@ class Distributed:
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
+def check_precision(choice: str) -> str:
+    """`choice` if it is one of PRECISIONS; ValueError naming the valid ones otherwise."""
+    if choice not in PRECISIONS:
+        raise ValueError(f"unknown precision {choice!r}; valid: {', '.join(PRECISIONS)}")
+    return choice
+
+
 @dataclass(frozen=True)
 class Precision:
     """Autocast dtype on the training device: None = plain float32."""
@@ -59,11 +66,11 @@ class Precision:
     @classmethod
     def for_device(cls, device: torch.device, choice: str = "auto") -> "Precision":
         """`choice` "auto": bf16 on CUDA GPUs that support it, else fp16 (with a scaler), and
-        float32 on CPU (bf16 autocast on our AVX512-BF16 CPU was within noise of float32 with
-        channels_last: README, "Training speed"). "fp32" or "bf16" force one (bf16 on CPU
-        needs a CPU with bf16 support to be fast, and is refused on a GPU without it)."""
-        if choice not in PRECISIONS:
-            raise ValueError(f"unknown precision {choice!r}; valid: {', '.join(PRECISIONS)}")
+        float32 on CPU (bf16 autocast on our AVX512-BF16 CPU was faster for some models, slower
+        for the AAE, and changes the arithmetic: README, "Training speed"). "fp32" or "bf16"
+        force one (bf16 on CPU needs a CPU with bf16 support to be fast, and is refused on a
+        GPU without it)."""
+        check_precision(choice)
         if choice == "fp32":
             return cls(device.type)
         if choice == "bf16":

@@ -6,6 +6,7 @@ import torch
 
 import models
 from deeplense.errors import UnknownModelError
+from models.base import is_training_only
 from models.checkpoint import config_for, load_checkpoint, save_checkpoint
 from tests.conftest import TINY_SIZE, tiny_images, tiny_model
 
@@ -81,9 +82,8 @@ def test_safetensors_round_trip_gives_identical_scores(model_name: str, tmp_path
     with torch.no_grad():
         after = loaded.model.score(x)
     assert torch.equal(before, after)
-    training_only = tuple(model.training_only)  # not stored (models/base.py)
     for key, value in model.state_dict().items():
-        if not (training_only and key.startswith(training_only)):
+        if not is_training_only(model, key):  # training-only tensors are not stored
             assert torch.equal(value, loaded.model.state_dict()[key]), key
 
 
