@@ -15,7 +15,7 @@ from fastapi.security import APIKeyHeader
 
 from app.errors import InvalidApiKeyError
 from app.metrics import ScoringMetrics
-from app.scoring import ModelService
+from app.service import ModelService
 from app.settings import Settings
 
 

@@ -68,9 +68,10 @@ STATUS_CODES: dict[type[DeepLenseError], int] = {
     DeepLenseError: 400,  # any other deliberate error is the client's
 }
 
+RETRY_AFTER_S = 5  # what a 503 (models still loading) tells the client to wait, seconds
 _HEADERS: dict[int, dict[str, str]] = {
     401: {"WWW-Authenticate": "APIKey"},
-    503: {"Retry-After": "5"},
+    503: {"Retry-After": str(RETRY_AFTER_S)},
 }
 
 

@@ -16,7 +16,7 @@ from app.limits import BodyLimitMiddleware, TimeoutMiddleware
 from app.metrics import install_metrics
 from app.openapi import install_openapi
 from app.routes import health, models, score, ui
-from app.scoring import ModelService
+from app.service import ModelService
 from app.settings import Settings, SettingsError, get_settings
 from app.startup import OneLineStartupErrors
 from deeplense.numerics import flush_denormals

@@ -25,9 +25,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from deeplense.inference import score_array  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.scores import list_scores  # noqa: E402
-from deeplense.scoring import score_array  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 
 CLASSES = ("no_sub", "sphere", "vort")

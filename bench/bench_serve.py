@@ -43,10 +43,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import models  # noqa: E402
+from deeplense.calibration import calibration_from_scores  # noqa: E402
+from deeplense.inference import score_array  # noqa: E402
 from models.base import AnomalyModel  # noqa: E402
 from models.checkpoint import config_for, load_checkpoint, save_checkpoint  # noqa: E402
 from models.registry import create_model  # noqa: E402
-from training.calibrate import calibration_from_scores  # noqa: E402
 
 SIZE = 150
 SHIPPED_ROOT = REPO / "checkpoints" / "model_a"
@@ -76,8 +77,7 @@ def checkpoint_root(tmp: Path, name: str) -> tuple[Path, str]:
         return root, str(shipped.relative_to(REPO))
     torch.manual_seed(0)
     model = create_model(name, image_size=SIZE).eval()
-    with torch.inference_mode():
-        scores = model.score(torch.from_numpy(ring_images(64, seed=1)[:, None])).numpy()
+    scores = score_array(model, ring_images(64, seed=1)[:, None]).loss
     calibration = calibration_from_scores(scores, fpr=0.05, dataset="bench rings")
     config = config_for(model, calibrations={"mse": calibration}, default_score="mse")
     save_checkpoint(model, config, root / name)

@@ -29,9 +29,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from deeplense.inference import score_array  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.scores import compute_scores, list_scores  # noqa: E402
-from deeplense.scoring import score_array  # noqa: E402
 from models.checkpoint import find_checkpoints, load_checkpoint  # noqa: E402
 from training.bounds import bound_reconstructions, sim_config  # noqa: E402
 from training.datasets import CLASSES  # noqa: E402

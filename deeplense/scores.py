@@ -18,7 +18,7 @@ map and the picture a user sees of it can never disagree:
 
 Higher is more anomalous for every score. `compute_scores` evaluates any set of them in one
 pass and is the only place the service, the `score` CLI and evaluation get scores from
-(through `deeplense.scoring.score_array`).
+(through `deeplense.inference.score_array`).
 """
 
 from collections.abc import Callable, Iterable

@@ -5,7 +5,7 @@ Importing this package registers every model.
 """
 
 from models import aae, dcae, lensfit, rbm, vae  # noqa: F401  (registers the models)
-from models.base import AnomalyModel, reconstruction_error
+from models.base import AnomalyModel, ModelConfig
 from models.registry import create_model, list_models, register_model
 
-__all__ = ["AnomalyModel", "create_model", "list_models", "reconstruction_error", "register_model"]
+__all__ = ["AnomalyModel", "ModelConfig", "create_model", "list_models", "register_model"]

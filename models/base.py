@@ -1,17 +1,35 @@
 """The one interface every anomaly model implements.
 
 Images are `(N, 1, H, W)` float tensors with pixels min-max scaled to [0, 1]. A model
-reconstructs them (`reconstruct`, same shape, values in [0, 1]); its anomaly score is the
-per-image mean squared reconstruction error (`score`, higher = more anomalous); `loss`
-returns the training objective as a dict with a `"loss"` key plus named parts for logging.
-In eval mode `reconstruct` and `score` are deterministic (no sampling, BatchNorm running
-statistics).
+reconstructs them (`reconstruct`, same shape, values in [0, 1]); the anomaly scores are
+computed from the image and its reconstruction by `deeplense.inference.score_array`, never by
+the model. `loss` returns the training objective as a dict with a `"loss"` key plus named
+parts for logging. In eval mode `reconstruct` is deterministic (no sampling, BatchNorm
+running statistics).
 """
 
-from dataclasses import asdict
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Self
 
 from torch import Tensor, nn
+
+from deeplense.instrument import STUDY_IMAGE_SIZE
+
+TINY_IMAGE_SIZE = 32  # pixels per side of the tests' and `fit --tiny`'s images
+
+
+@dataclass
+class ModelConfig:
+    """What every model's config holds; a model's own config subclasses it."""
+
+    image_size: int = STUDY_IMAGE_SIZE  # side of the square input, pixels
+
+    @classmethod
+    def tiny(cls) -> Self:
+        """The config at test size (TINY_IMAGE_SIZE images, small layers), built in well
+        under a second: the contract tests and `fit --tiny` use it. Override it to shrink
+        a model's own layers."""
+        return cls(image_size=TINY_IMAGE_SIZE)
 
 
 class AnomalyModel(nn.Module):
@@ -22,7 +40,7 @@ class AnomalyModel(nn.Module):
     # State-dict key prefixes that scoring never reads (an adversary, a variance head): not
     # stored in checkpoints, so a loaded model scores exactly but cannot continue training.
     training_only: ClassVar[tuple[str, ...]] = ()
-    Config: ClassVar[type[Any]]
+    Config: ClassVar[type[ModelConfig]]
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -53,25 +71,11 @@ class AnomalyModel(nn.Module):
         """Facts about the trained model for its model card (e.g. a learned prior); {}."""
         return {}
 
-    def score(self, x: Tensor) -> Tensor:
-        """Per-image mean squared reconstruction error: (N, 1, H, W) -> (N,)."""
-        return reconstruction_error(x, self.reconstruct(x))
-
 
 def is_training_only(model: nn.Module, key: str) -> bool:
     """Whether state-dict `key` is one of `model`'s training-only tensors (not stored)."""
     prefixes = tuple(getattr(model, "training_only", ()))
     return bool(prefixes) and key.startswith(prefixes)
-
-
-def reconstruction_error(x: Tensor, x_hat: Tensor) -> Tensor:
-    """Per-image mean squared error: (N, 1, H, W) x 2 -> (N,) float32.
-
-    Differences are taken in float32 and summed in float64, so the value does not depend on
-    how images were batched or on the device's reduction order beyond float32 rounding.
-    """
-    diff = x.float() - x_hat.float()
-    return diff.pow(2).flatten(1).double().mean(dim=1).float()
 
 
 def count_parameters(model: nn.Module) -> int:

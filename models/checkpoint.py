@@ -10,21 +10,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from deeplense.atomic import atomic_directory
+from deeplense.calibration import Calibration
 from deeplense.errors import CheckpointError, UnknownModelError
+from deeplense.instrument import (
+    DEFAULT_PSF_SIGMA_PIXELS,
+    STUDY_PIXEL_SCALE_ARCSEC,
+    STUDY_PSF_SIGMA_ARCSEC,
+)
 from deeplense.scores import SCORES
 from models.base import AnomalyModel, is_training_only
 from models.registry import create_model
@@ -35,8 +39,6 @@ READABLE_FORMATS = (1, 2)  # 1 is read as version 2 with its one (MSE) calibrati
 CONV_DECODER_ARCHITECTURES = ("aae", "vae", "dcae")  # use models.layers.ConvDecoder
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-N_QUANTILES = 101
-DEFAULT_PSF_SIGMA_PIXELS = 2.0  # the study's 0.1" PSF on 0.05" pixels
 
 
 class _Strict(BaseModel):
@@ -52,9 +54,13 @@ class InputSpec(_Strict):
     normalisation: Literal["minmax"] = Field(
         default="minmax", description="per-image scaling to [0, 1]"
     )
-    pixel_scale_arcsec: float | None = Field(default=0.05, gt=0, description="arcsec per pixel")
+    pixel_scale_arcsec: float | None = Field(
+        default=STUDY_PIXEL_SCALE_ARCSEC, gt=0, description="arcsec per pixel"
+    )
     psf_sigma_arcsec: float | None = Field(
-        default=0.1, gt=0, description="Gaussian PSF sigma of the training data (arcsec)"
+        default=STUDY_PSF_SIGMA_ARCSEC,
+        gt=0,
+        description="Gaussian PSF sigma of the training data (arcsec)",
     )
 
     @property
@@ -63,49 +69,6 @@ class InputSpec(_Strict):
         if self.psf_sigma_arcsec is None or self.pixel_scale_arcsec is None:
             return DEFAULT_PSF_SIGMA_PIXELS
         return self.psf_sigma_arcsec / self.pixel_scale_arcsec
-
-
-class Calibration(_Strict):
-    """Anomaly threshold and the distribution of normal (no_sub) scores it came from."""
-
-    fpr: float = Field(gt=0, lt=1, description="target false-positive rate on normal images")
-    threshold: float = Field(description="score above which an image is flagged")
-    quantiles: list[float] = Field(description="101 quantiles (0..100%) of the normal scores")
-    n_images: int = Field(gt=0, description="normal images the calibration used")
-    dataset: str | None = None
-    youden_threshold: float | None = Field(
-        default=None,
-        description="threshold maximising TPR - FPR on the labelled validation split, if any",
-    )
-    validation_auc: float | None = Field(
-        default=None, description="ROC-AUC sub vs no_sub on the labelled validation split"
-    )
-
-    @field_validator("threshold", "youden_threshold", "validation_auc")
-    @classmethod
-    def _finite(cls, value: float | None) -> float | None:
-        if value is not None and not np.isfinite(value):
-            raise ValueError("must be a finite number")
-        return value
-
-    @field_validator("quantiles")
-    @classmethod
-    def _sorted_quantiles(cls, q: list[float]) -> list[float]:
-        if len(q) != N_QUANTILES:
-            raise ValueError(f"expected {N_QUANTILES} quantiles, got {len(q)}")
-        if any(b < a for a, b in zip(q, q[1:], strict=False)):
-            raise ValueError("quantiles must be non-decreasing")
-        if not all(np.isfinite(q)):
-            raise ValueError("quantiles must be finite")
-        return q
-
-    def percentile(self, scores: np.ndarray) -> np.ndarray:
-        """Percentile (0-100) of each score among the calibration normals (interpolated)."""
-        levels = np.linspace(0.0, 100.0, N_QUANTILES)
-        q = np.asarray(self.quantiles, dtype=np.float64)
-        # np.interp needs strictly increasing x for a sensible answer on ties: nudge them.
-        q = q + np.arange(N_QUANTILES) * 1e-12 * max(abs(q[-1]), 1e-12)
-        return np.interp(np.asarray(scores, dtype=np.float64), q, levels)
 
 
 class TrainingFacts(_Strict):

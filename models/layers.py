@@ -19,17 +19,19 @@ before this fix (format 1) load with `replicate_edges=False`, as they were train
 
 import math
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.base import TINY_IMAGE_SIZE, ModelConfig
+
 
 @dataclass
-class ConvNetConfig:
+class ConvNetConfig(ModelConfig):
     """Geometry of the shared conv stack. Sizes in pixels; the latent size in units."""
 
-    image_size: int = 150
     channels: tuple[int, ...] = (16, 32, 64)
     kernels: tuple[int, ...] = (7, 7, 7)
     strides: tuple[int, ...] = (3, 3, 1)
@@ -48,6 +50,18 @@ class ConvNetConfig:
             raise ValueError("channels, kernels, strides and paddings must have equal lengths")
         if self.feature_sizes()[-1] < 1:
             raise ValueError(f"image_size {self.image_size} is too small for these kernels")
+
+    @classmethod
+    def tiny(cls) -> Self:
+        """32x32 images through three small convs (32 -> 16 -> 8 -> 6) and an 8-d latent."""
+        return cls(
+            image_size=TINY_IMAGE_SIZE,
+            channels=(4, 8, 8),
+            kernels=(3, 3, 3),
+            strides=(2, 2, 1),
+            paddings=(1, 1, 0),
+            latent_dim=8,
+        )
 
     def feature_sizes(self) -> list[int]:
         """Spatial side after each conv, starting with the input: [150, 49, 15, 9]."""

@@ -33,13 +33,14 @@ residual", amortised by a network.
   training set held fixed (Model A's Einstein radius) from absorbing a subhalo's mass.
 """
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Self
 
 import torch
 from torch import Tensor, nn
 from torch.autograd import forward_ad
 
+from deeplense.instrument import STUDY_PIXEL_SCALE_ARCSEC, STUDY_PSF_SIGMA_ARCSEC
 from deeplense.lensing.torch_renderer import LensBatch, RenderConfig, render_components
 from deeplense.noise import estimate_noise
 from models.base import AnomalyModel
@@ -63,13 +64,33 @@ RANGES: dict[str, tuple[float, float]] = {
 NAMES = tuple(RANGES)
 _ELLIPTICITY_EPS = 1e-6  # keeps the angle's gradient finite at a round profile
 
+# Fitting constants (dimensionless unless stated).
+# Linear amplitudes: a ridge of this share of the Gram matrix's mean diagonal keeps the 3x3
+# solve regular when a component (e.g. arcs far outside the field) has no light.
+AMPLITUDE_RIDGE = 1e-6
+# Levenberg-Marquardt: the damping starts at LM_DAMPING_START, is multiplied by LM_ACCEPT
+# after a step that lowered an image's cost and by LM_REJECT after one that did not, and
+# stays within LM_DAMPING_RANGE; LM_JITTER (on the identity) keeps the solve regular.
+LM_DAMPING_START = 1e-2
+LM_ACCEPT = 0.3
+LM_REJECT = 10.0
+LM_DAMPING_RANGE = (1e-6, 1e6)
+LM_JITTER = 1e-9
+# Inverse Fisher matrix: a ridge of this share of its mean diagonal (float64 solve).
+FISHER_RIDGE = 1e-9
+# Learning the prior: images are refined in chunks of PRIOR_FIT_CHUNK (memory: the Jacobian
+# is chunk x pixels x P floats), under a prior PRIOR_FIT_WIDENING times broader in variance
+# than the running one, so that the data, not the old prior, decide the fits.
+PRIOR_FIT_CHUNK = 32
+PRIOR_FIT_WIDENING = 100.0
+
 
 @dataclass
 class LensFitConfig(ConvNetConfig):
     """Encoder geometry (the shared conv stack), the instrument, and the refinement."""
 
-    pixel_scale: float = 0.05  # arcsec per pixel
-    psf_sigma: float = 0.1  # arcsec
+    pixel_scale: float = STUDY_PIXEL_SCALE_ARCSEC  # arcsec per pixel
+    psf_sigma: float = STUDY_PSF_SIGMA_ARCSEC  # Gaussian PSF sigma, arcsec
     supersampling: int = 1  # sub-pixels per pixel per axis in the decoder's renderer
     source_n: float = 1.5  # Sersic indices, fixed (REFERENCE.md)
     lens_n: float = 2.5
@@ -88,6 +109,10 @@ class LensFitConfig(ConvNetConfig):
     # least `prior_min_share` of it (module doc, "Prior").
     prior_deconvolve: bool = True
     prior_min_share: float = 0.01
+
+    @classmethod
+    def tiny(cls) -> Self:
+        return replace(super().tiny(), hidden=16)
 
 
 def _q_phi(e1: Tensor, e2: Tensor) -> tuple[Tensor, Tensor]:
@@ -172,7 +197,7 @@ class LensFit(AnomalyModel):
         a = design * w  # (N, pixels, 3)
         b = x.float().flatten(1).unsqueeze(2) * w  # (N, pixels, 1)
         gram = a.transpose(1, 2) @ a  # (N, 3, 3)
-        ridge = 1e-6 * gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)
+        ridge = AMPLITUDE_RIDGE * gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)
         gram = gram + ridge.view(-1, 1, 1) * torch.eye(3, dtype=gram.dtype, device=gram.device)
         coef = torch.linalg.solve(gram, a.transpose(1, 2) @ b)  # (N, 3, 1)
         return (design @ coef).view_as(x)
@@ -228,7 +253,7 @@ class LensFit(AnomalyModel):
 
             res = whitened(r)
             current = cost(r, res)
-            damping = torch.full((n,), 1e-2, dtype=r.dtype, device=r.device)
+            damping = torch.full((n,), LM_DAMPING_START, dtype=r.dtype, device=r.device)
             eye = torch.eye(p, dtype=r.dtype, device=r.device)
             for _ in range(steps):
                 jac = self._jacobian(r, x, sigma)  # (N, M, P)
@@ -238,7 +263,7 @@ class LensFit(AnomalyModel):
                 ) * inv_var  # (N, P)
                 diag = torch.diagonal(jtj, dim1=1, dim2=2)
                 step = torch.linalg.solve(
-                    jtj + damping.view(-1, 1, 1) * torch.diag_embed(diag) + 1e-9 * eye, -grad
+                    jtj + damping.view(-1, 1, 1) * torch.diag_embed(diag) + LM_JITTER * eye, -grad
                 )
                 trial = r + step
                 trial_res = whitened(trial)
@@ -247,7 +272,8 @@ class LensFit(AnomalyModel):
                 r = torch.where(better[:, None], trial, r)
                 res = torch.where(better[:, None], trial_res, res)
                 current = torch.where(better, trial_cost, current)
-                damping = torch.where(better, damping * 0.3, damping * 10.0).clamp(1e-6, 1e6)
+                damping = torch.where(better, damping * LM_ACCEPT, damping * LM_REJECT)
+                damping = damping.clamp(*LM_DAMPING_RANGE)
         return r
 
     def _whitened(self, r: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
@@ -273,7 +299,7 @@ class LensFit(AnomalyModel):
         with torch.inference_mode(False):
             jac = self._jacobian(r.float(), x.float(), sigma.float()).double()  # (N, M, P)
         fisher = jac.transpose(1, 2) @ jac  # (N, P, P)
-        ridge = 1e-9 * fisher.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
+        ridge = FISHER_RIDGE * fisher.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
         eye = torch.eye(r.shape[1], dtype=fisher.dtype, device=fisher.device)
         cov = torch.linalg.inv(fisher + ridge.view(-1, 1, 1) * eye)
         return cov.diagonal(dim1=1, dim2=2).float()
@@ -305,30 +331,37 @@ class LensFit(AnomalyModel):
         self.eval()
         sigma = estimate_noise(x, self.psf_sigma_pixels)
         raw = self.encode(x)
-        broad = self.prior_var.clone()
-        self.prior_var.mul_(100.0)  # a broad prior while fitting: let the data decide
-        refined = torch.cat(
-            [
-                self._refine_gauss_newton(
-                    raw[i : i + 32], x[i : i + 32], sigma[i : i + 32],
-                    int(self.config.prior_fit_steps),
-                )
-                for i in range(0, len(x), 32)
-            ]
-        )  # fmt: skip
-        self.prior_var.copy_(broad)
-        self.prior_mean.copy_(refined.mean(dim=0))
+        chunks = range(0, len(x), PRIOR_FIT_CHUNK)
+        steps = int(self.config.prior_fit_steps)
+        saved_var = self.prior_var.clone()
+        try:
+            self.prior_var.mul_(PRIOR_FIT_WIDENING)  # a broad prior while fitting
+            refined = torch.cat(
+                [
+                    self._refine_gauss_newton(
+                        raw[i : i + PRIOR_FIT_CHUNK], x[i : i + PRIOR_FIT_CHUNK],
+                        sigma[i : i + PRIOR_FIT_CHUNK], steps,
+                    )
+                    for i in chunks
+                ]
+            )  # fmt: skip
+        finally:  # an error mid-fit leaves the model as it was, never with the broad prior
+            self.prior_var.copy_(saved_var)
+            self.train(was_training)
         spread = refined.var(dim=0)  # (P,) population + fit noise
         if self.config.prior_deconvolve:
             noise = torch.cat(
                 [
-                    self.fit_variance(refined[i : i + 32], x[i : i + 32], sigma[i : i + 32])
-                    for i in range(0, len(x), 32)
+                    self.fit_variance(
+                        refined[i : i + PRIOR_FIT_CHUNK], x[i : i + PRIOR_FIT_CHUNK],
+                        sigma[i : i + PRIOR_FIT_CHUNK],
+                    )
+                    for i in chunks
                 ]
-            ).mean(dim=0)  # (P,)
+            ).mean(dim=0)  # (P,)  # fmt: skip
             spread = torch.maximum(spread - noise, float(self.config.prior_min_share) * spread)
+        self.prior_mean.copy_(refined.mean(dim=0))
         self.prior_var.copy_(spread.clamp_min(float(self.config.prior_floor)))
-        self.train(was_training)
 
     @torch.no_grad()
     def _update_prior(self, raw: Tensor) -> None:

@@ -32,20 +32,20 @@ binary sample is why it scored AUC ~0.5): x_hat = m + sigma * (b + W p(h | u)), 
 """
 
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.base import AnomalyModel
+from models.base import TINY_IMAGE_SIZE, AnomalyModel, ModelConfig
 from models.registry import register_model
 
 
 @dataclass
-class RBMConfig:
+class RBMConfig(ModelConfig):
     """Image side (pixels), hidden units and the visible std sigma (pixel units)."""
 
-    image_size: int = 150
     # 256 rather than the published 1000: 22,500 x 1000 float32 weights are 90 MB; 22,500 x 256
     # keep the checkpoint near 23 MB.
     n_hidden: int = 256
@@ -61,6 +61,10 @@ class RBMConfig:
             raise ValueError(f"sigma must be positive, got {self.sigma}")
         if self.init_std < 0:
             raise ValueError(f"init_std must be >= 0, got {self.init_std}")
+
+    @classmethod
+    def tiny(cls) -> Self:
+        return cls(image_size=TINY_IMAGE_SIZE, n_hidden=16)
 
     @property
     def n_visible(self) -> int:

@@ -1,19 +1,61 @@
-"""Which model is served by default: one rule, used by the service at start-up and by
-`evaluate --update-checkpoints`, which records the choice in every card.
+"""Every "default" policy in one place, with one tie order for models and one for scores.
 
-The rule: the best ROC-AUC (sub vs no_sub) of each model's default score on the labelled
+- `choose_default_score`: a checkpoint's default score, chosen at calibration.
+- `choose_ensemble_score`: the ensemble's score when a request names none.
+- `choose_default_model`: the model served by default, used by the service at start-up and
+  by `evaluate --update-checkpoints`, which records the choice in every card.
+
+The model rule: the best ROC-AUC (sub vs no_sub) of each model's default score on the labelled
 validation split (`Calibration.validation_auc`, measured at calibration; never the test
 split), rounded to 4 decimals, ties broken in the study's order (AAE, VAE, DCAE, RBM), then
 ours (LensFit), then by name. Without any validation AUC (checkpoints calibrated on no_sub
 images only), the first model in that order.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from deeplense.calibration import Calibration
+from deeplense.scores import PREFERENCE as SCORE_PREFERENCE
 from models.checkpoint import CheckpointConfig
 
 MODEL_PREFERENCE = ("aae", "vae", "dcae", "rbm", "lensfit")
+# A checkpoint calibrated without a labelled split: the best score in the detection bounds
+# (bench/oracle_auc.py) that does not depend on a light region.
+NO_LABELS_SCORE = "chi2_psf"
+# The ensemble's score when its members share no calibrated score (the study's).
+FALLBACK_SCORE = "mse"
+
+
+def score_rank(score: str) -> tuple[int, str]:
+    """The one tie order of scores: deeplense.scores.PREFERENCE, then others by name."""
+    order = SCORE_PREFERENCE.index(score) if score in SCORE_PREFERENCE else len(SCORE_PREFERENCE)
+    return order, score
+
+
+def choose_default_score(calibrations: Mapping[str, Calibration]) -> tuple[str, str]:
+    """(score, reason) for a checkpoint: the best validation AUC (rounded to 4 decimals, ties
+    in the score order); without labels, NO_LABELS_SCORE."""
+    measured = {s: c.validation_auc for s, c in calibrations.items() if c.validation_auc}
+    if not measured:
+        return NO_LABELS_SCORE, (
+            f"no labelled validation split: {NO_LABELS_SCORE}, the best score in the "
+            "detection bounds"
+        )
+    best = min(measured, key=lambda s: (-round(measured[s], 4), *score_rank(s)))
+    table = ", ".join(f"{s} {measured[s]:.4f}" for s in sorted(measured))
+    return best, f"best ROC-AUC on the labelled validation split ({table})"
+
+
+def choose_ensemble_score(members: Sequence[CheckpointConfig]) -> str:
+    """The ensemble's default score: among the scores every member is calibrated for, the
+    members' most common default, ties in the score order; FALLBACK_SCORE if they share none."""
+    if not members:
+        return FALLBACK_SCORE
+    shared = set.intersection(*(set(card.calibrations) for card in members))
+    defaults = [card.default_score for card in members]
+    ranked = sorted(shared, key=lambda s: (-defaults.count(s), *score_rank(s)))
+    return ranked[0] if ranked else FALLBACK_SCORE
 
 
 @dataclass(frozen=True)

@@ -3,41 +3,37 @@
 Tiny = 32x32 images and a few channels, so every test runs in well under a second on a CPU.
 """
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 import models
+from deeplense.calibration import Calibration, calibration_from_scores
+from deeplense.inference import score_array
 from deeplense.scores import list_scores
-from deeplense.scoring import score_array
-from models.base import AnomalyModel
-from models.checkpoint import Calibration, CheckpointConfig, config_for, save_checkpoint
-from training.calibrate import calibration_from_scores
+from models.base import TINY_IMAGE_SIZE, AnomalyModel
+from models.checkpoint import CheckpointConfig, config_for, save_checkpoint
+from models.layers import ConvNetConfig
+from models.registry import model_class
 
-TINY_SIZE = 32
-TINY_GEOMETRY = {
-    "image_size": TINY_SIZE,
-    "channels": [4, 8, 8],
-    "kernels": [3, 3, 3],
-    "strides": [2, 2, 1],
-    "paddings": [1, 1, 0],
-    "latent_dim": 8,
-}
-TINY_ARGUMENTS: dict[str, dict] = {
-    "aae": TINY_GEOMETRY,
-    "vae": TINY_GEOMETRY,
-    "dcae": TINY_GEOMETRY,
-    "rbm": {"image_size": TINY_SIZE, "n_hidden": 16},
-    "lensfit": {**TINY_GEOMETRY, "hidden": 16, "refine_steps": 2},
-}
+TINY_SIZE = TINY_IMAGE_SIZE
+# The shared conv stack at test size, as constructor arguments (for the conv models' tests).
+TINY_GEOMETRY = dataclasses.asdict(ConvNetConfig.tiny())
+
+
+def tiny_arguments(name: str) -> dict[str, Any]:
+    """A registered model's test-size constructor arguments: its config's `tiny()`."""
+    return dataclasses.asdict(model_class(name).Config.tiny())
 
 
 def tiny_model(name: str, seed: int = 0) -> AnomalyModel:
     """A registered model at test size with seeded random weights, in eval mode."""
     torch.manual_seed(seed)
-    return models.create_model(name, **TINY_ARGUMENTS[name]).eval()
+    return models.create_model(name, **tiny_arguments(name)).eval()
 
 
 def tiny_images(n: int, seed: int = 0, size: int = TINY_SIZE) -> np.ndarray:

@@ -549,7 +549,7 @@ def test_dockerignore_keeps_what_the_image_needs() -> None:
         "app/main.py",
         "app/static/index.html",
         "models/checkpoint.py",
-        "deeplense/scoring.py",
+        "deeplense/inference.py",
         "training/__main__.py",
         "constraints.txt",
         "checkpoints/model_a/dcae/model.safetensors",

@@ -82,6 +82,8 @@ class AdversarialStep:
             phase: ScheduledOptimizer(params, lr, weight_decay, total_steps, precision)
             for phase, (params, lr) in groups.items()
         }
+        self.learning_rates = {phase: lr for phase, (_, lr) in groups.items()}
+        self.weight_decay = weight_decay
 
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
         """Run the three updates on a batch (N, 1, H, W); returns loss (= the MSE) and parts."""
@@ -93,6 +95,14 @@ class AdversarialStep:
             parts.update({k: v.detach() for k, v in out.items() if k != "loss"})
         parts["loss"] = parts["mse"]
         return parts
+
+    def optimizer_settings(self) -> dict[str, Any]:
+        return {
+            "optimizer": "Adam + OneCycleLR per phase (autoencoder, discriminator, generator)",
+            "lr": None,  # not the loop's --lr: each phase's own below
+            "lr_by_phase": dict(self.learning_rates),
+            "weight_decay": self.weight_decay,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {phase: opt.state_dict() for phase, opt in self.phases.items()}

@@ -3,7 +3,7 @@
 Each file is read with the shared reader (`deeplense.imaging.read_stack`: a single image is a
 stack of one), every image checked and prepared exactly as the service prepares an upload
 (`check_pixels`, then `deeplense.preprocess.to_model_input` at the checkpoint's size), and
-scored in batches by `deeplense.scoring.score_array`. So a file's row holds the numbers the
+scored in batches by `deeplense.inference.score_array`. So a file's row holds the numbers the
 service returns for it. A file holding N > 1 images (an .npy stack, a FITS cube) gives one row
 per image, named `file[k]` (k from 0). A file or image that cannot be read gets a row with
 its error and scoring goes on.
@@ -21,63 +21,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from deeplense.calibration import judge
 from deeplense.errors import InvalidImageError, OutputExistsError
+from deeplense.image_score import CSV_COLUMNS, ImageScore, image_scores
 from deeplense.imaging import DEFAULT_MAX_PIXELS, check_pixels, read_stack
-from deeplense.judge import judge
+from deeplense.inference import score_array
 from deeplense.preprocess import to_model_input
-from deeplense.scoring import score_array
 from models.checkpoint import LoadedCheckpoint
 
 log = logging.getLogger(__name__)
-
-CSV_COLUMNS = (
-    "filename",
-    "score",
-    "anomaly_score",
-    "reconstruction_loss",
-    "threshold",
-    "is_anomaly",
-    "percentile",
-    "w1",
-    "input_shape",
-    "resized",
-    "error",
-)
-
-
-@dataclass
-class ScoreRow:
-    """One image's result; the numbers are None when the image could not be scored."""
-
-    filename: str
-    score: str | None = None
-    anomaly_score: float | None = None
-    reconstruction_loss: float | None = None
-    threshold: float | None = None
-    is_anomaly: bool | None = None
-    percentile: float | None = None
-    w1: float | None = None
-    input_shape: tuple[int, ...] | None = None
-    resized: bool | None = None
-    error: str | None = None
-
-    def csv_values(self) -> list[str]:
-        """The row as CSV cells: floats in full precision (repr), empty cells for None."""
-        shape = None if self.input_shape is None else "x".join(map(str, self.input_shape))
-        values = [
-            self.filename,
-            self.score,
-            self.anomaly_score,
-            self.reconstruction_loss,
-            self.threshold,
-            self.is_anomaly,
-            self.percentile,
-            self.w1,
-            shape,
-            self.resized,
-            self.error,
-        ]
-        return ["" if v is None else repr(v) if isinstance(v, float) else str(v) for v in values]
 
 
 @dataclass
@@ -88,6 +40,7 @@ class _Prepared:
     x: np.ndarray | None = None
     input_shape: tuple[int, ...] | None = None
     resized: bool = False
+    warnings: tuple[str, ...] = ()
     error: str | None = None
 
 
@@ -140,12 +93,12 @@ def score_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     score: str | None = None,
-) -> Iterator[ScoreRow]:
+) -> Iterator[ImageScore]:
     """Rows for every image of `files`, in order, scored in batches of `batch_size`.
 
     `score` names the anomaly score (default: the checkpoint's). The threshold is `threshold`
     when given, else the checkpoint's calibrated one for that score (None when it has none:
-    is_anomaly is then None); percentile needs a calibration (`deeplense.judge`).
+    is_anomaly is then None); percentile needs a calibration (`deeplense.calibration.judge`).
     """
     score = score or loaded.config.default_score
     calibration = loaded.config.calibration_for(score)
@@ -155,34 +108,18 @@ def score_files(
     n_ready = 0  # prepared images waiting in `pending`
     n_images = 0
 
-    def flush() -> Iterator[ScoreRow]:
-        good = [p.x for p in pending if p.x is not None]
-        loss = w1 = values = np.zeros(0)
+    def flush() -> Iterator[ImageScore]:
+        good = [p for p in pending if p.x is not None]
+        records: Iterator[ImageScore] = iter(())
         if good:
             scored = score_array(
-                loaded.model, np.stack(good), device=device, batch_size=batch_size,
-                scores=[score], psf_sigma_pixels=psf,
+                loaded.model, np.stack([p.x for p in good if p.x is not None]), device=device,
+                batch_size=batch_size, scores=[score], psf_sigma_pixels=psf,
             )  # fmt: skip
-            loss, w1, values = scored.loss, scored.w1, scored.scores[score]  # (B,) each
-        verdict = judge(values, calibration, threshold)
-        i = 0
+            verdict = judge(scored.scores[score], calibration, threshold)
+            records = iter(image_scores(good, scored, score, verdict))
         for p in pending:
-            if p.x is None:
-                yield ScoreRow(filename=p.filename, error=p.error)
-                continue
-            yield ScoreRow(
-                filename=p.filename,
-                score=score,
-                anomaly_score=float(values[i]),
-                reconstruction_loss=float(loss[i]),
-                threshold=verdict.threshold,
-                is_anomaly=None if verdict.is_anomaly is None else bool(verdict.is_anomaly[i]),
-                percentile=None if verdict.percentile is None else float(verdict.percentile[i]),
-                w1=float(w1[i]),
-                input_shape=p.input_shape,
-                resized=p.resized,
-            )
-            i += 1
+            yield next(records) if p.x is not None else ImageScore(p.filename, error=p.error)
         pending.clear()
 
     bar = tqdm(files, desc=f"score {loaded.name}", unit="file", disable=not progress or None)
@@ -199,7 +136,7 @@ def score_files(
     yield from flush()
 
 
-def write_csv(rows: Iterable[ScoreRow], out: Path, overwrite: bool = False) -> dict[str, int]:
+def write_csv(rows: Iterable[ImageScore], out: Path, overwrite: bool = False) -> dict[str, int]:
     """Stream rows into `out` atomically (temp file, then rename); counts of rows by outcome."""
     out = Path(out)
     if out.exists() and not overwrite:

@@ -1,14 +1,10 @@
-"""Threshold calibration on held-out images, one calibration per named score.
+"""Calibrate a model on held-out images: one calibration per named score.
 
-For every registered score (`deeplense.scores`) the threshold is the (1 - fpr) quantile of
-the scores of normal (no_sub) validation images, so about `fpr` of normal images are flagged;
-the 101 quantiles (0%, 1%, ..., 100%) of those scores travel in the checkpoint so the service
-can turn any score into a percentile. When the validation split is labelled (DIR/val also
-holds sphere or vort images, as `simulate` writes them), each score also gets its ROC-AUC
-there and its Youden-J threshold (maximising TPR - FPR), and the checkpoint's default score
-is the one with the best validation AUC (ties in the order chi2_psf, chi2, mse). The test
-split is never used here: a threshold or a choice tuned on the data it is reported on would
-flatter it.
+Each score's calibration is `deeplense.calibration.calibration_from_scores` of the normal
+(no_sub) validation images; when DIR/val also holds sphere or vort images (as `simulate`
+writes them), each score gets its validation ROC-AUC and Youden-J threshold there, and the
+checkpoint's default score is `models.selection.choose_default_score` of them. The test
+split is never used here.
 """
 
 from dataclasses import dataclass
@@ -17,61 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from deeplense.calibration import Calibration, calibration_from_scores
 from deeplense.errors import DatasetError
-from deeplense.metrics import roc_auc
-from deeplense.scores import PREFERENCE, list_scores
-from deeplense.scoring import score_array
+from deeplense.inference import score_array
+from deeplense.scores import list_scores
 from models.base import AnomalyModel
-from models.checkpoint import N_QUANTILES, Calibration, LoadedCheckpoint
+from models.checkpoint import LoadedCheckpoint
+from models.selection import choose_default_score
 from training.datasets import LABELS, load_split
 
 NORMAL = "no_sub"
-NO_LABELS_DEFAULT = "chi2_psf"  # the best score in the detection bounds (bench/oracle_auc.py)
-
-
-def calibration_from_scores(
-    normal_scores: np.ndarray,
-    fpr: float = 0.05,
-    dataset: str | None = None,
-    labelled_scores: np.ndarray | None = None,
-    labels: np.ndarray | None = None,
-) -> Calibration:
-    """Build a Calibration from the scores (N,) of normal images (and optional labelled ones,
-    which must come from a validation split, never the test split)."""
-    scores = np.asarray(normal_scores, dtype=np.float64)
-    if scores.ndim != 1 or len(scores) < 2:
-        raise ValueError("calibration needs at least two normal scores")
-    if not np.isfinite(scores).all():
-        raise ValueError("calibration needs finite scores")
-    if not 0 < fpr < 1:
-        raise ValueError(f"fpr must lie in (0, 1), got {fpr}")
-    quantiles = np.quantile(scores, np.linspace(0.0, 1.0, N_QUANTILES))
-    youden = auc = None
-    if labelled_scores is not None and labels is not None:
-        s, y = np.asarray(labelled_scores, dtype=np.float64), np.asarray(labels)
-        youden = youden_threshold(s, y)
-        auc = roc_auc(s[y == 0], s[y == 1])
-    return Calibration(
-        fpr=fpr,
-        threshold=float(np.quantile(scores, 1.0 - fpr)),
-        quantiles=[float(q) for q in quantiles],
-        n_images=len(scores),
-        dataset=dataset,
-        youden_threshold=youden,
-        validation_auc=auc,
-    )
-
-
-def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Threshold maximising TPR - FPR (labels: 0 normal, 1 anomalous; flag = score > t)."""
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order].astype(bool)
-    tpr = np.cumsum(y) / max(y.sum(), 1)
-    fpr = np.cumsum(~y) / max((~y).sum(), 1)
-    best = int(np.argmax(tpr - fpr))
-    # Flag everything scoring at least s[best]: put the threshold just below it.
-    below = s[best + 1] if best + 1 < len(s) else s[best] - 1e-12
-    return float((s[best] + below) / 2)
 
 
 @dataclass
@@ -81,20 +32,6 @@ class ScoreCalibrations:
     calibrations: dict[str, Calibration]
     default_score: str
     reason: str
-
-
-def choose_default_score(calibrations: dict[str, Calibration]) -> tuple[str, str]:
-    """(score, reason): the best validation AUC, ties in PREFERENCE order; without labels,
-    NO_LABELS_DEFAULT."""
-    measured = {s: c.validation_auc for s, c in calibrations.items() if c.validation_auc}
-    if not measured:
-        return NO_LABELS_DEFAULT, (
-            "no labelled validation split: chi2_psf, the best score in the detection bounds"
-        )
-    rank = {s: i for i, s in enumerate(PREFERENCE)}
-    best = min(measured, key=lambda s: (-round(measured[s], 4), rank.get(s, len(rank)), s))
-    table = ", ".join(f"{s} {measured[s]:.4f}" for s in sorted(measured))
-    return best, f"best ROC-AUC on the labelled validation split ({table})"
 
 
 def calibrate_model(

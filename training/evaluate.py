@@ -10,7 +10,7 @@ the false- and true-positive rates of the default score's calibrated threshold o
 images (`deeplense.judge`, the rule the service flags by), and the reconstruction health
 check of `training.health` (a collapsed model is reported loudly).
 
-Scores come from `deeplense.scoring.score_array`, the function the service and the `score`
+Scores come from `deeplense.inference.score_array`, the function the service and the `score`
 CLI use, so an evaluated score equals the served score for the same image. Nothing here is
 tuned on the test split: thresholds and default scores come from calibration.
 """
@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from deeplense.calibration import judge
 from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, DatasetError
-from deeplense.judge import judge
+from deeplense.inference import score_array
 from deeplense.scores import list_scores
-from deeplense.scoring import score_array
 from models.checkpoint import (
     LoadedCheckpoint,
     find_checkpoints,

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,8 +33,10 @@ def export_checkpoint(
     wall_time: float,
     precision: Precision,
     dist: Distributed,
+    optimizer_settings: dict[str, Any],
 ) -> Path:
-    """Calibrate every score on the validation split and write OUT/<name> (rank 0 only)."""
+    """Calibrate every score on the validation split and write OUT/<name> (rank 0 only);
+    `optimizer_settings` is the training step's account of its optimisation, for the card."""
     options = plan.options
     data = Path(options.data)
     dataset = dataset_name(data) or data.resolve().name
@@ -79,9 +82,7 @@ def export_checkpoint(
             "global_batch_size": options.batch_size * dist.world_size,
             "precision": precision.name,
             "weights_dtype": weights_dtype,
-            "optimizer": "Adam + OneCycleLR",
-            "lr": options.lr if name != "aae" else None,
-            "weight_decay": options.weight_decay,
+            **optimizer_settings,  # the training step's own account (optimiser, rates)
             "history": history,
             "reconstruction_health": health.numbers,
             "model_card": model.card(),

@@ -180,8 +180,9 @@ def _fit_one(plan: Plan, name: str, device: torch.device, dist: Distributed) -> 
     checkpoint = None
     if dist.is_main:
         checkpoint = export_checkpoint(
-            plan, name, model, device, history, wall_time, precision, dist
-        )
+            plan, name, model, device, history, wall_time, precision, dist,
+            step.optimizer_settings(),
+        )  # fmt: skip
         state_path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             state_path.parent.rmdir()  # only when empty

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deeplense.scoring import score_array
+from deeplense.inference import score_array
 from models.base import AnomalyModel
 
 MIN_SPREAD_RATIO = 0.2  # below: the reconstructions barely depend on the input

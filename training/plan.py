@@ -44,6 +44,7 @@ class FitOptions:
     channels_last: bool = True  # conv weights and batches in NHWC order (measured faster)
     weights_dtype: str = "float32"  # models.storage: "float16" halves the checkpoint
     arch_args: dict[str, Any] = field(default_factory=dict)  # model config overrides
+    tiny: bool = False  # start from each model's Config.tiny() (test-sized layers)
 
 
 @dataclass
@@ -68,10 +69,14 @@ def config_fields(name: str) -> set[str]:
     return {f.name for f in dataclasses.fields(model_class(name).Config)}
 
 
-def arguments_for(name: str, arch_args: dict[str, Any], image_size: int) -> dict[str, Any]:
-    """The constructor arguments of `name`: the arch args it accepts, image_size from data."""
+def arguments_for(
+    name: str, arch_args: dict[str, Any], image_size: int, tiny: bool = False
+) -> dict[str, Any]:
+    """The constructor arguments of `name`: its tiny config's when `tiny`, overridden by the
+    arch args it accepts, with image_size from the data."""
     accepted = config_fields(name)
-    chosen = {k: v for k, v in arch_args.items() if k in accepted}
+    chosen = dataclasses.asdict(model_class(name).Config.tiny()) if tiny else {}
+    chosen.update({k: v for k, v in arch_args.items() if k in accepted})
     chosen["image_size"] = image_size
     return chosen
 
@@ -128,7 +133,7 @@ def prepare(options: FitOptions) -> Plan:
         raise DatasetError(f"{Path(options.data) / 'train'}: need at least 2 no_sub images")
     if len(val) < 2:
         raise DatasetError(f"{Path(options.data) / 'val'}: need at least 2 no_sub images")
-    arguments = {n: arguments_for(n, options.arch_args, side) for n in names}
+    arguments = {n: arguments_for(n, options.arch_args, side, options.tiny) for n in names}
     for name, args in arguments.items():
         with torch.device("meta"):  # build each model without memory: bad values raise here
             models.create_model(name, **args)

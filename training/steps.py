@@ -150,6 +150,11 @@ class TrainStep(Protocol):
 
     def __call__(self, x: Tensor) -> dict[str, Tensor]: ...
 
+    def optimizer_settings(self) -> dict[str, Any]:
+        """What the model card records of the optimisation: the optimiser, learning rates,
+        weight decay (JSON-serialisable)."""
+        ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
@@ -196,6 +201,7 @@ class StandardStep:
 
     def __init__(self, model: AnomalyModel, settings: StepSettings) -> None:
         self.precision = settings.precision
+        self.settings = settings
         self.net = wrap_for_training(LossForward(model), settings.dist)
         self.optimizer = ScheduledOptimizer(
             list(model.parameters()), settings.lr, settings.weight_decay, settings.total_steps,
@@ -207,6 +213,13 @@ class StandardStep:
             parts = self.net(x)
         self.optimizer.step(parts["loss"])
         return {k: v.detach() for k, v in parts.items()}
+
+    def optimizer_settings(self) -> dict[str, Any]:
+        return {
+            "optimizer": "Adam + OneCycleLR",
+            "lr": self.settings.lr,
+            "weight_decay": self.settings.weight_decay,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"main": self.optimizer.state_dict()}

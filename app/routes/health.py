@@ -7,8 +7,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from app.dependencies import ServiceDep
+from app.errors import RETRY_AFTER_S
 from app.schemas import Health, Readiness
-from app.scoring import ModelService
+from app.service import ModelService
 
 router = APIRouter(tags=["operations"])
 
@@ -74,4 +75,8 @@ async def ready(service: ServiceDep) -> JSONResponse:
         not_ready=list(waiting),
         **runtime_info(service),
     )
-    return JSONResponse(body.model_dump(), status_code=200 if service.ready else 503)
+    if service.ready:
+        return JSONResponse(body.model_dump())
+    return JSONResponse(
+        body.model_dump(), status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}
+    )

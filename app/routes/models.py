@@ -6,9 +6,10 @@ from fastapi import APIRouter, Depends, Path
 
 from app.dependencies import ReadyServiceDep, require_api_key
 from app.schemas import CalibrationSummary, EnsembleCard, ErrorBody, ModelCard, ModelList
-from app.scoring import ENSEMBLE, ModelService, ServedModel
+from app.served import ServedModel
+from app.service import ModelService
+from deeplense.calibration import Calibration
 from deeplense.scores import list_scores
-from models.checkpoint import Calibration
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[Depends(require_api_key)])
 
@@ -62,11 +63,11 @@ def model_card(service: ModelService, served: ServedModel) -> ModelCard:
 async def list_models(service: ReadyServiceDep) -> ModelList:
     """Every loaded model's card, the default model and the valid `?model=` values."""
     ensemble = None
-    if service.ensemble_members:
-        score = service.default_score(ENSEMBLE)
-        threshold = service.ensemble_threshold(score)
+    if service.ensemble is not None:
+        score = service.ensemble.default_score()
+        threshold = service.ensemble.threshold(score)
         ensemble = EnsembleCard(
-            members=service.ensemble_members,
+            members=service.ensemble.names,
             default_score=score,
             threshold_percentile=threshold,
             rule=f"mean of the members' calibrated percentiles of the requested score "

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.scoring import ModelService
+from app.service import ModelService
 from tests.app.conftest import image, make_settings, upload
 from tests.encode import npy_bytes
 

@@ -14,8 +14,8 @@ from PIL import Image
 import models
 from app.main import create_app
 from deeplense.imaging import read_image
+from deeplense.inference import score_array
 from deeplense.preprocess import to_model_input
-from deeplense.scoring import score_array
 from models.checkpoint import load_checkpoint
 from tests.app.conftest import image, upload
 from tests.conftest import TINY_SIZE

@@ -11,8 +11,8 @@ from PIL import Image
 
 from app.main import create_app
 from app.residual_images import PIXEL_RMS_MULTIPLE
+from deeplense.inference import score_array
 from deeplense.scores import list_scores
-from deeplense.scoring import score_array
 from models.checkpoint import CONFIG_FILE, load_checkpoint, read_config
 from tests.app.conftest import image, make_settings, upload
 from tests.app.test_score import decode_png

@@ -2,7 +2,8 @@
 
 import pytest
 
-from models.checkpoint import Calibration, CheckpointConfig, InputSpec
+from deeplense.calibration import Calibration
+from models.checkpoint import CheckpointConfig, InputSpec
 from models.selection import MODEL_PREFERENCE, choose_default_model
 
 

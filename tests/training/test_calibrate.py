@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from deeplense.scoring import score_array
+from deeplense.calibration import youden_threshold
+from deeplense.inference import score_array
 from models.checkpoint import load_checkpoint, read_config
 from tests.conftest import tiny_images
 from training.__main__ import main
-from training.calibrate import youden_threshold
 
 
 def write_val(root: Path, n: int = 50) -> Path:

@@ -68,11 +68,7 @@ def test_python_m_training_still_works() -> None:
     assert done.stdout.startswith("usage: python -m training ")
 
 
-TINY_FIT = [
-    *("--arch-arg", "channels=[4,8,8]", "--arch-arg", "kernels=[3,3,3]"),
-    *("--arch-arg", "strides=[2,2,1]", "--arch-arg", "paddings=[1,1,0]"),
-    *("--arch-arg", "latent_dim=8"),
-]
+TINY_FIT = ["--tiny"]  # every model at its Config.tiny()
 
 
 def test_every_command_but_evaluate_works_without_the_train_extra(tmp_path: Path) -> None:

@@ -6,18 +6,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import models
+from deeplense.inference import score_array
 from models.checkpoint import load_checkpoint
 from tests.conftest import tiny_images
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_ARCH = [
-    *("--arch-arg", "channels=[4,8,8]", "--arch-arg", "kernels=[3,3,3]"),
-    *("--arch-arg", "strides=[2,2,1]", "--arch-arg", "paddings=[1,1,0]"),
-    *("--arch-arg", "latent_dim=8", "--arch-arg", "n_hidden=16"),
-]
+TINY_ARCH = ["--tiny"]  # every model at its Config.tiny()
 
 
 def test_two_process_ddp_on_cpu_writes_valid_checkpoints(tmp_path: Path) -> None:
@@ -48,9 +44,8 @@ def test_two_process_ddp_on_cpu_writes_valid_checkpoints(tmp_path: Path) -> None
         assert [h["epoch"] for h in facts.extra["history"]] == [1, 2]
         assert loaded.config.calibration is not None
         assert loaded.config.calibration.n_images == 10
-        with torch.no_grad():
-            scores = loaded.model.score(torch.from_numpy(tiny_images(4, seed=9)))
-        assert torch.isfinite(scores).all()
+        scores = score_array(loaded.model, tiny_images(4, seed=9)).loss
+        assert np.isfinite(scores).all()
 
 
 SYNC_SCRIPT = """

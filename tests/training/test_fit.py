@@ -17,11 +17,7 @@ from training.commands.fit import arch_arg
 from training.fit import STATE_DIR
 from training.steps import Precision, make_step
 
-TINY_ARCH = [
-    *("--arch-arg", "channels=[4,8,8]", "--arch-arg", "kernels=[3,3,3]"),
-    *("--arch-arg", "strides=[2,2,1]", "--arch-arg", "paddings=[1,1,0]"),
-    *("--arch-arg", "latent_dim=8", "--arch-arg", "n_hidden=16"),
-]
+TINY_ARCH = ["--tiny"]  # every model at its Config.tiny()
 
 
 @pytest.fixture(scope="module")

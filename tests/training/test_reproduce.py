@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 
+import models
 from models.checkpoint import read_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "reproduce.sh"
-TINY_FIT = (
-    "--arch-arg channels=[4,8,8] --arch-arg kernels=[3,3,3] --arch-arg strides=[2,2,1] "
-    "--arch-arg paddings=[1,1,0] --arch-arg latent_dim=8 --arch-arg n_hidden=16"
-)
+TINY_FIT = "--tiny"  # every model at its Config.tiny()
 
 
 def run(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -75,7 +73,7 @@ def test_reproduce_runs_end_to_end_on_tiny_data(tmp_path: Path) -> None:
     doc = json.loads((report / "metrics.json").read_text())
     assert doc["dataset"] == "model_b"
     assert doc["n_test_images"] == {"no_sub": 6, "sphere": 6, "vort": 6}
-    assert set(doc["models"]) == {"aae", "vae", "dcae", "rbm", "lensfit"}
+    assert set(doc["models"]) == set(models.list_models())
     for name, entry in doc["models"].items():
         config = read_config(tmp_path / "ckpt" / name)
         assert config.calibration is not None

@@ -13,8 +13,8 @@ from astropy.io import fits
 from PIL import Image
 
 from deeplense.imaging import read_image
+from deeplense.inference import score_array
 from deeplense.preprocess import to_model_input
-from deeplense.scoring import score_array
 from models.checkpoint import load_checkpoint
 from tests.conftest import tiny_images
 from training.__main__ import main

@@ -39,6 +39,9 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+D = FitOptions(data=Path(), out=Path())  # the defaults every flag below shows
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fit",
@@ -53,37 +56,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--model",
-        default="all",
+        default=D.model,
         choices=[*models.list_models(), "all"],
         help="which model to train (default: all, one after another)",
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder with train/ and val/")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder (CKPT_DIR)")
-    p.add_argument("--epochs", type=positive_int, default=50, help="epochs (default 50)")
-    p.add_argument("--batch-size", type=positive_int, default=100, help="per process (100)")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="(auto)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default 2e-3)")
-    p.add_argument("--weight-decay", type=float, default=1e-5, help="Adam's (default 1e-5)")
-    p.add_argument("--fpr", type=fraction, default=0.05, help="calibration FPR (default 0.05)")
+    p.add_argument("--epochs", type=positive_int, default=D.epochs, help="epochs (%(default)s)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=D.batch_size, help="per process (%(default)s)"
+    )
+    p.add_argument(
+        "--device", default=D.device, choices=["auto", "cuda", "cpu"], help="(%(default)s)"
+    )
+    p.add_argument("--seed", type=int, default=D.seed, help="random seed (%(default)s)")
+    p.add_argument("--lr", type=float, default=D.lr, help="peak learning rate (%(default)g)")
+    p.add_argument(
+        "--weight-decay", type=float, default=D.weight_decay, help="Adam's (%(default)g)"
+    )
+    p.add_argument("--fpr", type=fraction, default=D.fpr, help="calibration FPR (%(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the saved state")
     p.add_argument("--overwrite", action="store_true", help="replace existing checkpoints")
     p.add_argument(
         "--num-workers",
         type=non_negative_int,
-        default=None,
+        default=D.num_workers,
         help="data loader processes (default: 0 on CPU, 4 on CUDA)",
     )
-    p.add_argument("--max-train", type=positive_int, default=None, help="first N train images")
+    p.add_argument(
+        "--max-train", type=positive_int, default=D.max_train, help="first N train images"
+    )
     p.add_argument(
         "--precision",
-        default="auto",
+        default=D.precision,
         choices=PRECISIONS,
         help="auto: bf16 (or fp16) autocast on CUDA, float32 on CPU; fp32 or bf16 to force one",
     )
     p.add_argument(
         "--weights-dtype",
-        default="float32",
+        default=D.weights_dtype,
         choices=WEIGHTS_DTYPES,
         help="checkpoint storage: float16 halves it (large tensors only; the model is rounded "
         "before it is calibrated, so the calibration is that of the stored weights)",
@@ -110,6 +121,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="JSON",
         help="model config overrides as one JSON object (--arch-arg wins on a clash)",
     )
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="start from each model's test-size config (Config.tiny(): small layers) before "
+        "the --arch-arg overrides; for smoke tests, not science",
+    )
     p.set_defaults(func=functools.partial(_run, parser=p))
 
 
@@ -133,6 +150,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         channels_last=args.channels_last,
         weights_dtype=args.weights_dtype,
         arch_args={**args.arch_args_json, **dict(args.arch_arg)},
+        tiny=args.tiny,
     )
     try:
         plan = prepare(options)

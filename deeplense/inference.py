@@ -1,4 +1,4 @@
-"""Batched scoring used by the service, the `score` CLI and evaluation alike.
+"""Batched inference used by the service, the `score` CLI and evaluation alike.
 
 One function turns prepared images into the named scores of `deeplense.scores` (the study's
 MSE always among them, as `loss`), W1 distances, and optionally reconstructions and one
@@ -7,16 +7,25 @@ score's residual map, so a served score equals the evaluated score for the same 
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 
+from deeplense.instrument import DEFAULT_PSF_SIGMA_PIXELS
 from deeplense.metrics import column_w1
 from deeplense.scores import compute_scores
-from models.base import AnomalyModel
-from models.checkpoint import DEFAULT_PSF_SIGMA_PIXELS
 
 MSE = "mse"
+
+
+class Reconstructor(Protocol):
+    """What scoring needs of a model: (N, 1, H, W) in [0, 1] -> reconstruction, same shape.
+
+    Every `models.base.AnomalyModel` is one; the ground floor needs no more of it.
+    """
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -34,7 +43,7 @@ class ScoredBatch:
 
 @torch.inference_mode()
 def score_array(
-    model: AnomalyModel,
+    model: Reconstructor,
     images: np.ndarray,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
@@ -43,13 +52,14 @@ def score_array(
     psf_sigma_pixels: float = DEFAULT_PSF_SIGMA_PIXELS,
     map_of: str | None = None,
 ) -> ScoredBatch:
-    """Score (N, 1, H, W) float32 images in [0, 1] with `model` (put in eval mode).
+    """Score (N, 1, H, W) float32 images in [0, 1] with `model` (a module is put in eval mode).
 
     `scores` names the scores to compute (the MSE is always computed, as `loss`);
     `psf_sigma_pixels` sets the noise-aware scores' matched filter (the checkpoint's
     `input.psf_sigma_pixels`); `map_of` keeps that score's residual map.
     """
-    model.eval()
+    if isinstance(model, torch.nn.Module):
+        model.eval()  # BatchNorm's running statistics, no sampling: deterministic scores
     names = list(dict.fromkeys([MSE, *scores]))
     values: dict[str, list[np.ndarray]] = {n: [] for n in names}
     w1s, recons, maps = [], [], []

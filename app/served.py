@@ -1,0 +1,99 @@
+"""A served model: a loaded checkpoint, the facts its card shows, and its life cycle."""
+
+import hashlib
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.residual_images import pixel_residual_scale
+from deeplense.calibration import Calibration
+from deeplense.errors import CheckpointError
+from deeplense.inference import score_array
+from models.base import count_parameters
+from models.checkpoint import WEIGHTS_FILE, LoadedCheckpoint, load_checkpoint
+
+WARMUP_BATCH = 8
+
+
+class ModelState(StrEnum):
+    """Life cycle of one configured checkpoint, as /ready reports it."""
+
+    PENDING = "pending"
+    LOADING = "loading"
+    WARMING = "warming"
+    READY = "ready"
+
+
+@dataclass
+class ServedModel:
+    """A loaded checkpoint plus the facts the model cards show."""
+
+    name: str
+    checkpoint: LoadedCheckpoint
+    parameters: int
+    weights_sha256: str
+    load_seconds: float
+
+    @property
+    def size(self) -> int:
+        """Side of the square model input, in pixels."""
+        return self.checkpoint.model.image_size
+
+    def calibration_for(self, score: str) -> Calibration | None:
+        """The calibration of `score`, or None."""
+        return self.checkpoint.config.calibration_for(score)
+
+    @property
+    def default_score(self) -> str:
+        """The score a request gets when it names none (the checkpoint's)."""
+        return self.checkpoint.config.default_score
+
+    @property
+    def psf_sigma_pixels(self) -> float:
+        """The noise-aware scores' matched-filter width, in input pixels."""
+        return self.checkpoint.config.input.psf_sigma_pixels
+
+    @property
+    def pixel_residual_scale(self) -> float | None:
+        """Top of this model's mse heat map (pixel units), from its MSE calibration."""
+        mse = self.calibration_for("mse")
+        return pixel_residual_scale(None if mse is None else mse.threshold)
+
+
+def load_served(name: str, path: Path, device: torch.device) -> ServedModel:
+    """Load checkpoint folder `path` onto `device` (CheckpointError naming the file)."""
+    start = time.perf_counter()
+    checkpoint = load_checkpoint(path, device=device)
+    return ServedModel(
+        name=name,
+        checkpoint=checkpoint,
+        parameters=count_parameters(checkpoint.model),
+        weights_sha256=_sha256(path / WEIGHTS_FILE),
+        load_seconds=time.perf_counter() - start,
+    )
+
+
+def warm_up(served: ServedModel, device: torch.device) -> None:
+    """One batch of 1 (the latency path) and one of WARMUP_BATCH: the first real request does
+    not pay for allocations and kernel selection, and broken weights show here."""
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    for n in (1, WARMUP_BATCH):
+        x = rng.random((n, 1, served.size, served.size), dtype=np.float32)
+        scored = score_array(served.checkpoint.model, x, device=device, batch_size=n)
+        if not np.all(np.isfinite(scored.loss)):
+            weights = served.checkpoint.path / WEIGHTS_FILE
+            raise CheckpointError(f"{weights}: the model produces non-finite output")
+    served.load_seconds += time.perf_counter() - start
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

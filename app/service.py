@@ -1,0 +1,230 @@
+"""The model service: start-up loading and readiness, request resolution, batched scoring.
+
+`ModelService.load()` runs in the app's lifespan: it loads every checkpoint folder under the
+configured directory (a bad one raises CheckpointError naming the file, so the server never
+starts half-broken), warms each model up and records its state for /ready. `score()` runs in
+a worker thread: decoding in killable worker processes (`app.decode_pool`), one batched
+forward pass per model through `deeplense.inference.score_array` (the function evaluation
+and the `score` CLI use), then the response (`app.responses`, `app.ensemble`). Forward
+passes hold one lock, so concurrent requests queue for the compute device instead of
+fighting over its cores; decoding and PNG encoding run outside it.
+"""
+
+import logging
+import threading
+from pathlib import Path
+from typing import Literal
+
+import anyio
+import numpy as np
+import torch
+
+from app.decode_pool import DecodePool
+from app.ensemble import ENSEMBLE, Ensemble, pick_members
+from app.errors import NoReadableFileError
+from app.imaging import Upload
+from app.residual_images import attach_images
+from app.responses import response_of, result_of
+from app.runtime import keep_freed_memory
+from app.schemas import ScoreResponse, ScoreResult
+from app.served import ModelState, ServedModel, load_served, warm_up
+from app.settings import Settings
+from deeplense.calibration import judge
+from deeplense.device import resolve_device
+from deeplense.errors import CheckpointError, NotReadyError, UnknownModelError
+from deeplense.image_score import image_scores
+from deeplense.inference import score_array
+from deeplense.scores import get_score
+from models.checkpoint import find_checkpoints
+from models.selection import choose_default_model
+
+logger = logging.getLogger(__name__)
+
+SCORING_SLOTS = 2  # requests scored at once: one in the forward pass while the next decodes
+
+
+class ModelService:
+    """Every model the service loaded, their readiness, and the scoring entry point."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.device = torch.device("cpu")
+        self.models: dict[str, ServedModel] = {}
+        self.states: dict[str, ModelState] = {}
+        self.default_model: str | None = None
+        self.default_reason = ""
+        self.ensemble: Ensemble | None = None
+        self.started = False  # True once discovery ran (the lifespan began)
+        self.loaded = False  # True once every model is ready and the default is chosen
+        self._compute = threading.Lock()
+        self.limiter = anyio.CapacityLimiter(SCORING_SLOTS)
+        self.decoder = DecodePool(settings)  # decoding in killable worker processes
+
+    # ---- start-up -------------------------------------------------------------------------
+
+    def discover(self) -> dict[str, Path]:
+        """Find the checkpoint folders and mark them pending; CheckpointError when none."""
+        root = self.settings.checkpoint_dir
+        found = find_checkpoints(root)
+        if not found:
+            raise CheckpointError(f"{root}: no checkpoint folders (none holds a config.json)")
+        self.states = {name: ModelState.PENDING for name in found}
+        self.started = True
+        return found
+
+    def load(self) -> None:
+        """Load, check and warm up every checkpoint, then pick the default and the ensemble."""
+        found = self.discover()
+        self.device = resolve_device(self.settings.device)
+        if self.settings.torch_threads is not None:
+            torch.set_num_threads(self.settings.torch_threads)
+        keep_freed_memory()
+        for name, path in found.items():
+            self.states[name] = ModelState.LOADING
+            served = load_served(name, path, self.device)
+            self.states[name] = ModelState.WARMING
+            warm_up(served, self.device)
+            self.models[name] = served
+            self.states[name] = ModelState.READY
+            logger.info(
+                "loaded %s (%s, %d parameters, %dx%d) on %s in %.2f s",
+                name, served.checkpoint.config.architecture, served.parameters,
+                served.size, served.size, self.device, served.load_seconds,
+            )  # fmt: skip
+        members = pick_members(self.models)
+        if self.settings.default_model == ENSEMBLE and not members:
+            raise UnknownModelError(ENSEMBLE, sorted(self.models))
+        self.ensemble = Ensemble([self.models[m] for m in members]) if members else None
+        self.default_model, self.default_reason = self._pick_default()
+        self.decoder.start()
+        self.loaded = True
+        logger.info(
+            "default model %s; ensemble members %s",
+            self.default_model, self.ensemble_members or "(none)",
+        )  # fmt: skip
+
+    def _pick_default(self) -> tuple[str, str]:
+        wanted = self.settings.default_model
+        if wanted is None:
+            choice = choose_default_model(
+                {name: m.checkpoint.config for name, m in self.models.items()}
+            )
+            return choice.model, choice.reason
+        if wanted not in self.choices():
+            raise UnknownModelError(wanted, self.choices())
+        return wanted, "set by DEEPLENSE_DEFAULT_MODEL (--default-model)"
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Wait (bounded) for forward passes still running, e.g. of requests past their
+        deadline, so the process does not exit under a running torch kernel."""
+        if self._compute.acquire(timeout=timeout_s):
+            self._compute.release()
+        self.decoder.close()
+
+    # ---- state ----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and all(s is ModelState.READY for s in self.states.values())
+
+    @property
+    def ensemble_members(self) -> list[str]:
+        """The ensemble's member names ([] when there is no ensemble)."""
+        return [] if self.ensemble is None else self.ensemble.names
+
+    def not_ready(self) -> dict[str, str]:
+        """Configured models that are not ready yet, with their state."""
+        return {n: s.value for n, s in self.states.items() if s is not ModelState.READY}
+
+    def require_ready(self) -> None:
+        """NotReadyError naming what is missing, unless every model is ready."""
+        if not self.started:
+            raise NotReadyError("the service is starting: models are not loaded yet")
+        if not self.ready:
+            waiting = ", ".join(f"{n} ({s})" for n, s in self.not_ready().items())
+            raise NotReadyError(f"models not ready yet: {waiting or 'finishing start-up'}")
+
+    def choices(self) -> list[str]:
+        """Valid values of ?model=: the loaded names, plus ensemble when it is available."""
+        return sorted(self.models) + ([ENSEMBLE] if self.ensemble else [])
+
+    def resolve(self, name: str | None) -> str:
+        """The model a request means (None = default); UnknownModelError lists the valid ones."""
+        name = name or self.default_model
+        if name is None or name not in self.choices():
+            raise UnknownModelError(str(name), self.choices())
+        return name
+
+    def get(self, name: str) -> ServedModel:
+        """A loaded model by name (not the ensemble)."""
+        if name not in self.models:
+            raise UnknownModelError(name, sorted(self.models))
+        return self.models[name]
+
+    def default_score(self, name: str) -> str:
+        """The score a request to model `name` (or the ensemble) gets when it names none."""
+        if name == ENSEMBLE and self.ensemble is not None:
+            return self.ensemble.default_score()
+        return self.models[name].default_score
+
+    def resolve_score(self, name: str, score: str | None) -> str:
+        """The score a request means; UnknownScoreError lists the registered ones, and the
+        ensemble refuses a score one of its members is not calibrated for."""
+        score = get_score(score).name if score is not None else self.default_score(name)
+        if name == ENSEMBLE and self.ensemble is not None:
+            self.ensemble.check_score(score)
+        return score
+
+    # ---- scoring (runs in a worker thread) --------------------------------------------------
+
+    def score(
+        self,
+        name: str,
+        uploads: list[Upload],
+        threshold: float | None = None,
+        include_images: bool = True,
+        score: str | None = None,
+    ) -> ScoreResponse:
+        """Score `uploads` with model `name` (or the ensemble) by the named score (None: the
+        default); unreadable files get `error`."""
+        score = self.resolve_score(name, score)
+        ensemble = self.ensemble if name == ENSEMBLE else None
+        members = list(ensemble.members) if ensemble else [self.models[name]]
+        prepared = self.decoder.prepare_all(uploads, members[0].size, self.settings.max_pixels)
+        good = [p for p in prepared if p.error is None]
+        if not good:
+            raise NoReadableFileError([(p.filename, p.error or "unreadable") for p in prepared])
+        batch = np.stack([p.image for p in good if p.image is not None])  # (N, 1, S, S)
+        # A single model's residual map comes with its scores; the ensemble's is drawn from
+        # the members' mean reconstruction (attach_images).
+        map_of = score if include_images and ensemble is None else None
+        with self._compute:
+            scored = {
+                m.name: score_array(
+                    m.checkpoint.model, batch, device=self.device,
+                    batch_size=self.settings.batch_size, keep_reconstructions=include_images,
+                    scores=[score], psf_sigma_pixels=m.psf_sigma_pixels, map_of=map_of,
+                )
+                for m in members
+            }  # fmt: skip
+        units: Literal["score", "percentile"]
+        results: list[ScoreResult]
+        if ensemble is not None:
+            results = ensemble.results(good, scored, score, threshold)
+            units = "percentile"
+        else:
+            served, one = members[0], scored[name]
+            verdict = judge(one.scores[score], served.calibration_for(score), threshold)
+            results = [result_of(r) for r in image_scores(good, one, score, verdict)]
+            units = "score"
+        if include_images:
+            recons = [s.reconstruction for s in scored.values() if s.reconstruction is not None]
+            recon = np.mean(recons, axis=0)  # (N, 1, S, S); the ensemble's: the members' mean
+            maps = None if ensemble is not None else scored[name].residual_map
+            scales = [m.pixel_residual_scale for m in members]
+            known = [v for v in scales if v is not None]
+            pixel_scale = float(np.mean(known)) if len(known) == len(scales) else None
+            attach_images(
+                results, batch, recon, score, members[0].psf_sigma_pixels, maps, pixel_scale
+            )
+        return response_of(name, score, units, prepared, results)

@@ -1,0 +1,85 @@
+"""One image's judged score: the record every output is built from.
+
+The service's JSON result (`app.responses`) and the `score` CLI's CSV row
+(`training.batch_score`) are both made from `ImageScore`, so they cannot drift apart: the
+CSV's columns are this record's fields, in order.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+from deeplense.calibration import Verdict
+from deeplense.inference import ScoredBatch
+
+
+class PreparedImage(Protocol):
+    """What a result needs to know of a prepared image besides its scores."""
+
+    @property
+    def filename(self) -> str: ...
+    @property
+    def input_shape(self) -> tuple[int, ...] | None: ...
+    @property
+    def resized(self) -> bool: ...
+    @property
+    def warnings(self) -> tuple[str, ...]: ...
+
+
+@dataclass
+class ImageScore:
+    """One image's result; the numbers are None when the image could not be scored."""
+
+    filename: str
+    score: str | None = None  # the anomaly score's name
+    anomaly_score: float | None = None  # that score's value, higher = more anomalous
+    reconstruction_loss: float | None = None  # the study's MSE, [0, 1] pixels squared
+    threshold: float | None = None  # in the score's units
+    is_anomaly: bool | None = None
+    percentile: float | None = None  # 0-100 among the calibration normals
+    w1: float | None = None  # column-sum Wasserstein distance, input vs reconstruction
+    input_shape: tuple[int, ...] | None = None  # (height, width) as read
+    resized: bool | None = None  # area-resized to the model's input
+    warnings: tuple[str, ...] = ()
+    error: str | None = None  # why the image could not be scored
+
+    def csv_values(self) -> list[str]:
+        """The record as CSV cells (CSV_COLUMNS' order): floats in full precision (repr),
+        a shape as HxW, warnings joined by "; ", empty cells for None."""
+        cells = []
+        for name in CSV_COLUMNS:
+            value = getattr(self, name)
+            if name == "input_shape" and value is not None:
+                value = "x".join(map(str, value))
+            elif name == "warnings":
+                value = "; ".join(value) or None
+            cells.append(
+                "" if value is None else repr(value) if isinstance(value, float) else str(value)
+            )
+        return cells
+
+
+CSV_COLUMNS = tuple(f.name for f in fields(ImageScore))
+
+
+def image_scores(
+    images: Sequence[PreparedImage], scored: ScoredBatch, score: str, verdict: Verdict
+) -> list[ImageScore]:
+    """The records of N scored images: `scored` and `verdict` hold (N,) arrays in their order."""
+    values = scored.scores[score]
+    return [
+        ImageScore(
+            filename=p.filename,
+            score=score,
+            anomaly_score=float(values[i]),
+            reconstruction_loss=float(scored.loss[i]),
+            threshold=verdict.threshold,
+            is_anomaly=None if verdict.is_anomaly is None else bool(verdict.is_anomaly[i]),
+            percentile=None if verdict.percentile is None else float(verdict.percentile[i]),
+            w1=float(scored.w1[i]),
+            input_shape=None if p.input_shape is None else tuple(p.input_shape),
+            resized=p.resized,
+            warnings=tuple(p.warnings),
+        )
+        for i, p in enumerate(images)
+    ]
