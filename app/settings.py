@@ -23,10 +23,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEEPLENSE_", extra="ignore")
 
     # Where the checkpoints live: every sub-folder holding a config.json is loaded at start-up,
-    # named after its folder (aae, vae, dcae, rbm). The shipped Model A checkpoints by default.
+    # named after its folder (aae, vae, dcae, rbm, lensfit). The shipped Model A checkpoints by
+    # default.
     checkpoint_dir: Path = REPO_ROOT / "checkpoints" / "model_a"
-    # Model used when a request names none. None = the best loaded one by published AUC
-    # (aae, vae, dcae, rbm in that order); a name that is not loaded fails at start-up.
+    # Model used when a request names none. None = models.selection.choose_default_model: the
+    # best ROC-AUC of each model's default score on its labelled validation split (recorded
+    # in its card, never the test split), ties in the study's order; a name that is not
+    # loaded (or "ensemble" without two calibrated models) fails at start-up.
     default_model: str | None = None
     # auto = CUDA when available, else CPU. "cuda" without a GPU fails at start-up.
     device: Literal["auto", "cpu", "cuda"] = "auto"

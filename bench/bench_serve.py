@@ -46,7 +46,8 @@ import models  # noqa: E402
 from deeplense.calibration import calibration_from_scores  # noqa: E402
 from deeplense.inference import score_array  # noqa: E402
 from models.base import AnomalyModel  # noqa: E402
-from models.checkpoint import config_for, load_checkpoint, save_checkpoint  # noqa: E402
+from models.card import config_for  # noqa: E402
+from models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from models.registry import create_model  # noqa: E402
 
 SIZE = 150

@@ -101,46 +101,75 @@ _TIFF_BOUNDED: dict[int, Callable[..., bytes]] = {
     32773: _bounded_packbits_decode,  # PACKBITS
 }
 
+# The inflate cap of the decode running in this context (thread or task), set by
+# `bounded_decoding`; None outside it, where the libraries' own codecs run unchanged.
+_LIMIT: ContextVar[int | None] = ContextVar("bounded_decoding_limit", default=None)
+
+
+@contextmanager
+def bounded_decoding(limit: int) -> Iterator[None]:
+    """Within the block (this thread or task only), TIFF segments inflate to no more than
+    their declared size and gzip-compressed FITS tiles to at most `limit` bytes. Outside it,
+    tifffile and astropy decode as they always do: other readers in the process are
+    untouched."""
+    token = _LIMIT.set(limit)
+    try:
+        yield
+    finally:
+        _LIMIT.reset(token)
+
+
+def _dispatching(
+    bounded: Callable[..., bytes], original: Callable[..., bytes]
+) -> Callable[..., bytes]:
+    def decode(data: bytes, /, *args: Any, **kwargs: Any) -> bytes:
+        if _LIMIT.get() is None:
+            return original(data, *args, **kwargs)
+        return bounded(data, *args, **kwargs)
+
+    return decode
+
 
 def install_tiff_codecs() -> frozenset[int]:
-    """Make tifffile decode deflate and PackBits with the caps above; the TIFF compression
-    codes that are safe to decode afterwards (always NONE = 1).
+    """Route tifffile's deflate and PackBits decoding through the caps above inside
+    `bounded_decoding`; the TIFF compression codes that are safe to decode there (always
+    NONE = 1).
 
     tifffile's own fallbacks (without the imagecodecs package) inflate without a bound.
     Its codec table caches decoders in `_codecs`; when that ever changes, only uncompressed
     TIFFs stay accepted (fail closed).
     """
-    codecs = getattr(tifffile.TIFF.DECOMPRESSORS, "_codecs", None)
+    table = tifffile.TIFF.DECOMPRESSORS
+    codecs = getattr(table, "_codecs", None)
     if not isinstance(codecs, dict):
         return frozenset({1})
-    codecs.update(_TIFF_BOUNDED)
+    for code, bounded in _TIFF_BOUNDED.items():
+        try:
+            original = table[code]
+        except (KeyError, ValueError, ImportError):
+            original = bounded
+        if getattr(original, "__wrapped_bounded__", False):  # installed already
+            continue
+        hook = _dispatching(bounded, original)
+        hook.__wrapped_bounded__ = True  # type: ignore[attr-defined]
+        codecs[code] = hook
     return frozenset({1, *_TIFF_BOUNDED})
-
-
-_TILE_LIMIT: ContextVar[int] = ContextVar("fits_tile_limit", default=0)
 
 
 def _bounded_tile_gunzip(data: bytes) -> bytes:
     # Stands in for gzip.decompress inside astropy's GZIP_1 / GZIP_2 tile codecs.
+    limit = _LIMIT.get()
+    assert limit is not None  # only called inside bounded_decoding (_dispatching)
     try:
-        return inflate_gzip(data, _TILE_LIMIT.get())
+        return inflate_gzip(data, limit)
     except InflateError as exc:
         raise ValueError(f"compressed FITS tile: {exc}") from None
 
 
-@contextmanager
-def fits_tile_limit(limit: int) -> Iterator[None]:
-    """Within the block, a gzip-compressed FITS tile inflates to at most `limit` bytes."""
-    token = _TILE_LIMIT.set(limit)
-    try:
-        yield
-    finally:
-        _TILE_LIMIT.reset(token)
-
-
 def install_fits_tile_codecs() -> bool:
-    """Make astropy inflate GZIP_1 / GZIP_2 FITS tiles within `fits_tile_limit`; whether
-    that took (False: the caller must refuse those tiles, failing closed).
+    """Route astropy's GZIP_1 / GZIP_2 FITS tile inflation through `inflate_gzip` inside
+    `bounded_decoding`; whether that took (False: the caller must refuse those tiles,
+    failing closed).
 
     astropy's codecs call the module's `gzip_decompress` (gzip.decompress, no bound).
     """
@@ -148,7 +177,11 @@ def install_fits_tile_codecs() -> bool:
         from astropy.io.fits.hdu.compressed import _codecs
     except ImportError:
         return False
-    if not callable(getattr(_codecs, "gzip_decompress", None)):
+    original = getattr(_codecs, "gzip_decompress", None)
+    if not callable(original):
         return False
-    _codecs.gzip_decompress = _bounded_tile_gunzip
+    if not getattr(original, "__wrapped_bounded__", False):
+        hook = _dispatching(_bounded_tile_gunzip, original)
+        hook.__wrapped_bounded__ = True  # type: ignore[attr-defined]
+        _codecs.gzip_decompress = hook
     return True

@@ -44,8 +44,8 @@ from PIL import Image
 from deeplense.bounded import (
     InflateError,
     InflateLimitError,
+    bounded_decoding,
     clean_message,
-    fits_tile_limit,
     inflate_gzip,
     install_fits_tile_codecs,
     install_tiff_codecs,
@@ -447,7 +447,7 @@ def _decode_fits(request: _Request) -> _Decoded:
                 if kind.startswith("GZIP") and not _FITS_GZIP_TILES:
                     raise request.fail(f"unsupported FITS tile compression {kind}")
             # A compressed tile never inflates past the largest image allowed.
-            with fits_tile_limit(request.max_pixels * BYTES_PER_PIXEL_CAP):
+            with bounded_decoding(request.max_pixels * BYTES_PER_PIXEL_CAP):
                 data = hdu.data  # big-endian, BSCALE/BZERO applied
             if data is None or tuple(data.shape) != shape:
                 raise request.fail(f"FITS data do not match the header shape {shape}")
@@ -523,7 +523,10 @@ def _decode_tiff(request: _Request) -> _Decoded:
                 )
         photometric = int(series.keyframe.photometric)
         colormap = series.keyframe.colormap
-        data = np.transpose(series.asarray(), order)  # decoded only after the checks
+        # Decoded only after the checks, in this thread (maxworkers=1): the caps of
+        # bounded_decoding hold in this context only, not in tifffile's worker threads.
+        with bounded_decoding(request.max_pixels * BYTES_PER_PIXEL_CAP):
+            data = np.transpose(series.asarray(maxworkers=1), order)
     notes: list[str] = []
     if photometric == tifffile.PHOTOMETRIC.PALETTE and colormap is not None:
         rgb = np.moveaxis(np.asarray(colormap)[:, data], 0, -1)  # (..., 3)

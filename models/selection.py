@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from deeplense.calibration import Calibration
 from deeplense.scores import PREFERENCE as SCORE_PREFERENCE
-from models.checkpoint import CheckpointConfig
+from models.card import CheckpointConfig
 
 MODEL_PREFERENCE = ("aae", "vae", "dcae", "rbm", "lensfit")
 # A checkpoint calibrated without a labelled split: the best score in the detection bounds

@@ -16,7 +16,8 @@ from deeplense.calibration import Calibration, calibration_from_scores
 from deeplense.inference import score_array
 from deeplense.scores import list_scores
 from models.base import TINY_IMAGE_SIZE, AnomalyModel
-from models.checkpoint import CheckpointConfig, config_for, save_checkpoint
+from models.card import CheckpointConfig, config_for
+from models.checkpoint import save_checkpoint
 from models.layers import ConvNetConfig
 from models.registry import model_class
 

@@ -1,7 +1,9 @@
-"""The import graph has floors: deeplense (the ground floor) imports none of the project's
-other packages; models imports only deeplense; app and training sit on top and never import
-each other (bar the `serve` command, which starts the app). Parsed from the source, so an
-import inside a function counts too."""
+"""The house's shape: the import graph has floors, and the service stays thin.
+
+deeplense (the ground floor) imports none of the project's other packages; models imports
+only deeplense; app and training sit on top and never import each other (bar the `serve`
+command, which starts the app). Parsed from the source, so an import inside a function
+counts too."""
 
 import ast
 from pathlib import Path
@@ -50,3 +52,15 @@ def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from models.base import AnomalyModel\n    import app.main\n")
     assert imported_packages(module) >= {"models", "app"}
+
+
+APP_MAX_LINES = 250  # a thin service: no file in app/ grows into a god object
+
+
+def test_every_app_file_is_short() -> None:
+    long = {
+        p.relative_to(ROOT).as_posix(): n
+        for p in sorted((ROOT / "app").rglob("*.py"))
+        if (n := len(p.read_text().splitlines())) > APP_MAX_LINES
+    }
+    assert long == {}

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from models.base import AnomalyModel
-from models.checkpoint import TrainingFacts, config_for, save_checkpoint
+from models.card import TrainingFacts, config_for
+from models.checkpoint import save_checkpoint
 from models.storage import check_weights_dtype, round_to_storage
 from training.calibrate import calibrate_model
 from training.datasets import load_split, manifest_sha256

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse
 
 from app.dependencies import ServiceDep
 from app.errors import RETRY_AFTER_S
-from app.schemas import Health, Readiness
+from app.health_schemas import Health, Readiness
 from app.service import ModelService
 
 router = APIRouter(tags=["operations"])

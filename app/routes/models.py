@@ -4,8 +4,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 
+from app.card_schemas import CalibrationSummary, EnsembleCard, ModelCard, ModelList
 from app.dependencies import ReadyServiceDep, require_api_key
-from app.schemas import CalibrationSummary, EnsembleCard, ErrorBody, ModelCard, ModelList
+from app.schemas import ErrorBody
 from app.served import ServedModel
 from app.service import ModelService
 from deeplense.calibration import Calibration

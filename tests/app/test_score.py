@@ -210,7 +210,8 @@ def test_served_loss_equals_the_score_cli(
 
 
 def test_uncalibrated_checkpoint_scores_without_flag_or_percentile(tmp_path: Path) -> None:
-    from models.checkpoint import config_for, save_checkpoint
+    from models.card import config_for
+    from models.checkpoint import save_checkpoint
     from tests.app.conftest import make_settings
     from tests.conftest import tiny_model
 

@@ -17,7 +17,7 @@ import pytest
 import tifffile
 from astropy.io import fits
 
-from deeplense.bounded import _bounded_packbits_decode, fits_tile_limit, inflate_gzip
+from deeplense.bounded import _bounded_packbits_decode, bounded_decoding, inflate_gzip
 from deeplense.errors import ImageTooLargeError, InvalidImageError
 from deeplense.imaging import decode_image, decode_stack, inflate_limit, read_image
 from tests.encode import fits_bytes, tiff_bytes
@@ -229,8 +229,23 @@ def test_gzip_tiles_of_compressed_fits_inflate_within_the_cap() -> None:
 
     bomb = gzip.compress(bytes(4 << 20), 9)  # a 4 MiB tile in about 4 KB
     for codec in (Gzip1(), Gzip2(itemsize=4)):
-        with fits_tile_limit(64 * 64 * 8), pytest.raises(ValueError, match="more than"):
+        with bounded_decoding(64 * 64 * 8), pytest.raises(ValueError, match="more than"):
             codec.decode(bomb)
+
+
+def test_outside_our_decoding_other_readers_use_the_libraries_codecs_unchanged() -> None:
+    # Importing deeplense.imaging must not change how another reader in the same process
+    # decodes: outside bounded_decoding a large gzip FITS tile and a deflate TIFF inflate.
+    from astropy.io.fits.hdu.compressed._codecs import Gzip1
+
+    import deeplense.imaging  # noqa: F401  (installs the hooks)
+
+    tile = gzip.compress(bytes(4 << 20), 9)
+    assert len(Gzip1().decode(tile)) == 4 << 20
+    image = np.arange(256 * 256, dtype=np.uint16).reshape(256, 256)
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image, compression="zlib")
+    np.testing.assert_array_equal(tifffile.imread(io.BytesIO(buffer.getvalue())), image)
 
 
 @pytest.mark.parametrize("compression", ["GZIP_1", "GZIP_2", "RICE_1"])

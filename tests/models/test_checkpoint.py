@@ -8,10 +8,10 @@ import pytest
 
 import models
 from deeplense.errors import CheckpointError, OutputExistsError
+from models.card import config_for
 from models.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
-    config_for,
     find_checkpoints,
     load_checkpoint,
     save_checkpoint,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from models.checkpoint import config_for, read_config, save_checkpoint, write_config
+from models.card import config_for
+from models.checkpoint import read_config, save_checkpoint, write_config
 from tests.conftest import tiny_model
 
 

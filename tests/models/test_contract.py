@@ -14,7 +14,8 @@ from deeplense.errors import UnknownModelError
 from deeplense.inference import score_array
 from deeplense.scores import list_scores
 from models.base import AnomalyModel, is_training_only
-from models.checkpoint import config_for, load_checkpoint, save_checkpoint
+from models.card import config_for
+from models.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import TINY_SIZE, tiny_images, tiny_model
 from training.steps import Precision, make_step
 

@@ -197,7 +197,7 @@ def test_decoder_edges_get_as_many_kernel_taps_as_the_interior(replicate: bool) 
 
 
 def test_format_1_conv_checkpoints_keep_their_decoder() -> None:
-    from models.checkpoint import CheckpointConfig
+    from models.card import CheckpointConfig
 
     raw = {"format_version": 1, "architecture": "dcae", "arguments": {"image_size": 150},
            "input": {"height": 150, "width": 150}}  # fmt: skip

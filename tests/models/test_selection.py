@@ -3,7 +3,7 @@
 import pytest
 
 from deeplense.calibration import Calibration
-from models.checkpoint import CheckpointConfig, InputSpec
+from models.card import CheckpointConfig, InputSpec
 from models.selection import MODEL_PREFERENCE, choose_default_model
 
 

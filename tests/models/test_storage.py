@@ -9,7 +9,8 @@ from torch import nn
 
 import models
 from deeplense.errors import CheckpointError
-from models.checkpoint import WEIGHTS_FILE, config_for, load_checkpoint, save_checkpoint
+from models.card import config_for
+from models.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from models.registry import model_class
 from models.storage import HALF_MIN_ELEMENTS, round_to_storage, storage_state, stored_bytes
 from tests.conftest import tiny_model

@@ -79,7 +79,8 @@ def test_retune_refuses_unknown_arguments_shape_changes_and_existing_output(
 def test_retune_converts_a_float32_checkpoint_to_float16_and_recalibrates(
     data: Path, tmp_path: Path
 ) -> None:
-    from models.checkpoint import config_for, save_checkpoint
+    from models.card import config_for
+    from models.checkpoint import save_checkpoint
     from tests.conftest import tiny_model
 
     model = tiny_model("dcae")
