@@ -29,6 +29,7 @@
 #   IMAGE_SIZE  simulated image side in pixels (default: simulate's, the study's 150)
 #   FIT_ARGS    extra arguments for `fit`, e.g. "--arch-arg latent_dim=128"
 #   N_VAL_SUB   labelled validation images per sub class (default: simulate's, N_VAL / 4)
+#   SUBSTRUCTURE  stated | study: simulate's --substructure (default: simulate's, stated)
 #   WEIGHTS_DTYPE  float16 (default: half the size, calibrated as stored) or float32
 #   OVERWRITE=1 replace existing outputs (refused otherwise)
 #   REUSE_DATA=1 keep an existing DATA_DIR instead of simulating it again
@@ -118,6 +119,7 @@ else
     sim_args=(--dataset "$DATASET" --out "$DATA_DIR" --n-train "$N_TRAIN" --n-val "$N_VAL"
         --n-test "$N_TEST" --seed "$SEED")
     [[ -n "${N_VAL_SUB:-}" ]] && sim_args+=(--n-val-sub "$N_VAL_SUB")
+    [[ -n "${SUBSTRUCTURE:-}" ]] && sim_args+=(--substructure "$SUBSTRUCTURE")
     [[ -n "${WORKERS:-}" ]] && sim_args+=(--workers "$WORKERS")
     [[ -n "${IMAGE_SIZE:-}" ]] && sim_args+=(--image-size "$IMAGE_SIZE")
     "$PY" -m training simulate "${sim_args[@]}" "${overwrite_flag[@]}"

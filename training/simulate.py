@@ -4,8 +4,9 @@ Layout written by `simulate_dataset` (N = images, each (1, n, n) float32 in [0, 
     DIR/train/no_sub.npy  DIR/val/no_sub.npy  DIR/test/{no_sub,sphere,vort}.npy
     DIR/manifest.json     DIR/parameters.csv  DIR/subhalos.csv
 `parameters.csv` holds one row per image (split, class, index and every `LensParams`
-field); `subhalos.csv` one row per subhalo (split, class, index, k, x, y). With the seed they
-regenerate any image exactly (`regenerate_image`).
+field); `subhalos.csv` one row per subhalo (split, class, index, k, x, y; with
+`substructure="study"` also theta_sub, its Einstein radius in arcsec, and mass_msun). With
+the seed they regenerate any image exactly (`regenerate_image`).
 
 Rendering: every image's noiseless light comes from the project's torch renderer
 (`deeplense.lensing.torch_renderer`, through `training.lensing.render`), float64 on one torch
@@ -28,10 +29,18 @@ theta_E = 1.2" * (D_ls/D_s) / (D_ls/D_s at 0.5, 1.0) (fixed velocity dispersion)
 galaxy angular sizes scaled by D_A (fixed physical size), and a median arc S/N drawn
 U[10, 30] per image, reached by scaling that image's exposure.
 Both: shear |gamma| ~ U[0, 0.3] at a random angle; source at radius U[0, theta_E]; subhalos
-(sphere, vort) are 25 point masses of theta_E * sqrt(f / 25) each (a fraction f of the lens
-mass, 1% unless `subhalo_mass_fraction` says otherwise), sphere at radius U[0, 1"] from the
-centre, vort evenly along a 1" line centred within 0.5" of the Einstein ring at a random
-azimuth and orientation; lengths in " are for theta_E = 1.2" and scale with theta_E.
+(sphere, vort) are 25 point masses, sphere at radius U[0, 1"] from the centre, vort evenly
+along a line centred within 0.5" of the Einstein ring at a random azimuth and orientation;
+lengths in " are for theta_E = 1.2" and scale with theta_E. Their masses (`substructure`):
+- "stated" (the default; REFERENCE.md): 25 equal masses of theta_E * sqrt(f / 25) each, a
+  fraction f of the lens mass (1% unless `subhalo_mass_fraction` says otherwise); the vort
+  line is 1" long.
+- "study" (the study's own code, issue 18; `STUDY`): sphere masses m_i drawn from
+  dN/dm ~ m^-0.9 on [1e6, 1e10] Msun, each of Einstein radius theta_E * sqrt(m_i / 1e12 Msun)
+  (3.8% of the lens on average); vort: a fraction U[3%, 5.5%] shared by 25 equal masses
+  on a line U[0.5", 2"] long. These draws come after all of "stated"'s from the same
+  parameter stream, so an image has the same lens, source, subhalo positions (sphere) and
+  line centre and angle (vort) under both, and no_sub images are the same bytes.
 Cosmology: FlatLambdaCDM(H0=70, Om0=0.3).
 """
 
@@ -71,7 +80,9 @@ from training.lensing.render import (
 logger = logging.getLogger(__name__)
 
 SIMULATOR_NAME = "deeplense-lensing"
-SIMULATOR_VERSION = "2.1.0"  # 2.1: rendered by the torch renderer (2.0: NumPy)
+# 2.2: substructure "study" ("stated", the default, writes what 2.1 wrote); 2.1: rendered by
+# the torch renderer (2.0: NumPy)
+SIMULATOR_VERSION = "2.2.0"
 MANIFEST_FORMAT = 2  # 2: the study's photometry, per-image exposure and S/N
 SPLITS = ("train", "val", "test")
 CLASSES = ("no_sub", "sphere", "vort")
@@ -82,6 +93,46 @@ SUBHALOS_FILE = "subhalos.csv"
 MANIFEST_FILE = "manifest.json"
 CHUNK = 32  # images per task sent to a worker process
 SNR_COLUMNS = ("snr_median", "snr_peak")  # measured per image, after the params in the CSV
+SUBSTRUCTURES = ("stated", "study")  # how the subhalos' masses are set (module docstring)
+SUBHALO_FIELDS = ("subhalos", "subhalo_theta")  # LensParams' fields kept in subhalos.csv
+
+
+@dataclass(frozen=True)
+class StudySubstructure:
+    """The substructure of the study's own code (issue 18): masses in Msun, lengths in arcsec
+    at theta_E = 1.2" (they scale with theta_E).
+
+    A subhalo of mass m has Einstein radius theta_E * sqrt(m / lens_mass), the issue's
+    1.2" * sqrt(m / 1e12 Msun) at theta_E = 1.2". (At z 0.5 / 1.0 a 1e12 Msun point mass
+    would have 1.66"; the SIS of 1.2" holds 5.2e11 Msun within its ring. lens_mass is the
+    study's normalisation, not that mass.) Mean sphere mass, with p = slope + 1 = 0.1 on
+    [a, b] = [1e6, 1e10]: E[m] = p / (p + 1) (b^(p+1) - a^(p+1)) / (b^p - a^p) = 1.510e9
+    Msun, so 25 subhalos hold 25 E[m] / 1e12 = 3.78% of the lens on average.
+    """
+
+    mass_range: tuple[float, float] = (1e6, 1e10)  # Msun, each sphere subhalo
+    mass_slope: float = -0.9  # dN/dm ~ m^mass_slope
+    lens_mass: float = 1e12  # Msun; theta_i = theta_E sqrt(m_i / lens_mass)
+    vortex_mass_fraction: tuple[float, float] = (0.03, 0.055)  # of the lens, all 25 together
+    vortex_length: tuple[float, float] = (0.5, 2.0)  # arcsec at theta_E = 1.2"
+
+    def mean_mass(self) -> float:
+        """Analytic mean (Msun) of one sphere subhalo's mass (class docstring)."""
+        (a, b), p = self.mass_range, self.mass_slope + 1.0
+        return p / (p + 1.0) * (b ** (p + 1.0) - a ** (p + 1.0)) / (b**p - a**p)
+
+
+STUDY = StudySubstructure()
+
+
+def draw_power_law(
+    rng: np.random.Generator, size: int, lo: float, hi: float, slope: float
+) -> np.ndarray:
+    """(size,) draws from dN/dm ~ m^slope on [lo, hi] (slope != -1) by the inverse CDF:
+    F(m) = (m^p - lo^p) / (hi^p - lo^p), p = slope + 1."""
+    p = slope + 1.0
+    u = rng.uniform(size=size)
+    return np.asarray((lo**p + u * (hi**p - lo**p)) ** (1.0 / p), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -109,6 +160,7 @@ class DatasetSpec:
     sphere_radius: tuple[float, float] = (0.0, 1.0)  # azimuth U[0, 2 pi); scales with theta_E
     vortex_length: float = 1.0  # scales with theta_E; orientation U[0, pi)
     vortex_ring_offset: tuple[float, float] = (-0.5, 0.5)  # centre radius - theta_E; scales
+    substructure: str = "stated"  # SUBSTRUCTURES: "study" draws the masses and length (STUDY)
 
     def theta_sub(self, theta_e: float) -> float:
         """Einstein radius of one subhalo: theta_E * sqrt(mass fraction / count)."""
@@ -123,11 +175,28 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
-def get_spec(name: str) -> DatasetSpec:
-    """The DatasetSpec called `name`; DatasetError listing the valid names otherwise."""
+def get_spec(
+    name: str, substructure: str = "stated", subhalo_mass_fraction: float | None = None
+) -> DatasetSpec:
+    """The DatasetSpec called `name` with that substructure (and, for "stated", that mass
+    fraction instead of 1%); DatasetError listing the valid choices otherwise."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+    if substructure not in SUBSTRUCTURES:
+        raise DatasetError(
+            f"unknown substructure {substructure!r}; valid: {', '.join(SUBSTRUCTURES)}"
+        )
+    spec = dataclasses.replace(DATASETS[name], substructure=substructure)
+    if subhalo_mass_fraction is None:
+        return spec
+    if substructure == "study":
+        raise DatasetError(
+            "--subhalo-mass-fraction sets the stated substructure's mass; --substructure "
+            "study draws its own masses: give one of them"
+        )
+    if not 0 < subhalo_mass_fraction < 1:
+        raise ValueError(f"subhalo_mass_fraction must lie in (0, 1), got {subhalo_mass_fraction}")
+    return dataclasses.replace(spec, subhalo_mass_fraction=subhalo_mass_fraction)
 
 
 def image_rngs(
@@ -181,15 +250,28 @@ def draw_params(
     if cls == "no_sub":
         return params
     k = spec.n_subhalos
+    study = spec.substructure == "study"
+    theta_sub = spec.theta_sub(theta_e)
+    subhalo_theta: tuple[float, ...] = ()  # () for equal masses
     if cls == "sphere":
         r = rng.uniform(*spec.sphere_radius, size=k) * scale
         a = rng.uniform(0.0, 2.0 * math.pi, size=k)
         xy = np.stack([r * np.cos(a), r * np.sin(a)], axis=1)  # (K, 2)
+        if study:  # drawn after every stated draw: the positions stay the same
+            masses = draw_power_law(rng, k, *STUDY.mass_range, STUDY.mass_slope)  # (K,) Msun
+            thetas = theta_e * np.sqrt(masses / STUDY.lens_mass)  # (K,) arcsec
+            theta_sub = float(np.sqrt(np.mean(thetas**2)))  # the equal-mass equivalent
+            subhalo_theta = tuple(map(float, thetas))
     else:  # vort: a line of k masses, centred near the Einstein ring
         centre_r = theta_e + float(rng.uniform(*spec.vortex_ring_offset)) * scale
         centre_a = float(rng.uniform(0.0, 2.0 * math.pi))
         orientation = float(rng.uniform(0.0, math.pi))
-        t = np.linspace(-0.5, 0.5, k) * spec.vortex_length * scale  # (K,) along the line
+        length = spec.vortex_length
+        if study:  # drawn after every stated draw: the centre and angle stay the same
+            length = float(rng.uniform(*STUDY.vortex_length))
+            fraction = float(rng.uniform(*STUDY.vortex_mass_fraction))
+            theta_sub = theta_e * math.sqrt(fraction / k)  # equal masses: the renderer's own
+        t = np.linspace(-0.5, 0.5, k) * length * scale  # (K,) along the line
         xy = np.stack(
             [
                 centre_r * math.cos(centre_a) + t * math.cos(orientation),
@@ -198,7 +280,21 @@ def draw_params(
             axis=1,
         )
     subhalos = tuple((float(x), float(y)) for x, y in xy)
-    return dataclasses.replace(params, theta_sub=spec.theta_sub(theta_e), subhalos=subhalos)
+    return dataclasses.replace(
+        params, theta_sub=theta_sub, subhalos=subhalos, subhalo_theta=subhalo_theta
+    )
+
+
+def subhalo_rows(params: LensParams, substructure: str) -> list[list[float]]:
+    """`subhalos.csv`'s values after (split, class, index) for one image: k, x, y, and for
+    "study" the subhalo's Einstein radius (arcsec) and mass (Msun, STUDY's normalisation)."""
+    if substructure != "study":
+        return [[k, x, y] for k, (x, y) in enumerate(params.subhalos)]
+    thetas = params.subhalo_theta or (params.theta_sub,) * len(params.subhalos)
+    return [
+        [k, x, y, theta, STUDY.lens_mass * (theta / params.theta_e) ** 2]
+        for k, ((x, y), theta) in enumerate(zip(params.subhalos, thetas, strict=True))
+    ]
 
 
 @dataclass(frozen=True)
@@ -226,6 +322,34 @@ def simulate_image(
         median, peak = median * scale, peak * scale
     image = observe(components, params.exposure, config, noise_rng)
     return Simulated(image=image, params=params, snr_median=median, snr_peak=peak)
+
+
+def substructure_signal(
+    name: str,
+    cls: str,
+    n: int,
+    seed: int = 0,
+    substructure: str = "study",
+    config: SimConfig | None = None,
+) -> np.ndarray:
+    """(n,) per-image mean square of the noiseless change that the subhalos make.
+
+    Test images 0..n-1 of class `cls` (sphere or vort) of dataset `name`, each rendered
+    noiseless and min-max scaled to [0, 1] as the pipeline scales, with its subhalos and
+    without them (the same lens and source): the mean over pixels of the squared difference.
+    """
+    if cls not in ("sphere", "vort"):
+        raise ValueError(f"cls must be sphere or vort, got {cls!r}")
+    spec = get_spec(name, substructure)
+    config = config or SimConfig()
+    out = np.empty(n, dtype=np.float64)
+    for index in range(n):
+        params = draw_params(spec, cls, image_rngs(seed, "test", cls, index)[0])
+        smooth = dataclasses.replace(params, theta_sub=0.0, subhalos=(), subhalo_theta=())
+        with_sub = render_image(params, config).astype(np.float64)  # (n, n) in [0, 1]
+        without = render_image(smooth, config).astype(np.float64)
+        out[index] = np.mean((with_sub - without) ** 2)
+    return out
 
 
 @dataclass(frozen=True)
@@ -262,7 +386,8 @@ def _layout(n_train: int, n_val: int, n_test: int, n_val_sub: int) -> dict[str, 
 
 
 def _param_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(LensParams) if f.name != "subhalos"]
+    """LensParams' fields in parameters.csv (the per-subhalo ones are in subhalos.csv)."""
+    return [f.name for f in dataclasses.fields(LensParams) if f.name not in SUBHALO_FIELDS]
 
 
 def _init_worker() -> None:
@@ -320,22 +445,19 @@ def simulate_dataset(
     progress: bool = True,
     n_val_sub: int = 0,
     subhalo_mass_fraction: float | None = None,
+    substructure: str = "stated",
 ) -> Path:
     """Simulate dataset `name` into folder `out` atomically and return `out`.
 
     `n_val_sub` sphere and as many vort images join the validation split (a labelled split to
-    choose thresholds and models on, never the test split). `subhalo_mass_fraction` replaces
-    the dataset's 1% (all subhalos together, as a fraction of the lens mass).
+    choose thresholds and models on, never the test split). `substructure` (SUBSTRUCTURES)
+    sets the subhalos' masses (module docstring); for "stated", `subhalo_mass_fraction`
+    replaces the dataset's 1% (all subhalos together, as a fraction of the lens mass).
     Raises OutputExistsError if `out` exists and not `overwrite`; DatasetError for an
-    unknown name. `workers` defaults to os.cpu_count(); the files do not depend on it.
+    unknown name or substructure, or a mass fraction with "study". `workers` defaults to
+    os.cpu_count(); the files do not depend on it.
     """
-    spec = get_spec(name)
-    if subhalo_mass_fraction is not None:
-        if not 0 < subhalo_mass_fraction < 1:
-            raise ValueError(
-                f"subhalo_mass_fraction must lie in (0, 1), got {subhalo_mass_fraction}"
-            )
-        spec = dataclasses.replace(spec, subhalo_mass_fraction=subhalo_mass_fraction)
+    spec = get_spec(name, substructure, subhalo_mass_fraction)
     config = config or SimConfig()
     counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "n_val_sub": n_val_sub}
     for label, count in counts.items():
@@ -378,7 +500,7 @@ def simulate_dataset(
         ):
             prows, srows = csv.writer(pf), csv.writer(sf)
             prows.writerow(["split", "class", "index", *fields, *SNR_COLUMNS])
-            srows.writerow(["split", "class", "index", "k", "x", "y"])
+            srows.writerow(["split", "class", "index", *_subhalo_columns(spec.substructure)])
             for task, (images, facts) in zip(tasks, _map(tasks, workers), strict=True):
                 arrays[task.split, task.cls][task.start : task.stop] = images
                 per_image = snr.setdefault(f"{task.split}/{task.cls}", {"median": [], "peak": []})
@@ -388,7 +510,7 @@ def simulate_dataset(
                     prows.writerow(
                         [*key, *(getattr(p, f) for f in fields), one.snr_median, one.snr_peak]
                     )
-                    srows.writerows([*key, k, x, y] for k, (x, y) in enumerate(p.subhalos))
+                    srows.writerows([*key, *row] for row in subhalo_rows(p, spec.substructure))
                     per_image["median"].append(round(one.snr_median, 3))
                     per_image["peak"].append(round(one.snr_peak, 3))
                 bar.update(len(images))
@@ -407,6 +529,11 @@ def simulate_dataset(
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("wrote %d images of %s to %s", total, name, out)
     return out
+
+
+def _subhalo_columns(substructure: str) -> list[str]:
+    """subhalos.csv's columns after (split, class, index)."""
+    return ["k", "x", "y", *(["theta_sub", "mass_msun"] if substructure == "study" else [])]
 
 
 def _manifest(
@@ -438,7 +565,12 @@ def _manifest(
         },
         "config": dataclasses.asdict(config),
         "ranges": dataclasses.asdict(spec),
-        "subhalo_mass_fraction": spec.subhalo_mass_fraction,
+        "substructure": spec.substructure,
+        # stated: all subhalos together, of the lens mass; study: drawn per image (null)
+        "subhalo_mass_fraction": (
+            spec.subhalo_mass_fraction if spec.substructure == "stated" else None
+        ),
+        **({"study_substructure": _study_record(spec)} if spec.substructure == "study" else {}),
         "snr_definition": SNR_DEFINITION,
         "snr": {
             "summary": snr_summary(snr),
@@ -455,6 +587,24 @@ def _manifest(
         "files": files,
         "parameters": PARAMETERS_FILE,
         "subhalos": SUBHALOS_FILE,
+    }
+
+
+def _study_record(spec: DatasetSpec) -> dict[str, Any]:
+    """The manifest's record of the study substructure's draws."""
+    k = spec.n_subhalos
+    return {
+        **dataclasses.asdict(STUDY),
+        "sphere_mass_fraction_mean": k * STUDY.mean_mass() / STUDY.lens_mass,  # analytic
+        "sphere": (
+            f"{k} masses m_i ~ dN/dm ~ m^mass_slope on mass_range (Msun), Einstein radius "
+            "theta_E * sqrt(m_i / lens_mass) each, at the stated positions"
+        ),
+        "vort": (
+            f"a fraction U[vortex_mass_fraction] of the lens shared by {k} equal masses, "
+            "evenly on a line U[vortex_length] arcsec long (scaled by theta_E / 1.2)"
+        ),
+        "per_subhalo": f"{SUBHALOS_FILE} columns theta_sub (arcsec) and mass_msun",
     }
 
 
@@ -496,13 +646,20 @@ def read_parameters(directory: Path, split: str, cls: str, index: int) -> LensPa
         raise DatasetError(f"{directory / PARAMETERS_FILE}: no image {split}/{cls}[{index}]")
     values: dict[str, Any] = {name: float(row[name]) for name in _param_fields()}
     with (directory / SUBHALOS_FILE).open(newline="") as f:
-        subhalos = [
-            (int(r["k"]), float(r["x"]), float(r["y"]))
+        subhalos = sorted(
+            (int(r["k"]), float(r["x"]), float(r["y"]), _float_or_none(r.get("theta_sub")))
             for r in csv.DictReader(f)
             if [r["split"], r["class"], r["index"]] == key
-        ]
-    values["subhalos"] = tuple((x, y) for _, x, y in sorted(subhalos))
+        )
+    values["subhalos"] = tuple((x, y) for _, x, y, _ in subhalos)
+    thetas = tuple(theta for *_, theta in subhalos if theta is not None)
+    if len(set(thetas)) > 1:  # unequal masses (study spheres); equal ones are theta_sub
+        values["subhalo_theta"] = thetas
     return LensParams(**values)
+
+
+def _float_or_none(text: str | None) -> float | None:
+    return None if text is None else float(text)
 
 
 def regenerate_image(directory: Path, split: str, cls: str, index: int) -> np.ndarray:

@@ -47,9 +47,9 @@ def test_cli_writes_the_dataset_layout(tmp_path: Path) -> None:
     assert manifest["counts"]["val"] == {"no_sub": 2}  # --n-val-sub 0: no labelled val
     assert manifest["simulator"]["name"] == "deeplense-lensing"
     assert manifest["ranges"]["snr"] is None  # Model A: the study's photometry, unscaled
-    assert manifest["subhalo_mass_fraction"] == 0.01
+    assert manifest["subhalo_mass_fraction"] == 0.01 and manifest["substructure"] == "stated"
     assert "half-light region" in manifest["snr_definition"]
-    assert manifest["simulator"]["version"] == simulate.SIMULATOR_VERSION == "2.1.0"
+    assert manifest["simulator"]["version"] == simulate.SIMULATOR_VERSION == "2.2.0"
     per_image = manifest["snr"]["per_image"]
     assert len(per_image["test/vort"]["median"]) == 3
     assert len(per_image["train/no_sub"]["peak"]) == 4
@@ -57,7 +57,8 @@ def test_cli_writes_the_dataset_layout(tmp_path: Path) -> None:
     assert 10 < summary["median"]["median"] < 30 and summary["peak"]["median"] > 20
     rows = (out / "parameters.csv").read_text().splitlines()
     assert len(rows) == 1 + 4 + 2 + 3 * 3
-    assert len((out / "subhalos.csv").read_text().splitlines()) == 1 + 2 * 3 * 25
+    subhalos = (out / "subhalos.csv").read_text().splitlines()
+    assert len(subhalos) == 1 + 2 * 3 * 25 and subhalos[0] == "split,class,index,k,x,y"
     assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no temporary folder left
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from training.commands.calibrate import fraction
 from training.lensing.render import SimConfig
-from training.simulate import DATASETS, simulate_dataset
+from training.simulate import DATASETS, SUBSTRUCTURES, simulate_dataset
 
 
 def _count(text: str) -> int:
@@ -43,10 +43,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         "for 2500): a labelled split for choosing thresholds and models, never the test split",
     )
     p.add_argument(
+        "--substructure",
+        choices=SUBSTRUCTURES,
+        default="stated",
+        help="subhalo masses: stated (REFERENCE.md: 25 equal masses, 1%% of the lens; "
+        "the default) or study (the study's code: sphere masses from dN/dm ~ m^-0.9 on "
+        '1e6-1e10 Msun, 3.8%% on average; vort U[3%%, 5.5%%] on a line U[0.5", 2"] long)',
+    )
+    p.add_argument(
         "--subhalo-mass-fraction",
         type=fraction,
-        default=0.01,
-        help="all subhalos together, as a fraction of the lens mass (0.01)",
+        default=None,
+        help="stated substructure only: all subhalos together, as a fraction of the lens "
+        "mass (0.01); refused with --substructure study, which draws its own masses",
     )
     p.add_argument("--n-test", type=_count, default=1250, help="test images per class (1250)")
     p.add_argument("--seed", type=_count, default=0, help="random seed (0)")
@@ -77,5 +86,6 @@ def run(args: argparse.Namespace) -> int:
         config=config,
         n_val_sub=args.n_val // 4 if args.n_val_sub is None else args.n_val_sub,
         subhalo_mass_fraction=args.subhalo_mass_fraction,
+        substructure=args.substructure,
     )
     return 0

@@ -21,8 +21,10 @@ def lens_model(params: LensParams) -> tuple[Any, list[dict[str, float]]]:
         {"theta_E": params.theta_e, "center_x": 0.0, "center_y": 0.0},
         {"gamma1": params.gamma1, "gamma2": params.gamma2, "ra_0": 0.0, "dec_0": 0.0},
     ]
+    thetas = params.subhalo_theta or (params.theta_sub,) * len(params.subhalos)
     kwargs += [
-        {"theta_E": params.theta_sub, "center_x": x, "center_y": y} for x, y in params.subhalos
+        {"theta_E": theta, "center_x": x, "center_y": y}
+        for theta, (x, y) in zip(thetas, params.subhalos, strict=True)
     ]
     names = ["SIS", "SHEAR"] + ["POINT_MASS"] * len(params.subhalos)
     return LensModel(names), kwargs

@@ -7,7 +7,8 @@ bits then depend neither on the process that renders it nor on the machine's cor
 renderer's grid and PSF.
 
 Model: a singular isothermal sphere (Einstein radius theta_e) plus external shear, both
-centred on the optical axis, optionally with K equal point-mass subhalos; lens light is an
+centred on the optical axis, optionally with K point-mass subhalos (equal, or each with its
+own Einstein radius in `LensParams.subhalo_theta`); lens light is an
 elliptical Sersic at the lens centre; the source is an elliptical Sersic seen through the
 lens equation (conventions in the renderer's docstring, lenstronomy's).
 
@@ -17,6 +18,7 @@ brightness at R_eff in counts/s per pixel, and a pixel's value is the profile's 
 `SimConfig.sky` counts/s/pixel (`training.lensing.noise`); nothing rescales it to an SNR.
 """
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from deeplense.lensing import torch_renderer
 from deeplense.lensing.torch_renderer import LensBatch, RenderConfig
@@ -80,8 +83,11 @@ class LensParams:
     source_intensity: float  # source surface brightness at R_eff, counts/s/pixel
     exposure: float = 300.0  # seconds, this image's (Model B scales it to reach snr_target)
     snr_target: float = 0.0  # the median arc S/N the exposure was scaled to; 0: not scaled
-    theta_sub: float = 0.0  # Einstein radius of each subhalo
+    # Einstein radius of each subhalo; with `subhalo_theta`, only a record: the equal-mass
+    # equivalent sqrt(mean theta_i^2), so that K theta_sub^2 / theta_e^2 is the mass fraction
+    theta_sub: float = 0.0
     subhalos: tuple[tuple[float, float], ...] = ()  # subhalo positions (x, y)
+    subhalo_theta: tuple[float, ...] = ()  # per-subhalo Einstein radii; () when all theta_sub
     z_lens: float = 0.5  # redshifts (only recorded here: theta_e and sizes already follow)
     z_source: float = 1.0
 
@@ -125,13 +131,64 @@ def render_components(params: LensParams, config: SimConfig) -> Components:
 
     One image per renderer call: at 150 x 150 with 2 x 2 sub-pixels a batch's arrays outgrow
     the CPU cache, and one image per call was measured the fastest (bench/bench_renderer.py).
+    Subhalos of unequal masses (`subhalo_theta`) go through `_unequal_subhalo_arcs`.
     """
-    batch = LensBatch.from_records([params], dtype=torch.float64)
     with torch.no_grad(), _one_torch_thread():
-        unit = torch_renderer.render_components(batch, config.render_config())
+        if params.subhalo_theta:
+            smooth = LensBatch.from_records(
+                [dataclasses.replace(params, subhalos=(), subhalo_theta=())], dtype=torch.float64
+            )
+            render = config.render_config()
+            unit = torch_renderer.Components(
+                _unequal_subhalo_arcs(smooth, params, render),
+                torch_renderer.render_lens_light(smooth, render),
+            )
+        else:
+            batch = LensBatch.from_records([params], dtype=torch.float64)
+            unit = torch_renderer.render_components(batch, config.render_config())
     arcs = unit.arcs[0, 0].numpy() * params.source_intensity  # (n, n) float64
     lens = unit.lens[0, 0].numpy() * params.lens_intensity
     return Components(arcs=arcs, lens=lens)
+
+
+def _unequal_subhalo_arcs(smooth: LensBatch, params: LensParams, config: RenderConfig) -> Tensor:
+    """Lensed source (1, 1, n, n), unit amplitude, of the smooth lens `smooth` plus point
+    masses at `params.subhalos` with Einstein radii `params.subhalo_theta` (arcsec).
+
+    The renderer's LensBatch holds one Einstein radius per image, so its public pieces are
+    put together here: the smooth lens's source plane, minus the masses' deflection (each
+    mass through `point_mass_deflection` on its own, summed in place), through
+    the source's Sersic, sub-pixel averaging and the PSF, as `render_arcs` does.
+    """
+    if len(params.subhalo_theta) != len(params.subhalos):
+        raise ValueError(
+            f"{len(params.subhalo_theta)} subhalo Einstein radii for "
+            f"{len(params.subhalos)} subhalos"
+        )
+    m = config.image_size * config.supersampling
+    # sub-pixel centres along x (columns) and y (rows), the renderer's convention
+    c = (torch.arange(m, dtype=torch.float64) - (m - 1) / 2.0) * (
+        config.pixel_scale / config.supersampling
+    )
+    theta = torch.tensor(params.subhalo_theta, dtype=torch.float64)[:, None]  # (K, 1)
+    positions = torch.tensor(params.subhalos, dtype=torch.float64)[:, None, None, :]  # (K,1,1,2)
+    alpha = torch.zeros(2, m, m, dtype=torch.float64)  # (alpha_x, alpha_y) arcsec
+    for theta_k, position_k in zip(theta, positions, strict=True):  # in place: 2 (m, m) arrays
+        alpha += torch_renderer.point_mass_deflection(c, theta_k, position_k)[0]
+    beta_x, beta_y = torch_renderer.source_plane(smooth, config)  # (1, m, m) each
+    surface = torch_renderer.sersic(
+        beta_x - alpha[0],
+        beta_y - alpha[1],
+        smooth.source_r_eff,
+        smooth.source_n,
+        smooth.source_q,
+        smooth.source_phi,
+        smooth.source_x,
+        smooth.source_y,
+    )
+    return torch_renderer.psf_blur(
+        torch_renderer.downsample(surface[:, None], config.supersampling), config
+    )
 
 
 def observe(
