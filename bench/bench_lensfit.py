@@ -28,9 +28,8 @@ sys.path.insert(0, str(REPO))
 from deeplense.inference import score_array  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.scores import list_scores  # noqa: E402
+from deeplense.vocabulary import CLASSES  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
-
-CLASSES = ("no_sub", "sphere", "vort")
 
 
 def _stack(images: np.ndarray) -> np.ndarray:

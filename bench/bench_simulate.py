@@ -25,10 +25,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from deeplense.vocabulary import CLASSES  # noqa: E402
 from training.lensing.noise import min_max_scale, noise_sigma, poisson_observation  # noqa: E402
 from training.lensing.render import LensParams, SimConfig, render_components  # noqa: E402
 from training.simulate import (  # noqa: E402
-    CLASSES,
     DATASETS,
     DatasetSpec,
     draw_params,

@@ -32,11 +32,11 @@ sys.path.insert(0, str(REPO))
 from deeplense.inference import score_array  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.scores import compute_scores, list_scores  # noqa: E402
+from deeplense.vocabulary import CLASSES, read_manifest  # noqa: E402
 from models.checkpoint import find_checkpoints, load_checkpoint  # noqa: E402
 from training.bounds import bound_reconstructions, sim_config  # noqa: E402
-from training.datasets import CLASSES  # noqa: E402
 from training.evaluate import COMPARISONS  # noqa: E402
-from training.simulate import read_manifest, simulate_dataset  # noqa: E402
+from training.simulate import simulate_dataset  # noqa: E402
 
 FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.04)
 

@@ -30,8 +30,9 @@ import torch
 from scipy.optimize import least_squares
 
 from deeplense.noise import estimate_noise
+from deeplense.vocabulary import read_manifest
 from training.lensing.render import LensParams, SimConfig, phi_q_to_e1e2, render_components
-from training.simulate import PARAMETERS_FILE, read_manifest
+from training.simulate import PARAMETERS_FILE
 
 # Free parameters of the refit, per dataset (all others held at their true values).
 SHAPE = ("gamma1", "gamma2", "source_x", "source_y", "source_e1", "source_e2")

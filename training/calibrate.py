@@ -17,12 +17,11 @@ from deeplense.calibration import Calibration, calibration_from_scores
 from deeplense.errors import DatasetError
 from deeplense.inference import score_array
 from deeplense.scores import list_scores
+from deeplense.vocabulary import LABELS, NORMAL
 from models.base import AnomalyModel
 from models.checkpoint import LoadedCheckpoint
 from models.selection import choose_default_score
-from training.datasets import LABELS, load_split
-
-NORMAL = "no_sub"
+from training.datasets import load_split
 
 
 @dataclass

@@ -16,7 +16,6 @@ Where a split's images are found (`load_split(DIR, split)`):
   fit in RAM); any other stack or folder is read into memory and prepared image by image.
 """
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -31,16 +30,14 @@ from tqdm import tqdm
 from deeplense.errors import DatasetError
 from deeplense.imaging import SUPPORTED_EXTENSIONS, is_supported_filename, read_image, read_stack
 from deeplense.preprocess import to_model_input
+from deeplense.vocabulary import CLASSES, LABELS, NORMAL
 
 logger = logging.getLogger(__name__)
 
-CLASSES = ("no_sub", "sphere", "vort")
-LABELS = {"no_sub": 0, "sphere": 1, "vort": 1}
 CLASS_ALIASES = {"no_sub": ("no_sub", "no"), "sphere": ("sphere",), "vort": ("vort", "vortex")}
 """Folder or stack names accepted for each class, in order of preference."""
 STACK_EXTENSIONS = (".npy", ".fits", ".fit", ".fits.gz", ".fit.gz", ".tif", ".tiff")
 """Extensions of a one-file-per-class stack (`DIR/<split>/<class><ext>`)."""
-MANIFEST = "manifest.json"
 
 _SCAN_CHUNK = 512  # images per chunk when checking a memory-mapped stack
 
@@ -95,7 +92,7 @@ def labelled_test_set(
     substructure class; classes are concatenated in CLASSES order (copied into memory).
     """
     split = load_split(data_dir, "test", image_size)
-    if "no_sub" not in split or not any(c in split for c in CLASSES if LABELS[c] == 1):
+    if NORMAL not in split or not any(c in split for c in CLASSES if LABELS[c] == 1):
         found = ", ".join(split) or "none"
         raise DatasetError(
             f"{_split_dir(Path(data_dir), 'test')}: a labelled test set needs no_sub and at "
@@ -106,17 +103,6 @@ def labelled_test_set(
     labels = np.concatenate([np.full(len(split[c]), LABELS[c], dtype=np.int64) for c in present])
     names = np.concatenate([np.full(len(split[c]), c) for c in present])
     return images, labels, names
-
-
-def manifest_sha256(data_dir: Path) -> str | None:
-    """Hex SHA-256 of DIR/manifest.json, or None when the dataset has no manifest."""
-    path = Path(data_dir) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read manifest: {exc.strerror or exc}") from exc
 
 
 def find_image_files(paths: Sequence[Path]) -> list[Path]:

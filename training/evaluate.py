@@ -15,7 +15,6 @@ CLI use, so an evaluated score equals the served score for the same image. Nothi
 tuned on the test split: thresholds and default scores come from calibration.
 """
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, DatasetError
 from deeplense.inference import score_array
 from deeplense.scores import list_scores
+from deeplense.vocabulary import CLASSES, NORMAL, dataset_name, manifest_sha256
 from models.checkpoint import (
     LoadedCheckpoint,
     find_checkpoints,
@@ -38,12 +38,11 @@ from models.checkpoint import (
     write_config,
 )
 from models.selection import choose_default_model
-from training.datasets import CLASSES, load_split, manifest_sha256
+from training.datasets import load_split
 from training.health import reconstruction_health
 
 log = logging.getLogger(__name__)
 
-NORMAL = "no_sub"
 # Comparisons reported for every model: name -> the anomalous classes it pools against no_sub.
 COMPARISONS: dict[str, tuple[str, ...]] = {
     "sub": tuple(c for c in CLASSES if c != NORMAL),
@@ -85,19 +84,6 @@ class Evaluation:
     n_images: dict[str, int]
     device: str
     models: dict[str, ModelEvaluation]
-
-
-def dataset_name(data_dir: Path) -> str | None:
-    """The simulated dataset's name (model_a / model_b) from DIR/manifest.json, if recorded."""
-    path = Path(data_dir) / "manifest.json"
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    name = manifest.get("dataset") if isinstance(manifest, dict) else None
-    return str(name) if isinstance(name, str) else None
 
 
 def class_metrics(

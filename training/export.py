@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from deeplense.vocabulary import NORMAL, dataset_name, manifest_sha256
 from models.base import AnomalyModel
 from models.card import TrainingFacts, config_for
 from models.checkpoint import save_checkpoint
 from models.storage import check_weights_dtype, round_to_storage
 from training.calibrate import calibrate_model
-from training.datasets import load_split, manifest_sha256
-from training.evaluate import dataset_name
+from training.datasets import load_split
 from training.health import reconstruction_health
-from training.plan import NORMAL, Plan
+from training.plan import Plan
 from training.steps import Distributed, Precision
 
 log = logging.getLogger(__name__)

@@ -12,14 +12,13 @@ import torch
 
 import models
 from deeplense.errors import DatasetError, OutputExistsError
+from deeplense.vocabulary import NORMAL
 from models.registry import model_class
 from models.storage import check_weights_dtype
 from training.datasets import load_split
 from training.steps import check_precision
 
 log = logging.getLogger(__name__)
-
-NORMAL = "no_sub"
 
 
 @dataclass

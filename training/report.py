@@ -12,7 +12,8 @@ from matplotlib.figure import Figure  # object API: the Agg canvas, no pyplot gl
 from deeplense.atomic import atomic_directory
 from deeplense.errors import OutputExistsError
 from deeplense.scores import list_scores
-from training.evaluate import COMPARISONS, NORMAL, Evaluation
+from deeplense.vocabulary import NORMAL
+from training.evaluate import COMPARISONS, Evaluation
 
 # Published results of arXiv 2008.12731 (REFERENCE.md), by dataset then model.
 PUBLISHED_AUC: dict[str, dict[str, float]] = {

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 from deeplense.errors import CheckpointError, DatasetError
+from deeplense.vocabulary import NORMAL
 from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from models.registry import create_model
 from models.storage import WEIGHTS_DTYPES, WeightsDtype, round_to_storage
 from training.calibrate import ScoreCalibrations, calibrate_checkpoint
 from training.datasets import load_split
-from training.plan import NORMAL, config_fields
+from training.plan import config_fields
 
 log = logging.getLogger(__name__)
 AFTER_TRAINING_IMAGES = 1024  # as export: the first N training images

@@ -67,6 +67,12 @@ from tqdm import tqdm
 
 from deeplense.atomic import atomic_directory
 from deeplense.errors import DatasetError, OutputExistsError
+from deeplense.vocabulary import (
+    CLASSES,
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    read_manifest,
+)
 from training.lensing import cosmology
 from training.lensing.noise import SNR_DEFINITION, exposure_for_snr
 from training.lensing.render import (
@@ -83,14 +89,11 @@ SIMULATOR_NAME = "deeplense-lensing"
 # 2.2: substructure "study" ("stated", the default, writes what 2.1 wrote); 2.1: rendered by
 # the torch renderer (2.0: NumPy)
 SIMULATOR_VERSION = "2.2.0"
-MANIFEST_FORMAT = 2  # 2: the study's photometry, per-image exposure and S/N
 SPLITS = ("train", "val", "test")
-CLASSES = ("no_sub", "sphere", "vort")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 CLASS_CODES = {"no_sub": 0, "sphere": 1, "vort": 2}
 PARAMETERS_FILE = "parameters.csv"
 SUBHALOS_FILE = "subhalos.csv"
-MANIFEST_FILE = "manifest.json"
 CHUNK = 32  # images per task sent to a worker process
 SNR_COLUMNS = ("snr_median", "snr_peak")  # measured per image, after the params in the CSV
 SUBSTRUCTURES = ("stated", "study")  # how the subhalos' masses are set (module docstring)
@@ -618,18 +621,6 @@ def snr_summary(snr: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, f
         q = np.quantile(values, [0.0, 0.1, 0.5, 0.9, 1.0])
         out[stat] = dict(zip(("min", "p10", "median", "p90", "max"), map(float, q), strict=True))
     return out
-
-
-def read_manifest(directory: Path) -> dict[str, Any]:
-    """Read DIR/manifest.json; DatasetError naming the file if it is missing or malformed."""
-    path = Path(directory) / MANIFEST_FILE
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read the manifest ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("format_version") != MANIFEST_FORMAT:
-        raise DatasetError(f"{path}: not a simulator manifest of format {MANIFEST_FORMAT}")
-    return manifest
 
 
 def read_parameters(directory: Path, split: str, cls: str, index: int) -> LensParams:

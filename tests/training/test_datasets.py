@@ -16,17 +16,10 @@ from torch.utils.data import DataLoader
 from deeplense.errors import DatasetError, InvalidImageError
 from deeplense.imaging import read_image
 from deeplense.preprocess import to_model_input
+from deeplense.vocabulary import CLASSES, LABELS, manifest_sha256
 from tests.conftest import tiny_images
 from tests.encode import npy_bytes
-from training.datasets import (
-    CLASSES,
-    LABELS,
-    ImageArrayDataset,
-    find_image_files,
-    labelled_test_set,
-    load_split,
-    manifest_sha256,
-)
+from training.datasets import ImageArrayDataset, find_image_files, labelled_test_set, load_split
 
 S = 16  # image side of the tiny datasets
 

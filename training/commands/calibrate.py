@@ -6,10 +6,10 @@ from pathlib import Path
 
 from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError
+from deeplense.vocabulary import dataset_name
 from models.checkpoint import find_checkpoints, load_checkpoint, write_config
 from training.calibrate import calibrate_checkpoint
 from training.commands.evaluate import positive_int
-from training.evaluate import dataset_name
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,57 @@
+"""The dataset vocabulary, in one place: the classes, the normal one, their labels, and the
+dataset's manifest (its file name, format and reader).
+
+Every reader and writer of datasets (simulate, the dataset readers, fit, calibrate,
+evaluate, the benches) takes these names from here.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from deeplense.errors import DatasetError
+
+NORMAL = "no_sub"  # lenses without substructure: what the models train on
+SUBSTRUCTURE_CLASSES = ("sphere", "vort")  # spherical subhalos, a vortex (line of mass)
+CLASSES = (NORMAL, *SUBSTRUCTURE_CLASSES)
+LABELS = {NORMAL: 0, **{c: 1 for c in SUBSTRUCTURE_CLASSES}}  # ROC-AUC: substructure = 1
+MANIFEST_FILE = "manifest.json"  # DIR/manifest.json: how a dataset was made
+MANIFEST_FORMAT = 2  # 2: the study's photometry, per-image exposure and S/N
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """Read DIR/manifest.json; DatasetError naming the file if it is missing or malformed."""
+    path = Path(directory) / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read the manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format_version") != MANIFEST_FORMAT:
+        raise DatasetError(f"{path}: not a simulator manifest of format {MANIFEST_FORMAT}")
+    return manifest
+
+
+def dataset_name(directory: Path) -> str | None:
+    """The simulated dataset's name (model_a / model_b) from DIR/manifest.json, if recorded;
+    None for a dataset without a readable manifest (e.g. the user's own images)."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    name = manifest.get("dataset") if isinstance(manifest, dict) else None
+    return str(name) if isinstance(name, str) else None
+
+
+def manifest_sha256(directory: Path) -> str | None:
+    """Hex SHA-256 of DIR/manifest.json, or None when the dataset has no manifest."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read manifest: {exc.strerror or exc}") from exc
