@@ -43,7 +43,7 @@ teardown() {
   set +e
   [ -n "$made_container" ] && "$DOCKER" rm -f "$NAME" >/dev/null
   if [ "$KEEP_IMAGES" != 1 ]; then
-    [ -n "$made_tag" ] && "$DOCKER" rmi "$TAG" >/dev/null
+    [ -n "$made_tag" ] && "$DOCKER" rmi "$TAG" "$TAG-builder" >/dev/null
     [ -n "$made_base" ] && "$DOCKER" rmi "$BASE_IMAGE" >/dev/null
   fi
   [ -n "$index_pid" ] && kill "$index_pid" 2>/dev/null && wait "$index_pid" 2>/dev/null
@@ -53,7 +53,7 @@ teardown() {
   rm -rf "$work"
   local kept=""
   [ "$KEEP_IMAGES" = 1 ] && kept=" (KEEP_IMAGES=1: images kept)"
-  step "torn down: ${made_container:+container $NAME, }${made_tag:+image $TAG, }${made_base:+image $BASE_IMAGE, }${started_dockerd:+dockerd (pid $started_dockerd), }local index$kept"
+  step "torn down: ${made_container:+container $NAME, }${made_tag:+images $TAG and $TAG-builder, }${made_base:+image $BASE_IMAGE, }${started_dockerd:+dockerd (pid $started_dockerd), }local index$kept"
   if [ ${#summary[@]} -gt 0 ]; then
     echo "docker-test summary"
     printf '%s\n' "${summary[@]}"
@@ -124,11 +124,12 @@ note wheels "$(ls "$work/wheels"/*.whl | wc -l) files, $wheel_mb MB, in $(elapse
 step "building $TAG (log: $work/build.log)"
 t=$EPOCHREALTIME
 made_tag=1
-"$DOCKER" build --network host \
-  --build-arg PYTHON_IMAGE="$BASE_IMAGE" \
-  --build-arg TORCH_INDEX_URL="$index" \
-  --build-arg PIP_INDEX_URL="$index" \
-  -t "$TAG" . >"$work/build.log" 2>&1 \
+build_args=(--network host --build-arg PYTHON_IMAGE="$BASE_IMAGE"
+  --build-arg TORCH_INDEX_URL="$index" --build-arg PIP_INDEX_URL="$index")
+# The builder stage gets a tag of its own, so the teardown removes its layers too (the
+# classic builder leaves a finished stage as an untagged image); the second build reuses it.
+{ "$DOCKER" build "${build_args[@]}" --target builder -t "$TAG-builder" . \
+  && "$DOCKER" build "${build_args[@]}" -t "$TAG" .; } >"$work/build.log" 2>&1 \
   || { tail -n 30 "$work/build.log" >&2; fail "docker build failed"; }
 build_s=$(elapsed "$t")
 size=$("$DOCKER" image inspect -f '{{.Size}}' "$TAG")
