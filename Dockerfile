@@ -1,14 +1,21 @@
-# syntax=docker/dockerfile:1
 # DeepLense anomaly service: Python 3.11 slim, the tests' torch, the shipped checkpoints inside.
 #
 #   docker build -t deeplense-anomaly:cpu .                                   # CPU (default)
 #   docker build --build-arg TORCH_VARIANT=cuda -t deeplense-anomaly:cuda .   # NVIDIA GPU
-#   docker run --rm -p 8000:8000 deeplense-anomaly:cpu
-#   docker run --rm --gpus all -p 8000:8000 -e DEEPLENSE_DEVICE=cuda deeplense-anomaly:cuda
+#   docker run --rm -p 127.0.0.1:8000:8000 deeplense-anomaly:cpu
+#   docker run --rm --gpus all -p 127.0.0.1:8000:8000 -e DEEPLENSE_DEVICE=cuda deeplense-anomaly:cuda
 #
 # docker-compose.yml wraps both (profiles cpu and gpu); docs/docker.md says what was and was
-# not run. The `syntax` line gives BuildKit a Dockerfile frontend that knows HEALTHCHECK's
-# --start-interval.
+# not run. No `# syntax=` line: BuildKit would pull that frontend from a registry, and this
+# file builds with the engine's own parser (Docker Engine 20.10 or later, the classic builder
+# or BuildKit), so an air-gapped host can build it (`make docker-test` does, docs/docker.md).
+#
+# Build arguments for a host without the public registries (all optional):
+#   PYTHON_IMAGE     a local base with `python` (3.11) and pip on PATH, e.g. the one
+#                    scripts/docker-base-image.sh makes with debootstrap
+#   TORCH_INDEX_URL  where torch comes from (a mirror); default: PyTorch's CPU index for cpu,
+#                    the default index (PIP_INDEX_URL or PyPI) for cuda
+#   PIP_INDEX_URL    where everything else comes from (build dependencies included)
 
 # Both variants start from the same slim Debian Python; only the torch wheel differs.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -18,9 +25,13 @@ ARG TORCH_VERSION=2.13.0
 # cuda: the default build of the package index, with its CUDA runtime as nvidia-* wheels; the
 # host needs only the NVIDIA driver and the NVIDIA Container Toolkit.
 ARG TORCH_VARIANT=cpu
+# Empty: the variant's own index (above).
+ARG TORCH_INDEX_URL=
 
 # ---- builder: the source tree becomes one wheel; only the wheel moves on -------------------
 FROM ${PYTHON_IMAGE} AS builder
+# Unset unless given: pip then uses its default index. pip reads it from the environment.
+ARG PIP_INDEX_URL
 WORKDIR /src
 # README.md: pyproject's `readme` field, read when the wheel's metadata is built.
 COPY pyproject.toml README.md ./
@@ -34,6 +45,8 @@ RUN python -m pip wheel --no-deps --no-cache-dir --wheel-dir /wheels .
 FROM ${PYTHON_IMAGE} AS runtime
 ARG TORCH_VERSION
 ARG TORCH_VARIANT
+ARG TORCH_INDEX_URL
+ARG PIP_INDEX_URL
 
 LABEL org.opencontainers.image.title="deeplense-anomaly" \
       org.opencontainers.image.description="Anomaly scoring service for strong gravitational lensing images" \
@@ -45,18 +58,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# torch first, from the variant's index, then the project and every other dependency at the
-# exact versions of constraints.txt (the file `make` installs with). The check after the
-# install fails the build if torch is not TORCH_VERSION or not the variant asked for.
+# torch first, from TORCH_INDEX_URL or the variant's index, then the project and every other
+# dependency at the exact versions of constraints.txt (the file `make` installs with) from the
+# default index. The check after the install fails the build if torch is not TORCH_VERSION or
+# not the variant asked for.
 COPY constraints.txt /tmp/constraints.txt
 COPY --from=builder /wheels /tmp/wheels
-RUN case "${TORCH_VARIANT}" in \
-      cpu) export PIP_INDEX_URL=https://download.pytorch.org/whl/cpu ;; \
+RUN torch_index="${TORCH_INDEX_URL}" \
+    && case "${TORCH_VARIANT}" in \
+      cpu) torch_index="${torch_index:-https://download.pytorch.org/whl/cpu}" ;; \
       cuda) ;; \
       *) echo "TORCH_VARIANT must be cpu or cuda, not ${TORCH_VARIANT}" >&2; exit 1 ;; \
     esac \
-    && python -m pip install --no-deps "torch==${TORCH_VERSION}" \
-    && unset PIP_INDEX_URL \
+    && (if [ -n "${torch_index}" ]; then export PIP_INDEX_URL="${torch_index}"; fi \
+        && python -m pip install --no-deps "torch==${TORCH_VERSION}") \
     && python -m pip install --constraint /tmp/constraints.txt "torch==${TORCH_VERSION}" /tmp/wheels/*.whl \
     && python -c "import os, torch; want, variant = os.environ['TORCH_VERSION'], os.environ['TORCH_VARIANT']; \
 assert torch.__version__.split('+')[0] == want, f'torch {torch.__version__}, expected {want}'; \
@@ -88,9 +103,11 @@ EXPOSE 8000
 
 # Liveness: GET /health must answer 2xx. No curl in this image, so Python's urllib does it
 # (an HTTP error or refused connection raises, and the exit status 1 means unhealthy).
-# --start-interval: probe every second during the start period (Docker Engine 25 or later;
-# older engines ignore it and probe every 30 s), so the container is healthy within seconds.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --start-interval=1s --retries=3 \
+# Every 5 s from the start, so the container is healthy within 5 s of the service answering,
+# on every engine: HEALTHCHECK --start-interval (a fast probe during the start period only)
+# needs Engine 25, and Engine 20.10's parser refuses the whole file over it. A probe costs
+# one short Python process (docs/docker.md has the measured cost).
+HEALTHCHECK --interval=5s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4)"]
 
 CMD ["deeplense", "serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -15,9 +15,12 @@ TEST_WORKERS ?= auto
 DATASET ?= model_a
 PRESET ?= small
 PORT ?= 8000
+# Address `make serve` listens on: this machine only. HOST=0.0.0.0 serves the network (set
+# DEEPLENSE_API_KEY then, README). Not `?=`: a shell's own HOST variable must not decide.
+HOST = 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve test test-fast fuzz lint format lock simulate reproduce bench bench-sim bench-train bench-serve clean
+.PHONY: help install serve test test-fast fuzz lint format lock simulate reproduce bench bench-sim bench-train bench-serve docker-test clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -42,8 +45,8 @@ $(VENV_STAMP): $(RUNTIME_STAMP) scripts/install-system-deps.sh
 
 install: $(VENV_STAMP) ## .venv with CPU torch, the project and its train/dev extras, Chromium and docker-compose (for the tests)
 
-serve: $(RUNTIME_STAMP) ## install the service's dependencies and run it on port 8000 (PORT=8001 for another; shipped Model A checkpoints)
-	$(PY) -m training serve --host 0.0.0.0 --port $(PORT)
+serve: $(RUNTIME_STAMP) ## install the service's dependencies and run it on 127.0.0.1:8000 (PORT=8001, HOST=0.0.0.0 for others; shipped Model A checkpoints)
+	$(PY) -m training serve --host $(HOST) --port $(PORT)
 
 test: $(VENV_STAMP) lint ## lint (ruff, mypy) then run the whole test suite
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
@@ -81,6 +84,9 @@ bench-train: $(VENV_STAMP) ## training images/s per model on the current device
 
 bench-serve: $(VENV_STAMP) ## raw model vs HTTP throughput and latency on loopback
 	$(PY) bench/bench_serve.py
+
+docker-test: $(VENV_STAMP) ## build the CPU image without registries, run it, compare its scores with this host's (slow; DOCKER_BUILDKIT=1 for BuildKit)
+	PY=$(PY) bash scripts/docker-test.sh
 
 clean: ## remove caches (never data/, runs/ or checkpoints/)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache

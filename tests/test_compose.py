@@ -1,6 +1,7 @@
 """Docker packaging: docker-compose.yml (both variants), the Dockerfile and .dockerignore.
 
-No Docker engine runs here, so nothing is built or started. Instead:
+These tests need no Docker Engine and build nothing (`make docker-test` builds and runs the
+image for real, docs/docker.md). Instead:
 - each compose variant goes through compose's own `config` command (Docker Compose v2's
   `docker compose`, or Debian's `docker-compose` 1.29), which parses, interpolates and
   validates the file, and its output is checked for the semantics that matter;
@@ -115,16 +116,18 @@ def _service(scratch: Path, profile: str, **env: str) -> dict[str, Any]:
     return service
 
 
-def _published_ports(service: dict[str, Any]) -> set[tuple[int, int]]:
-    """(host, container) port pairs, from compose's short or long syntax."""
-    pairs = set()
+def _published_ports(service: dict[str, Any]) -> set[tuple[str, int, int]]:
+    """(host address, host port, container port), from compose's short or long syntax; the
+    address is "" when every interface."""
+    published = set()
     for port in service.get("ports", []):
         if isinstance(port, dict):
-            pairs.add((int(port["published"]), int(port["target"])))
+            address = port.get("host_ip", "")
+            published.add((address, int(port["published"]), int(port["target"])))
         else:
-            host, container = str(port).rsplit(":", 2)[-2:]
-            pairs.add((int(host), int(container.split("/")[0])))
-    return pairs
+            *address, host, container = str(port).rsplit(":", 2)
+            published.add(("".join(address), int(host), int(container.split("/")[0])))
+    return published
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -175,7 +178,7 @@ def test_each_variant_publishes_8000_mounts_user_checkpoints_and_restarts(
     profile: str, scratch: Path
 ) -> None:
     service = _service(scratch, profile)
-    assert _published_ports(service) == {(PORT, PORT)}
+    assert _published_ports(service) == {("127.0.0.1", PORT, PORT)}  # this machine only
     source, read_only = _mounts(service)[USER_CHECKPOINTS]
     assert Path(source) == REPO / "my-checkpoints"
     assert read_only
@@ -197,6 +200,33 @@ def test_each_variant_builds_its_own_torch(scratch: Path) -> None:
         variants[profile] = service["build"]["args"]["TORCH_VARIANT"]
         assert service["image"].endswith(":" + variants[profile])
     assert variants == {"cpu": "cpu", "gpu": "cuda"}
+
+
+@pytest.mark.parametrize("profile", sorted(VARIANTS))
+def test_host_address_publishes_on_every_interface(profile: str, scratch: Path) -> None:
+    service = _service(scratch, profile, HOST_ADDRESS="0.0.0.0")
+    assert _published_ports(service) == {("0.0.0.0", PORT, PORT)}
+
+
+@pytest.mark.parametrize("profile", sorted(VARIANTS))
+def test_build_arguments_default_to_the_dockerfiles_and_come_from_the_shell(
+    profile: str, scratch: Path
+) -> None:
+    # Compose 1.29 passes a build argument without a value as '', which would replace the
+    # Dockerfile's default: so PYTHON_IMAGE repeats it, and the indexes are '' (pip's own).
+    args = _service(scratch, profile)["build"]["args"]
+    assert args["PYTHON_IMAGE"] == _build_args()["PYTHON_IMAGE"]
+    assert args["TORCH_INDEX_URL"] == args["PIP_INDEX_URL"] == ""
+    mirror = "http://mirror.invalid/simple/"
+    args = _service(
+        scratch,
+        profile,
+        PYTHON_IMAGE="deeplense-base:bookworm-py3.11",
+        TORCH_INDEX_URL=mirror,
+        PIP_INDEX_URL=mirror,
+    )["build"]["args"]
+    assert args["PYTHON_IMAGE"] == "deeplense-base:bookworm-py3.11"
+    assert args["TORCH_INDEX_URL"] == args["PIP_INDEX_URL"] == mirror
 
 
 def test_checkpoint_folders_are_switchable_from_the_shell(scratch: Path) -> None:
@@ -328,12 +358,43 @@ def test_dockerfile_runs_as_a_numeric_non_root_user() -> None:
 
 def test_dockerfile_healthcheck_probes_health_without_curl() -> None:
     (healthcheck,) = _final_stage("HEALTHCHECK")
-    assert "--start-period=" in healthcheck
-    assert "--start-interval=1s" in healthcheck  # healthy within seconds of start-up
+    options = dict(re.findall(r"--([a-z-]+)=(\S+)", healthcheck.partition("CMD ")[0]))
+    # Engine 20.10's parser knows these four and refuses the file over any other
+    # (--start-interval needs Engine 25), so the interval itself is short.
+    assert set(options) <= {"interval", "timeout", "start-period", "retries"}, options
+    assert "start-period" in options
+    assert int(options["interval"].removesuffix("s")) <= 5  # healthy within seconds
     command = _dockerfile_healthcheck()
     assert command[1:3] == ["python", "-c"]
     compile(command[3], "<HEALTHCHECK>", "exec")
     assert f"http://127.0.0.1:{PORT}/health" in command[3]
+
+
+def test_dockerfile_needs_no_frontend_image() -> None:
+    # A `# syntax=` directive makes BuildKit pull that frontend from a registry (fails
+    # air-gapped); without it every builder uses its own parser.
+    for line in DOCKERFILE.read_text().splitlines():
+        assert not re.match(r"#\s*syntax\s*=", line, re.I), line
+
+
+def test_dockerfile_uses_only_what_the_classic_builder_of_engine_20_10_knows() -> None:
+    # RUN --mount, COPY --chmod/--link and heredocs are BuildKit (frontend) features.
+    for keyword, arguments in _instructions():
+        if keyword == "RUN":
+            assert not arguments.startswith("--"), arguments
+            assert not arguments.startswith("<<"), arguments
+        if keyword in {"COPY", "ADD"}:
+            assert set(re.findall(r"--([a-z-]+)", arguments)) <= {"from", "chown"}, arguments
+
+
+def test_dockerfile_takes_the_base_image_and_the_indexes_as_build_arguments() -> None:
+    assert {"PYTHON_IMAGE", "TORCH_INDEX_URL"} <= set(_build_args())
+    assert _build_args()["TORCH_INDEX_URL"] == ""  # the variant's own index
+    for stage in _stages():  # pip runs in both: build isolation fetches setuptools
+        declared = {a.partition("=")[0] for kw, a in stage if kw == "ARG"}
+        assert "PIP_INDEX_URL" in declared
+    runtime_args = {a.partition("=")[0] for kw, a in _stages()[-1] if kw == "ARG"}
+    assert "TORCH_INDEX_URL" in runtime_args
 
 
 def test_dockerfile_exposes_8000_and_serves_with_the_deeplense_command() -> None:
@@ -441,9 +502,12 @@ def test_dockerfile_installs_with_the_constraints_file() -> None:
     assert "--constraint /tmp/constraints.txt" in _install_run()
 
 
-def _fake_build(tmp_path: Path, variant: str, python: str) -> subprocess.CompletedProcess[str]:
+def _fake_build(
+    tmp_path: Path, variant: str, python: str, **build_args: str
+) -> subprocess.CompletedProcess[str]:
     """The install RUN under sh, `python` replaced by `python` (a script) that logs its pip
-    calls with the index each one would use; returns the finished process."""
+    calls with the index each one would use; `build_args` are the RUN's --build-arg values.
+    Returns the finished process."""
     fake = tmp_path / "bin" / "python"
     fake.parent.mkdir(exist_ok=True)
     fake.write_text(python)
@@ -457,6 +521,7 @@ def _fake_build(tmp_path: Path, variant: str, python: str) -> subprocess.Complet
         "TORCH_VERSION": _build_args()["TORCH_VERSION"],
         "TORCH_VARIANT": variant,
         "LOG": str(tmp_path / "pip.log"),
+        **build_args,
     }
     return subprocess.run(["sh", "-ec", script], env=env, capture_output=True, text=True)
 
@@ -468,17 +533,35 @@ exit 0
 
 
 @pytest.mark.parametrize("variant", ["cpu", "cuda"])
-def test_the_install_step_takes_torch_from_the_variants_index(variant: str, tmp_path: Path) -> None:
-    done = _fake_build(tmp_path, variant, LOGGING_PYTHON)
+@pytest.mark.parametrize("pip_index", ["", "http://127.0.0.1:9/simple/"])
+def test_the_install_step_takes_torch_from_the_variants_index(
+    variant: str, pip_index: str, tmp_path: Path
+) -> None:
+    done = _fake_build(tmp_path, variant, LOGGING_PYTHON, PIP_INDEX_URL=pip_index)
     assert done.returncode == 0, done.stderr
     first, second, cleanup = (tmp_path / "pip.log").read_text().splitlines()
     assert cleanup == "rm -rf /tmp/wheels /tmp/constraints.txt"
     version = _build_args()["TORCH_VERSION"]
+    default = f"index={pip_index or 'default'} "
     cpu_index = "index=https://download.pytorch.org/whl/cpu "
-    assert first.startswith(cpu_index if variant == "cpu" else "index=default ")
+    assert first.startswith(cpu_index if variant == "cpu" else default)
     assert first.endswith(f"pip install --no-deps torch=={version}")
-    assert second.startswith("index=default ")  # everything else: the default index
+    assert second.startswith(default)  # everything else: the default index (PIP_INDEX_URL)
     assert f"--constraint /tmp/constraints.txt torch=={version} /tmp/wheels/" in second
+
+
+@pytest.mark.parametrize("variant", ["cpu", "cuda"])
+def test_torch_index_url_replaces_the_variants_index_for_torch_only(
+    variant: str, tmp_path: Path
+) -> None:
+    mirror, pip_index = "http://127.0.0.1:9/torch/", "http://127.0.0.1:9/simple/"
+    done = _fake_build(
+        tmp_path, variant, LOGGING_PYTHON, TORCH_INDEX_URL=mirror, PIP_INDEX_URL=pip_index
+    )
+    assert done.returncode == 0, done.stderr
+    first, second, _ = (tmp_path / "pip.log").read_text().splitlines()
+    assert first.startswith(f"index={mirror} ") and "--no-deps torch==" in first
+    assert second.startswith(f"index={pip_index} ")
 
 
 def test_the_install_step_refuses_an_unknown_variant(tmp_path: Path) -> None:

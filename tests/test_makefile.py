@@ -29,8 +29,14 @@ def installed(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def dry_run(folder: Path, *args: str) -> str:
-    done = subprocess.run(["make", "-n", *args], cwd=folder, capture_output=True, text=True)
+def dry_run(folder: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        ["make", "-n", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -38,7 +44,21 @@ def dry_run(folder: Path, *args: str) -> str:
 def test_an_installed_venv_installs_nothing(installed: Path) -> None:
     plan = dry_run(installed, "serve")
     assert "pip install" not in plan
-    assert "-m training serve --host 0.0.0.0 --port 8000" in plan
+    assert "-m training serve --host 127.0.0.1 --port 8000" in plan
+
+
+def test_serve_listens_on_this_machine_only_unless_told(installed: Path) -> None:
+    # A shell's own HOST variable (tcsh exports the machine's name) must not open it up.
+    assert "--host 127.0.0.1 " in dry_run(installed, "serve", env={"HOST": "lens-box"})
+    assert "--host 0.0.0.0 --port 8000" in dry_run(installed, "serve", "HOST=0.0.0.0")
+
+
+def test_docker_test_is_listed_and_runs_the_script_with_the_venvs_python(
+    installed: Path,
+) -> None:
+    listing = subprocess.run(["make", "help"], cwd=installed, capture_output=True, text=True)
+    assert "make docker-test" in listing.stdout
+    assert "PY=.venv/bin/python bash scripts/docker-test.sh" in dry_run(installed, "docker-test")
 
 
 def test_another_torch_pin_reinstalls_torch(installed: Path) -> None:
