@@ -29,10 +29,10 @@ import numpy as np
 
 import deeplense
 from app.errors import RequestTimeoutError
-from app.imaging import Prepared, Upload, prepare
+from app.imaging import Upload
 from app.limits import request_deadline
 from app.settings import Settings
-from deeplense.decode_worker import READY
+from deeplense.decode_worker import READY, extras_from, frames_expected
 from deeplense.errors import ImageTooLargeError, InvalidImageError
 from deeplense.imaging import DecodedImage, decode_image
 
@@ -127,7 +127,7 @@ class _Worker:
 
 
 class DecodePool:
-    """`decode_workers` decoding processes; `prepare_all` is the service's decoding step."""
+    """`decode_workers` decoding processes; `decode_all` is the service's decoding step."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -150,17 +150,21 @@ class DecodePool:
         """Process ids of the current workers."""
         return [w.pid for w in self._workers]
 
-    def prepare_all(self, uploads: list[Upload], size: int, max_pixels: int) -> list[Prepared]:
-        """Each upload decoded in a worker and made model input of side `size`; a bad file
-        gets `error`. RequestTimeoutError once the request's deadline has passed."""
+    def decode_all(
+        self, uploads: list[Upload], max_pixels: int
+    ) -> list[DecodedImage | InvalidImageError]:
+        """Each upload decoded in a worker, or the reason it could not be: the pool only
+        decodes. RequestTimeoutError once the request's deadline has passed."""
         deadline = request_deadline.get()
         if deadline is None:  # outside a request (tests, scripts): the request timeout
             deadline = time.monotonic() + self.settings.request_timeout_s
-
-        def decode(data: bytes, filename: str, max_pixels: int) -> DecodedImage:
-            return self.decode(data, filename, max_pixels, deadline)
-
-        return [prepare(u, size, max_pixels, decode=decode) for u in uploads]
+        decoded: list[DecodedImage | InvalidImageError] = []
+        for upload in uploads:
+            try:
+                decoded.append(self.decode(upload.data, upload.filename, max_pixels, deadline))
+            except InvalidImageError as exc:
+                decoded.append(exc)
+        return decoded
 
     def decode(self, data: bytes, filename: str, max_pixels: int, deadline: float) -> DecodedImage:
         """Decode one file in a worker: InvalidImageError when it is bad or too slow,
@@ -190,11 +194,13 @@ class DecodePool:
                     "(decode_timeout_s, env DEEPLENSE_DECODE_TIMEOUT_S); the file is refused",
                 )
             header = json.loads(raw)
-            pixels = None
+            frames: list[bytes] = []
             if header["kind"] == "ok":
-                pixels = worker.read_frame(file_deadline)
-                if pixels is None:
-                    raise _WorkerGone("no pixels after an ok")
+                for _ in range(frames_expected(header)):
+                    frame = worker.read_frame(file_deadline)
+                    if frame is None:
+                        raise _WorkerGone("fewer data frames than announced after an ok")
+                    frames.append(frame)
             keep = not header["retire"]
         except (_WorkerGone, OSError, ValueError, KeyError) as exc:
             self._kill(worker, filename)
@@ -207,10 +213,11 @@ class DecodePool:
         if header["kind"] != "ok":
             error = ImageTooLargeError if header["kind"] == "too_large" else InvalidImageError
             raise error(filename, str(header["problem"]))
-        assert pixels is not None
         shape = tuple(int(d) for d in header["shape"])
-        array = np.frombuffer(pixels, dtype=np.float32).reshape(shape)  # read-only view
-        return DecodedImage(array, str(header["format"]), tuple(header["warnings"]))
+        array = np.frombuffer(frames[0], dtype=np.float32).reshape(shape)  # read-only view
+        return DecodedImage(
+            array, str(header["format"]), tuple(header["warnings"]), extras_from(header, frames[1:])
+        )
 
     def _timed_out(self) -> RequestTimeoutError:
         return RequestTimeoutError(

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.imaging import Prepared
-from app.schemas import MemberScore, ScoreResult
+from app.schemas import Instrument, MemberScore, ScoreResult
 from app.served import ServedModel
 from deeplense.calibration import judge
 from deeplense.errors import UncalibratedScoreError
@@ -113,6 +113,7 @@ class Ensemble:
                     input_shape=list(p.input_shape or ()),
                     resized=p.resized,
                     warnings=list(p.warnings),
+                    instrument=None if p.instrument is None else Instrument(**p.instrument),
                     members=members,
                 )
             )

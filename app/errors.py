@@ -22,6 +22,7 @@ from deeplense.errors import (
     DeviceError,
     ImageTooLargeError,
     InvalidImageError,
+    InvalidInstrumentError,
     NotReadyError,
     PayloadTooLargeError,
     UncalibratedScoreError,
@@ -60,6 +61,7 @@ STATUS_CODES: dict[type[DeepLenseError], int] = {
     UnknownScoreError: 422,  # /score?score=...; detail lists the registered scores
     UncalibratedScoreError: 422,  # an ensemble asked for a score a member is not calibrated for
     InvalidImageError: 422,  # unreadable image (normally reported per file in `error`)
+    InvalidInstrumentError: 422,  # a request's PSF or pixel scale that cannot be used
     NoReadableFileError: 422,  # a request in which no file could be read
     NotReadyError: 503,  # models still loading
     RequestTimeoutError: 504,  # request_timeout_s exceeded

@@ -1,16 +1,16 @@
-"""Upload glue: read multipart files within the limits, decode them with the shared reader,
-prepare model input, and encode images for the response as base64 PNG.
+"""Upload glue: read multipart files within the limits, prepare decoded uploads for a model,
+and encode images for the response as base64 PNG.
 
-The decoding and preprocessing are `deeplense.imaging.read_image` and
-`deeplense.preprocess.to_model_input`, the same functions the evaluation and `score` CLIs
-use, so a file scores the same here and there.
+Decoding is `deeplense.imaging.decode_image` (in `app.decode_pool`'s workers) and the
+preparation `deeplense.observation.prepare_observation`, the functions the `score` CLI uses,
+so a file scores the same here and there.
 """
 
 import base64
 import struct
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from fastapi import UploadFile
@@ -18,8 +18,9 @@ from fastapi import UploadFile
 from app.limits import describe_bytes
 from app.settings import Settings
 from deeplense.errors import InvalidImageError, PayloadTooLargeError
-from deeplense.imaging import DecodedImage, decode_image
-from deeplense.preprocess import to_model_input
+from deeplense.imaging import DecodedImage
+from deeplense.instrument import Instrument
+from deeplense.observation import Observation, RequestInstrument, prepare_observation
 
 
 @dataclass
@@ -32,14 +33,32 @@ class Upload:
 
 @dataclass
 class Prepared:
-    """One upload after decoding: model input (1, S, S) float32 in [0, 1], or the problem."""
+    """One upload after decoding and preparation: its observation, or the problem."""
 
     filename: str
-    input_shape: tuple[int, ...] | None = None
-    image: np.ndarray | None = None  # (1, S, S)
-    resized: bool = False
-    warnings: tuple[str, ...] = ()
+    observation: Observation | None = None
     error: str | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        return None if self.observation is None else self.observation.input_shape
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The model input (1, S, S) float32 in [0, 1], or None."""
+        return None if self.observation is None else self.observation.x
+
+    @property
+    def resized(self) -> bool:
+        return self.observation is not None and self.observation.resized
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return () if self.observation is None else self.observation.warnings
+
+    @property
+    def instrument(self) -> dict[str, Any] | None:
+        return None if self.observation is None else self.observation.instrument
 
 
 async def read_uploads(files: list[UploadFile], settings: Settings) -> list[Upload]:
@@ -72,37 +91,27 @@ def _file_too_large(name: str, size: int, limit: int) -> PayloadTooLargeError:
     )
 
 
-def _decode_here(data: bytes, filename: str, max_pixels: int) -> DecodedImage:
-    return decode_image(data, filename=filename, max_pixels=max_pixels)
-
-
-Decoder = Callable[[bytes, str, int], DecodedImage]
-"""(data, filename, max_pixels) -> the decoded image; the service's runs in a worker process
-(`app.decode_pool`)."""
-
-
-def prepare(upload: Upload, size: int, max_pixels: int, decode: Decoder = _decode_here) -> Prepared:
-    """Decode one upload and make it model input of side `size`; a bad file gets `error`.
-
-    `warnings` holds the decoder's notes (colour converted, alpha ignored) and, when the
-    image is not `size` x `size`, a line saying it was resized.
-    """
+def prepare(
+    filename: str,
+    decoded: DecodedImage | InvalidImageError,
+    size: int,
+    card: Instrument,
+    request: RequestInstrument | None = None,
+) -> Prepared:
+    """One decoded upload (or its decoding error) made ready for a model of side `size`
+    trained through `card`, by the one preparation (`deeplense.observation`); a bad file
+    gets `error`. The decoder's notes (colour converted, alpha ignored) come first among the
+    warnings."""
+    if isinstance(decoded, InvalidImageError):
+        return Prepared(filename=filename, error=str(decoded))
     try:
-        decoded = decode(upload.data, upload.filename, max_pixels)
-        x, resized = to_model_input(decoded.pixels, size, upload.filename)  # (1, size, size)
+        observation = prepare_observation(
+            decoded.pixels, size, card, filename, decoded.extras, request
+        )
     except InvalidImageError as exc:
-        return Prepared(filename=upload.filename, error=str(exc))
-    height, width = decoded.pixels.shape
-    notes = decoded.warnings
-    if resized:
-        notes += (f"resized from {height} x {width} to {size} x {size} pixels",)
-    return Prepared(
-        filename=upload.filename,
-        input_shape=(height, width),  # as read
-        image=x,
-        resized=resized,
-        warnings=notes,
-    )
+        return Prepared(filename=filename, error=str(exc))
+    observation.warnings = decoded.warnings + observation.warnings
+    return Prepared(filename=filename, observation=observation)
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:

@@ -11,12 +11,14 @@ it is.
 """
 
 import base64
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from app.imaging import encode_png, gray_png, heatmap_png, to_uint8
 from app.schemas import ScoreResult
+from deeplense.observation import Observation
 from deeplense.scores import compute_scores, get_score
 
 SIGMA_SCALE = 5.0  # noise sigmas at the ends of the diverging colour scale
@@ -57,27 +59,25 @@ def diverging_png(signed: np.ndarray, vmax: float) -> str:
 
 def attach_images(
     results: list[ScoreResult],
-    x: np.ndarray,
+    observations: Sequence[Observation],
     x_hat: np.ndarray,
     score: str,
-    psf_pixels: float,
     maps: np.ndarray | None = None,
     pixel_scale: float | None = None,
 ) -> None:
-    """Set input, reconstruction and residual PNGs on each result: x, x_hat (N, 1, S, S).
+    """Set input, reconstruction and residual PNGs on each result: the observations' model
+    inputs x and reconstructions x_hat (N, 1, S, S).
 
     `maps` is the score's residual map (N, 1, S, S) when the scoring already made it for
-    this x_hat; otherwise a noise-aware score's map is computed here. `pixel_scale` is the
-    model's fixed top of the mse heat map (`pixel_residual_scale`); None: each map's max."""
+    this x_hat; otherwise a noise-aware score's map is computed here, with each
+    observation's noise map, mask and PSF. `pixel_scale` is the model's fixed top of the
+    mse heat map (`pixel_residual_scale`); None: each map's max."""
+    x = np.stack([o.x for o in observations])  # (N, 1, S, S)
     noise_aware = get_score(score).noise_aware
     if not noise_aware:
         maps = None
     elif maps is None:
-        computed = compute_scores(
-            torch.from_numpy(x), torch.from_numpy(x_hat), [score], psf_pixels, map_of=score
-        )
-        assert computed.residual_map is not None
-        maps = computed.residual_map.numpy()  # (N, 1, S, S) in noise sigmas
+        maps = np.stack([_map_of(o, x_hat[i], score) for i, o in enumerate(observations)])
     for i, result in enumerate(results):
         result.input = gray_png(x[i])
         result.reconstruction = gray_png(x_hat[i])
@@ -86,8 +86,22 @@ def attach_images(
             result.residual_max = SIGMA_SCALE
             result.residual_units = "sigma"
         else:
-            residual = np.abs(x[i] - x_hat[i])  # (1, S, S)
+            valid = 1.0 if observations[i].valid is None else observations[i].valid
+            residual = np.abs(x[i] - x_hat[i]) * valid  # (1, S, S), zero where masked
             vmax = pixel_scale if pixel_scale is not None else float(residual.max())
             result.residual = heatmap_png(residual, vmax)
             result.residual_max = vmax
             result.residual_units = "pixel"
+
+
+def _map_of(observation: Observation, x_hat: np.ndarray, score: str) -> np.ndarray:
+    """One observation's map of a noise-aware score (1, S, S), in noise sigmas."""
+    valid = None if observation.valid is None else torch.from_numpy(observation.valid)[None]
+    computed = compute_scores(
+        torch.from_numpy(observation.x)[None], torch.from_numpy(x_hat)[None], [score],
+        observation.psf_sigma_pixels, map_of=score,
+        sigma=None if observation.sigma is None else torch.from_numpy(observation.sigma)[None],
+        valid=valid,
+    )  # fmt: skip
+    assert computed.residual_map is not None
+    return computed.residual_map[0].numpy()

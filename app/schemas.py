@@ -20,6 +20,49 @@ class MemberScore(BaseModel):
     is_anomaly: bool = Field(description="anomaly_score > threshold")
 
 
+Source = Literal["upload", "request", "checkpoint", "estimated"]
+
+
+class PixelScaleUsed(BaseModel):
+    """The image's pixel scale and where it came from."""
+
+    value_arcsec: float = Field(description="arcsec per pixel of the image", examples=[0.05])
+    source: Source = Field(description="upload, request or checkpoint", examples=["checkpoint"])
+
+
+class PsfUsed(BaseModel):
+    """The PSF of the matched filter and where it came from."""
+
+    fwhm_arcsec: float = Field(description="the PSF's full width at half maximum, arcsec")
+    kind: Literal["gaussian", "kernel"] = Field(description="a Gaussian, or a supplied kernel")
+    source: Source = Field(description="upload, request or checkpoint", examples=["checkpoint"])
+
+
+class NoiseUsed(BaseModel):
+    """The noise map the scores used and where it came from."""
+
+    median: float | None = Field(
+        description="median noise sigma over the unmasked pixels, in the image's min-max "
+        "scaled units ([0, 1] = the image's range)"
+    )
+    source: Source = Field(
+        description="upload (the file's ERR, VAR or WHT extension) or estimated (from the "
+        "image: sigma^2 = a x + b)",
+        examples=["estimated"],
+    )
+    extension: str | None = Field(
+        default=None, description="the FITS extension it came from (ERR, VAR, WHT, ...)"
+    )
+
+
+class Instrument(BaseModel):
+    """What the score used, and where each part came from."""
+
+    pixel_scale: PixelScaleUsed = Field(description="the image's pixel scale")
+    psf: PsfUsed = Field(description="the PSF of the matched filter")
+    noise: NoiseUsed = Field(description="the noise map")
+
+
 class ScoreResult(BaseModel):
     """The score of one uploaded file. On a file that could not be read only `filename` and
     `error` are set."""
@@ -125,6 +168,13 @@ class ScoreResult(BaseModel):
         default_factory=list,
         description="Notes from reading the file, e.g. a colour image converted to luminance.",
         examples=[[]],
+    )
+    instrument: Instrument | None = Field(
+        default=None,
+        description="What the score used for this image (pixel scale, PSF, noise map) and "
+        "where each came from: upload (the file's own FITS extensions and header), request "
+        "(the psf part or pixel_scale parameter), checkpoint (what the model was trained "
+        "with) or estimated (the noise, from the image).",
     )
     members: list[MemberScore] | None = Field(
         default=None, description="Ensemble only: each member's own scores."

@@ -22,7 +22,8 @@ import torch
 from app.decode_pool import DecodePool
 from app.ensemble import ENSEMBLE, Ensemble, pick_members
 from app.errors import NoReadableFileError
-from app.imaging import Upload
+from app.imaging import Upload, prepare
+from app.request_instrument import request_instrument
 from app.residual_images import attach_images
 from app.responses import response_of, result_of
 from app.runtime import keep_freed_memory
@@ -33,7 +34,7 @@ from deeplense.calibration import judge
 from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, NotReadyError, UnknownModelError
 from deeplense.image_score import image_scores
-from deeplense.inference import score_array
+from deeplense.inference import score_observations
 from deeplense.scores import get_score
 from models.checkpoint import find_checkpoints
 from models.selection import choose_default_model
@@ -184,26 +185,36 @@ class ModelService:
         threshold: float | None = None,
         include_images: bool = True,
         score: str | None = None,
+        psf: Upload | None = None,
+        pixel_scale: float | None = None,
     ) -> ScoreResponse:
         """Score `uploads` with model `name` (or the ensemble) by the named score (None: the
-        default); unreadable files get `error`."""
+        default); `psf` (a FITS or .npy kernel) and `pixel_scale` (arcsec) apply to every
+        image that carries none of its own; unreadable files get `error`."""
         score = self.resolve_score(name, score)
         ensemble = self.ensemble if name == ENSEMBLE else None
         members = list(ensemble.members) if ensemble else [self.models[name]]
-        prepared = self.decoder.prepare_all(uploads, members[0].size, self.settings.max_pixels)
-        good = [p for p in prepared if p.error is None]
+        first = members[0]
+        instrument = request_instrument(self.decoder, psf, pixel_scale, self.settings.max_pixels)
+        decoded = self.decoder.decode_all(uploads, self.settings.max_pixels)
+        card = first.checkpoint.config.input.instrument()
+        prepared = [
+            prepare(u.filename, d, first.size, card, instrument)
+            for u, d in zip(uploads, decoded, strict=True)
+        ]
+        good = [p for p in prepared if p.observation is not None]
         if not good:
             raise NoReadableFileError([(p.filename, p.error or "unreadable") for p in prepared])
-        batch = np.stack([p.image for p in good if p.image is not None])  # (N, 1, S, S)
+        observations = [p.observation for p in good if p.observation is not None]
         # A single model's residual map comes with its scores; the ensemble's is drawn from
         # the members' mean reconstruction (attach_images).
         map_of = score if include_images and ensemble is None else None
         with self._compute:
             scored = {
-                m.name: score_array(
-                    m.checkpoint.model, batch, device=self.device,
+                m.name: score_observations(
+                    m.checkpoint.model, observations, device=self.device,
                     batch_size=self.settings.batch_size, keep_reconstructions=include_images,
-                    scores=[score], psf_sigma_pixels=m.psf_sigma_pixels, map_of=map_of,
+                    scores=[score], map_of=map_of,
                 )
                 for m in members
             }  # fmt: skip
@@ -224,7 +235,5 @@ class ModelService:
             scales = [m.pixel_residual_scale for m in members]
             known = [v for v in scales if v is not None]
             pixel_scale = float(np.mean(known)) if len(known) == len(scales) else None
-            attach_images(
-                results, batch, recon, score, members[0].psf_sigma_pixels, maps, pixel_scale
-            )
+            attach_images(results, observations, recon, score, maps, pixel_scale)
         return response_of(name, score, units, prepared, results)

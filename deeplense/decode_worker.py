@@ -19,11 +19,12 @@ import os
 import resource
 import struct
 import sys
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from deeplense.errors import ImageTooLargeError, InvalidImageError
+from deeplense.fits_layout import ImageExtras
 from deeplense.imaging import decode_image
 
 READY = b"R"
@@ -55,23 +56,38 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * resource.getpagesize()
 
 
-def answer(data: bytes, filename: str, max_pixels: int) -> tuple[dict[str, object], bytes]:
-    """Decode one file: the answer's header and the pixel bytes (empty unless ok)."""
+def answer(data: bytes, filename: str, max_pixels: int) -> tuple[dict[str, object], list[bytes]]:
+    """Decode one file: the answer's header and its data frames (none unless ok): the
+    pixels (float32), then the noise map and the PSF (float64) when the file holds them."""
     header: dict[str, object] = {"kind": "ok", "problem": "", "warnings": [], "format": ""}
-    pixels = b""
+    frames: list[bytes] = []
     try:
         decoded = decode_image(data, filename=filename, max_pixels=max_pixels)
         array = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
         header |= {"warnings": list(decoded.warnings), "format": decoded.format}
         header["shape"] = list(array.shape)
-        pixels = array.tobytes()
+        frames = [array.tobytes()]
+        extras = decoded.extras
+        if extras is not None:
+            header["extras"] = {
+                "noise_extension": extras.noise_extension,
+                "pixel_scale": extras.pixel_scale,
+                "pixel_scale_keyword": extras.pixel_scale_keyword,
+                "noise": None if extras.noise is None else list(extras.noise.shape),
+                "psf": None if extras.psf is None else list(extras.psf.shape),
+            }  # the frames follow in this order: extras_from reads them back
+            for part in (extras.noise, extras.psf):
+                if part is not None:
+                    frames.append(np.ascontiguousarray(part, dtype=np.float64).tobytes())
     except InvalidImageError as exc:
         kind = "too_large" if isinstance(exc, ImageTooLargeError) else "invalid"
         header |= {"kind": kind, "problem": exc.problem}
+        frames = []
     except MemoryError:
+        frames = []
         header |= {"kind": "too_large", "problem": "not enough memory to decode it"}
         header["retire"] = True
-    return header, pixels
+    return header, frames
 
 
 def serve(inp: BinaryIO, out: BinaryIO) -> None:
@@ -84,13 +100,13 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
         if job is None or data is None:
             return
         request = json.loads(job)
-        header, pixels = answer(data, str(request["filename"]), int(request["max_pixels"]))
+        header, frames = answer(data, str(request["filename"]), int(request["max_pixels"]))
         del data
         retire = bool(header.get("retire")) or rss_bytes() > RETIRE_RSS_BYTES
         header["retire"] = retire
         write_frame(out, json.dumps(header).encode())
-        if header["kind"] == "ok":
-            write_frame(out, pixels)
+        for frame in frames:
+            write_frame(out, frame)
         out.flush()
         if retire:
             return
@@ -112,3 +128,33 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def extras_from(header: dict[str, Any], frames: list[bytes]) -> ImageExtras | None:
+    """The noise map and PSF frames (float64) sent after the pixels, as ImageExtras."""
+    described = header.get("extras")
+    if not described:
+        return None
+    parts = iter(frames)
+    arrays = {}
+    for part in ("noise", "psf"):
+        shape = described.get(part)
+        arrays[part] = (
+            None
+            if shape is None
+            else np.frombuffer(next(parts), dtype=np.float64).reshape(tuple(int(d) for d in shape))
+        )
+    return ImageExtras(
+        noise=arrays["noise"],
+        noise_extension=described.get("noise_extension"),
+        psf=arrays["psf"],
+        pixel_scale=described.get("pixel_scale"),
+        pixel_scale_keyword=described.get("pixel_scale_keyword"),
+    )
+
+
+def frames_expected(header: dict[str, Any]) -> int:
+    """How many data frames follow an ok answer: the pixels, and the noise map and PSF
+    when the header announces them."""
+    described = header.get("extras") or {}
+    return 1 + sum(described.get(part) is not None for part in ("noise", "psf"))

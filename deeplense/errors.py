@@ -63,3 +63,7 @@ class UnknownScoreError(DeepLenseError):
 
 class UncalibratedScoreError(DeepLenseError):
     """A score a model (or every ensemble member) has no calibration for, where one is needed."""
+
+
+class InvalidInstrumentError(DeepLenseError):
+    """A pixel scale, PSF or noise map that cannot be used; says what was wrong."""

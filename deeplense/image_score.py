@@ -7,7 +7,7 @@ CSV's columns are this record's fields, in order.
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Protocol
+from typing import Any, Protocol
 
 from deeplense.calibration import Verdict
 from deeplense.inference import ScoredBatch
@@ -24,6 +24,8 @@ class PreparedImage(Protocol):
     def resized(self) -> bool: ...
     @property
     def warnings(self) -> tuple[str, ...]: ...
+    @property
+    def instrument(self) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -42,13 +44,18 @@ class ImageScore:
     resized: bool | None = None  # area-resized to the model's input
     warnings: tuple[str, ...] = ()
     error: str | None = None  # why the image could not be scored
+    # What the score used, and where each part came from (deeplense.observation):
+    # {"pixel_scale": {...}, "psf": {...}, "noise": {...}}
+    instrument: dict[str, Any] | None = None
 
     def csv_values(self) -> list[str]:
         """The record as CSV cells (CSV_COLUMNS' order): floats in full precision (repr),
-        a shape as HxW, warnings joined by "; ", empty cells for None."""
+        a shape as HxW, warnings joined by "; ", the instrument flattened
+        (INSTRUMENT_COLUMNS), empty cells for None."""
         cells = []
+        flat = _flat_instrument(self.instrument)
         for name in CSV_COLUMNS:
-            value = getattr(self, name)
+            value = flat[name] if name in flat else getattr(self, name)
             if name == "input_shape" and value is not None:
                 value = "x".join(map(str, value))
             elif name == "warnings":
@@ -59,7 +66,25 @@ class ImageScore:
         return cells
 
 
-CSV_COLUMNS = tuple(f.name for f in fields(ImageScore))
+# The instrument's CSV columns: column -> (part, key) of ImageScore.instrument.
+INSTRUMENT_COLUMNS = {
+    "pixel_scale_arcsec": ("pixel_scale", "value_arcsec"),
+    "pixel_scale_source": ("pixel_scale", "source"),
+    "psf_fwhm_arcsec": ("psf", "fwhm_arcsec"),
+    "psf_source": ("psf", "source"),
+    "noise_median": ("noise", "median"),
+    "noise_source": ("noise", "source"),
+}
+CSV_COLUMNS = (
+    *(f.name for f in fields(ImageScore) if f.name != "instrument"),
+    *INSTRUMENT_COLUMNS,
+)
+
+
+def _flat_instrument(instrument: dict[str, Any] | None) -> dict[str, Any]:
+    if instrument is None:
+        return dict.fromkeys(INSTRUMENT_COLUMNS)
+    return {c: instrument[part].get(key) for c, (part, key) in INSTRUMENT_COLUMNS.items()}
 
 
 def image_scores(
@@ -80,6 +105,7 @@ def image_scores(
             input_shape=None if p.input_shape is None else tuple(p.input_shape),
             resized=p.resized,
             warnings=tuple(p.warnings),
+            instrument=p.instrument,
         )
         for i, p in enumerate(images)
     ]

@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 import tifffile
@@ -50,7 +50,20 @@ from deeplense.bounded import (
     install_fits_tile_codecs,
     install_tiff_codecs,
 )
-from deeplense.errors import DeepLenseError, ImageTooLargeError, InvalidImageError
+from deeplense.errors import (
+    DeepLenseError,
+    ImageTooLargeError,
+    InvalidImageError,
+)
+from deeplense.fits_layout import (
+    NOISE_EXTENSIONS,
+    PSF_EXTENSION,
+    SCIENCE_EXTENSION,
+    ImageExtras,
+    extname,
+    header_pixel_scale,
+    noise_sigma,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +136,10 @@ ImageSource = Path | str | bytes
 class DecodedImage:
     """One image: pixels (H, W) float32 in stored units, the format read, and conversion notes."""
 
-    pixels: np.ndarray  # (H, W) float32
+    pixels: np.ndarray  # (H, W) float32; NaN marks a pixel to leave out (masked)
     format: str  # "npy", "fits", "png", "tiff" or "jpeg"
     warnings: tuple[str, ...] = ()
+    extras: ImageExtras | None = None  # a FITS file's noise map, PSF and pixel scale
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,7 @@ class DecodedStack:
     pixels: np.ndarray  # (N, H, W) float32
     format: str
     warnings: tuple[str, ...] = ()
+    extras: ImageExtras | None = None  # single images only (decode_image)
 
 
 def is_supported_filename(name: str | Path) -> bool:
@@ -172,7 +187,7 @@ def decode_image(
     stack = _decode(_Request.of(source, filename, max_pixels, single=True))
     pixels = np.array(stack.pixels[0], dtype=np.float32)  # (H, W), an in-memory copy
     check_pixels(pixels, _name(source, filename))
-    return DecodedImage(pixels, stack.format, stack.warnings)
+    return DecodedImage(pixels, stack.format, stack.warnings, stack.extras)
 
 
 def decode_stack(
@@ -197,16 +212,22 @@ def inflate_limit(max_pixels: int, single: bool) -> int:
 
 
 def check_pixels(pixels: np.ndarray, filename: str) -> None:
-    """Raise InvalidImageError unless `pixels` is a non-empty, finite, non-constant 2-D image."""
+    """Raise InvalidImageError unless `pixels` is a non-empty 2-D image whose pixels are
+    finite or NaN (NaN: masked, left out of every score) and whose unmasked pixels are not
+    all equal. Infinite pixels are refused: they are no measurement and no mask."""
     if pixels.ndim != 2:
         raise InvalidImageError(filename, f"not a 2-D image: shape {tuple(pixels.shape)}")
     if pixels.size == 0:
         raise InvalidImageError(filename, f"empty image: shape {tuple(pixels.shape)}")
-    finite = np.isfinite(pixels)
-    if not finite.all():
-        bad = int(pixels.size - np.count_nonzero(finite))
-        raise InvalidImageError(filename, f"has NaN or infinite pixels ({bad} of {pixels.size})")
-    low, high = float(pixels.min()), float(pixels.max())
+    infinite = int(np.count_nonzero(np.isinf(pixels)))
+    if infinite:
+        raise InvalidImageError(
+            filename, f"has infinite pixels ({infinite} of {pixels.size}); mask them with NaN"
+        )
+    valid = pixels[~np.isnan(pixels)]
+    if valid.size == 0:
+        raise InvalidImageError(filename, "has only NaN (masked) pixels: nothing to score")
+    low, high = float(valid.min()), float(valid.max())
     if low == high:
         raise InvalidImageError(
             filename, f"constant image (every pixel is {low:g}): it cannot be min-max scaled"
@@ -304,7 +325,8 @@ class _Request:
         return n, h, w
 
 
-_Decoded = tuple[np.ndarray, list[str]]  # (N, H, W) float32 pixels, conversion notes
+# (N, H, W) float32 pixels, conversion notes[, what a FITS file holds beside the image]
+_Decoded = tuple[np.ndarray, list[str]] | tuple[np.ndarray, list[str], ImageExtras | None]
 _Decoder = Callable[[_Request], _Decoded]
 
 
@@ -321,7 +343,7 @@ def _decode(request: _Request) -> DecodedStack:
         # Before any parser runs: astropy checks (and warns about) every header card.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            pixels, notes = _DECODERS[fmt](request)
+            decoded = _DECODERS[fmt](request)
     except DeepLenseError:
         raise
     except MemoryError as exc:
@@ -331,9 +353,11 @@ def _decode(request: _Request) -> DecodedStack:
             f"corrupt or truncated {_FORMAT_NAMES[fmt]} file "
             f"({type(exc).__name__}: {clean_message(exc)})"
         ) from None
+    pixels, notes = decoded[0], decoded[1]
+    extras = decoded[2] if len(decoded) > 2 else None
     for note in notes:
         logger.warning("%s: %s", request.name, note)
-    return DecodedStack(pixels, fmt, tuple(notes))
+    return DecodedStack(pixels, fmt, tuple(notes), extras)
 
 
 def _detect_format(request: _Request) -> str:
@@ -423,36 +447,74 @@ def _decode_npy(request: _Request) -> _Decoded:
 def _decode_fits(request: _Request) -> _Decoded:
     # Plain bytes only: a .fits.gz was inflated (within its cap) by _inflated.
     with request.open() as raw, fits.open(raw, memmap=False, lazy_load_hdus=True) as hdul:
-        for hdu in hdul:
-            if isinstance(hdu, fits.GroupsHDU) or not isinstance(
-                hdu, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU
-            ):
-                continue
-            naxis = int(hdu.header.get("NAXIS", 0))
-            if naxis == 0:
-                continue
-            shape = tuple(int(hdu.header[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
-            n, h, w = request.layout(shape)  # before .data: no bomb is decoded
-            bitpix = int(hdu.header.get("BITPIX", 0))
-            if bitpix not in (8, 16, 32, 64, -32, -64):
-                raise request.fail(f"invalid FITS BITPIX {bitpix}")
-            declared = n * h * w * abs(bitpix) // 8
-            if not isinstance(hdu, fits.CompImageHDU) and declared > request.size():
+        images = [hdu for hdu in hdul if _is_image_hdu(hdu)]
+        if not images:
+            raise request.fail("no image data in any FITS HDU")
+        named = [hdu for hdu in images if extname(hdu) == SCIENCE_EXTENSION]
+        science = named[0] if named else images[0]
+        data = _fits_data(request, science)  # (N, H, W)
+        extras = _fits_extras(request, hdul, science) if data.shape[0] == 1 else None
+        return data, [], extras
+
+
+def _is_image_hdu(hdu: Any) -> bool:
+    if isinstance(hdu, fits.GroupsHDU) or not isinstance(
+        hdu, fits.PrimaryHDU | fits.ImageHDU | fits.CompImageHDU
+    ):
+        return False
+    return int(hdu.header.get("NAXIS", 0)) > 0
+
+
+def _fits_data(request: _Request, hdu: Any, role: str = "") -> np.ndarray:
+    """One HDU's data as (N, H, W) float32, its header checked before any data is read."""
+    naxis = int(hdu.header.get("NAXIS", 0))
+    shape = tuple(int(hdu.header[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
+    n, h, w = request.layout(shape)  # before .data: no bomb is decoded
+    bitpix = int(hdu.header.get("BITPIX", 0))
+    if bitpix not in (8, 16, 32, 64, -32, -64):
+        raise request.fail(f"invalid FITS BITPIX {bitpix}{role}")
+    declared = n * h * w * abs(bitpix) // 8
+    if not isinstance(hdu, fits.CompImageHDU) and declared > request.size():
+        raise request.fail(
+            f"truncated FITS file: the header declares {declared} bytes of data "
+            f"({shape}, BITPIX {bitpix}){role}, the file has {request.size()} bytes"
+        )
+    if isinstance(hdu, fits.CompImageHDU):
+        kind = str(hdu.compression_type).upper()
+        if kind.startswith("GZIP") and not _FITS_GZIP_TILES:
+            raise request.fail(f"unsupported FITS tile compression {kind}")
+    # A compressed tile never inflates past the largest image allowed.
+    with bounded_decoding(request.max_pixels * BYTES_PER_PIXEL_CAP):
+        data = hdu.data  # big-endian, BSCALE/BZERO applied
+    if data is None or tuple(data.shape) != shape:
+        raise request.fail(f"FITS data do not match the header shape {shape}{role}")
+    return _as_float32(data).reshape(n, h, w)
+
+
+def _fits_extras(request: _Request, hdul: Any, science: Any) -> ImageExtras | None:
+    """The noise map, PSF and pixel scale stored beside the science image (fits_layout)."""
+    by_name = {extname(hdu): hdu for hdu in hdul if _is_image_hdu(hdu) and hdu is not science}
+    noise = noise_name = psf = None
+    for name, kind in NOISE_EXTENSIONS.items():
+        if name in by_name:
+            stored = _fits_data(request, by_name[name], f" in the {name} extension")
+            if stored.shape[0] != 1:
                 raise request.fail(
-                    f"truncated FITS file: the header declares {declared} bytes of data "
-                    f"({shape}, BITPIX {bitpix}), the file has {request.size()} bytes"
+                    f"the {name} extension holds {stored.shape[0]} images; expected one noise map"
                 )
-            if isinstance(hdu, fits.CompImageHDU):
-                kind = str(hdu.compression_type).upper()
-                if kind.startswith("GZIP") and not _FITS_GZIP_TILES:
-                    raise request.fail(f"unsupported FITS tile compression {kind}")
-            # A compressed tile never inflates past the largest image allowed.
-            with bounded_decoding(request.max_pixels * BYTES_PER_PIXEL_CAP):
-                data = hdu.data  # big-endian, BSCALE/BZERO applied
-            if data is None or tuple(data.shape) != shape:
-                raise request.fail(f"FITS data do not match the header shape {shape}")
-            return _as_float32(data).reshape(n, h, w), []
-    raise request.fail("no image data in any FITS HDU")
+            noise, noise_name = noise_sigma(stored[0], kind), name
+            break
+    if PSF_EXTENSION in by_name:
+        psf = _fits_data(request, by_name[PSF_EXTENSION], " in the PSF extension")[0]
+    scale = header_pixel_scale(science.header) or header_pixel_scale(hdul[0].header)
+    extras = ImageExtras(
+        noise=noise,
+        noise_extension=noise_name,
+        psf=None if psf is None else psf.astype(np.float64),
+        pixel_scale=None if scale is None else scale[0],
+        pixel_scale_keyword=None if scale is None else scale[1],
+    )
+    return None if extras.empty else extras
 
 
 def _decode_pillow(request: _Request, formats: list[str]) -> _Decoded:

@@ -7,14 +7,16 @@ score's residual map, so a served score equals the evaluated score for the same 
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from deeplense.instrument import DEFAULT_PSF_SIGMA_PIXELS
 from deeplense.metrics import column_w1
-from deeplense.scores import compute_scores
+from deeplense.noise import estimate_noise
+from deeplense.observation import Observation
+from deeplense.scores import ScoreValues, compute_scores, get_score
 
 MSE = "mse"
 
@@ -26,6 +28,16 @@ class Reconstructor(Protocol):
     """
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class NoiseAwareReconstructor(Protocol):
+    """A model that weighs pixels by their noise (LensFit): it takes the noise map the scores
+    use, sigma (N, 1, H, W), infinite where a pixel has no weight."""
+
+    uses_noise_map: bool
+
+    def reconstruct_with_noise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -67,8 +79,7 @@ def score_array(
         # A copy: `images` may be a read-only memmap, which torch will not wrap.
         batch = np.array(images[start : start + batch_size], dtype=np.float32)  # (B, 1, H, W)
         x = torch.from_numpy(batch).to(device=device, non_blocking=True)
-        x_hat = model.reconstruct(x)
-        scored = compute_scores(x, x_hat, names, psf_sigma_pixels, map_of=map_of)
+        x_hat, scored = _reconstruct_and_score(model, x, psf_sigma_pixels, names, map_of)
         for n in names:
             values[n].append(scored.values[n].cpu().numpy())
         w1s.append(column_w1(x, x_hat).double().cpu().numpy())
@@ -84,4 +95,87 @@ def score_array(
         reconstruction=np.concatenate(recons) if keep_reconstructions and recons else None,
         scores=joined,
         residual_map=np.concatenate(maps) if maps else None,
+    )
+
+
+def _wants_noise(model: Reconstructor) -> bool:
+    return isinstance(model, NoiseAwareReconstructor) and bool(model.uses_noise_map)
+
+
+def _reconstruct(model: Reconstructor, x: torch.Tensor, sigma: torch.Tensor | None) -> torch.Tensor:
+    """x (N, 1, H, W) -> reconstruction; a noise-aware model gets the noise map."""
+    if isinstance(model, NoiseAwareReconstructor) and model.uses_noise_map and sigma is not None:
+        return model.reconstruct_with_noise(x, sigma)
+    return model.reconstruct(x)
+
+
+def _reconstruct_and_score(
+    model: Reconstructor,
+    x: torch.Tensor,
+    psf_sigma_pixels: float,
+    names: list[str],
+    map_of: str | None,
+) -> tuple[torch.Tensor, ScoreValues]:
+    """Reconstruct a batch (N, 1, H, W) and score it; the noise map is estimated once (when
+    something needs it) and handed to both the model and the scores."""
+    needs_noise = _wants_noise(model) or any(
+        get_score(n).noise_aware for n in [*names, *([map_of] if map_of else [])]
+    )
+    sigma = estimate_noise(x.float(), psf_sigma_pixels) if needs_noise else None
+    x_hat = _reconstruct(model, x, sigma)
+    return x_hat, compute_scores(x, x_hat, names, psf_sigma_pixels, map_of, sigma)
+
+
+@torch.inference_mode()
+def score_observations(
+    model: Reconstructor,
+    observations: Sequence[Observation],
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    keep_reconstructions: bool = False,
+    scores: Sequence[str] = (MSE,),
+    map_of: str | None = None,
+) -> ScoredBatch:
+    """Score prepared observations (`deeplense.observation`): each brings its model input,
+    its mask, its noise map and its PSF width, so a supplied noise map replaces the
+    estimate, masked pixels count nowhere and a supplied PSF sets its matched filter. The
+    same numbers as `score_array` for images that bring nothing of their own."""
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    names = list(dict.fromkeys([MSE, *scores]))
+    n = len(observations)
+    values = {name: np.zeros(n, dtype=np.float64) for name in names}
+    w1 = np.zeros(n, dtype=np.float64)
+    recons: list[np.ndarray] = []
+    maps: dict[int, np.ndarray] = {}
+    for start in range(0, n, batch_size):
+        chunk = observations[start : start + batch_size]
+        x = torch.from_numpy(np.stack([o.x for o in chunk])).to(device)  # (B, 1, S, S)
+        sigma = torch.from_numpy(np.stack([o.sigma for o in chunk])).to(device)  # type: ignore[misc]
+        valid = torch.from_numpy(
+            np.stack([np.ones_like(o.x, dtype=bool) if o.valid is None else o.valid for o in chunk])
+        ).to(device)  # (B, 1, S, S)
+        x_hat = _reconstruct(model, x, sigma)  # one forward pass for the whole batch
+        for psf in sorted({o.psf_sigma_pixels for o in chunk}):  # one matched filter each
+            rows = [i for i, o in enumerate(chunk) if o.psf_sigma_pixels == psf]
+            index = torch.tensor(rows, device=x.device)
+            all_valid = bool(valid[index].all())
+            scored = compute_scores(
+                x[index], x_hat[index], names, psf, map_of, sigma[index],
+                None if all_valid else valid[index],
+            )  # fmt: skip
+            for name in names:
+                values[name][[start + r for r in rows]] = scored.values[name].cpu().numpy()
+            if scored.residual_map is not None:
+                for k, r in enumerate(rows):
+                    maps[start + r] = scored.residual_map[k].float().cpu().numpy()
+        w1[start : start + len(chunk)] = column_w1(x, x_hat).double().cpu().numpy()
+        if keep_reconstructions:
+            recons.append(x_hat.float().cpu().numpy())
+    return ScoredBatch(
+        loss=values[MSE],
+        w1=w1,
+        reconstruction=np.concatenate(recons) if keep_reconstructions and recons else None,
+        scores=values,
+        residual_map=np.stack([maps[i] for i in range(n)]) if maps else None,
     )

@@ -30,7 +30,9 @@ from torch import Tensor
 from deeplense.errors import UnknownScoreError
 from deeplense.noise import estimate_noise, smooth, smoothing_taps
 
-MapFn = Callable[[Tensor, Tensor, Tensor | None, float], Tensor]
+# (x, x_hat, sigma, psf sigma px, valid) -> the score's map (N, 1, H, W); valid (N, 1, H, W)
+# bool marks the pixels that count (None: all).
+MapFn = Callable[[Tensor, Tensor, Tensor | None, float, Tensor | None], Tensor]
 
 
 @dataclass(frozen=True)
@@ -43,10 +45,27 @@ class Score:
     noise_aware: bool  # needs the noise map sigma
 
     def __call__(
-        self, x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf_sigma_pixels: float
+        self,
+        x: Tensor,
+        x_hat: Tensor,
+        sigma: Tensor | None,
+        psf_sigma_pixels: float,
+        valid: Tensor | None = None,
     ) -> Tensor:
-        """(N,) float64 score: the mean square of the map."""
-        return mean_square(self.residual_map(x, x_hat, sigma, psf_sigma_pixels))
+        """(N,) float64 score: the mean square of the map over the valid pixels."""
+        return mean_square(self.map(x, x_hat, sigma, psf_sigma_pixels, valid), valid)
+
+    def map(
+        self,
+        x: Tensor,
+        x_hat: Tensor,
+        sigma: Tensor | None,
+        psf_sigma_pixels: float,
+        valid: Tensor | None = None,
+    ) -> Tensor:
+        """The score's map (N, 1, H, W), zero at masked pixels."""
+        m = self.residual_map(x, x_hat, sigma, psf_sigma_pixels, valid)
+        return m if valid is None else m * valid
 
 
 SCORES: dict[str, Score] = {}
@@ -75,10 +94,14 @@ def list_scores() -> list[str]:
     return sorted(SCORES)
 
 
-def mean_square(m: Tensor) -> Tensor:
-    """Per-image mean of squares, (N, ...) -> (N,) float64 (differences in the map's dtype,
-    sums in float64, so a score does not depend on batching)."""
-    return m.flatten(1).double().pow(2).mean(dim=1)
+def mean_square(m: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Per-image mean of squares over the valid pixels (all when None), (N, ...) -> (N,)
+    float64 (differences in the map's dtype, sums in float64, so a score does not depend on
+    batching)."""
+    if valid is None:
+        return m.flatten(1).double().pow(2).mean(dim=1)
+    count = valid.flatten(1).sum(dim=1).clamp_min(1).double()
+    return (m * valid).flatten(1).double().pow(2).sum(dim=1) / count
 
 
 def residual(x: Tensor, x_hat: Tensor) -> Tensor:
@@ -100,16 +123,23 @@ def psf_filter(m: Tensor, psf_sigma_pixels: float) -> Tensor:
     return smooth(m, psf_sigma_pixels) / gain
 
 
-def _mse_map(x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float) -> Tensor:
+def _mse_map(
+    x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float, valid: Tensor | None
+) -> Tensor:
     return residual(x, x_hat)
 
 
-def _chi2_map(x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float) -> Tensor:
-    return residual(x, x_hat) / _need(sigma)
+def _chi2_map(
+    x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float, valid: Tensor | None
+) -> Tensor:
+    whitened = residual(x, x_hat) / _need(sigma)  # 0 where sigma is infinite (no weight)
+    return whitened if valid is None else whitened * valid
 
 
-def _chi2_psf_map(x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float) -> Tensor:
-    return psf_filter(_chi2_map(x, x_hat, sigma, psf), psf)
+def _chi2_psf_map(
+    x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float, valid: Tensor | None
+) -> Tensor:
+    return psf_filter(_chi2_map(x, x_hat, sigma, psf, valid), psf)
 
 
 def light_region(x_hat: Tensor, sigma: Tensor) -> Tensor:
@@ -118,10 +148,14 @@ def light_region(x_hat: Tensor, sigma: Tensor) -> Tensor:
     return (x_hat.float() - background) > LIGHT_REGION_SIGMA * sigma
 
 
-def _chi2_psf_light_map(x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float) -> Tensor:
-    m = _chi2_psf_map(x, x_hat, sigma, psf)
+def _chi2_psf_light_map(
+    x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float, valid: Tensor | None
+) -> Tensor:
+    m = _chi2_psf_map(x, x_hat, sigma, psf, valid)
     mask = light_region(x_hat, _need(sigma))
-    pixels = mask[0].numel()
+    if valid is not None:
+        mask = mask & valid
+    pixels = mask[0].numel() if valid is None else valid.flatten(1).sum(dim=1).view(-1, 1, 1, 1)
     count = mask.flatten(1).sum(dim=1).clamp_min(1).view(-1, 1, 1, 1)
     return m * mask * torch.sqrt(pixels / count)
 
@@ -164,14 +198,17 @@ def compute_scores(
     names: Iterable[str],
     psf_sigma_pixels: float,
     map_of: str | None = None,
+    sigma: Tensor | None = None,
+    valid: Tensor | None = None,
 ) -> ScoreValues:
     """Every score in `names` (and the map of `map_of`) for images x and reconstructions x_hat,
-    both (N, 1, H, W); the noise map is estimated once, from x, when a score needs it."""
+    both (N, 1, H, W). `sigma` (N, 1, H, W) is the noise map (infinite where a pixel has no
+    weight); None: estimated once, from x, when a score needs it. `valid` (N, 1, H, W) bool
+    marks the pixels that count; None: all."""
     wanted = [get_score(n) for n in dict.fromkeys(names)]
     shown = get_score(map_of) if map_of is not None else None
-    sigma = None
-    if any(s.noise_aware for s in [*wanted, *([shown] if shown else [])]):
+    if sigma is None and any(s.noise_aware for s in [*wanted, *([shown] if shown else [])]):
         sigma = estimate_noise(x.float(), psf_sigma_pixels)
-    values = {s.name: s(x, x_hat, sigma, psf_sigma_pixels) for s in wanted}
-    m = shown.residual_map(x, x_hat, sigma, psf_sigma_pixels) if shown else None
+    values = {s.name: s(x, x_hat, sigma, psf_sigma_pixels, valid) for s in wanted}
+    m = shown.map(x, x_hat, sigma, psf_sigma_pixels, valid) if shown else None
     return ScoreValues(values=values, residual_map=m)

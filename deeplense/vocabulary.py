@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from deeplense.errors import DatasetError
+from deeplense.instrument import Instrument
 
 NORMAL = "no_sub"  # lenses without substructure: what the models train on
 SUBSTRUCTURE_CLASSES = ("sphere", "vort")  # spherical subhalos, a vortex (line of mass)
@@ -55,3 +56,24 @@ def manifest_sha256(directory: Path) -> str | None:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read manifest: {exc.strerror or exc}") from exc
+
+
+def dataset_instrument(directory: Path) -> Instrument | None:
+    """The instrument recorded in DIR/manifest.json (`instrument`, or for manifests before
+    it, the simulator's pixel scale and PSF sigma); None without a readable manifest."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    manifest = read_manifest(directory)
+    record = manifest.get("instrument")
+    if isinstance(record, dict) and record.get("psf") == "gaussian":
+        return Instrument(
+            pixel_scale=float(record["pixel_scale_arcsec"]),
+            psf_sigma=float(record["psf_sigma_arcsec"]),
+        )
+    image, config = manifest.get("image", {}), manifest.get("config", {})
+    if "pixel_scale_arcsec" in image and "psf_sigma" in config:
+        return Instrument(
+            pixel_scale=float(image["pixel_scale_arcsec"]), psf_sigma=float(config["psf_sigma"])
+        )
+    return None

@@ -41,6 +41,9 @@ class AnomalyModel(nn.Module):
     # stored in checkpoints, so a loaded model scores exactly but cannot continue training.
     training_only: ClassVar[tuple[str, ...]] = ()
     Config: ClassVar[type[ModelConfig]]
+    # True for a model that weighs pixels by their noise (LensFit): scoring then hands it the
+    # noise map it scores with (`reconstruct_with_noise`), supplied or estimated once.
+    uses_noise_map: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -58,6 +61,11 @@ class AnomalyModel(nn.Module):
     def reconstruct(self, x: Tensor) -> Tensor:
         """(N, 1, H, W) in [0, 1] -> reconstruction (N, 1, H, W) in [0, 1]."""
         raise NotImplementedError
+
+    def reconstruct_with_noise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """Reconstruct x (N, 1, H, W) given its noise map sigma (N, 1, H, W; infinite where a
+        pixel has no weight). The default ignores sigma; a noise-aware model overrides it."""
+        return self.reconstruct(x)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """Training objective on a batch (N, 1, H, W): {"loss": scalar, other parts...}."""

@@ -12,8 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from deeplense.calibration import Calibration
 from deeplense.instrument import (
     DEFAULT_PSF_SIGMA_PIXELS,
+    STUDY_INSTRUMENT,
     STUDY_PIXEL_SCALE_ARCSEC,
     STUDY_PSF_SIGMA_ARCSEC,
+    Instrument,
 )
 from deeplense.scores import SCORES
 from models.base import AnomalyModel
@@ -51,6 +53,13 @@ class InputSpec(_Strict):
         if self.psf_sigma_arcsec is None or self.pixel_scale_arcsec is None:
             return DEFAULT_PSF_SIGMA_PIXELS
         return self.psf_sigma_arcsec / self.pixel_scale_arcsec
+
+    def instrument(self) -> Instrument:
+        """The instrument of the training data (the study's for a part left unrecorded)."""
+        return Instrument(
+            pixel_scale=self.pixel_scale_arcsec or STUDY_PIXEL_SCALE_ARCSEC,
+            psf_sigma=self.psf_sigma_arcsec or STUDY_PSF_SIGMA_ARCSEC,
+        )
 
 
 class TrainingFacts(_Strict):
@@ -137,12 +146,21 @@ class CheckpointConfig(_Strict):
         return self.calibration_for(None)
 
 
-def config_for(model: AnomalyModel, **fields: Any) -> CheckpointConfig:
-    """A CheckpointConfig describing `model` (architecture, arguments, input size)."""
+def config_for(
+    model: AnomalyModel, instrument: Instrument = STUDY_INSTRUMENT, **fields: Any
+) -> CheckpointConfig:
+    """A CheckpointConfig describing `model` (architecture, arguments, input size) trained on
+    images of `instrument` (a Gaussian PSF: its sigma is what the card stores)."""
     size = model.image_size
+    record = instrument.record()
     return CheckpointConfig(
         architecture=model.architecture,
         arguments=model.arguments(),
-        input=InputSpec(height=size, width=size),
+        input=InputSpec(
+            height=size,
+            width=size,
+            pixel_scale_arcsec=record["pixel_scale_arcsec"],
+            psf_sigma_arcsec=record["psf_sigma_arcsec"],
+        ),
         **fields,
     )

@@ -49,7 +49,15 @@ class ConvNetConfig(ModelConfig):
         if len(lengths) != 1:
             raise ValueError("channels, kernels, strides and paddings must have equal lengths")
         if self.feature_sizes()[-1] < 1:
-            raise ValueError(f"image_size {self.image_size} is too small for these kernels")
+            smallest = next(
+                n for n in range(1, 4097) if _feature_sizes(n, self)[-1] >= 1
+            )  # fmt: skip
+            raise ValueError(
+                f"image_size {self.image_size} is too small for this conv geometry (kernels "
+                f"{list(self.kernels)}, strides {list(self.strides)}): it takes {smallest} "
+                "pixels or more; for smaller images give smaller kernels or strides, e.g. "
+                "--arch-arg kernels=[5,5,3] (or fit --tiny for a smoke test)"
+            )
 
     @classmethod
     def tiny(cls) -> Self:
@@ -65,15 +73,19 @@ class ConvNetConfig(ModelConfig):
 
     def feature_sizes(self) -> list[int]:
         """Spatial side after each conv, starting with the input: [150, 49, 15, 9]."""
-        sizes = [self.image_size]
-        for k, s, p in zip(self.kernels, self.strides, self.paddings, strict=True):
-            sizes.append((sizes[-1] + 2 * p - k) // s + 1)
-        return sizes
+        return _feature_sizes(self.image_size, self)
 
     @property
     def flat_dim(self) -> int:
         """Length of the flattened feature map (5184 for the published geometry)."""
         return self.channels[-1] * self.feature_sizes()[-1] ** 2
+
+
+def _feature_sizes(size: int, cfg: ConvNetConfig) -> list[int]:
+    sizes = [size]
+    for k, s, p in zip(cfg.kernels, cfg.strides, cfg.paddings, strict=True):
+        sizes.append((sizes[-1] + 2 * p - k) // s + 1)
+    return sizes
 
 
 class ConvEncoder(nn.Module):

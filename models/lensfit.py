@@ -125,6 +125,7 @@ class LensFit(AnomalyModel):
     """Encoder -> smooth-lens parameters -> renderer -> linear amplitudes (module doc)."""
 
     Config = LensFitConfig
+    uses_noise_map = True
     lo: Tensor  # (P,) buffers: range starts and widths, the running prior of raw encodings
     span: Tensor
     prior_mean: Tensor
@@ -307,7 +308,11 @@ class LensFit(AnomalyModel):
     # ---- the AnomalyModel interface -----------------------------------------------------
 
     def reconstruct(self, x: Tensor) -> Tensor:
-        sigma = estimate_noise(x.float(), self.psf_sigma_pixels)
+        return self.reconstruct_with_noise(x, estimate_noise(x.float(), self.psf_sigma_pixels))
+
+    def reconstruct_with_noise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """The fit weighs each pixel by 1 / sigma: a supplied noise map replaces the estimate,
+        and a pixel of infinite sigma (masked, zero weight) does not count."""
         raw = self.refine(self.encode(x), x, sigma)
         return self.draw(raw, x, sigma).clamp(0.0, 1.0)
 

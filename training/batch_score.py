@@ -1,12 +1,13 @@
 """Offline batch scoring of files and folders into a CSV (the `score` command's logic).
 
-Each file is read with the shared reader (`deeplense.imaging.read_stack`: a single image is a
-stack of one), every image checked and prepared exactly as the service prepares an upload
-(`check_pixels`, then `deeplense.preprocess.to_model_input` at the checkpoint's size), and
-scored in batches by `deeplense.inference.score_array`. So a file's row holds the numbers the
-service returns for it. A file holding N > 1 images (an .npy stack, a FITS cube) gives one row
-per image, named `file[k]` (k from 0). A file or image that cannot be read gets a row with
-its error and scoring goes on.
+Each file is read with the shared reader (`deeplense.imaging.decode_stack`: a single image
+is a stack of one, and a single-image FITS file brings its noise map, PSF and pixel scale),
+every image checked and prepared exactly as the service prepares an upload
+(`deeplense.observation.prepare_observation`), and scored in batches by
+`deeplense.inference.score_observations`. So a file's row holds the numbers the service
+returns for it, with the instrument it used. A file holding N > 1 images (an .npy stack, a
+FITS cube) gives one row per image, named `file[k]` (k from 0). A file or image that cannot
+be read gets a row with its error and scoring goes on.
 """
 
 import csv
@@ -16,6 +17,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +26,10 @@ from tqdm import tqdm
 from deeplense.calibration import judge
 from deeplense.errors import InvalidImageError, OutputExistsError
 from deeplense.image_score import CSV_COLUMNS, ImageScore, image_scores
-from deeplense.imaging import DEFAULT_MAX_PIXELS, check_pixels, read_stack
-from deeplense.inference import score_array
-from deeplense.preprocess import to_model_input
+from deeplense.imaging import DEFAULT_MAX_PIXELS, check_pixels, decode_stack
+from deeplense.inference import score_observations
+from deeplense.instrument import Instrument
+from deeplense.observation import Observation, RequestInstrument, prepare_observation
 from models.checkpoint import LoadedCheckpoint
 
 log = logging.getLogger(__name__)
@@ -34,14 +37,27 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class _Prepared:
-    """One image ready for the model (x: (1, S, S)) or the reason it is not."""
+    """One image ready for the model, or the reason it is not."""
 
     filename: str
-    x: np.ndarray | None = None
-    input_shape: tuple[int, ...] | None = None
-    resized: bool = False
-    warnings: tuple[str, ...] = ()
+    observation: Observation | None = None
     error: str | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        return None if self.observation is None else self.observation.input_shape
+
+    @property
+    def resized(self) -> bool:
+        return self.observation is not None and self.observation.resized
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return () if self.observation is None else self.observation.warnings
+
+    @property
+    def instrument(self) -> dict[str, Any] | None:
+        return None if self.observation is None else self.observation.instrument
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -63,25 +79,32 @@ def shard_files(files: Sequence[Path], index: int, count: int) -> list[Path]:
     return [f for i, f in enumerate(files) if i % count == index]
 
 
-def _prepare_file(path: Path, size: int, max_pixels: int) -> Iterator[_Prepared]:
-    """Every image of one file prepared at side `size`, or one error item for the file."""
+def _prepare_file(
+    path: Path, size: int, max_pixels: int, card: Instrument, request: RequestInstrument
+) -> Iterator[_Prepared]:
+    """Every image of one file prepared at side `size` by the service's preparation
+    (`deeplense.observation`), or one error item for the file. A single-image FITS file
+    brings its noise map, PSF and pixel scale; a stack's images do not."""
     name = str(path)
     try:
-        stack = read_stack(path, filename=name, max_pixels=max_pixels, check_values=False)
+        stack = decode_stack(path, filename=name, max_pixels=max_pixels, check_values=False)
     except InvalidImageError as exc:
         yield _Prepared(filename=name, error=str(exc))
         return
-    many = len(stack) > 1
-    for k in range(len(stack)):
+    many = len(stack.pixels) > 1
+    for k in range(len(stack.pixels)):
         label = f"{name}[{k}]" if many else name
         try:
-            image = np.array(stack[k], dtype=np.float32)  # (H, W), copied out of a memmap
+            image = np.array(stack.pixels[k], dtype=np.float32)  # (H, W), out of a memmap
             check_pixels(image, label)
-            x, resized = to_model_input(image, size, label)  # (1, S, S)
+            observation = prepare_observation(
+                image, size, card, label, None if many else stack.extras, request
+            )
         except InvalidImageError as exc:
             yield _Prepared(filename=label, error=str(exc))
             continue
-        yield _Prepared(filename=label, x=x, input_shape=tuple(image.shape), resized=resized)
+        observation.warnings = stack.warnings + observation.warnings
+        yield _Prepared(filename=label, observation=observation)
 
 
 def score_files(
@@ -93,40 +116,44 @@ def score_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     score: str | None = None,
+    request: RequestInstrument | None = None,
 ) -> Iterator[ImageScore]:
     """Rows for every image of `files`, in order, scored in batches of `batch_size`.
 
     `score` names the anomaly score (default: the checkpoint's). The threshold is `threshold`
     when given, else the checkpoint's calibrated one for that score (None when it has none:
     is_anomaly is then None); percentile needs a calibration (`deeplense.calibration.judge`).
+    `request` (the --psf and --pixel-scale flags) applies to every image without its own.
     """
     score = score or loaded.config.default_score
     calibration = loaded.config.calibration_for(score)
-    psf = loaded.config.input.psf_sigma_pixels
+    card = loaded.config.input.instrument()
+    request = request or RequestInstrument()
     size = loaded.model.image_size
     pending: list[_Prepared] = []
     n_ready = 0  # prepared images waiting in `pending`
     n_images = 0
 
     def flush() -> Iterator[ImageScore]:
-        good = [p for p in pending if p.x is not None]
+        good = [p for p in pending if p.observation is not None]
         records: Iterator[ImageScore] = iter(())
         if good:
-            scored = score_array(
-                loaded.model, np.stack([p.x for p in good if p.x is not None]), device=device,
-                batch_size=batch_size, scores=[score], psf_sigma_pixels=psf,
+            scored = score_observations(
+                loaded.model, [p.observation for p in good if p.observation is not None],
+                device=device, batch_size=batch_size, scores=[score],
             )  # fmt: skip
             verdict = judge(scored.scores[score], calibration, threshold)
             records = iter(image_scores(good, scored, score, verdict))
         for p in pending:
-            yield next(records) if p.x is not None else ImageScore(p.filename, error=p.error)
+            done = p.observation is not None
+            yield next(records) if done else ImageScore(p.filename, error=p.error)
         pending.clear()
 
     bar = tqdm(files, desc=f"score {loaded.name}", unit="file", disable=not progress or None)
     for path in bar:
-        for item in _prepare_file(Path(path), size, max_pixels):
+        for item in _prepare_file(Path(path), size, max_pixels, card, request):
             pending.append(item)
-            if item.x is not None:
+            if item.observation is not None:
                 n_ready += 1
                 n_images += 1
             if n_ready >= batch_size:

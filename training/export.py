@@ -49,7 +49,7 @@ def export_checkpoint(
     model.after_training(torch.from_numpy(np.array(plan.train[:1024], dtype=np.float32)).to(device))
     val = load_split(data, "val", image_size=model.image_size)  # no_sub (+ sphere, vort)
     val[NORMAL] = plan.val
-    psf = config_for(model).input.psf_sigma_pixels
+    psf = plan.instrument.psf_sigma_pixels
     calibrated = calibrate_model(
         model, val, psf, fpr=options.fpr, dataset=dataset, device=device,
         batch_size=options.batch_size,
@@ -91,6 +91,7 @@ def export_checkpoint(
     )
     config = config_for(
         model,
+        plan.instrument,
         calibrations=calibrated.calibrations,
         default_score=calibrated.default_score,
         default_score_reason=calibrated.reason,

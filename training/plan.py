@@ -3,6 +3,7 @@ be refused is refused here, before any training starts."""
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,18 @@ import torch
 
 import models
 from deeplense.errors import DatasetError, OutputExistsError
-from deeplense.vocabulary import NORMAL
+from deeplense.instrument import STUDY_INSTRUMENT, Instrument
+from deeplense.vocabulary import NORMAL, dataset_instrument
 from models.registry import model_class
 from models.storage import check_weights_dtype
 from training.datasets import load_split
 from training.steps import check_precision
 
 log = logging.getLogger(__name__)
+
+# Model config fields that describe the data's instrument, set from it (arch args still win):
+# field -> key of Instrument.record().
+INSTRUMENT_FIELDS = {"pixel_scale": "pixel_scale_arcsec", "psf_sigma": "psf_sigma_arcsec"}
 
 
 @dataclass
@@ -44,6 +50,11 @@ class FitOptions:
     weights_dtype: str = "float32"  # models.storage: "float16" halves the checkpoint
     arch_args: dict[str, Any] = field(default_factory=dict)  # model config overrides
     tiny: bool = False  # start from each model's Config.tiny() (test-sized layers)
+    # The data's instrument when the dataset has no manifest that records it (real images):
+    # arcsec per pixel and the Gaussian PSF's sigma in arcsec. None: the manifest's, else the
+    # study's (0.05", 0.1").
+    pixel_scale: float | None = None
+    psf_sigma: float | None = None
 
 
 @dataclass
@@ -69,15 +80,48 @@ def config_fields(name: str) -> set[str]:
 
 
 def arguments_for(
-    name: str, arch_args: dict[str, Any], image_size: int, tiny: bool = False
+    name: str,
+    arch_args: dict[str, Any],
+    image_size: int,
+    tiny: bool = False,
+    instrument: Instrument = STUDY_INSTRUMENT,
 ) -> dict[str, Any]:
-    """The constructor arguments of `name`: its tiny config's when `tiny`, overridden by the
-    arch args it accepts, with image_size from the data."""
+    """The constructor arguments of `name`: its tiny config's when `tiny`, the data's
+    instrument for a config that declares INSTRUMENT_FIELDS (a renderer's grid and PSF),
+    overridden by the arch args it accepts, with image_size from the data."""
     accepted = config_fields(name)
     chosen = dataclasses.asdict(model_class(name).Config.tiny()) if tiny else {}
+    record = instrument.record()
+    chosen.update({f: record[key] for f, key in INSTRUMENT_FIELDS.items() if f in accepted})
     chosen.update({k: v for k, v in arch_args.items() if k in accepted})
     chosen["image_size"] = image_size
     return chosen
+
+
+def resolve_instrument(options: FitOptions) -> Instrument:
+    """The training data's instrument: the manifest's; the flags' for data without one (a
+    flag that contradicts the manifest is refused); else the study's, with a warning."""
+    recorded = dataset_instrument(Path(options.data))
+    if recorded is not None:
+        known = {"pixel-scale": recorded.pixel_scale, "psf-sigma": recorded.psf_sigma}
+        given = {"pixel-scale": options.pixel_scale, "psf-sigma": options.psf_sigma}
+        for flag, value in given.items():
+            if value is not None and not math.isclose(value, known[flag] or 0.0, rel_tol=1e-9):
+                raise ValueError(
+                    f"--{flag} {value:g} contradicts the dataset's manifest ({known[flag]:g} "
+                    "arcsec); leave it out for a simulated dataset"
+                )
+        return recorded
+    if options.pixel_scale is None or options.psf_sigma is None:
+        log.warning(
+            "%s: no manifest records the instrument and --pixel-scale / --psf-sigma are not "
+            'both given: the study\'s 0.05" pixels and 0.1" PSF sigma fill what is missing',
+            options.data,
+        )
+    return Instrument(
+        pixel_scale=options.pixel_scale or STUDY_INSTRUMENT.pixel_scale,
+        psf_sigma=options.psf_sigma or STUDY_INSTRUMENT.psf_sigma,
+    )
 
 
 def check_arch_args(names: list[str], arch_args: dict[str, Any]) -> None:
@@ -106,6 +150,7 @@ class Plan:
     arguments: dict[str, dict[str, Any]]
     train: np.ndarray  # (N, 1, S, S) float32 no_sub training images
     val: np.ndarray  # (M, 1, S, S) float32 no_sub validation images
+    instrument: Instrument  # the images' pixel scale and PSF (card, scores, renderer)
 
 
 def prepare(options: FitOptions) -> Plan:
@@ -132,8 +177,14 @@ def prepare(options: FitOptions) -> Plan:
         raise DatasetError(f"{Path(options.data) / 'train'}: need at least 2 no_sub images")
     if len(val) < 2:
         raise DatasetError(f"{Path(options.data) / 'val'}: need at least 2 no_sub images")
-    arguments = {n: arguments_for(n, options.arch_args, side, options.tiny) for n in names}
+    instrument = resolve_instrument(options)
+    arguments = {
+        n: arguments_for(n, options.arch_args, side, options.tiny, instrument) for n in names
+    }
     for name, args in arguments.items():
         with torch.device("meta"):  # build each model without memory: bad values raise here
             models.create_model(name, **args)
-    return Plan(options=options, names=names, arguments=arguments, train=train, val=val)
+    return Plan(
+        options=options, names=names, arguments=arguments, train=train, val=val,
+        instrument=instrument,
+    )  # fmt: skip

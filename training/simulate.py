@@ -567,6 +567,7 @@ def _manifest(
             "layout": "(N, 1, H, W); x along W, y along H; per-image min-max scaled to [0, 1]",
         },
         "config": dataclasses.asdict(config),
+        "instrument": config.instrument().record(),
         "ranges": dataclasses.asdict(spec),
         "substructure": spec.substructure,
         # stated: all subhalos together, of the lens mass; study: drawn per image (null)

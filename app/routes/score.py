@@ -93,6 +93,24 @@ async def score(
         bool,
         Query(description="Return input, reconstruction and residual PNGs (base64)"),
     ] = True,
+    psf: Annotated[
+        UploadFile | None,
+        File(
+            description="Optional PSF kernel (FITS: its PSF extension, else its image; or "
+            ".npy): odd-sized, non-negative, on the images' pixel grid; normalised here. "
+            "Applies to every image that brings no PSF extension of its own.",
+        ),
+    ] = None,
+    pixel_scale: Annotated[
+        float | None,
+        Query(
+            description="Arcsec per pixel of every image whose file states none (FITS "
+            "PIXSCALE, CD or CDELT). Default: the model's.",
+            gt=0,
+            allow_inf_nan=False,
+            examples=[0.1],
+        ),
+    ] = None,
 ) -> ScoreResponse:
     """Score each file with one model (or the ensemble) in one batched forward pass.
 
@@ -102,7 +120,11 @@ async def score(
     name = service.resolve(model)
     score_name = service.resolve_score(name, score)  # a bad name is a 422 before any upload work
     uploads = await read_uploads(files, settings)
-    run = partial(service.score, name, uploads, threshold, include_images, score_name)
+    psf_upload = (await read_uploads([psf], settings))[0] if psf is not None else None
+    run = partial(
+        service.score, name, uploads, threshold, include_images, score_name, psf_upload,
+        pixel_scale,
+    )  # fmt: skip
     # Off the event loop, at most service.limiter requests at a time (one in the forward
     # pass, the next decoding); the rest wait here, not in threads. abandon_on_cancel: a
     # request past its deadline answers 504 at once; its thread finishes in the background.

@@ -49,6 +49,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd import forward_ad
 
+from deeplense.instrument import (
+    STUDY_IMAGE_SIZE,
+    STUDY_PIXEL_SCALE_ARCSEC,
+    STUDY_PSF_SIGMA_ARCSEC,
+)
+
 # Floors of radii, as lenstronomy's, so that both agree.
 _SIS_R_MIN = 1e-15  # arcsec
 _SERSIC_R_MIN = 1e-4  # arcsec (lenstronomy's Sersic `smoothing`)
@@ -80,10 +86,10 @@ PARAMETERS = (
 class RenderConfig:
     """Pixel grid and PSF: 150 x 150 pixels of 0.05" (7.5" field), 2x2 sub-pixels, PSF 0.1"."""
 
-    image_size: int = 150  # pixels per side
-    pixel_scale: float = 0.05  # arcsec per pixel
+    image_size: int = STUDY_IMAGE_SIZE  # pixels per side
+    pixel_scale: float = STUDY_PIXEL_SCALE_ARCSEC  # arcsec per pixel
     supersampling: int = 2  # sub-pixels per pixel per axis
-    psf_sigma: float = 0.1  # arcsec, Gaussian PSF standard deviation; 0 for none
+    psf_sigma: float = STUDY_PSF_SIGMA_ARCSEC  # arcsec, Gaussian PSF sigma; 0 for none
     psf_truncate: float = 5.0  # the kernel is cut at this many sigma (lenstronomy's default)
 
     def __post_init__(self) -> None:

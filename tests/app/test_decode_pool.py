@@ -10,8 +10,10 @@ from PIL import Image
 
 from app.decode_pool import DecodePool
 from app.errors import RequestTimeoutError
-from app.imaging import Upload
+from app.imaging import Upload, prepare
 from app.settings import Settings
+from deeplense.errors import InvalidImageError
+from deeplense.instrument import STUDY_INSTRUMENT
 from tests.app.conftest import make_settings
 from tests.encode import fits_bytes, npy_bytes, png_bytes
 
@@ -40,12 +42,16 @@ def test_files_decode_as_in_process_with_their_warnings(pool: DecodePool) -> Non
         Upload("d.txt", b"hello"),
     ]
     try:
-        prepared = started(pool).prepare_all(uploads, 16, 10_000)
+        decoded = started(pool).decode_all(uploads, 10_000)
     finally:
         pool.close()
-    a, b, c, d = prepared
+    a, b, c, d = (
+        prepare(u.filename, one, 16, STUDY_INSTRUMENT)
+        for u, one in zip(uploads, decoded, strict=True)
+    )
     assert a.error is None and a.input_shape == (20, 30) and a.resized
-    assert a.warnings == ("resized from 20 x 30 to 16 x 16 pixels",)
+    assert "not stretched" in a.warnings[0]
+    assert a.warnings[1] == "resized from 20 x 30 to 16 x 16 pixels"
     np.testing.assert_array_equal(a.image, b.image)
     assert c.error is None and any("luminance" in w for w in c.warnings)
     assert not any("resized" in w for w in c.warnings)
@@ -62,8 +68,9 @@ def test_a_file_over_the_decode_timeout_is_refused_and_its_worker_replaced(
         started(pool).decode(small, "warm.fits", 10**8, time.monotonic() + 30)  # worker ready
         pool.settings = make_settings(tmp_path, decode_timeout_s=0.001)
         before = pool.pids()
-        (slow,) = pool.prepare_all([Upload("big.fits", big)], 16, 10**8)
-        assert slow.error is not None and "decoding took longer than 0.001 s" in slow.error
+        (slow,) = pool.decode_all([Upload("big.fits", big)], 10**8)
+        assert isinstance(slow, InvalidImageError)
+        assert "decoding took longer than 0.001 s" in str(slow)
         assert pool.killed == 1
         assert pool.pids() != before and len(pool.pids()) == 1
     finally:

@@ -90,7 +90,9 @@ def test_rgb_and_resized_uploads_each_add_a_warning(client: TestClient) -> None:
     assert response.status_code == 200
     rgb_result, big_result = response.json()["results"]
     assert [w for w in rgb_result["warnings"] if "luminance" in w]
-    assert big_result["warnings"] == ["resized from 40 x 50 to 32 x 32 pixels"]
+    warnings = big_result["warnings"]
+    assert any("padded to 50 x 50 with masked pixels (not stretched)" in w for w in warnings)
+    assert any(w.startswith("resized from 40 x 50 to 32 x 32 pixels") for w in warnings)
 
 
 def test_unknown_format_message_does_not_offer_stacks(client: TestClient) -> None:

@@ -70,8 +70,8 @@ def test_default_model_is_aae_when_loaded(client: TestClient) -> None:
 # astropy warns about the corrupt FITS header before the reader refuses it.
 @pytest.mark.filterwarnings("ignore::astropy.utils.exceptions.AstropyUserWarning")
 def test_unreadable_files_get_an_error_while_the_others_are_scored(client: TestClient) -> None:
-    nan_image = image(4)
-    nan_image[3, 5] = np.nan
+    inf_image = image(4)
+    inf_image[3, 5] = np.inf
     pickled = b"\x80\x04" + pickle.dumps({"not": "an image"})[2:]  # a pickle named .npy
     object_npy = io.BytesIO()
     np.save(object_npy, np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -80,7 +80,7 @@ def test_unreadable_files_get_an_error_while_the_others_are_scored(client: TestC
         upload("corrupt.fits", b"SIMPLE  =                    T" + b"\x00" * 50),
         upload("pickled.npy", pickled),
         upload("objects.npy", object_npy.getvalue()),
-        upload("nan.npy", npy_bytes(nan_image)),
+        upload("inf.npy", npy_bytes(inf_image)),
         upload("notes.txt", b"just text"),
         upload("good.png", png_bytes(image(2))),
     ]
@@ -94,7 +94,7 @@ def test_unreadable_files_get_an_error_while_the_others_are_scored(client: TestC
     assert "corrupt" in errors["corrupt.fits"]
     assert "pickle" in errors["pickled.npy"]
     assert "pickle" in errors["objects.npy"]
-    assert "NaN" in errors["nan.npy"]
+    assert "infinite" in errors["inf.npy"]
     assert "unknown format" in errors["notes.txt"]
     for r in results[1:-1]:
         assert r["reconstruction_loss"] is None and r["reconstruction"] is None

@@ -167,6 +167,8 @@ def test_the_served_map_is_the_score_of_the_returned_reconstruction(
     """The single model's map comes from its scoring pass: it equals the map drawn afresh."""
     from app.residual_images import attach_images
     from app.schemas import ScoreResult
+    from deeplense.instrument import STUDY_INSTRUMENT
+    from deeplense.observation import prepare_observation
 
     files = [upload("a.npy", npy_bytes(image(3)))]
     served = client.post("/score?model=dcae&score=chi2_psf", files=files).json()["results"][0]
@@ -175,5 +177,6 @@ def test_the_served_map_is_the_score_of_the_returned_reconstruction(
     recon = score_array(model, x, keep_reconstructions=True).reconstruction
     assert recon is not None
     fresh = [ScoreResult(filename="a.npy")]
-    attach_images(fresh, x, recon, "chi2_psf", 2.0)
+    observation = prepare_observation(image(3), model.image_size, STUDY_INSTRUMENT, "a.npy")
+    attach_images(fresh, [observation], recon, "chi2_psf")
     assert served["residual"] == fresh[0].residual

@@ -318,27 +318,42 @@ def test_empty_is_refused(read: Callable[..., np.ndarray]) -> None:
     assert_refused(read, "nodata.fits", fits_bytes(None), "no image data")
 
 
-@pytest.mark.parametrize(
-    ("name", "make"),
-    [
-        ("nan.npy", lambda a: npy_bytes(a)),
-        ("inf.fits", lambda a: fits_bytes(a)),
-        ("nan.tif", lambda a: tiff_bytes(a)),
-    ],
-)
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_nan_or_inf_pixels_are_refused(
+FORMATS = [
+    ("a.npy", lambda a: npy_bytes(a)),
+    ("a.fits", lambda a: fits_bytes(a)),
+    ("a.tif", lambda a: tiff_bytes(a)),
+]
+
+
+@pytest.mark.parametrize(("name", "make"), FORMATS)
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_infinite_pixels_are_refused(
     read: Callable[..., np.ndarray], name: str, make: Callable[[np.ndarray], bytes], bad: float
 ) -> None:
     array = ramp()
     array[3, 7] = bad
-    assert_refused(read, name, make(array), "NaN or infinite")
+    assert_refused(read, name, make(array), "infinite pixels")
+
+
+@pytest.mark.parametrize(("name", "make"), FORMATS)
+def test_nan_pixels_are_kept_as_a_mask(
+    read: Callable[..., np.ndarray], name: str, make: Callable[[np.ndarray], bytes]
+) -> None:
+    array = ramp()
+    array[:, 7] = np.nan  # a masked column, as a real cutout has
+    pixels = read(name, make(array))
+    assert np.isnan(pixels[:, 7]).all() and np.isfinite(np.delete(pixels, 7, axis=1)).all()
+
+
+def test_an_image_with_only_nan_pixels_is_refused(read: Callable[..., np.ndarray]) -> None:
+    array = np.full((H, W), np.nan, np.float32)
+    assert_refused(read, "void.npy", npy_bytes(array), "only NaN")
 
 
 def test_float64_overflowing_float32_is_refused(read: Callable[..., np.ndarray]) -> None:
     array = ramp(np.float64)
     array[0, 0] = 1e300  # finite in float64, inf in float32
-    assert_refused(read, "huge.npy", npy_bytes(array), "NaN or infinite")
+    assert_refused(read, "huge.npy", npy_bytes(array), "infinite")
 
 
 def test_constant_image_is_refused(read: Callable[..., np.ndarray]) -> None:

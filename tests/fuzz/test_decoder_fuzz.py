@@ -12,7 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.decode_pool import DecodePool
-from app.imaging import Upload
+from app.imaging import Upload, prepare
+from deeplense.instrument import STUDY_INSTRUMENT
 from tests.app.conftest import make_settings
 from tests.fuzzing import cases
 
@@ -30,7 +31,8 @@ def test_mutated_files_decode_or_fail_cleanly(tmp_path: Path) -> None:
     try:
         for name, data in cases(CASES, SEED):
             started = time.monotonic()
-            prepared = pool.prepare_all([Upload(name, data)], 32, 4096 * 4096)[0]
+            decoded = pool.decode_all([Upload(name, data)], 4096 * 4096)[0]
+            prepared = prepare(name, decoded, 32, STUDY_INSTRUMENT)  # as the service does
             took = time.monotonic() - started
             error = prepared.error or ""
             if (

@@ -122,6 +122,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="model config overrides as one JSON object (--arch-arg wins on a clash)",
     )
     p.add_argument(
+        "--pixel-scale",
+        type=float,
+        default=D.pixel_scale,
+        help="arcsec per pixel of data without a manifest (default: the manifest's; else the "
+        "study's 0.05)",
+    )
+    p.add_argument(
+        "--psf-sigma",
+        type=float,
+        default=D.psf_sigma,
+        help="Gaussian PSF sigma in arcsec of data without a manifest (default: the "
+        "manifest's; else the study's 0.1)",
+    )
+    p.add_argument(
         "--tiny",
         action="store_true",
         help="start from each model's test-size config (Config.tiny(): small layers) before "
@@ -151,6 +165,8 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         weights_dtype=args.weights_dtype,
         arch_args={**args.arch_args_json, **dict(args.arch_arg)},
         tiny=args.tiny,
+        pixel_scale=args.pixel_scale,
+        psf_sigma=args.psf_sigma,
     )
     try:
         plan = prepare(options)

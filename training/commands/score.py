@@ -6,8 +6,17 @@ import math
 from pathlib import Path
 
 from deeplense.device import resolve_device
-from deeplense.errors import CheckpointError, OutputExistsError, UnknownModelError
-from deeplense.imaging import DEFAULT_MAX_PIXELS
+from deeplense.errors import (
+    CheckpointError,
+    InvalidImageError,
+    InvalidInstrumentError,
+    OutputExistsError,
+    UnknownModelError,
+)
+from deeplense.image_score import CSV_COLUMNS
+from deeplense.imaging import DEFAULT_MAX_PIXELS, decode_image
+from deeplense.instrument import check_pixel_scale, check_psf_kernel
+from deeplense.observation import RequestInstrument
 from deeplense.scores import list_scores
 from models.checkpoint import find_checkpoints, load_checkpoint
 from training.batch_score import parse_shard, score_files, shard_files, write_csv
@@ -40,9 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Score every image in the given files and folders (searched recursively; .npy "
             "stacks and FITS cubes give one row per image, named file[k]) with one checkpoint "
-            "and write a CSV with columns filename, score, anomaly_score, reconstruction_loss, "
-            "threshold, is_anomaly, percentile, w1, input_shape, resized, error: the numbers "
-            "POST /score returns for the same file."
+            "and write a CSV with columns " + ", ".join(CSV_COLUMNS) + ": the numbers POST "
+            "/score returns for the same file. A FITS file's SCI, ERR/VAR/WHT and PSF "
+            "extensions and its header's pixel scale are used as the service uses them."
         ),
     )
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
@@ -76,13 +85,43 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_PIXELS,
         help=f"largest image accepted, in pixels (default {DEFAULT_MAX_PIXELS})",
     )
+    p.add_argument(
+        "--psf",
+        type=Path,
+        default=None,
+        help="PSF kernel (FITS or .npy) for every image whose file holds none",
+    )
+    p.add_argument(
+        "--pixel-scale",
+        type=finite_float,
+        default=None,
+        help="arcsec per pixel of every image whose file states none (default: the model's)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
+
+
+def _request_instrument(args: argparse.Namespace) -> RequestInstrument:
+    """The --psf and --pixel-scale flags, checked (InvalidInstrumentError: one line, exit 2)."""
+    kernel = None
+    if args.psf is not None:
+        try:
+            decoded = decode_image(args.psf)
+        except InvalidImageError as exc:
+            raise InvalidInstrumentError(f"--psf: {exc}") from None
+        extras = decoded.extras
+        stored = extras.psf if extras is not None and extras.psf is not None else decoded.pixels
+        kernel = check_psf_kernel(stored, f"--psf {args.psf}")
+    scale = (
+        None if args.pixel_scale is None else check_pixel_scale(args.pixel_scale, "--pixel-scale")
+    )
+    return RequestInstrument(psf=kernel, pixel_scale=scale)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:  # checked again when writing
         raise OutputExistsError(f"{args.out} exists; pass --overwrite to replace it")
+    request = _request_instrument(args)
     found = find_checkpoints(args.checkpoints)
     if args.model not in found:
         if not found:
@@ -110,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         batch_size=args.batch_size,
         max_pixels=args.max_pixels,
+        request=request,
     )
     counts = write_csv(rows, args.out, overwrite=args.overwrite)
     print(

@@ -1,6 +1,7 @@
 """`python -m training simulate`: write a simulated Model A / Model B dataset folder."""
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -20,6 +21,16 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 
@@ -63,8 +74,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers", type=_positive, default=os.cpu_count() or 1, help="processes (all cores)"
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    p.add_argument("--image-size", type=_positive, default=150, help="pixels per side (150)")
     p.add_argument(
-        "--image-size", type=_positive, default=150, help='pixels per side over 7.5" (150)'
+        "--pixel-scale",
+        type=_positive_float,
+        default=None,
+        help="arcsec per pixel (default: the study's 7.5\" field over --image-size, 0.05 at 150)",
+    )
+    p.add_argument(
+        "--psf-sigma",
+        type=_positive_float,
+        default=SimConfig.psf_sigma,
+        help="Gaussian PSF sigma in arcsec (%(default)s; FWHM = 2.355 sigma)",
     )
     p.add_argument(
         "--supersampling", type=_positive, default=2, help="sub-pixels per pixel per axis (2)"
@@ -73,7 +94,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = SimConfig(image_size=args.image_size, supersampling=args.supersampling)
+    config = SimConfig(
+        image_size=args.image_size,
+        supersampling=args.supersampling,
+        psf_sigma=args.psf_sigma,
+        pixel_scale_arcsec=args.pixel_scale,
+    )
     simulate_dataset(
         args.dataset,
         args.out,

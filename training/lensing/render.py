@@ -28,6 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from deeplense.instrument import (
+    STUDY_IMAGE_SIZE,
+    STUDY_PIXEL_SCALE_ARCSEC,
+    STUDY_PSF_SIGMA_ARCSEC,
+    Instrument,
+)
 from deeplense.lensing import torch_renderer
 from deeplense.lensing.torch_renderer import LensBatch, RenderConfig
 from training.lensing.noise import min_max_scale, poisson_observation, snr_statistics
@@ -39,17 +45,27 @@ class SimConfig:
     sky 0.1 counts/s/pixel. `exposure` is the base exposure: Model A images use it as is,
     Model B images scale it to reach their drawn SNR (`LensParams.exposure` holds each one's)."""
 
-    image_size: int = 150  # pixels per side
-    field_of_view: float = 7.5  # arcsec per side; pixel scale = field_of_view / image_size
-    psf_sigma: float = 0.1  # arcsec, Gaussian PSF standard deviation
+    image_size: int = STUDY_IMAGE_SIZE  # pixels per side
+    # arcsec per side; pixel scale = field_of_view / image_size (7.5")
+    field_of_view: float = STUDY_IMAGE_SIZE * STUDY_PIXEL_SCALE_ARCSEC
+    psf_sigma: float = STUDY_PSF_SIGMA_ARCSEC  # arcsec, Gaussian PSF standard deviation
     exposure: float = 300.0  # seconds
     sky: float = 0.1  # background, counts/s/pixel
     supersampling: int = 2  # sub-pixels per pixel per axis (2: < 0.07 sigma from exact)
+    # Arcsec per pixel when set (the field is then image_size x this); None: field_of_view /
+    # image_size, the study's 7.5" field whatever the image size.
+    pixel_scale_arcsec: float | None = None
 
     @property
     def pixel_scale(self) -> float:
         """Arcsec per pixel."""
+        if self.pixel_scale_arcsec is not None:
+            return self.pixel_scale_arcsec
         return self.field_of_view / self.image_size
+
+    def instrument(self) -> Instrument:
+        """The instrument these images are seen through (recorded in the manifest)."""
+        return Instrument(pixel_scale=self.pixel_scale, psf_sigma=self.psf_sigma)
 
     def render_config(self) -> RenderConfig:
         """The renderer's grid and PSF for this instrument (its PSF cut at 5 sigma, as

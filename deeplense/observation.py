@@ -1,0 +1,299 @@
+"""One image prepared for scoring, with the instrument it was seen through.
+
+`prepare_observation` is the one preparation of an image for a model, used by the service
+and the `score` CLI: it takes the decoded image (NaN pixels masked), what its file holds
+beside it (a noise map, a PSF, a pixel scale: `deeplense.fits_layout`), what the request
+says for every image (`RequestInstrument`) and the checkpoint's instrument, and returns the
+model input with its mask, its noise map and its PSF on the model's grid, plus a record of
+what was used and where each part came from. Precedence for each part: the upload's own,
+then the request's, then the checkpoint's (the noise: estimated from the image when the
+file has none).
+
+Geometry. A non-square image is padded to a square with masked pixels, never stretched. An
+image whose pixel scale is known (upload or request) and differs from the checkpoint's is
+resampled to the checkpoint's scale, then cropped or padded (masked) to the model's side;
+the study's models were calibrated at their own scale, so the result says its score is not
+calibrated there. An image of unknown scale is area-resized to the model's side, as before.
+Resampling moves the noise map with the image: variances are resampled and divided by the
+number of input pixels each output pixel averages (at least 1, so interpolation never shrinks
+the noise); the noise is estimated on the image's own grid before any resampling, so upsampled
+(correlated) noise cannot pass for a clean image.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deeplense.errors import InvalidImageError, InvalidInstrumentError
+from deeplense.fits_layout import ImageExtras
+from deeplense.instrument import Instrument, check_pixel_scale, check_psf_kernel
+from deeplense.noise import estimate_noise
+
+Source = Literal["upload", "request", "checkpoint", "estimated"]
+SCALE_TOLERANCE = 0.01  # relative: pixel scales closer than this are the same grid
+
+
+@dataclass(frozen=True)
+class RequestInstrument:
+    """What a request (or the CLI's flags) says of every image that carries none."""
+
+    psf: np.ndarray | None = None  # (k, k) checked, normalised kernel
+    pixel_scale: float | None = None  # arcsec per pixel
+
+
+@dataclass
+class Observation:
+    """One image ready for a model of side S, and what its scores need."""
+
+    filename: str
+    input_shape: tuple[int, int]  # (height, width) as read
+    x: np.ndarray  # (1, S, S) float32 in [0, 1]; masked pixels hold the unmasked median
+    valid: np.ndarray | None  # (1, S, S) bool, False where masked; None: every pixel
+    sigma: np.ndarray | None  # (1, S, S) float32 noise sigma in x's units (inf where masked)
+    psf_sigma_pixels: float  # the PSF's width on the model grid (matched filter, estimate)
+    instrument: dict[str, Any]  # what was used and where it came from (the result's record)
+    resized: bool = False
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def prepare_observation(
+    pixels: np.ndarray,
+    size: int,
+    card: Instrument,
+    filename: str,
+    extras: ImageExtras | None = None,
+    request: RequestInstrument | None = None,
+) -> Observation:
+    """(H, W) pixels in stored units (NaN: masked) -> an Observation for a model of side
+    `size` trained through `card`. InvalidImageError (naming the file) for an unusable noise
+    map, PSF or pixel scale."""
+    try:
+        return _prepare(np.asarray(pixels, dtype=np.float64), size, card, filename, extras,
+                        request or RequestInstrument())  # fmt: skip
+    except InvalidInstrumentError as exc:
+        raise InvalidImageError(filename, str(exc)) from None
+
+
+def _prepare(
+    image: np.ndarray,
+    size: int,
+    card: Instrument,
+    filename: str,
+    extras: ImageExtras | None,
+    request: RequestInstrument,
+) -> Observation:
+    extras = extras or ImageExtras()
+    height, width = image.shape
+    notes: list[str] = []
+    valid = ~np.isnan(image)
+    # The noise map, in the image's units: checked against the mask.
+    sigma = None
+    if extras.noise is not None:
+        sigma = np.asarray(extras.noise, dtype=np.float64)
+        if sigma.shape != image.shape:
+            raise InvalidInstrumentError(
+                f"the {extras.noise_extension} noise map is {sigma.shape[0]}x{sigma.shape[1]}, "
+                f"the image {height}x{width}: they must match"
+            )
+        valid &= ~np.isposinf(sigma)  # zero weight: left out
+        bad = valid & ~(np.isfinite(sigma) & (sigma > 0))
+        if bad.any():
+            raise InvalidInstrumentError(
+                f"the {extras.noise_extension} noise map has zero, negative or NaN values at "
+                f"{int(bad.sum())} unmasked pixels; mask them (NaN in the image, or zero "
+                "weight) or fix the map"
+            )
+    if not valid.any():
+        raise InvalidInstrumentError("every pixel is masked: nothing to score")
+    # Pixel scale and PSF: the upload's, else the request's, else the checkpoint's.
+    scale, scale_source = card.pixel_scale, "checkpoint"
+    for value, source in ((extras.pixel_scale, "upload"), (request.pixel_scale, "request")):
+        if value is not None:
+            scale, scale_source = check_pixel_scale(value, f"pixel scale ({source})"), source
+            break
+    kernel, psf_source = None, "checkpoint"
+    for given, source in ((extras.psf, "upload"), (request.psf, "request")):
+        if given is not None:
+            kernel, psf_source = check_psf_kernel(given, f"PSF ({source})"), source
+            break
+    if kernel is not None and (kernel.shape[0] > height or kernel.shape[0] > width):
+        raise InvalidInstrumentError(
+            f"the PSF ({psf_source}) is {kernel.shape[0]}x{kernel.shape[0]} pixels, larger "
+            f"than the {height}x{width} image"
+        )
+    native = (
+        Instrument(pixel_scale=scale, psf_sigma=None, psf_kernel=kernel)
+        if kernel is not None
+        else Instrument(pixel_scale=scale, psf_sigma=card.psf_sigma_pixels * card.pixel_scale)
+    )
+    # Min-max scaling over the unmasked pixels; the noise map scales alike.
+    low, high = float(image[valid].min()), float(image[valid].max())
+    if low == high:
+        raise InvalidImageError(filename, f"constant image (every unmasked pixel is {low:g})")
+    scaled = (image - low) / (high - low)
+    # Where the noise is estimated: on the model's grid (as evaluation does), unless the image
+    # is enlarged to reach it, whose interpolated noise is correlated and would pass for a
+    # clean image: then on the image's own grid, before resampling.
+    n = max(height, width)
+    same_scale = abs(scale / card.pixel_scale - 1.0) <= SCALE_TOLERANCE
+    if scale_source != "checkpoint" and not same_scale:
+        enlarged = round(n * scale / card.pixel_scale) > n
+    else:
+        enlarged = scale_source == "checkpoint" and size > n
+    noise_source: Source = "upload"
+    estimate_here = False
+    if sigma is not None:
+        sigma = sigma / (high - low)
+    elif enlarged:
+        noise_source = "estimated"
+        filled = np.where(valid, scaled, np.median(scaled[valid]))
+        sigma = _estimate(filled, native.psf_sigma_pixels)
+    else:
+        noise_source, estimate_here = "estimated", True
+        sigma = np.ones_like(scaled)  # a placeholder: estimated on the model's grid below
+    sigma = np.where(valid, sigma, np.inf)
+    # Geometry: square, then the model's grid.
+    scaled, sigma, valid, side_note = _square(scaled, sigma, valid)
+    notes += side_note
+    resized = False
+    if scale_source != "checkpoint" and not same_scale:
+        target = max(1, round(scaled.shape[0] * scale / card.pixel_scale))
+        notes.append(
+            f"pixel scale {scale:g}\" ({scale_source}) differs from the checkpoint's "
+            f'{card.pixel_scale:g}": resampled to its grid; the model and its calibration were '
+            "made at its scale, so this score is not calibrated"
+        )
+        scaled, sigma, valid = _resample(scaled, sigma, valid, target)
+        scaled, sigma, valid = _crop_or_pad(scaled, sigma, valid, size)
+        resized = True
+    elif scaled.shape[0] != size:
+        notes.append(
+            f"resized from {height} x {width} to {size} x {size} pixels"
+            + ("" if scale_source == "checkpoint" else " (same pixel scale: cropped or padded)")
+        )
+        if scale_source == "checkpoint":
+            scaled, sigma, valid = _resample(scaled, sigma, valid, size)
+        else:
+            scaled, sigma, valid = _crop_or_pad(scaled, sigma, valid, size)
+        resized = True
+    # The PSF's width on the model grid.
+    psf_pixels = (
+        native.psf_sigma_pixels * scale / card.pixel_scale
+        if resized and not same_scale
+        else native.psf_sigma_pixels
+    )
+    if not valid.any():
+        raise InvalidInstrumentError("no unmasked pixel is left on the model's grid")
+    # Min-max scaling again on the model's grid (the study scales the image it feeds the
+    # model; a no-op for an image that was not resampled).
+    low2, high2 = float(scaled[valid].min()), float(scaled[valid].max())
+    if low2 == high2:
+        raise InvalidImageError(filename, "constant after resampling to the model's grid")
+    if (low2, high2) != (0.0, 1.0):
+        scaled, sigma = (scaled - low2) / (high2 - low2), sigma / (high2 - low2)
+    if not valid.all():
+        masked = int((~valid).sum())
+        notes.append(f"{masked} masked pixels of {valid.size} left out of every score")
+    median = float(np.median(scaled[valid])) if valid.any() else 0.0
+    x = np.where(valid, scaled, median)
+    if estimate_here:
+        sigma = np.where(valid, _estimate(x, psf_pixels), np.inf)
+    record = {
+        "pixel_scale": {"value_arcsec": scale, "source": scale_source},
+        "psf": {
+            "fwhm_arcsec": native.psf_fwhm_arcsec,
+            "kind": "kernel" if kernel is not None else "gaussian",
+            "source": psf_source,
+        },
+        "noise": {
+            "median": float(np.median(sigma[valid])) if valid.any() else None,
+            "source": noise_source,
+            "extension": extras.noise_extension,
+        },
+    }
+    return Observation(
+        filename=filename,
+        input_shape=(height, width),
+        x=x.astype(np.float32)[None],
+        valid=None if valid.all() else valid[None],
+        sigma=sigma.astype(np.float32)[None],
+        psf_sigma_pixels=float(psf_pixels),
+        instrument=record,
+        resized=resized,
+        warnings=tuple(notes),
+    )
+
+
+def _estimate(x: np.ndarray, psf_sigma_pixels: float) -> np.ndarray:
+    """The noise sigma (H, W) of a scaled image (H, W), estimated from it (deeplense.noise)."""
+    t = torch.from_numpy(np.asarray(x, dtype=np.float32))[None, None]  # (1, 1, H, W)
+    return estimate_noise(t, psf_sigma_pixels)[0, 0].double().numpy()
+
+
+def _square(
+    x: np.ndarray, sigma: np.ndarray, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Pad a non-square image to a square with masked pixels (centred), never stretching."""
+    h, w = x.shape
+    if h == w:
+        return x, sigma, valid, []
+    n = max(h, w)
+    top, left = (n - h) // 2, (n - w) // 2
+
+    def pad(a: np.ndarray, fill: Any) -> np.ndarray:
+        out = np.full((n, n), fill, dtype=a.dtype)
+        out[top : top + h, left : left + w] = a
+        return out
+
+    note = f"non-square {h} x {w}: padded to {n} x {n} with masked pixels (not stretched)"
+    return pad(x, 0.0), pad(sigma, np.inf), pad(valid, False), [note]
+
+
+def _crop_or_pad(
+    x: np.ndarray, sigma: np.ndarray, valid: np.ndarray, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The centre `size` x `size` of a square image: cropped, or padded with masked pixels."""
+    n = x.shape[0]
+    if n >= size:
+        window = slice((n - size) // 2, (n - size) // 2 + size)
+        return x[window, window], sigma[window, window], valid[window, window]
+    o = (size - n) // 2
+    inner = slice(o, o + n)
+    out_x, out_sigma = np.zeros((size, size)), np.full((size, size), np.inf)
+    out_valid = np.zeros((size, size), dtype=bool)
+    out_x[inner, inner], out_sigma[inner, inner], out_valid[inner, inner] = x, sigma, valid
+    return out_x, out_sigma, out_valid
+
+
+def _resample(
+    x: np.ndarray, sigma: np.ndarray, valid: np.ndarray, side: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resample a square image to `side`: area averaging to shrink, bilinear to enlarge (as
+    `deeplense.preprocess.resize_image`); variances alike, divided by the input pixels each
+    output pixel averages (at least 1); a pixel stays valid where most of its area was."""
+    n = x.shape[0]
+    if side == n:
+        return x, sigma, valid
+    mode: dict[str, Any] = (
+        {"mode": "area"} if side < n else {"mode": "bilinear", "align_corners": False}
+    )
+    weight = valid.astype(np.float64)
+    var = np.where(valid, sigma, 0.0) ** 2
+
+    def resample(a: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))[None, None]
+        return F.interpolate(t, size=(side, side), **mode)[0, 0].numpy()
+
+    w = resample(weight)
+    keep = w >= 0.5
+    safe = np.maximum(w, 1e-12)
+    x_out = resample(np.where(valid, x, 0.0)) / safe  # the mean of the unmasked pixels
+    averaged = max((n / side) ** 2, 1.0)  # input pixels per output pixel
+    var_out = resample(var) / safe / averaged
+    sigma_out = np.where(keep, np.sqrt(np.maximum(var_out, 0.0)), np.inf)
+    bad = keep & ~(sigma_out > 0)
+    sigma_out[bad] = np.inf
+    return np.where(keep, x_out, 0.0), sigma_out, keep & ~bad
