@@ -5,14 +5,9 @@ import logging
 import math
 from pathlib import Path
 
-from deeplense.device import resolve_device
-from deeplense.errors import CheckpointError, OutputExistsError, UnknownModelError
 from deeplense.imaging import DEFAULT_MAX_PIXELS
-from deeplense.scores import list_scores
-from models.checkpoint import find_checkpoints, load_checkpoint
-from training.batch_score import parse_shard, score_files, shard_files, write_csv
+from training.commands import RegistryChoice, registered_scores
 from training.commands.evaluate import positive_int
-from training.datasets import find_image_files
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +22,8 @@ def finite_float(text: str) -> float:
 
 def shard(text: str) -> tuple[int, int]:
     """argparse type for --shard i/n."""
+    from training.batch_score import parse_shard
+
     try:
         return parse_shard(text)
     except ValueError as exc:
@@ -60,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument(
         "--score",
-        choices=list_scores(),
+        type=RegistryChoice(registered_scores),
+        metavar="SCORE",
         default=None,
         help="anomaly score to judge by (default: the checkpoint's default score)",
     )
@@ -81,6 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from deeplense.device import resolve_device
+    from deeplense.errors import CheckpointError, OutputExistsError, UnknownModelError
+    from models.checkpoint import find_checkpoints, load_checkpoint
+    from training.batch_score import score_files, shard_files, write_csv
+    from training.datasets import find_image_files
+
     if args.out.exists() and not args.overwrite:  # checked again when writing
         raise OutputExistsError(f"{args.out} exists; pass --overwrite to replace it")
     found = find_checkpoints(args.checkpoints)

@@ -5,8 +5,11 @@ import os
 from pathlib import Path
 
 from training.commands.calibrate import fraction
-from training.lensing.render import SimConfig
-from training.simulate import DATASETS, SUBSTRUCTURES, simulate_dataset
+
+# training.simulate's DATASETS and SUBSTRUCTURES, written out so that --help need not import
+# torch (tests/training/test_cli.py checks they agree).
+DATASETS = ("model_a", "model_b")
+SUBSTRUCTURES = ("stated", "study")
 
 
 def _count(text: str) -> int:
@@ -73,6 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.lensing.render import SimConfig
+    from training.simulate import simulate_dataset
+
     config = SimConfig(image_size=args.image_size, supersampling=args.supersampling)
     simulate_dataset(
         args.dataset,
