@@ -45,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--checkpoints", type=Path, required=True, help="folder of checkpoint folders")
     p.add_argument("--model", required=True, help="checkpoint name under --checkpoints, e.g. aae")
-    p.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    p.add_argument(
+        "--out", type=Path, required=True, help="CSV file to write, e.g. reports/scores.csv"
+    )
     p.add_argument(
         "--shard",
         type=shard,
