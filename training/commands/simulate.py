@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--substructure",
         choices=SUBSTRUCTURES,
         default="stated",
-        help="subhalo masses: stated (REFERENCE.md: 25 equal masses, 1%% of the lens; "
+        help="subhalo masses: stated (docs/reference.md: 25 equal masses, 1%% of the lens; "
         "the default) or study (the study's code: sphere masses from dN/dm ~ m^-0.9 on "
         '1e6-1e10 Msun, 3.8%% on average; vort U[3%%, 5.5%%] on a line U[0.5", 2"] long)',
     )
