@@ -33,8 +33,11 @@ class Settings(BaseSettings):
     default_model: str | None = None
     # auto = CUDA when available, else CPU. "cuda" without a GPU fails at start-up.
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Intra-op threads for torch on CPU; None leaves torch's default (one per core).
-    torch_threads: int | None = Field(default=None, ge=1)
+    # Intra-op threads for torch on CPU, per forward pass. One: on the 2-core machine, loaded
+    # by other work, torch's default (one per core) swung LensFit's single-image latency from
+    # 0.7 to 8 s and start-up from 10 to 49 s, where one thread held 0.25-0.4 s and 5-11 s
+    # (README, Configuration). More replicas, not more threads, use more cores.
+    torch_threads: int = Field(default=1, ge=1)
     # Images per forward pass; a request with more readable files runs several passes.
     batch_size: int = Field(default=64, ge=1)
 

@@ -164,7 +164,10 @@ def curve(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # The whole docstring: its first line alone stops mid-sentence.
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("data", type=Path, help="a simulated dataset folder (simulator 2.x)")
     parser.add_argument("--n", type=int, default=300, help="test images per class")
     parser.add_argument("--no-refit", action="store_true", help="skip the (slow) refit bound")

@@ -48,6 +48,18 @@ def readme_blocks() -> list[tuple[str, str]]:
     return re.findall(r"^```(bash|python)\n(.*?)^```$", README.read_text(), re.M | re.S)
 
 
+def expected_outputs() -> dict[str, str]:
+    """A block's name -> the ```text block the README shows as its expected output: the next
+    fenced block, when the prose between the two starts with "Expected output"."""
+    fences = list(re.finditer(r"^```(\w*)\n(.*?)^```$", README.read_text(), re.M | re.S))
+    expected = {}
+    for block, after in zip(fences, fences[1:], strict=False):
+        prose = README.read_text()[block.end() : after.start()].strip()
+        if block[1] in {"bash", "python"} and after[1] == "text" and prose.startswith("Expected"):
+            expected[_key(block[2])] = after[2]
+    return expected
+
+
 def _key(code: str) -> str:
     """A block's name: its first line without the comment."""
     return code.splitlines()[0].split("#")[0].strip()
@@ -141,14 +153,25 @@ def test_every_readme_block_runs_as_written(clone: Path, served: int) -> None:
 
     ready = next(out for first, out in outputs.items() if first.startswith("source .venv"))
     assert "usage: deeplense" in ready and json.loads(ready.splitlines()[-1])["ready"] is True
-    scored = json.loads(next(o for f, o in outputs.items() if f.startswith("curl -s -F")))
-    assert [r["filename"] for r in scored["results"]] == ["vort_0.fits", "no_sub_0.npy"]
+    # Each example's output is what the README shows: the default model flags the examples
+    # with substructure and passes the normal ones.
+    expected = expected_outputs()
+    curl = next(f for f in outputs if f.startswith("curl -s -F"))
+    scored = json.loads(outputs[curl])
+    assert scored["model"] == "lensfit" and scored["score"] == "chi2_psf_light"
+    flags = {r["filename"]: r["is_anomaly"] for r in scored["results"]}
+    assert flags == {"vort_0.fits": True, "no_sub_0.npy": False}
     assert all(r["error"] is None for r in scored["results"])
-    printed = next(o for f, o in outputs.items() if f == "import httpx")
-    assert [line.split()[0] for line in printed.splitlines()] == ["sphere_0.png", "no_sub_1.fits"]
-    rows = (clone / "scores.csv").read_text().splitlines()
+    shown = re.findall(r'"(filename|is_anomaly)": ("?[\w.]+"?)', expected[curl])
+    pairs = zip(shown[::2], shown[1::2], strict=True)
+    shown_flags = {json.loads(name): json.loads(flag) for (_, name), (_, flag) in pairs}
+    assert shown_flags == flags
+    assert outputs["import httpx"] == expected["import httpx"]
+    first_score = next(f for f in outputs if f.startswith("deeplense score"))
+    assert expected[first_score] in outputs[first_score]  # "wrote ...: 12 flagged, 0 errors"
+    rows = (clone / "reports" / "scores.csv").read_text().splitlines()
     assert len(rows) == 1 + len(list((ROOT / "examples").glob("*.*"))) - 1  # not the .py
-    assert (clone / "scores_0.csv").is_file()
+    assert (clone / "reports" / "scores_0.csv").is_file()
     assert json.loads((clone / "reports" / "try" / "metrics.json").read_text())
     covered = set(outputs) | set(NOT_RUN)
     assert covered == {_key(code) for _, code in readme_blocks()[1:]}

@@ -6,7 +6,9 @@ the program with one line on stderr and exit code 2; nothing else is caught, so 
 their traceback. Each command imports its heavy dependencies only when it runs, so `--help`
 and the commands that do not need the train extra (scikit-learn, matplotlib) work without it.
 Ctrl-C (exit 130) and SIGTERM (exit 143) unwind the stack like an exception, so temp files
-and half-written folders are removed on the way out.
+and half-written folders are removed on the way out, and the line on stderr says the work was
+cut short. For `serve` a signal is the normal way to stop: once uvicorn has shut down
+gracefully the program ends quietly with exit 0 (a command sets `stop_is_clean`).
 """
 
 import argparse
@@ -17,7 +19,6 @@ import sys
 from types import FrameType
 
 from deeplense.errors import DeepLenseError
-from deeplense.numerics import flush_denormals
 from training.commands import COMMANDS
 
 # Optional dependencies, by the top-level module a command imports -> the extra that has it.
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None, prog: str = "deeplense") -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from deeplense.numerics import flush_denormals  # imports torch: not for --help
+
     flush_denormals()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -68,10 +71,12 @@ def main(argv: list[str] | None = None, prog: str = "deeplense") -> int:
             file=sys.stderr,
         )
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
+    except (KeyboardInterrupt, Terminated) as exc:
+        if getattr(args, "stop_is_clean", False):
+            return 0
+        if isinstance(exc, KeyboardInterrupt):
+            print("error: interrupted", file=sys.stderr)
+            return 130
         print("error: terminated (SIGTERM)", file=sys.stderr)
         return 143
     finally:

@@ -55,13 +55,17 @@ def health_of(x: np.ndarray, x_hat: np.ndarray, mean_image: np.ndarray) -> Healt
     if spread < MIN_SPREAD_RATIO:
         warnings.append(
             f"COLLAPSED: the reconstructions barely depend on the input (spread ratio "
-            f"{spread:.3f} < {MIN_SPREAD_RATIO}); its anomaly scores measure the distance to "
-            "one fixed image, not substructure. Train longer or check the learning rates."
+            f"{spread:.3f} < {MIN_SPREAD_RATIO}): the model draws nearly one image for every "
+            "input, so its anomaly scores measure each image's distance to that picture, not "
+            "substructure, and its flags mean nothing. Expected after a smoke-test run (an "
+            "epoch or two on a few hundred images); for real use train longer on more images "
+            "(README, Training and reproduction), and if it stays, check the learning rates."
         )
     if ratio > MAX_LOSS_RATIO:
         warnings.append(
             f"NO BETTER THAN THE MEAN IMAGE: reconstruction MSE is {ratio:.2f} x that of the "
-            f"mean training image (limit {MAX_LOSS_RATIO}); the model has learned little."
+            f"mean training image (limit {MAX_LOSS_RATIO}); the model has learned little. "
+            "Expected after a smoke-test run; for real use train longer on more images."
         )
     return Health(spread_ratio=spread, loss_ratio=ratio, warnings=warnings)
 

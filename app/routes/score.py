@@ -9,8 +9,23 @@ from fastapi import APIRouter, Depends, File, Query, UploadFile
 from app.dependencies import MetricsDep, ReadyServiceDep, SettingsDep, require_api_key
 from app.imaging import read_uploads
 from app.schemas import ErrorBody, ScoreResponse
+from deeplense.scores import SCORES, list_scores
+from models import list_models
 
 router = APIRouter(tags=["score"], dependencies=[Depends(require_api_key)])
+
+# The documented names come from the registries, so a new model or score is listed for free.
+MODEL_DESCRIPTION = (
+    f"A loaded checkpoint, named after its folder (the registered models: "
+    f"{', '.join(list_models())}), or ensemble. Default: the service's default model, "
+    "GET /models says which."
+)
+SCORE_DESCRIPTION = (
+    "Anomaly score to judge by: "
+    + "; ".join(f"{name} ({SCORES[name].description})" for name in list_scores())
+    + ". Default: the model's (GET /models says which). reconstruction_loss (the MSE) is "
+    "returned either way."
+)
 
 
 def _error(description: str, example: Any) -> dict[str, Any]:
@@ -24,7 +39,10 @@ def _error(description: str, example: Any) -> dict[str, Any]:
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _error("the body is not valid multipart/form-data", "Invalid multipart data."),
     401: _error("API key required and missing or wrong", "invalid API key in the X-API-Key header"),
-    404: _error("unknown model", "unknown model 'foo'; valid models: aae, dcae, ensemble, vae"),
+    404: _error(
+        "unknown model",
+        f"unknown model 'foo'; valid models: {', '.join(sorted([*list_models(), 'ensemble']))}",
+    ),
     413: _error(
         "over a byte or file-count limit",
         "big.fits: 31 MiB (32505856 bytes) exceeds the per-file limit of 20 MiB (20971520 "
@@ -64,21 +82,11 @@ async def score(
     metrics: MetricsDep,
     model: Annotated[
         str | None,
-        Query(
-            description="aae, vae, dcae, rbm (any loaded checkpoint) or ensemble; default: the "
-            "service's default model (GET /models says which)",
-            examples=["aae"],
-        ),
+        Query(description=MODEL_DESCRIPTION, examples=["lensfit"]),
     ] = None,
     score: Annotated[
         str | None,
-        Query(
-            description="Anomaly score to judge by: mse (the study's mean squared error), chi2 "
-            "(residual in units of the per-pixel noise, estimated from the image) or chi2_psf "
-            "(the whitened residual matched-filtered by the PSF). Default: the model's "
-            "(GET /models says which). reconstruction_loss (the MSE) is returned either way.",
-            examples=["chi2_psf"],
-        ),
+        Query(description=SCORE_DESCRIPTION, examples=["chi2_psf_light"]),
     ] = None,
     threshold: Annotated[
         float | None,

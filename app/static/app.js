@@ -4,13 +4,13 @@
 "use strict";
 
 (function () {
-  const FALLBACK_MODELS = ["aae", "dcae", "rbm", "vae", "ensemble"];
   const BROWSER_PREVIEWABLE = /\.(png|jpe?g)$/i;
 
   const form = document.getElementById("score-form");
   const filesInput = document.getElementById("files");
   const modelSelect = document.getElementById("model");
   const scoreSelect = document.getElementById("score");
+  const scoreHelp = document.getElementById("score-help");
   const modelHelp = document.getElementById("model-help");
   const MODEL_HELP = modelHelp.textContent;
   const thresholdHelp = document.getElementById("threshold-help");
@@ -160,11 +160,13 @@
       option.value = name;
       const auc = measuredAuc(catalogue.cards[name], "");
       option.textContent =
-        name === "ensemble"
-          ? "ensemble (all models)"
-          : auc
-            ? `${name} (AUC ${auc.value.toFixed(3)})`
-            : name;
+        name === ""
+          ? "the service's default model"
+          : name === "ensemble"
+            ? "ensemble (all models)"
+            : auc
+              ? `${name} (AUC ${auc.value.toFixed(3)})`
+              : name;
       modelSelect.appendChild(option);
     }
     const pick = [previous, preferred].find((n) => n && names.includes(n));
@@ -173,11 +175,21 @@
     describeModel();
   }
 
-  /** The score menu: "model's default" plus every score the service computes. */
+  /** The score menu: "model's default" plus every score the loaded models compute, and
+   *  its help line naming them. */
   function fillScores(cards) {
     const names = [];
     for (const card of cards) {
       for (const s of card.scores || []) if (!names.includes(s)) names.push(s);
+    }
+    const noiseAware = names.filter((n) => n !== "mse");
+    if (names.length > 0) {
+      const parts = [];
+      if (names.includes("mse")) parts.push("mse is the study's score (mean squared error)");
+      if (noiseAware.length > 0) {
+        parts.push(`${noiseAware.join(", ")} weigh the residual by the noise estimated from each image`);
+      }
+      scoreHelp.textContent = `${parts.join("; ")}. The flag is judged by the chosen score.`;
     }
     const previous = scoreSelect.value;
     scoreSelect.replaceChildren();
@@ -268,8 +280,10 @@
       if (banner.dataset.source === "models") hideBanner();
     } catch (err) {
       catalogue = { cards: {}, ensemble: null };
-      fillModels(FALLBACK_MODELS, "dcae");
-      showBanner(`Could not load the model list (${err.message}). Showing the standard models.`);
+      fillModels([""], "");
+      showBanner(
+        `Could not load the model list (${err.message}). Images are scored with the service's default model.`,
+      );
       banner.dataset.source = "models";
     }
   }
@@ -300,6 +314,21 @@
       flag.className = m.is_anomaly ? "flag-anomalous" : "flag-normal";
     }
     return table;
+  }
+
+  /** One sentence: whether the image is flagged, by which score, against which threshold. */
+  function verdictText(result, thresholdUnits) {
+    const score = result.score || "the anomaly score";
+    if (result.is_anomaly === null || result.is_anomaly === undefined) {
+      return `No threshold for ${score}: not flagged either way (give a threshold, or calibrate the model).`;
+    }
+    const ensemble = thresholdUnits === "percentile";
+    const value = ensemble ? formatPercentile(result.percentile) : formatNumber(result.anomaly_score);
+    const limit = ensemble ? formatPercentile(result.threshold) : formatNumber(result.threshold);
+    const what = ensemble ? `the members' mean percentile of ${score}` : score;
+    return result.is_anomaly
+      ? `Flagged: ${what} ${value} is above the threshold ${limit}, so the image is likely to hold substructure.`
+      : `Not flagged: ${what} ${value} is not above the threshold ${limit}, as for a normal lens.`;
   }
 
   function renderResult(result, file, model, thresholdUnits) {
@@ -381,6 +410,13 @@
     if (result.score) {
       card.querySelector(".m-score-name").textContent = `Anomaly score (${result.score})`;
     }
+    // The number the flag was judged by: the score for one model, the mean percentile for
+    // the ensemble. It is the one coloured, and the verdict line says why.
+    const decides = thresholdUnits === "percentile" ? ".m-percentile" : ".m-score";
+    card.querySelector(decides).classList.add("decides");
+    const verdict = card.querySelector(".verdict");
+    verdict.textContent = verdictText(result, thresholdUnits);
+    verdict.hidden = verdict.textContent === "";
     setMetric(card, ".m-score", result.anomaly_score, formatNumber(result.anomaly_score));
     setMetric(card, ".m-loss", loss, formatNumber(loss));
     setMetric(
@@ -435,12 +471,9 @@
       filesInput.focus();
       return;
     }
-    const model = modelSelect.value;
-    if (!model) {
-      showBanner("Choose a model.");
-      return;
-    }
-    const params = new URLSearchParams({ model, include_images: "true" });
+    const model = modelSelect.value; // "" = the service's default model
+    const params = new URLSearchParams({ include_images: "true" });
+    if (model) params.set("model", model);
     if (scoreSelect.value) params.set("score", scoreSelect.value);
     const threshold = thresholdInput.value.trim();
     if (threshold !== "") {
@@ -456,7 +489,7 @@
 
     submitButton.disabled = true;
     form.setAttribute("aria-busy", "true");
-    statusLine.textContent = `Scoring ${files.length} file${files.length === 1 ? "" : "s"} with ${model}…`;
+    statusLine.textContent = `Scoring ${files.length} file${files.length === 1 ? "" : "s"} with ${model || "the default model"}…`;
     const started = performance.now();
     try {
       const response = await fetch(`score?${params}`, {

@@ -72,6 +72,9 @@ def _cards(page: Page) -> list[dict]:
                 error: c.querySelector('.file-error').hidden
                     ? null : c.querySelector('.file-error').textContent,
                 loss: value('.m-loss'), lossText: c.querySelector('.m-loss').textContent,
+                score: value('.m-score'),
+                verdict: c.querySelector('.verdict').textContent,
+                decides: Array.from(c.querySelectorAll('.decides')).map(d => d.className),
                 threshold: value('.m-threshold'),
                 percentile: value('.m-percentile'),
                 percentileText: c.querySelector('.m-percentile').textContent,
@@ -113,7 +116,12 @@ def test_upload_page_scores_npy_and_png(page: Page, server: str, tmp_path: Path)
         assert card["lossText"] not in {"", "—"}
         assert 0.0 <= percentile <= 100.0
         assert card["percentileText"].endswith("%")
-        assert (float(card["loss"]) > float(card["threshold"])) == (card["badge"] == "anomalous")
+        # The flag is the score against the threshold; that score is the one singled out,
+        # and the verdict line says so in words.
+        assert (float(card["score"]) > float(card["threshold"])) == (card["badge"] == "anomalous")
+        assert card["decides"] == ["m-score decides"]
+        verdict = "Flagged: " if card["badge"] == "anomalous" else "Not flagged: "
+        assert card["verdict"].startswith(verdict), card["verdict"]
         assert card["reconstruction"] > 0, "reconstruction image did not load"
         assert card["residual"] > 0, "residual image did not load"
     assert cards[1]["input"] > 0, "PNG input preview did not load"
@@ -137,11 +145,14 @@ def test_upload_page_scores_with_the_ensemble(page: Page, tmp_path: Path) -> Non
     assert cards[0]["badge"] in {"anomalous", "normal"}
     assert 0.0 <= float(cards[0]["percentile"]) <= 100.0
     assert page.inner_text("#summary").startswith("1 file scored with ensemble")
+    assert cards[0]["decides"] == ["m-percentile decides"]  # the ensemble judges the mean
+    assert "mean percentile" in cards[0]["verdict"]
 
 
 def test_upload_page_scores_by_a_chosen_noise_aware_score(page: Page, tmp_path: Path) -> None:
     scores = page.eval_on_selector_all("#score option", "os => os.map(o => o.value)")
     assert scores[0] == "" and {"mse", "chi2", "chi2_psf"} <= set(scores)
+    assert all(name in page.inner_text("#score-help") for name in scores[1:])
     page.select_option("#score", "chi2_psf")
     _submit(page, [_write_npy(tmp_path / "lens.npy")], "vae", n_cards=1)
     card = page.locator("#results .result").first
@@ -195,6 +206,9 @@ def test_upload_page_sends_the_api_key(
             page.goto(url + "/")  # the page itself stays open without a key
             page.wait_for_selector("#banner:not([hidden])")
             assert "401" in page.inner_text("#banner")
+            # No list of models it cannot know: only the service's default.
+            options = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+            assert options == [""]
 
             page.fill("#api-key", "s3cret-key")
             page.press("#api-key", "Tab")  # `change` reloads the model list with the key

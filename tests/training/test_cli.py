@@ -1,6 +1,8 @@
 """The `deeplense` command: every subcommand with --help, serve, bench, and the commands that
 must run without the train extra (scikit-learn, matplotlib)."""
 
+import dataclasses
+import signal
 import subprocess
 import sys
 import time
@@ -60,6 +62,63 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
     assert f"usage: deeplense {command}" in capsys.readouterr().out
 
 
+def test_help_imports_no_torch() -> None:
+    # --help must answer at once: a command module imports torch (and the models) only in
+    # the function that runs the command. sys.modules is the robust check; the time is loose.
+    script = (
+        "import sys\n"
+        "from training.__main__ import main\n"
+        f"for args in [['--help'], *([c, '--help'] for c in {EXPECTED!r})]:\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, args\n"
+        "heavy = sorted({'torch', 'models', 'scipy', 'app.main'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_help_answers_within_seconds() -> None:
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "fit", "--help"], cwd=REPO_ROOT, capture_output=True
+    )
+    assert done.returncode == 0
+    assert time.monotonic() - start < 3  # about 0.5 s on 2 loaded cores; torch alone is 1.5 s
+
+
+def test_flags_written_out_for_help_match_their_sources() -> None:
+    # fit and simulate spell out defaults and choices so that --help imports no torch.
+    from models.storage import WEIGHTS_DTYPES
+    from training.commands import fit, simulate
+    from training.plan import FitOptions
+    from training.simulate import DATASETS, SUBSTRUCTURES
+    from training.steps import PRECISIONS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(FitOptions)}
+    assert {k: defaults[k] for k in vars(fit.D)} == vars(fit.D)
+    assert fit.PRECISIONS == PRECISIONS and fit.WEIGHTS_DTYPES == WEIGHTS_DTYPES
+    assert tuple(sorted(DATASETS)) == simulate.DATASETS
+    assert simulate.SUBSTRUCTURES == SUBSTRUCTURES
+
+
+def test_registry_flags_refuse_a_wrong_name_with_the_valid_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import models
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "--model", "nope", "--data", "d", "--out", "o"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nope'" in err
+    assert all(f"'{name}'" in err for name in [*models.list_models(), "all"])
+
+
 def test_python_m_training_still_works() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "training", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
@@ -114,7 +173,10 @@ def test_evaluate_without_the_train_extra_says_so_in_one_line(tmp_path: Path) ->
     assert "the train extra" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_serve_answers_on_the_given_port(tiny_checkpoints: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_serve_answers_on_the_given_port_and_stops_quietly(
+    tiny_checkpoints: Path, stop: signal.Signals
+) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", WITHOUT_TRAIN_EXTRA, "serve", "--port", str(port),
@@ -125,8 +187,10 @@ def test_serve_answers_on_the_given_port(tiny_checkpoints: Path) -> None:
         body = _wait_ready(f"http://127.0.0.1:{port}", proc)
         assert body["device"] == "cpu" and body["device_setting"] == "cpu"
     finally:
-        proc.terminate()
-        proc.communicate(timeout=20)  # reaps it and closes its pipe
+        proc.send_signal(stop)  # Ctrl-C or `docker stop`: the way a service is stopped
+        output, _ = proc.communicate(timeout=20)  # reaps it and closes its pipe
+    assert proc.returncode == 0, output
+    assert "error" not in output.lower() and "Traceback" not in output, output
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[str], timeout_s: float = 60) -> dict:

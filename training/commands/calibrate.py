@@ -4,11 +4,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from deeplense.device import resolve_device
-from deeplense.errors import CheckpointError
-from deeplense.vocabulary import dataset_name
-from models.checkpoint import find_checkpoints, load_checkpoint, write_config
-from training.calibrate import calibrate_checkpoint
 from training.commands.evaluate import positive_int
 
 log = logging.getLogger(__name__)
@@ -44,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from deeplense.device import resolve_device
+    from deeplense.errors import CheckpointError
+    from deeplense.vocabulary import dataset_name
+    from models.checkpoint import find_checkpoints, load_checkpoint, write_config
+    from training.calibrate import calibrate_checkpoint
+
     found = find_checkpoints(args.checkpoints)
     if not found:
         raise CheckpointError(f"{args.checkpoints}: no checkpoint folders (with config.json)")

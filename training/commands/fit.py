@@ -9,12 +9,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-import models
-from models.storage import WEIGHTS_DTYPES
+from training.commands import RegistryChoice, registered_models
 from training.commands.calibrate import fraction
 from training.commands.evaluate import non_negative_int, positive_int
-from training.fit import FitOptions, prepare, run
-from training.steps import PRECISIONS
+
+# training.plan.FitOptions' defaults, which every flag below shows; written out so that
+# `--help` need not import torch (tests/training/test_cli.py checks they agree), as are the
+# choices of training.steps.PRECISIONS and models.storage.WEIGHTS_DTYPES.
+D = argparse.Namespace(
+    model="all", epochs=50, batch_size=100, device="auto", seed=0, lr=2e-3,
+    weight_decay=1e-5, fpr=0.05, num_workers=None, max_train=None, precision="auto",
+    weights_dtype="float32", pixel_scale=None, psf_sigma=None,
+)  # fmt: skip
+PRECISIONS = ("auto", "fp32", "bf16")
+WEIGHTS_DTYPES = ("float32", "float16")
 
 
 def arch_arg(text: str) -> tuple[str, Any]:
@@ -39,9 +47,6 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-D = FitOptions(data=Path(), out=Path())  # the defaults every flag below shows
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "fit",
@@ -57,8 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model",
         default=D.model,
-        choices=[*models.list_models(), "all"],
-        help="which model to train (default: all, one after another)",
+        type=RegistryChoice(registered_models, "all"),
+        metavar="MODEL",
+        help="a registered model (lensfit, aae, ...; a wrong name lists them) or all "
+        "(default: all, one after another)",
     )
     p.add_argument("--data", type=Path, required=True, help="dataset folder with train/ and val/")
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder (CKPT_DIR)")
@@ -145,6 +152,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from training.fit import FitOptions, prepare, run
+
     options = FitOptions(
         data=args.data,
         out=args.out,

@@ -4,11 +4,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from deeplense.device import resolve_device
-from models.storage import WEIGHTS_DTYPES
 from training.commands.calibrate import fraction
 from training.commands.evaluate import positive_int
-from training.commands.fit import arch_arg
+from training.commands.fit import WEIGHTS_DTYPES, arch_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from deeplense.device import resolve_device
     from training.retune import retune
 
     changes = dict(args.arch_arg)

@@ -4,24 +4,14 @@ import argparse
 import logging
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from deeplense.device import resolve_device
-from deeplense.errors import (
-    CheckpointError,
-    InvalidImageError,
-    InvalidInstrumentError,
-    OutputExistsError,
-    UnknownModelError,
-)
-from deeplense.image_score import CSV_COLUMNS
-from deeplense.imaging import DEFAULT_MAX_PIXELS, decode_image
-from deeplense.instrument import check_pixel_scale, check_psf_kernel
-from deeplense.observation import RequestInstrument
-from deeplense.scores import list_scores
-from models.checkpoint import find_checkpoints, load_checkpoint
-from training.batch_score import parse_shard, score_files, shard_files, write_csv
+from deeplense.imaging import DEFAULT_MAX_PIXELS
+from training.commands import RegistryChoice, registered_scores
+
+if TYPE_CHECKING:
+    from deeplense.observation import RequestInstrument
 from training.commands.evaluate import positive_int
-from training.datasets import find_image_files
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +26,8 @@ def finite_float(text: str) -> float:
 
 def shard(text: str) -> tuple[int, int]:
     """argparse type for --shard i/n."""
+    from training.batch_score import parse_shard
+
     try:
         return parse_shard(text)
     except ValueError as exc:
@@ -49,15 +41,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Score every image in the given files and folders (searched recursively; .npy "
             "stacks and FITS cubes give one row per image, named file[k]) with one checkpoint "
-            "and write a CSV with columns " + ", ".join(CSV_COLUMNS) + ": the numbers POST "
-            "/score returns for the same file. A FITS file's SCI, ERR/VAR/WHT and PSF "
-            "extensions and its header's pixel scale are used as the service uses them."
+            "and write a CSV with columns filename, score, anomaly_score, reconstruction_loss, "
+            "threshold, is_anomaly, percentile, w1, input_shape, resized, warnings, error and "
+            "the instrument used (pixel_scale_arcsec, pixel_scale_source, psf_fwhm_arcsec, "
+            "psf_source, noise_median, noise_source): the numbers POST /score returns for the "
+            "same file. A FITS file's SCI, ERR/VAR/WHT and PSF extensions and its header's "
+            "pixel scale are used as the service uses them."
         ),
     )
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--checkpoints", type=Path, required=True, help="folder of checkpoint folders")
     p.add_argument("--model", required=True, help="checkpoint name under --checkpoints, e.g. aae")
-    p.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    p.add_argument(
+        "--out", type=Path, required=True, help="CSV file to write, e.g. reports/scores.csv"
+    )
     p.add_argument(
         "--shard",
         type=shard,
@@ -69,7 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     p.add_argument(
         "--score",
-        choices=list_scores(),
+        type=RegistryChoice(registered_scores),
+        metavar="SCORE",
         default=None,
         help="anomaly score to judge by (default: the checkpoint's default score)",
     )
@@ -101,8 +99,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _request_instrument(args: argparse.Namespace) -> RequestInstrument:
+def _request_instrument(args: argparse.Namespace) -> "RequestInstrument":
     """The --psf and --pixel-scale flags, checked (InvalidInstrumentError: one line, exit 2)."""
+    from deeplense.errors import InvalidImageError, InvalidInstrumentError
+    from deeplense.imaging import decode_image
+    from deeplense.instrument import check_pixel_scale, check_psf_kernel
+    from deeplense.observation import RequestInstrument
+
     kernel = None
     if args.psf is not None:
         try:
@@ -119,6 +122,12 @@ def _request_instrument(args: argparse.Namespace) -> RequestInstrument:
 
 
 def run(args: argparse.Namespace) -> int:
+    from deeplense.device import resolve_device
+    from deeplense.errors import CheckpointError, OutputExistsError, UnknownModelError
+    from models.checkpoint import find_checkpoints, load_checkpoint
+    from training.batch_score import score_files, shard_files, write_csv
+    from training.datasets import find_image_files
+
     if args.out.exists() and not args.overwrite:  # checked again when writing
         raise OutputExistsError(f"{args.out} exists; pass --overwrite to replace it")
     request = _request_instrument(args)

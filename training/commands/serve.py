@@ -50,7 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--default-model", default=None, help="DEEPLENSE_DEFAULT_MODEL, e.g. aae or ensemble"
     )
-    p.set_defaults(func=run)
+    # Ctrl-C and SIGTERM are how a service is stopped: uvicorn shuts down gracefully, then
+    # re-raises the signal; training/__main__.py ends quietly with 0 rather than an error.
+    p.set_defaults(func=run, stop_is_clean=True)
 
 
 def run(args: argparse.Namespace) -> int:

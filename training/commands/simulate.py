@@ -5,9 +5,13 @@ import math
 import os
 from pathlib import Path
 
+from deeplense.instrument import STUDY_PSF_SIGMA_ARCSEC
 from training.commands.calibrate import fraction
-from training.lensing.render import SimConfig
-from training.simulate import DATASETS, SUBSTRUCTURES, simulate_dataset
+
+# training.simulate's DATASETS and SUBSTRUCTURES, written out so that --help need not import
+# torch (tests/training/test_cli.py checks they agree).
+DATASETS = ("model_a", "model_b")
+SUBSTRUCTURES = ("stated", "study")
 
 
 def _count(text: str) -> int:
@@ -57,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--substructure",
         choices=SUBSTRUCTURES,
         default="stated",
-        help="subhalo masses: stated (REFERENCE.md: 25 equal masses, 1%% of the lens; "
+        help="subhalo masses: stated (docs/reference.md: 25 equal masses, 1%% of the lens; "
         "the default) or study (the study's code: sphere masses from dN/dm ~ m^-0.9 on "
         '1e6-1e10 Msun, 3.8%% on average; vort U[3%%, 5.5%%] on a line U[0.5", 2"] long)',
     )
@@ -84,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--psf-sigma",
         type=_positive_float,
-        default=SimConfig.psf_sigma,
+        default=STUDY_PSF_SIGMA_ARCSEC,
         help="Gaussian PSF sigma in arcsec (%(default)s; FWHM = 2.355 sigma)",
     )
     p.add_argument(
@@ -94,6 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from training.lensing.render import SimConfig
+    from training.simulate import simulate_dataset
+
     config = SimConfig(
         image_size=args.image_size,
         supersampling=args.supersampling,
