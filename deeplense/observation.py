@@ -20,7 +20,10 @@ the noise); the noise is estimated on the image's own grid before any resampling
 (correlated) noise cannot pass for a clean image.
 """
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -31,8 +34,11 @@ from deeplense.errors import InvalidImageError, InvalidInstrumentError
 from deeplense.fits_layout import ImageExtras
 from deeplense.instrument import Instrument, check_pixel_scale, check_psf_kernel
 from deeplense.noise import estimate_noise
+from deeplense.scores import psf_filter
 
 Source = Literal["upload", "request", "checkpoint", "estimated"]
+Planes = tuple[np.ndarray, np.ndarray, np.ndarray]  # image, noise sigma, valid: (N, N) each
+NOISE_DRAWS = 8  # noise realisations that measure the matched filter's gain on resampled noise
 SCALE_TOLERANCE = 0.01  # relative: pixel scales closer than this are the same grid
 
 
@@ -158,7 +164,7 @@ def _prepare(
     # Geometry: square, then the model's grid.
     scaled, sigma, valid, side_note = _square(scaled, sigma, valid)
     notes += side_note
-    resized = False
+    steps: list[Callable[[Planes], Planes]] = []  # the same geometry for noise draws below
     if scale_source != "checkpoint" and not same_scale:
         target = max(1, round(scaled.shape[0] * scale / card.pixel_scale))
         notes.append(
@@ -166,19 +172,21 @@ def _prepare(
             f'{card.pixel_scale:g}": resampled to its grid; the model and its calibration were '
             "made at its scale, so this score is not calibrated"
         )
-        scaled, sigma, valid = _resample(scaled, sigma, valid, target)
-        scaled, sigma, valid = _crop_or_pad(scaled, sigma, valid, size)
-        resized = True
+        steps = [partial(_resample, side=target), partial(_crop_or_pad, size=size)]
     elif scaled.shape[0] != size:
         notes.append(
             f"resized from {height} x {width} to {size} x {size} pixels"
             + ("" if scale_source == "checkpoint" else " (same pixel scale: cropped or padded)")
         )
-        if scale_source == "checkpoint":
-            scaled, sigma, valid = _resample(scaled, sigma, valid, size)
-        else:
-            scaled, sigma, valid = _crop_or_pad(scaled, sigma, valid, size)
-        resized = True
+        steps = [
+            partial(_resample, side=size)
+            if scale_source == "checkpoint"
+            else partial(_crop_or_pad, size=size)
+        ]
+    square = (scaled, sigma, valid)
+    for step in steps:
+        scaled, sigma, valid = step((scaled, sigma, valid))
+    resized = bool(steps)
     # The PSF's width on the model grid.
     psf_pixels = (
         native.psf_sigma_pixels * scale / card.pixel_scale
@@ -201,6 +209,14 @@ def _prepare(
     x = np.where(valid, scaled, median)
     if estimate_here:
         sigma = np.where(valid, _estimate(x, psf_pixels), np.inf)
+    elif enlarged:  # interpolated noise is correlated: measure what the matched filter sees
+        gain = _filtered_noise_gain(square, steps, sigma, valid, psf_pixels, high2 - low2)
+        if gain > 1.0:
+            sigma = sigma * gain
+            notes.append(
+                f"enlarged to the model's grid: its noise is correlated, the noise map is "
+                f"widened {gain:.2f}x so that pure noise scores as noise"
+            )
     record = {
         "pixel_scale": {"value_arcsec": scale, "source": scale_source},
         "psf": {
@@ -225,6 +241,31 @@ def _prepare(
         resized=resized,
         warnings=tuple(notes),
     )
+
+
+def _filtered_noise_gain(
+    square: "Planes",
+    steps: list[Callable[["Planes"], "Planes"]],
+    sigma: np.ndarray,
+    valid: np.ndarray,
+    psf_sigma_pixels: float,
+    rescale: float,
+) -> float:
+    """The std of the matched-filtered whitened noise that the image's own noise becomes on
+    the model's grid (1 for white noise): NOISE_DRAWS draws of it on the image's grid, moved
+    by the same geometry steps, rescaled, whitened by `sigma` and filtered by the PSF."""
+    _, native_sigma, native_valid = square
+    rng = np.random.default_rng(0)  # deterministic: a score does not depend on the call
+    level = np.where(native_valid, native_sigma, 0.0)
+    variances = []
+    for _ in range(NOISE_DRAWS):
+        noise: Planes = (rng.standard_normal(level.shape) * level, native_sigma, native_valid)
+        for step in steps:
+            noise = step(noise)
+        whitened = np.where(valid, noise[0] / rescale / sigma, 0.0)
+        filtered = psf_filter(torch.from_numpy(whitened)[None, None], psf_sigma_pixels)[0, 0]
+        variances.append(float((filtered.numpy()[valid] ** 2).mean()))
+    return math.sqrt(float(np.mean(variances)))
 
 
 def _estimate(x: np.ndarray, psf_sigma_pixels: float) -> np.ndarray:
@@ -252,10 +293,9 @@ def _square(
     return pad(x, 0.0), pad(sigma, np.inf), pad(valid, False), [note]
 
 
-def _crop_or_pad(
-    x: np.ndarray, sigma: np.ndarray, valid: np.ndarray, size: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _crop_or_pad(planes: "Planes", size: int) -> "Planes":
     """The centre `size` x `size` of a square image: cropped, or padded with masked pixels."""
+    x, sigma, valid = planes
     n = x.shape[0]
     if n >= size:
         window = slice((n - size) // 2, (n - size) // 2 + size)
@@ -268,12 +308,11 @@ def _crop_or_pad(
     return out_x, out_sigma, out_valid
 
 
-def _resample(
-    x: np.ndarray, sigma: np.ndarray, valid: np.ndarray, side: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _resample(planes: "Planes", side: int) -> "Planes":
     """Resample a square image to `side`: area averaging to shrink, bilinear to enlarge (as
     `deeplense.preprocess.resize_image`); variances alike, divided by the input pixels each
     output pixel averages (at least 1); a pixel stays valid where most of its area was."""
+    x, sigma, valid = planes
     n = x.shape[0]
     if side == n:
         return x, sigma, valid

@@ -102,18 +102,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _request_instrument(args: argparse.Namespace) -> "RequestInstrument":
     """The --psf and --pixel-scale flags, checked (InvalidInstrumentError: one line, exit 2)."""
     from deeplense.errors import InvalidImageError, InvalidInstrumentError
-    from deeplense.imaging import decode_image
+    from deeplense.imaging import decode_stack
     from deeplense.instrument import check_pixel_scale, check_psf_kernel
     from deeplense.observation import RequestInstrument
 
     kernel = None
     if args.psf is not None:
-        try:
-            decoded = decode_image(args.psf)
+        try:  # no value checks: a top-hat kernel is constant
+            decoded = decode_stack(args.psf, check_values=False)
         except InvalidImageError as exc:
             raise InvalidInstrumentError(f"--psf: {exc}") from None
         extras = decoded.extras
         stored = extras.psf if extras is not None and extras.psf is not None else decoded.pixels
+        if extras is None or extras.psf is None:
+            if len(stored) != 1:
+                raise InvalidInstrumentError(
+                    f"--psf {args.psf}: {len(stored)} arrays; expected one"
+                )
+            stored = stored[0]
         kernel = check_psf_kernel(stored, f"--psf {args.psf}")
     scale = (
         None if args.pixel_scale is None else check_pixel_scale(args.pixel_scale, "--pixel-scale")
