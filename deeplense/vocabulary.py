@@ -64,7 +64,10 @@ def dataset_instrument(directory: Path) -> Instrument | None:
     path = Path(directory) / MANIFEST_FILE
     if not path.is_file():
         return None
-    manifest = read_manifest(directory)
+    try:
+        manifest = read_manifest(directory)
+    except DatasetError:  # not a simulator manifest: the instrument is not recorded
+        return None
     record = manifest.get("instrument")
     if isinstance(record, dict) and record.get("psf") == "gaussian":
         return Instrument(

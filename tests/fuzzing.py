@@ -32,7 +32,11 @@ Mutation = Callable[[bytes, np.random.Generator], bytes]
 
 def seeds() -> list[tuple[str, bytes]]:
     """(name, bytes) of the example files and TIFF/JPEG/gzip versions of one of them."""
-    found = [(p.name, p.read_bytes()) for p in sorted(EXAMPLES.iterdir()) if p.suffix != ".py"]
+    found = [
+        (p.name, p.read_bytes())
+        for p in sorted(EXAMPLES.rglob("*"))
+        if p.is_file() and p.suffix != ".py"
+    ]
     image = np.load(EXAMPLES / "no_sub_0.npy", allow_pickle=False)
     grey = np.clip(image.reshape(image.shape[-2:]) * 255, 0, 255).astype(np.uint8)
     for name, fmt, kwargs in (

@@ -170,7 +170,17 @@ def test_every_readme_block_runs_as_written(clone: Path, served: int) -> None:
     first_score = next(f for f in outputs if f.startswith("deeplense score"))
     assert expected[first_score] in outputs[first_score]  # "wrote ...: 12 flagged, 0 errors"
     rows = (clone / "reports" / "scores.csv").read_text().splitlines()
-    assert len(rows) == 1 + len(list((ROOT / "examples").glob("*.*"))) - 1  # not the .py
+    images = [p for p in (ROOT / "examples").rglob("*.*") if p.suffix != ".py"]
+    assert len(rows) == 1 + len(images)
+    # The astronomer's upload: the cutouts' own noise map, PSF and pixel scale are used.
+    astro = next(f for f in outputs if f.startswith("curl -s -F files=@examples/astronomer"))
+    cutouts = {r["filename"]: r for r in json.loads(outputs[astro])["results"]}
+    assert cutouts["vort_0.fits"]["is_anomaly"] is True
+    assert cutouts["no_sub_0.fits"]["is_anomaly"] is False
+    for result in cutouts.values():
+        used = result["instrument"]
+        assert {used[part]["source"] for part in ("pixel_scale", "psf", "noise")} == {"upload"}
+    assert '"filename": "vort_0.fits"' in expected[astro]
     assert (clone / "reports" / "scores_0.csv").is_file()
     assert json.loads((clone / "reports" / "try" / "metrics.json").read_text())
     covered = set(outputs) | set(NOT_RUN)

@@ -6,7 +6,10 @@ import io
 import numpy as np
 from PIL import Image
 
-from app.imaging import INFERNO_LUT, Upload, encode_png, gray_png, heatmap_png, prepare
+from app.imaging import INFERNO_LUT, encode_png, gray_png, heatmap_png, prepare
+from deeplense.errors import InvalidImageError
+from deeplense.imaging import DecodedImage, decode_image
+from deeplense.instrument import STUDY_INSTRUMENT
 from tests.app.conftest import image
 from tests.encode import npy_bytes
 
@@ -43,8 +46,14 @@ def test_heatmap_spans_black_to_pale_yellow() -> None:
 
 
 def test_prepare_reports_the_problem_instead_of_raising() -> None:
-    good = prepare(Upload("ok.npy", npy_bytes(image(size=40))), 32, 10**6)
+    def decoded(data: bytes, name: str) -> DecodedImage | InvalidImageError:
+        try:
+            return decode_image(data, filename=name)
+        except InvalidImageError as exc:
+            return exc
+
+    good = prepare("ok.npy", decoded(npy_bytes(image(size=40)), "ok.npy"), 32, STUDY_INSTRUMENT)
     assert good.error is None and good.resized and good.input_shape == (40, 40)
     assert good.image is not None and good.image.shape == (1, 32, 32)
-    bad = prepare(Upload("bad.npy", b"\x93NUMPY garbage"), 32, 10**6)
+    bad = prepare("bad.npy", decoded(b"\x93NUMPY garbage", "bad.npy"), 32, STUDY_INSTRUMENT)
     assert bad.image is None and bad.error is not None and bad.error.startswith("bad.npy")

@@ -24,13 +24,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_files(root: Path) -> Path:
-    """A folder with a 2-D npy, a 3-image stack (one NaN image), a FITS image, a resized PNG,
+    """A folder with a 2-D npy, a 3-image stack (one image with an infinite pixel), a FITS
+    image, a resized PNG,
     a corrupt file and a 2-image FITS cube."""
     root.mkdir(parents=True)
     images = tiny_images(6, seed=5)[:, 0]  # (6, 32, 32)
     np.save(root / "a_single.npy", images[0])
     stack = images[1:4].copy()
-    stack[1, 3, 3] = np.nan
+    stack[1, 3, 3] = np.inf  # refused (NaN would be a mask)
     np.save(root / "b_stack.npy", stack)
     fits.PrimaryHDU(images[4] * 1000.0).writeto(root / "c_image.fits")
     png = Image.fromarray((np.kron(images[5], np.ones((2, 2))) * 255).astype(np.uint8))
@@ -115,7 +116,7 @@ def test_bad_files_and_images_get_error_rows(tiny_checkpoints: Path, tmp_path: P
     corrupt = rows[f"{folder}/e_corrupt.npy"]
     assert "e_corrupt.npy" in corrupt["error"] and corrupt["reconstruction_loss"] == ""
     nan_row = rows[f"{folder}/b_stack.npy[1]"]
-    assert "NaN" in nan_row["error"] and nan_row["is_anomaly"] == ""
+    assert "infinite" in nan_row["error"] and nan_row["is_anomaly"] == ""
     # Its neighbours in the same stack were still scored.
     assert rows[f"{folder}/b_stack.npy[0]"]["error"] == ""
     assert rows[f"{folder}/b_stack.npy[2]"]["error"] == ""

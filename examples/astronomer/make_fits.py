@@ -1,9 +1,9 @@
 """Write the astronomer's example: a FITS file as a survey stores a cutout.
 
-    .venv/bin/python examples/make_fits_with_instrument.py [--overwrite]
+    .venv/bin/python examples/astronomer/make_fits.py [--overwrite]
 
 For vort_0 and no_sub_0 (the same simulated lenses as the other examples: seed 2026, split
-"test", index 0) it writes `<name>_sci_err_psf.fits`: the image in counts/s (extension SCI,
+"test", index 0) it writes `<name>.fits`: the image in counts/s (extension SCI,
 sky subtracted, Poisson noise), its true per-pixel noise sigma (extension ERR, counts/s), the
 PSF as a sampled, normalised Gaussian kernel (extension PSF), and the pixel scale in the
 header (PIXSCALE, arcsec). Min-max scaled, SCI is exactly the `.npy` example.
@@ -21,7 +21,7 @@ from training.lensing.noise import noise_sigma, poisson_observation
 from training.lensing.render import render_components
 from training.simulate import SimConfig, draw_params, get_spec, image_rngs
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent  # examples/astronomer
 SEED = 2026
 
 
@@ -32,7 +32,7 @@ def main() -> int:
     spec, config = get_spec("model_a"), SimConfig()
     instrument = config.instrument()
     for cls in ("vort", "no_sub"):
-        path = HERE / f"{cls}_0_sci_err_psf.fits"
+        path = HERE / f"{cls}_0.fits"
         if path.exists() and not args.overwrite:
             print(f"error: {path} exists; pass --overwrite", file=sys.stderr)
             return 2
