@@ -4,6 +4,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models import list_models
 from models.card import InputSpec, TrainingFacts
 
 
@@ -103,7 +104,8 @@ class ModelList(BaseModel):
         ],
     )
     choices: list[str] = Field(
-        description="valid ?model= values", examples=[["aae", "dcae", "rbm", "vae", "ensemble"]]
+        description="valid ?model= values",
+        examples=[[*list_models(), "ensemble"]],  # from the registry, never by hand
     )
     models: list[ModelCard] = Field(description="a card per loaded model")
     ensemble: EnsembleCard | None = Field(description="null when fewer than two calibrated models")

@@ -82,7 +82,19 @@ class Ensemble:
         mean_pct = np.mean(percentiles, axis=0)  # (N,)
         if threshold is None:
             threshold = self.threshold(score)
-        overall = judge(mean_pct, None, threshold)  # the same rule, in percentile units
+        # The same rule, in percentile units; an image any member cannot judge is not judged.
+        reasons = [
+            next(
+                (
+                    r
+                    for s in scored.values()
+                    if (r := s.not_applicable.get(score, [""] * len(good))[i])
+                ),
+                "",
+            )
+            for i in range(len(good))
+        ]
+        overall = judge(mean_pct, None, threshold, reasons)
         assert overall.is_anomaly is not None
         results = []
         for i, p in enumerate(good):
@@ -108,11 +120,11 @@ class Ensemble:
                     filename=p.filename,
                     score=score,
                     threshold=threshold,
-                    is_anomaly=bool(overall.is_anomaly[i]),
-                    percentile=float(mean_pct[i]),
+                    is_anomaly=bool(overall.is_anomaly[i]) if overall.applies(i) else None,
+                    percentile=float(mean_pct[i]) if overall.applies(i) else None,
                     input_shape=list(p.input_shape or ()),
                     resized=p.resized,
-                    warnings=list(p.warnings),
+                    warnings=[*p.warnings, *([] if overall.applies(i) else [reasons[i]])],
                     instrument=None if p.instrument is None else Instrument(**p.instrument),
                     members=members,
                 )

@@ -225,7 +225,10 @@ class ModelService:
             units = "percentile"
         else:
             served, one = members[0], scored[name]
-            verdict = judge(one.scores[score], served.calibration_for(score), threshold)
+            verdict = judge(
+                one.scores[score], served.calibration_for(score), threshold,
+                one.not_applicable.get(score, ()),
+            )  # fmt: skip
             results = [result_of(r) for r in image_scores(good, one, score, verdict)]
             units = "score"
         if include_images:

@@ -11,6 +11,7 @@ split is never used here: a threshold tuned on the data it is reported on would 
 ensemble members), the `score` CLI and evaluation all call it.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,18 +114,30 @@ def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Flags and percentiles of N scores: each (N,), None when there is nothing to judge by."""
+    """Flags and percentiles of N scores: each (N,), None when there is nothing to judge by.
+
+    `not_applicable[i]` says why the score cannot judge image i ("" when it can): such an
+    image gets no flag and no percentile (`applies`), never a confident "normal"."""
 
     threshold: float | None
     is_anomaly: np.ndarray | None  # (N,) bool
     percentile: np.ndarray | None  # (N,) float64 in [0, 100]
+    not_applicable: tuple[str, ...] = ()
+
+    def applies(self, i: int) -> bool:
+        """Whether image i is judged (its flag and percentile mean something)."""
+        return not (self.not_applicable and self.not_applicable[i])
 
 
 def judge(
-    scores: np.ndarray, calibration: Calibration | None, threshold: float | None = None
+    scores: np.ndarray,
+    calibration: Calibration | None,
+    threshold: float | None = None,
+    not_applicable: Sequence[str] = (),
 ) -> Verdict:
     """Flag = score > threshold (override, else the calibration's); percentile needs a
-    calibration. Without either, both are None."""
+    calibration. Without either, both are None. An image with a reason in `not_applicable`
+    (the score cannot judge it, `deeplense.scores.applicability`) is not judged."""
     values = np.asarray(scores, dtype=np.float64)
     if threshold is None and calibration is not None:
         threshold = calibration.threshold
@@ -132,4 +145,5 @@ def judge(
         threshold=threshold,
         is_anomaly=None if threshold is None else values > threshold,
         percentile=None if calibration is None else calibration.percentile(values),
+        not_applicable=tuple(not_applicable),
     )

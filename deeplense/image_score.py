@@ -92,20 +92,31 @@ def image_scores(
 ) -> list[ImageScore]:
     """The records of N scored images: `scored` and `verdict` hold (N,) arrays in their order."""
     values = scored.scores[score]
-    return [
-        ImageScore(
-            filename=p.filename,
-            score=score,
-            anomaly_score=float(values[i]),
-            reconstruction_loss=float(scored.loss[i]),
-            threshold=verdict.threshold,
-            is_anomaly=None if verdict.is_anomaly is None else bool(verdict.is_anomaly[i]),
-            percentile=None if verdict.percentile is None else float(verdict.percentile[i]),
-            w1=float(scored.w1[i]),
-            input_shape=None if p.input_shape is None else tuple(p.input_shape),
-            resized=p.resized,
-            warnings=tuple(p.warnings),
-            instrument=p.instrument,
+    records = []
+    for i, p in enumerate(images):
+        judged = verdict.applies(i)
+        records.append(
+            ImageScore(
+                filename=p.filename,
+                score=score,
+                anomaly_score=float(values[i]),
+                reconstruction_loss=float(scored.loss[i]),
+                threshold=verdict.threshold,
+                is_anomaly=(
+                    bool(verdict.is_anomaly[i])
+                    if judged and verdict.is_anomaly is not None
+                    else None
+                ),
+                percentile=(
+                    float(verdict.percentile[i])
+                    if judged and verdict.percentile is not None
+                    else None
+                ),
+                w1=float(scored.w1[i]),
+                input_shape=None if p.input_shape is None else tuple(p.input_shape),
+                resized=p.resized,
+                warnings=tuple(p.warnings) + (() if judged else (verdict.not_applicable[i],)),
+                instrument=p.instrument,
+            )
         )
-        for i, p in enumerate(images)
-    ]
+    return records

@@ -51,6 +51,8 @@ class ScoredBatch:
     reconstruction: np.ndarray | None = None
     scores: dict[str, np.ndarray] = field(default_factory=dict)
     residual_map: np.ndarray | None = None
+    # score name -> (N,) reasons it cannot judge each image, "" where it applies
+    not_applicable: dict[str, list[str]] = field(default_factory=dict)
 
 
 @torch.inference_mode()
@@ -74,6 +76,7 @@ def score_array(
         model.eval()  # BatchNorm's running statistics, no sampling: deterministic scores
     names = list(dict.fromkeys([MSE, *scores]))
     values: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    reasons: dict[str, list[str]] = {n: [] for n in names}
     w1s, recons, maps = [], [], []
     for start in range(0, len(images), batch_size):
         # A copy: `images` may be a read-only memmap, which torch will not wrap.
@@ -82,6 +85,7 @@ def score_array(
         x_hat, scored = _reconstruct_and_score(model, x, psf_sigma_pixels, names, map_of)
         for n in names:
             values[n].append(scored.values[n].cpu().numpy())
+            reasons[n] += scored.not_applicable[n]
         w1s.append(column_w1(x, x_hat).double().cpu().numpy())
         if keep_reconstructions:
             recons.append(x_hat.float().cpu().numpy())
@@ -95,6 +99,7 @@ def score_array(
         reconstruction=np.concatenate(recons) if keep_reconstructions and recons else None,
         scores=joined,
         residual_map=np.concatenate(maps) if maps else None,
+        not_applicable=reasons,
     )
 
 
@@ -145,6 +150,7 @@ def score_observations(
     names = list(dict.fromkeys([MSE, *scores]))
     n = len(observations)
     values = {name: np.zeros(n, dtype=np.float64) for name in names}
+    reasons = {name: [""] * n for name in names}
     w1 = np.zeros(n, dtype=np.float64)
     recons: list[np.ndarray] = []
     maps: dict[int, np.ndarray] = {}
@@ -166,6 +172,8 @@ def score_observations(
             )  # fmt: skip
             for name in names:
                 values[name][[start + r for r in rows]] = scored.values[name].cpu().numpy()
+                for k, r in enumerate(rows):
+                    reasons[name][start + r] = scored.not_applicable[name][k]
             if scored.residual_map is not None:
                 for k, r in enumerate(rows):
                     maps[start + r] = scored.residual_map[k].float().cpu().numpy()
@@ -178,4 +186,5 @@ def score_observations(
         reconstruction=np.concatenate(recons) if keep_reconstructions and recons else None,
         scores=values,
         residual_map=np.stack([maps[i] for i in range(n)]) if maps else None,
+        not_applicable=reasons,
     )

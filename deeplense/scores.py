@@ -21,8 +21,9 @@ pass and is the only place the service, the `score` CLI and evaluation get score
 (through `deeplense.inference.score_array`).
 """
 
+import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -186,10 +187,78 @@ register_score(
 
 @dataclass
 class ScoreValues:
-    """Scores of a batch: name -> (N,) float64, and the requested map (N, 1, H, W) or None."""
+    """Scores of a batch: name -> (N,) float64, and the requested map (N, 1, H, W) or None.
+
+    `not_applicable` maps each score to (N,) reasons: "" where the score applies to the image,
+    else why it cannot judge it (`applicability`)."""
 
     values: dict[str, Tensor]
     residual_map: Tensor | None
+    not_applicable: dict[str, list[str]] = field(default_factory=dict)
+
+
+# What a score needs of an image before its value means anything (issue: a pure-noise image or
+# one without a light region scored 0, "confidently normal").
+DETECTION_SIGMA = 8.0  # a lens must reach this matched-filter S/N somewhere (noise: max ~4.5)
+
+
+def signal_detected(
+    x: Tensor, sigma: Tensor, psf_sigma_pixels: float, valid: Tensor | None = None
+) -> Tensor:
+    """(N,) bool: somewhere the image, less its median, matched-filtered by the PSF, stands
+    DETECTION_SIGMA noise sigmas high. Pure noise peaks near 4.5 sigma over 150 x 150 pixels;
+    the study's lenses at 50 or more."""
+    keep = torch.ones_like(x, dtype=torch.bool) if valid is None else valid
+    medians = [
+        xi[ki].median() if ki.any() else xi.new_zeros(())
+        for xi, ki in zip(x.float(), keep, strict=True)
+    ]
+    background = torch.stack(medians).view(-1, 1, 1, 1)
+    snr = psf_filter(
+        torch.where(keep, (x.float() - background) / sigma.float(), 0.0), psf_sigma_pixels
+    )
+    return snr.flatten(1).amax(dim=1) >= DETECTION_SIGMA
+
+
+def applicability(
+    names: Iterable[str],
+    x_hat: Tensor,
+    sigma: Tensor,
+    psf_sigma_pixels: float,
+    detected: Tensor,
+    valid: Tensor | None = None,
+) -> dict[str, list[str]]:
+    """Per score, per image: "" where it applies, else why not. No score applies to an image
+    in which no lens is detected; chi2_psf_light also needs a light region of at least one
+    PSF area (2 pi sigma^2 pixels)."""
+    no_lens = (
+        f"no lens light or arcs detected (nothing reaches {DETECTION_SIGMA:g} noise sigmas "
+        "after the PSF's matched filter): the model cannot judge this image"
+    )
+    reasons = {}
+    light_pixels = None
+    for name in names:
+        per_image = ["" if bool(d) else no_lens for d in detected]
+        if name == "chi2_psf_light":
+            if light_pixels is None:
+                region = light_region(x_hat, sigma)
+                if valid is not None:
+                    region = region & valid
+                light_pixels = region.flatten(1).sum(dim=1)
+            needed = max(1, math.ceil(2 * math.pi * psf_sigma_pixels**2))
+            per_image = [
+                r
+                or (
+                    f"the reconstruction has {int(n)} pixels of light above "
+                    f"{LIGHT_REGION_SIGMA:g} sigma, fewer than one PSF area ({needed}): "
+                    "chi2_psf_light does not apply"
+                    if int(n) < needed
+                    else ""
+                )
+                for r, n in zip(per_image, light_pixels, strict=True)
+            ]
+        reasons[name] = per_image
+    return reasons
 
 
 def compute_scores(
@@ -207,8 +276,12 @@ def compute_scores(
     marks the pixels that count; None: all."""
     wanted = [get_score(n) for n in dict.fromkeys(names)]
     shown = get_score(map_of) if map_of is not None else None
-    if sigma is None and any(s.noise_aware for s in [*wanted, *([shown] if shown else [])]):
+    if sigma is None:  # needed by the noise-aware scores and by every score's applicability
         sigma = estimate_noise(x.float(), psf_sigma_pixels)
     values = {s.name: s(x, x_hat, sigma, psf_sigma_pixels, valid) for s in wanted}
     m = shown.map(x, x_hat, sigma, psf_sigma_pixels, valid) if shown else None
-    return ScoreValues(values=values, residual_map=m)
+    detected = signal_detected(x, sigma, psf_sigma_pixels, valid)
+    reasons = applicability(
+        [s.name for s in wanted], x_hat, sigma, psf_sigma_pixels, detected, valid
+    )
+    return ScoreValues(values=values, residual_map=m, not_applicable=reasons)

@@ -142,7 +142,10 @@ def score_files(
                 loaded.model, [p.observation for p in good if p.observation is not None],
                 device=device, batch_size=batch_size, scores=[score],
             )  # fmt: skip
-            verdict = judge(scored.scores[score], calibration, threshold)
+            verdict = judge(
+                scored.scores[score], calibration, threshold,
+                scored.not_applicable.get(score, ()),
+            )  # fmt: skip
             records = iter(image_scores(good, scored, score, verdict))
         for p in pending:
             done = p.observation is not None
