@@ -37,7 +37,9 @@ class NoiseAwareReconstructor(Protocol):
 
     uses_noise_map: bool
 
-    def reconstruct_with_noise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor: ...
+    def reconstruct_with_noise(
+        self, x: torch.Tensor, sigma: torch.Tensor, psf_sigma_pixels: float | None = None
+    ) -> torch.Tensor: ...
 
 
 @dataclass
@@ -107,10 +109,16 @@ def _wants_noise(model: Reconstructor) -> bool:
     return isinstance(model, NoiseAwareReconstructor) and bool(model.uses_noise_map)
 
 
-def _reconstruct(model: Reconstructor, x: torch.Tensor, sigma: torch.Tensor | None) -> torch.Tensor:
-    """x (N, 1, H, W) -> reconstruction; a noise-aware model gets the noise map."""
+def _reconstruct(
+    model: Reconstructor,
+    x: torch.Tensor,
+    sigma: torch.Tensor | None,
+    psf_sigma_pixels: float | None = None,
+) -> torch.Tensor:
+    """x (N, 1, H, W) -> reconstruction; a noise-aware model gets the noise map and the
+    images' PSF width (None: its own)."""
     if isinstance(model, NoiseAwareReconstructor) and model.uses_noise_map and sigma is not None:
-        return model.reconstruct_with_noise(x, sigma)
+        return model.reconstruct_with_noise(x, sigma, psf_sigma_pixels)
     return model.reconstruct(x)
 
 
@@ -161,10 +169,11 @@ def score_observations(
         valid = torch.from_numpy(
             np.stack([np.ones_like(o.x, dtype=bool) if o.valid is None else o.valid for o in chunk])
         ).to(device)  # (B, 1, S, S)
-        x_hat = _reconstruct(model, x, sigma)  # one forward pass for the whole batch
-        for psf in sorted({o.psf_sigma_pixels for o in chunk}):  # one matched filter each
+        x_hat = torch.empty_like(x)
+        for psf in sorted({o.psf_sigma_pixels for o in chunk}):  # one PSF per forward pass
             rows = [i for i, o in enumerate(chunk) if o.psf_sigma_pixels == psf]
             index = torch.tensor(rows, device=x.device)
+            x_hat[index] = _reconstruct(model, x[index], sigma[index], psf).to(x_hat.dtype)
             all_valid = bool(valid[index].all())
             scored = compute_scores(
                 x[index], x_hat[index], names, psf, map_of, sigma[index],

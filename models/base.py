@@ -62,9 +62,12 @@ class AnomalyModel(nn.Module):
         """(N, 1, H, W) in [0, 1] -> reconstruction (N, 1, H, W) in [0, 1]."""
         raise NotImplementedError
 
-    def reconstruct_with_noise(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def reconstruct_with_noise(
+        self, x: Tensor, sigma: Tensor, psf_sigma_pixels: float | None = None
+    ) -> Tensor:
         """Reconstruct x (N, 1, H, W) given its noise map sigma (N, 1, H, W; infinite where a
-        pixel has no weight). The default ignores sigma; a noise-aware model overrides it."""
+        pixel has no weight) and its PSF's width in pixels (None: the model's own). The
+        default ignores both; a model of the physics (LensFit) overrides it."""
         return self.reconstruct(x)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:

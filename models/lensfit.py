@@ -33,6 +33,9 @@ residual", amortised by a network.
   training set held fixed (Model A's Einstein radius) from absorbing a subhalo's mass.
 """
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Self
 
@@ -310,11 +313,32 @@ class LensFit(AnomalyModel):
     def reconstruct(self, x: Tensor) -> Tensor:
         return self.reconstruct_with_noise(x, estimate_noise(x.float(), self.psf_sigma_pixels))
 
-    def reconstruct_with_noise(self, x: Tensor, sigma: Tensor) -> Tensor:
+    def reconstruct_with_noise(
+        self, x: Tensor, sigma: Tensor, psf_sigma_pixels: float | None = None
+    ) -> Tensor:
         """The fit weighs each pixel by 1 / sigma: a supplied noise map replaces the estimate,
-        and a pixel of infinite sigma (masked, zero weight) does not count."""
-        raw = self.refine(self.encode(x), x, sigma)
-        return self.draw(raw, x, sigma).clamp(0.0, 1.0)
+        and a pixel of infinite sigma (masked, zero weight) does not count. `psf_sigma_pixels`
+        (the images' own PSF on this grid, a Gaussian's sigma or a kernel's equivalent) replaces
+        the config's in the renderer for this call; None keeps it."""
+        with self._rendering_psf(psf_sigma_pixels):
+            raw = self.refine(self.encode(x), x, sigma)
+            return self.draw(raw, x, sigma).clamp(0.0, 1.0)
+
+    @contextmanager
+    def _rendering_psf(self, psf_sigma_pixels: float | None) -> Iterator[None]:
+        # The renderer's PSF for one call, restored afterwards even on an error. Forward passes
+        # of one model never overlap (the service holds one compute lock), so the swap is safe.
+        if psf_sigma_pixels is None or math.isclose(
+            psf_sigma_pixels, self.psf_sigma_pixels, rel_tol=1e-6
+        ):
+            yield
+            return
+        saved = self.render_config
+        self.render_config = replace(saved, psf_sigma=psf_sigma_pixels * saved.pixel_scale)
+        try:
+            yield
+        finally:
+            self.render_config = saved
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         sigma = estimate_noise(x.float(), self.psf_sigma_pixels).detach()
