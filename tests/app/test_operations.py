@@ -28,6 +28,7 @@ def test_ready_is_503_until_every_model_is_loaded(settings: Settings) -> None:
     early = TestClient(app)  # no `with`: the lifespan has not run, nothing is loaded
     response = early.get("/ready")
     assert response.status_code == 503 and response.json()["ready"] is False
+    assert int(response.headers["Retry-After"]) > 0  # a load balancer knows when to retry
     assert early.post("/score", files=[upload("a.npy", npy_bytes(image()))]).status_code == 503
     assert early.get("/models").status_code == 503
     app.state.service.discover()  # checkpoints found, none loaded yet
@@ -37,7 +38,7 @@ def test_ready_is_503_until_every_model_is_loaded(settings: Settings) -> None:
     assert "pending" in body["detail"]
     with TestClient(app) as client:
         response = client.get("/ready")
-        assert response.status_code == 200
+        assert response.status_code == 200 and "Retry-After" not in response.headers
         assert response.json()["ready"] is True and response.json()["not_ready"] == []
 
 

@@ -33,3 +33,17 @@ def test_the_psf_is_restored_after_an_error(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(RuntimeError, match="mid-fit"):
         model.reconstruct_with_noise(x, torch.ones_like(x) * 0.05, 3.0)
     assert model.render_config is before
+
+
+def test_learning_the_prior_restores_it_after_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model("lensfit").train()
+    mean, var = model.prior_mean.clone(), model.prior_var.clone()
+
+    def broken(*args: object) -> torch.Tensor:
+        raise RuntimeError("mid-fit")
+
+    monkeypatch.setattr(model, "_refine_gauss_newton", broken)
+    with pytest.raises(RuntimeError, match="mid-fit"):
+        model.after_training(torch.from_numpy(tiny_images(4, seed=2)))
+    assert torch.equal(model.prior_var, var) and torch.equal(model.prior_mean, mean)
+    assert model.training  # its mode restored too
