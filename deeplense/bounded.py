@@ -17,7 +17,8 @@ from typing import Any
 import tifffile
 
 _GZIP_MAGIC = b"\x1f\x8b"
-_CHUNK = 1 << 20  # compressed bytes fed to zlib at a time
+_CHUNK = 1 << 20  # compressed bytes fed to zlib at a time, at most
+_FIRST_CHUNK = 1 << 12  # a member's first feed; each next one doubles up to _CHUNK
 _OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
 _MAX_MESSAGE = 200  # characters of a library's message kept in ours
 
@@ -38,15 +39,19 @@ def inflate_gzip(data: bytes, limit: int) -> bytes:
     Bytes after the last member that do not start another member are ignored, as gzip does.
     """
     out = bytearray()
-    pending = data
-    while pending[:2] == _GZIP_MAGIC:
+    view = memoryview(data)
+    start = 0  # where the current member begins; members are read in place (no copies of
+    # the rest of the file per member: a file of many empty members stays linear)
+    while bytes(view[start : start + 2]) == _GZIP_MAGIC:
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip header and trailer
-        pos = 0
+        pos, size = start, _FIRST_CHUNK
         while not inflater.eof:
+            feed: bytes | memoryview
             if inflater.unconsumed_tail:
                 feed = inflater.unconsumed_tail
-            elif pos < len(pending):
-                feed, pos = pending[pos : pos + _CHUNK], pos + _CHUNK
+            elif pos < len(view):
+                # Growing feeds: a small member leaves at most a small unused rest to copy.
+                feed, pos, size = view[pos : pos + size], pos + size, min(2 * size, _CHUNK)
             else:
                 raise InflateError("truncated gzip stream (it ends before its last block)")
             try:
@@ -55,7 +60,9 @@ def inflate_gzip(data: bytes, limit: int) -> bytes:
                 raise InflateError(f"corrupt gzip stream ({clean_message(exc)})") from None
             if len(out) > limit:
                 raise InflateLimitError(f"inflates to more than {limit} bytes")
-        pending = inflater.unused_data + pending[pos:]
+        # Every byte before `pos` went to this member's inflater; what it did not use is the
+        # start of the next member.
+        start = min(pos, len(view)) - len(inflater.unused_data) - len(inflater.unconsumed_tail)
     return bytes(out)
 
 

@@ -17,7 +17,12 @@ import pytest
 import tifffile
 from astropy.io import fits
 
-from deeplense.bounded import _bounded_packbits_decode, bounded_decoding, inflate_gzip
+from deeplense.bounded import (
+    InflateLimitError,
+    _bounded_packbits_decode,
+    bounded_decoding,
+    inflate_gzip,
+)
 from deeplense.errors import ImageTooLargeError, InvalidImageError
 from deeplense.imaging import decode_image, decode_stack, inflate_limit, read_image
 from tests.encode import fits_bytes, tiff_bytes
@@ -259,3 +264,12 @@ def test_tile_compressed_fits_still_reads(compression: str) -> None:
     fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
     pixels = read_image(buf.getvalue(), filename="a.fz")
     np.testing.assert_allclose(pixels, image, atol=0.02 if compression == "RICE_1" else 0)
+
+
+def test_many_gzip_members_inflate_in_order_with_what_follows() -> None:
+    # A .fits.gz made of thousands of empty members, then the content, then junk (ignored,
+    # as gzip does). Read in place, member after member (issue 20, D4: it was quadratic).
+    members = gzip.compress(b"") * 5000 + gzip.compress(b"abc" * 10) + gzip.compress(b"!")
+    assert inflate_gzip(members + b"junk", 1000) == b"abc" * 10 + b"!"
+    with pytest.raises(InflateLimitError):
+        inflate_gzip(members, 30)
