@@ -318,7 +318,7 @@ def oracle(
         extras = ImageExtras(err, "ERR", kernel, imaging.pixel_scale, "PIXSCALE")
         seen = prepare_observation(sci, side, card, "image", extras)
         x = torch.from_numpy(seen.x)[None].double()  # (1, 1, S, S)
-        sigma = torch.from_numpy(seen.sigma)[None].double()  # type: ignore[arg-type]
+        sigma = torch.from_numpy(seen.sigma)[None].double()
         valid = None if seen.valid is None else torch.from_numpy(seen.valid)[None]
         weight = torch.where(torch.isfinite(sigma), sigma.pow(-2), 0.0).flatten()
         smooth = dataclasses.replace(params, theta_sub=0.0, subhalos=(), subhalo_theta=())
@@ -352,7 +352,7 @@ def main() -> int:
     args = parser.parse_args()
 
     settings = Settings(checkpoint_dir=args.checkpoints, device="cpu", request_timeout_s=3600.0,
-                        log_level="WARNING")  # type: ignore[call-arg]  # fmt: skip
+                        log_level="WARNING")  # fmt: skip
     with TestClient(create_app(settings)) as client:
         model = args.model  # None: each request names none, the service picks its default
         name = args.model or default_model(client)
