@@ -17,6 +17,7 @@ BENCHES = {
     "train": ("bench_train.py", "training images/s per model on the current device"),
     "serve": ("bench_serve.py", "raw model vs HTTP throughput and latency on loopback"),
     "oracle": ("oracle_auc.py", "ROC-AUC of ideal scores on a simulated test set"),
+    "instrument": ("bench_instrument.py", "ROC-AUC of FITS uploads with their own PSF and noise"),
 }
 
 
