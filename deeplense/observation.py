@@ -187,12 +187,17 @@ def _prepare(
     for step in steps:
         scaled, sigma, valid = step((scaled, sigma, valid))
     resized = bool(steps)
-    # The PSF's width on the model grid.
-    psf_pixels = (
-        native.psf_sigma_pixels * scale / card.pixel_scale
-        if resized and not same_scale
-        else native.psf_sigma_pixels
-    )
+    # The PSF's width on the model grid. Resampled to it, the image is blurred by the
+    # resampling as well: an enlarged image by bilinear interpolation (a triangle of half-width
+    # one image pixel, variance s^2 / 6) and by its own larger pixels (a box of side s against
+    # the model's c: variance (s^2 - c^2) / 12), both added to the PSF's variance.
+    psf_pixels = native.psf_sigma_pixels
+    if resized and not same_scale:
+        s, c = scale, card.pixel_scale
+        variance = (native.psf_sigma_pixels * s) ** 2  # arcsec^2
+        if s > c:
+            variance += s**2 / 6 + (s**2 - c**2) / 12
+        psf_pixels = math.sqrt(variance) / c
     if not valid.any():
         raise InvalidInstrumentError("no unmasked pixel is left on the model's grid")
     # Min-max scaling again on the model's grid (the study scales the image it feeds the
