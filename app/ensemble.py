@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.imaging import Prepared
 from app.schemas import Instrument, MemberScore, ScoreResult
 from app.served import ServedModel
 from deeplense.calibration import judge
 from deeplense.errors import UncalibratedScoreError
 from deeplense.inference import ScoredBatch
+from deeplense.observation import Prepared
 from models.selection import choose_ensemble_score
 
 ENSEMBLE = "ensemble"

@@ -10,7 +10,6 @@ import base64
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from fastapi import UploadFile
@@ -20,7 +19,7 @@ from app.settings import Settings
 from deeplense.errors import InvalidImageError, PayloadTooLargeError
 from deeplense.imaging import DecodedImage
 from deeplense.instrument import Instrument
-from deeplense.observation import Observation, RequestInstrument, prepare_observation
+from deeplense.observation import Prepared, RequestInstrument, prepare_observation
 
 
 @dataclass
@@ -29,36 +28,6 @@ class Upload:
 
     filename: str
     data: bytes
-
-
-@dataclass
-class Prepared:
-    """One upload after decoding and preparation: its observation, or the problem."""
-
-    filename: str
-    observation: Observation | None = None
-    error: str | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, ...] | None:
-        return None if self.observation is None else self.observation.input_shape
-
-    @property
-    def image(self) -> np.ndarray | None:
-        """The model input (1, S, S) float32 in [0, 1], or None."""
-        return None if self.observation is None else self.observation.x
-
-    @property
-    def resized(self) -> bool:
-        return self.observation is not None and self.observation.resized
-
-    @property
-    def warnings(self) -> tuple[str, ...]:
-        return () if self.observation is None else self.observation.warnings
-
-    @property
-    def instrument(self) -> dict[str, Any] | None:
-        return None if self.observation is None else self.observation.instrument
 
 
 async def read_uploads(files: list[UploadFile], settings: Settings) -> list[Upload]:

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Literal
 
-from app.imaging import Prepared
 from app.schemas import ScoreResponse, ScoreResult
 from deeplense.image_score import ImageScore
+from deeplense.observation import Prepared
 
 
 def result_of(record: ImageScore) -> ScoreResult:

@@ -65,6 +65,37 @@ class Observation:
     warnings: tuple[str, ...] = field(default_factory=tuple)
 
 
+@dataclass
+class Prepared:
+    """One image (an upload, or one image of a file) after decoding and preparation: its
+    observation, or the problem. The service and the `score` CLI both hold these."""
+
+    filename: str
+    observation: Observation | None = None
+    error: str | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...] | None:
+        return None if self.observation is None else self.observation.input_shape
+
+    @property
+    def image(self) -> np.ndarray | None:
+        """The model input (1, S, S) float32 in [0, 1], or None."""
+        return None if self.observation is None else self.observation.x
+
+    @property
+    def resized(self) -> bool:
+        return self.observation is not None and self.observation.resized
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return () if self.observation is None else self.observation.warnings
+
+    @property
+    def instrument(self) -> dict[str, Any] | None:
+        return None if self.observation is None else self.observation.instrument
+
+
 def prepare_observation(
     pixels: np.ndarray,
     size: int,

@@ -15,9 +15,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,35 +27,10 @@ from deeplense.image_score import CSV_COLUMNS, ImageScore, image_scores
 from deeplense.imaging import DEFAULT_MAX_PIXELS, check_pixels, decode_stack
 from deeplense.inference import score_observations
 from deeplense.instrument import Instrument
-from deeplense.observation import Observation, RequestInstrument, prepare_observation
+from deeplense.observation import Prepared, RequestInstrument, prepare_observation
 from models.checkpoint import LoadedCheckpoint
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Prepared:
-    """One image ready for the model, or the reason it is not."""
-
-    filename: str
-    observation: Observation | None = None
-    error: str | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, ...] | None:
-        return None if self.observation is None else self.observation.input_shape
-
-    @property
-    def resized(self) -> bool:
-        return self.observation is not None and self.observation.resized
-
-    @property
-    def warnings(self) -> tuple[str, ...]:
-        return () if self.observation is None else self.observation.warnings
-
-    @property
-    def instrument(self) -> dict[str, Any] | None:
-        return None if self.observation is None else self.observation.instrument
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -81,7 +54,7 @@ def shard_files(files: Sequence[Path], index: int, count: int) -> list[Path]:
 
 def _prepare_file(
     path: Path, size: int, max_pixels: int, card: Instrument, request: RequestInstrument
-) -> Iterator[_Prepared]:
+) -> Iterator[Prepared]:
     """Every image of one file prepared at side `size` by the service's preparation
     (`deeplense.observation`), or one error item for the file. A single-image FITS file
     brings its noise map, PSF and pixel scale; a stack's images do not."""
@@ -89,7 +62,7 @@ def _prepare_file(
     try:
         stack = decode_stack(path, filename=name, max_pixels=max_pixels, check_values=False)
     except InvalidImageError as exc:
-        yield _Prepared(filename=name, error=str(exc))
+        yield Prepared(filename=name, error=str(exc))
         return
     many = len(stack.pixels) > 1
     for k in range(len(stack.pixels)):
@@ -101,10 +74,10 @@ def _prepare_file(
                 image, size, card, label, None if many else stack.extras, request
             )
         except InvalidImageError as exc:
-            yield _Prepared(filename=label, error=str(exc))
+            yield Prepared(filename=label, error=str(exc))
             continue
         observation.warnings = stack.warnings + observation.warnings
-        yield _Prepared(filename=label, observation=observation)
+        yield Prepared(filename=label, observation=observation)
 
 
 def score_files(
@@ -130,7 +103,7 @@ def score_files(
     card = loaded.config.input.instrument()
     request = request or RequestInstrument()
     size = loaded.model.image_size
-    pending: list[_Prepared] = []
+    pending: list[Prepared] = []
     n_ready = 0  # prepared images waiting in `pending`
     n_images = 0
 
