@@ -317,6 +317,18 @@
   }
 
   /** One sentence: whether the image is flagged, by which score, against which threshold. */
+  // "0.05″/px (upload) · PSF FWHM 0.235″ (upload) · noise σ 0.0018 (ERR)": what the score used.
+  function instrumentText(instrument) {
+    if (!instrument) return "–";
+    const { pixel_scale: scale, psf, noise } = instrument;
+    const parts = [
+      `${formatNumber(scale.value_arcsec)}″/px (${scale.source})`,
+      `PSF FWHM ${formatNumber(psf.fwhm_arcsec)}″ (${psf.source})`,
+      `noise σ ${formatNumber(noise.median)} (${noise.extension || noise.source})`,
+    ];
+    return parts.join(" · ");
+  }
+
   function verdictText(result, thresholdUnits) {
     const score = result.score || "the anomaly score";
     if (result.is_anomaly === null || result.is_anomaly === undefined) {
@@ -433,6 +445,14 @@
     let shape = formatShape(result.input_shape);
     if (result.resized) shape += " · resized";
     card.querySelector(".m-shape").textContent = shape;
+    card.querySelector(".m-instrument").textContent = instrumentText(result.instrument);
+    const warnings = card.querySelector(".warnings");
+    for (const text of Array.isArray(result.warnings) ? result.warnings : []) {
+      const item = document.createElement("li");
+      item.textContent = text;
+      warnings.appendChild(item);
+    }
+    warnings.hidden = warnings.children.length === 0;
     if (Array.isArray(result.members) && result.members.length > 0) {
       card.querySelector(".numbers").appendChild(membersTable(result.members));
     }

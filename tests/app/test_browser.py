@@ -74,6 +74,7 @@ def _cards(page: Page) -> list[dict]:
                 loss: value('.m-loss'), lossText: c.querySelector('.m-loss').textContent,
                 score: value('.m-score'),
                 verdict: c.querySelector('.verdict').textContent,
+                instrument: c.querySelector('.m-instrument').textContent,
                 decides: Array.from(c.querySelectorAll('.decides')).map(d => d.className),
                 threshold: value('.m-threshold'),
                 percentile: value('.m-percentile'),
@@ -122,6 +123,9 @@ def test_upload_page_scores_npy_and_png(page: Page, server: str, tmp_path: Path)
         assert card["decides"] == ["m-score decides"]
         verdict = "Flagged: " if card["badge"] == "anomalous" else "Not flagged: "
         assert card["verdict"].startswith(verdict), card["verdict"]
+        # What the score used, and where from: the tiny checkpoints' card, the estimated noise.
+        assert "″/px (checkpoint)" in card["instrument"], card["instrument"]
+        assert "noise σ" in card["instrument"] and "(estimated)" in card["instrument"]
         assert card["reconstruction"] > 0, "reconstruction image did not load"
         assert card["residual"] > 0, "residual image did not load"
     assert cards[1]["input"] > 0, "PNG input preview did not load"
