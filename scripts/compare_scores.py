@@ -13,6 +13,7 @@ disagreement, a file scored on one side only, or a model missing on the host.
 import argparse
 import csv
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -57,7 +58,10 @@ def host_scores(checkpoints: Path, model: str, files: list[Path]) -> dict[str, d
         out = Path(scratch) / "scores.csv"
         command = [sys.executable, "-m", "training", "score", "--checkpoints", str(checkpoints)]
         command += ["--model", model, "--device", "cpu", "--out", str(out), *map(str, files)]
-        subprocess.run(command, check=True, capture_output=True, text=True)
+        # One torch thread, as the service runs its forward passes (DEEPLENSE_TORCH_THREADS
+        # defaults to 1): bit-for-bit the same arithmetic (README, "Score images").
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run(command, check=True, capture_output=True, text=True, env=env)
         with out.open() as handle:
             rows = list(csv.DictReader(handle))
     return {Path(r["filename"]).name: {f: float(r[f]) for f in FIELDS} for r in rows}
