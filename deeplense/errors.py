@@ -19,13 +19,17 @@ class ImageTooLargeError(InvalidImageError):
     """An image has more pixels than the configured cap (checked before decoding)."""
 
 
+MAX_ECHOED_NAME = 64  # characters of a caller's unknown name echoed back in a message
+
+
 class UnknownModelError(DeepLenseError):
     """A model name that is not registered or not loaded; the message lists valid names."""
 
     def __init__(self, name: str, valid: list[str]) -> None:
         self.name = name
         self.valid = valid
-        super().__init__(f"unknown model {name!r}; valid models: {', '.join(sorted(valid))}")
+        shown = name if len(name) <= MAX_ECHOED_NAME else name[:MAX_ECHOED_NAME] + "..."
+        super().__init__(f"unknown model {shown!r}; valid models: {', '.join(sorted(valid))}")
 
 
 class CheckpointError(DeepLenseError):

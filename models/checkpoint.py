@@ -6,6 +6,7 @@ names the offending file.
 """
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from models.base import AnomalyModel, is_training_only
 from models.card import CheckpointConfig
 from models.registry import create_model
 from models.storage import WeightsDtype, storage_state
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -141,4 +144,10 @@ def find_checkpoints(root: Path) -> dict[str, Path]:
     root = Path(root)
     if not root.is_dir():
         raise CheckpointError(f"{root}: checkpoint directory not found")
-    return {p.name: p for p in sorted(root.iterdir()) if (p / CONFIG_FILE).is_file()}
+    found = {}
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (folder / CONFIG_FILE).is_file():
+            found[folder.name] = folder
+        elif not folder.name.startswith("."):  # a half-copied checkpoint, not silently skipped
+            log.warning("%s: no %s, not a checkpoint folder: skipped", folder, CONFIG_FILE)
+    return found

@@ -118,3 +118,24 @@ def test_existing_checkpoint_is_not_overwritten(tmp_path: Path) -> None:
     assert (tmp_path / "dcae" / WEIGHTS_FILE).read_bytes() == before
     save_checkpoint(other, config_for(other), tmp_path / "dcae", overwrite=True)
     assert (tmp_path / "dcae" / WEIGHTS_FILE).read_bytes() != before
+
+
+def test_a_folder_without_config_json_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from models.checkpoint import find_checkpoints
+
+    (tmp_path / "half_copied").mkdir()
+    (tmp_path / "half_copied" / "model.safetensors").write_bytes(b"")
+    (tmp_path / ".cache").mkdir()
+    with caplog.at_level("WARNING"):
+        assert find_checkpoints(tmp_path) == {}
+    assert "half_copied" in caplog.text and "config.json" in caplog.text
+    assert ".cache" not in caplog.text
+
+
+def test_an_unknown_model_name_is_not_echoed_in_full() -> None:
+    from deeplense.errors import UnknownModelError
+
+    message = str(UnknownModelError("x" * 10_000, ["aae"]))
+    assert len(message) < 200 and "valid models: aae" in message
