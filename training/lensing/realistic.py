@@ -59,11 +59,15 @@ def _deflection(
     dx, dy = x - cx, y - cy
     ax = ax + params.gamma1 * dx + params.gamma2 * dy
     ay = ay + params.gamma2 * dx - params.gamma1 * dy
-    if params.subhalos:
-        thetas = params.subhalo_theta or (params.theta_sub,) * len(params.subhalos)
-        for theta, position in zip(thetas, params.subhalos, strict=True):
+    if params.subhalos and not params.subhalo_theta:  # K equal masses: one call
+        positions = torch.tensor(params.subhalos, dtype=torch.float64)[None]  # (1, K, 2)
+        alpha = torch_renderer.point_mass_deflection(c, _t(params.theta_sub), positions)
+        ax, ay = ax + alpha[:, 0], ay + alpha[:, 1]
+    elif params.subhalos:  # each its own mass, summed in place
+        for theta, position in zip(params.subhalo_theta, params.subhalos, strict=True):
             alpha = torch_renderer.point_mass_deflection(c, _t(theta), _t(*position)[None, None])
-            ax, ay = ax + alpha[:, 0], ay + alpha[:, 1]
+            ax.add_(alpha[:, 0])
+            ay.add_(alpha[:, 1])
     return ax, ay
 
 
