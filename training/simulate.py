@@ -41,6 +41,15 @@ lengths in " are for theta_E = 1.2" and scale with theta_E. Their masses (`subst
   on a line U[0.5", 2"] long. These draws come after all of "stated"'s from the same
   parameter stream, so an image has the same lens, source, subhalo positions (sphere) and
   line centre and angle (vort) under both, and no_sub images are the same bytes.
+Model R ("realistic", issue 21; docs/model_r.md): Model A's photometry, classes and
+draws, then departures drawn after them from the same stream (`training.lensing.realism`):
+an elliptical power-law mass with an offset centre, a varied (optionally two-component)
+lens light, a Gaussian or Moffat PSF per image, and procedural sources of realistic
+morphology. The mismatch suite is Model A with one departure (or all) on top:
+`get_spec("model_a+NAME")`, NAME in `realism.DEPARTURES`; the same seed gives Model A's
+lens, source position and subhalos image by image. Their extra parameters are more columns
+of parameters.csv (`realism.SCALAR_FIELDS`, among them each image's PSF: psf, psf_fwhm,
+psf_beta) and one row per extra source component in source_components.csv.
 Cosmology: FlatLambdaCDM(H0=70, Om0=0.3).
 """
 
@@ -67,14 +76,16 @@ from tqdm import tqdm
 
 from deeplense.atomic import atomic_directory
 from deeplense.errors import DatasetError, OutputExistsError
+from deeplense.instrument import STUDY_PSF_SIGMA_ARCSEC
 from deeplense.vocabulary import (
     CLASSES,
     MANIFEST_FILE,
     MANIFEST_FORMAT,
     read_manifest,
 )
-from training.lensing import cosmology
+from training.lensing import cosmology, realism
 from training.lensing.noise import SNR_DEFINITION, exposure_for_snr
+from training.lensing.realism import RealismSpec
 from training.lensing.render import (
     LensParams,
     SimConfig,
@@ -86,9 +97,10 @@ from training.lensing.render import (
 logger = logging.getLogger(__name__)
 
 SIMULATOR_NAME = "deeplense-lensing"
-# 2.2: substructure "study" ("stated", the default, writes what 2.1 wrote); 2.1: rendered by
-# the torch renderer (2.0: NumPy)
-SIMULATOR_VERSION = "2.2.0"
+# 2.3: model_r and the departures (model_a and model_b write what 2.2 wrote); 2.2:
+# substructure "study" ("stated", the default, writes what 2.1 wrote); 2.1: rendered by the
+# torch renderer (2.0: NumPy)
+SIMULATOR_VERSION = "2.3.0"
 SPLITS = ("train", "val", "test")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 CLASS_CODES = {"no_sub": 0, "sphere": 1, "vort": 2}
@@ -98,6 +110,8 @@ CHUNK = 32  # images per task sent to a worker process
 SNR_COLUMNS = ("snr_median", "snr_peak")  # measured per image, after the params in the CSV
 SUBSTRUCTURES = ("stated", "study")  # how the subhalos' masses are set (module docstring)
 SUBHALO_FIELDS = ("subhalos", "subhalo_theta")  # LensParams' fields kept in subhalos.csv
+SOURCE_COMPONENTS_FILE = "source_components.csv"  # Model R's extra source components
+DEPARTURE_SEPARATOR = "+"  # "model_a+wide_psf": Model A with one departure
 
 
 @dataclass(frozen=True)
@@ -164,6 +178,7 @@ class DatasetSpec:
     vortex_length: float = 1.0  # scales with theta_E; orientation U[0, pi)
     vortex_ring_offset: tuple[float, float] = (-0.5, 0.5)  # centre radius - theta_E; scales
     substructure: str = "stated"  # SUBSTRUCTURES: "study" draws the masses and length (STUDY)
+    realism: RealismSpec | None = None  # Model R's departures; None: Model A's physics
 
     def theta_sub(self, theta_e: float) -> float:
         """Einstein radius of one subhalo: theta_E * sqrt(mass fraction / count)."""
@@ -175,21 +190,44 @@ DATASETS: dict[str, DatasetSpec] = {
     "model_b": DatasetSpec(
         name="model_b", z_lens=(0.3, 0.7), z_source=(0.9, 1.5), snr=(10.0, 30.0)
     ),
+    "model_r": DatasetSpec(
+        name="model_r", z_lens=(0.5, 0.5), z_source=(1.0, 1.0), realism=realism.MODEL_R
+    ),
 }
+DEPARTURES = tuple(realism.DEPARTURES)
+
+
+def _base_spec(name: str) -> DatasetSpec:
+    """DATASETS[name], or for "BASE+DEPARTURE" that dataset with the departure on top."""
+    base, _, departure = name.partition(DEPARTURE_SEPARATOR)
+    if base not in DATASETS:
+        raise DatasetError(f"unknown dataset {base!r}; valid: {', '.join(sorted(DATASETS))}")
+    if not departure:
+        return DATASETS[base]
+    if departure not in realism.DEPARTURES:
+        raise DatasetError(f"unknown departure {departure!r}; valid: {', '.join(DEPARTURES)}")
+    if DATASETS[base].realism is not None:
+        raise DatasetError(f"{base} has its own departures; add one to model_a or model_b")
+    return dataclasses.replace(DATASETS[base], name=name, realism=realism.DEPARTURES[departure])
+
+
+def dataset_name(name: str, departure: str | None = None) -> str:
+    """The name of dataset `name` with `departure` on top ("model_a+wide_psf")."""
+    return name if departure is None else f"{name}{DEPARTURE_SEPARATOR}{departure}"
 
 
 def get_spec(
     name: str, substructure: str = "stated", subhalo_mass_fraction: float | None = None
 ) -> DatasetSpec:
-    """The DatasetSpec called `name` with that substructure (and, for "stated", that mass
-    fraction instead of 1%); DatasetError listing the valid choices otherwise."""
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(sorted(DATASETS))}")
+    """The DatasetSpec called `name` (a DATASETS key, or "BASE+DEPARTURE") with that
+    substructure (and, for "stated", that mass fraction instead of 1%); DatasetError listing
+    the valid choices otherwise."""
+    base = _base_spec(name)
     if substructure not in SUBSTRUCTURES:
         raise DatasetError(
             f"unknown substructure {substructure!r}; valid: {', '.join(SUBSTRUCTURES)}"
         )
-    spec = dataclasses.replace(DATASETS[name], substructure=substructure)
+    spec = dataclasses.replace(base, substructure=substructure)
     if subhalo_mass_fraction is None:
         return spec
     if substructure == "study":
@@ -212,13 +250,29 @@ def image_rngs(
 
 
 def draw_params(
-    spec: DatasetSpec, cls: str, rng: np.random.Generator, exposure: float = 300.0
+    spec: DatasetSpec,
+    cls: str,
+    rng: np.random.Generator,
+    exposure: float = 300.0,
+    psf_sigma: float = STUDY_PSF_SIGMA_ARCSEC,
 ) -> LensParams:
     """Draw one image's parameters for class `cls` (no_sub, sphere or vort).
 
     `exposure` is the base exposure (s); with `spec.snr` the drawn target is recorded in
-    `snr_target` and `simulate_image` scales the exposure to reach it.
+    `snr_target` and `simulate_image` scales the exposure to reach it. With `spec.realism`
+    its departures are drawn after all of Model A's draws (`psf_sigma`, arcsec, is the
+    instrument's nominal PSF, which Model R's PSF widths multiply).
     """
+    params = _draw_model_a(spec, cls, rng, exposure)
+    if spec.realism is None:
+        return params
+    return realism.draw(spec.realism, rng, params, psf_sigma)
+
+
+def _draw_model_a(
+    spec: DatasetSpec, cls: str, rng: np.random.Generator, exposure: float
+) -> LensParams:
+    """Model A's (and B's) draws of one image, in their fixed order."""
     if cls not in CLASS_CODES:
         raise ValueError(f"unknown class {cls!r}; valid: {', '.join(CLASSES)}")
     z_lens = float(rng.uniform(*spec.z_lens))
@@ -315,7 +369,7 @@ def simulate_image(
 ) -> Simulated:
     """One image, fully determined by the key; Model B's exposure reaches its drawn SNR."""
     params_rng, noise_rng = image_rngs(seed, split, cls, index)
-    params = draw_params(spec, cls, params_rng, config.exposure)
+    params = draw_params(spec, cls, params_rng, config.exposure, config.psf_sigma)
     components = render_components(params, config)
     median, peak = components.snr(params.exposure, config.sky)
     if params.snr_target > 0:
@@ -347,7 +401,9 @@ def substructure_signal(
     config = config or SimConfig()
     out = np.empty(n, dtype=np.float64)
     for index in range(n):
-        params = draw_params(spec, cls, image_rngs(seed, "test", cls, index)[0])
+        params = draw_params(
+            spec, cls, image_rngs(seed, "test", cls, index)[0], psf_sigma=config.psf_sigma
+        )
         smooth = dataclasses.replace(params, theta_sub=0.0, subhalos=(), subhalo_theta=())
         with_sub = render_image(params, config).astype(np.float64)  # (n, n) in [0, 1]
         without = render_image(smooth, config).astype(np.float64)
@@ -390,7 +446,13 @@ def _layout(n_train: int, n_val: int, n_test: int, n_val_sub: int) -> dict[str, 
 
 def _param_fields() -> list[str]:
     """LensParams' fields in parameters.csv (the per-subhalo ones are in subhalos.csv)."""
-    return [f.name for f in dataclasses.fields(LensParams) if f.name not in SUBHALO_FIELDS]
+    skip = (*SUBHALO_FIELDS, "realism")  # realism's fields: `_realism_columns`
+    return [f.name for f in dataclasses.fields(LensParams) if f.name not in skip]
+
+
+def _realism_columns(spec: DatasetSpec) -> list[str]:
+    """parameters.csv's columns of Model R's departures (none for Model A and B)."""
+    return [] if spec.realism is None else list(realism.SCALAR_FIELDS)
 
 
 def _init_worker() -> None:
@@ -449,8 +511,12 @@ def simulate_dataset(
     n_val_sub: int = 0,
     subhalo_mass_fraction: float | None = None,
     substructure: str = "stated",
+    departure: str | None = None,
 ) -> Path:
     """Simulate dataset `name` into folder `out` atomically and return `out`.
+
+    `departure` (DEPARTURES) puts one of Model R's departures on top of `name` (the mismatch
+    suite: "model_a" with "wide_psf" is dataset "model_a+wide_psf").
 
     `n_val_sub` sphere and as many vort images join the validation split (a labelled split to
     choose thresholds and models on, never the test split). `substructure` (SUBSTRUCTURES)
@@ -460,7 +526,8 @@ def simulate_dataset(
     unknown name or substructure, or a mass fraction with "study". `workers` defaults to
     os.cpu_count(); the files do not depend on it.
     """
-    spec = get_spec(name, substructure, subhalo_mass_fraction)
+    spec = get_spec(dataset_name(name, departure), substructure, subhalo_mass_fraction)
+    name = spec.name
     config = config or SimConfig()
     counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "n_val_sub": n_val_sub}
     for label, count in counts.items():
@@ -493,16 +560,19 @@ def simulate_dataset(
                 arrays[split, cls] = open_memmap(
                     path, mode="w+", dtype=np.float32, shape=(count, 1, n, n)
                 )
-        fields = _param_fields()
+        fields, extra = _param_fields(), _realism_columns(spec)
         total = sum(sum(c.values()) for c in layout.values())
         snr: dict[str, dict[str, list[float]]] = {}
         with (
             (tmp / PARAMETERS_FILE).open("w", newline="") as pf,
             (tmp / SUBHALOS_FILE).open("w", newline="") as sf,
+            _optional_writer(tmp / SOURCE_COMPONENTS_FILE, spec.realism is not None) as cf,
             tqdm(total=total, unit="img", desc=f"simulate {name}", disable=not progress) as bar,
         ):
             prows, srows = csv.writer(pf), csv.writer(sf)
-            prows.writerow(["split", "class", "index", *fields, *SNR_COLUMNS])
+            prows.writerow(["split", "class", "index", *fields, *extra, *SNR_COLUMNS])
+            if cf is not None:
+                cf.writerow(["split", "class", "index", "k", *realism.COMPONENT_FIELDS])
             srows.writerow(["split", "class", "index", *_subhalo_columns(spec.substructure)])
             for task, (images, facts) in zip(tasks, _map(tasks, workers), strict=True):
                 arrays[task.split, task.cls][task.start : task.stop] = images
@@ -511,8 +581,19 @@ def simulate_dataset(
                     key = [task.split, task.cls, index]
                     p = one.params
                     prows.writerow(
-                        [*key, *(getattr(p, f) for f in fields), one.snr_median, one.snr_peak]
+                        [
+                            *key,
+                            *(getattr(p, f) for f in fields),
+                            *(getattr(p.realism, f) for f in extra),
+                            one.snr_median,
+                            one.snr_peak,
+                        ]
                     )
+                    if cf is not None and p.realism is not None:
+                        cf.writerows(
+                            [*key, k, *component]
+                            for k, component in enumerate(p.realism.source_components)
+                        )
                     srows.writerows([*key, *row] for row in subhalo_rows(p, spec.substructure))
                     per_image["median"].append(round(one.snr_median, 3))
                     per_image["peak"].append(round(one.snr_peak, 3))
@@ -532,6 +613,16 @@ def simulate_dataset(
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     logger.info("wrote %d images of %s to %s", total, name, out)
     return out
+
+
+@contextmanager
+def _optional_writer(path: Path, wanted: bool) -> Iterator[Any]:
+    """A csv.writer on a new file at `path`, or None (and no file) when not `wanted`."""
+    if not wanted:
+        yield None
+        return
+    with path.open("w", newline="") as f:
+        yield csv.writer(f)
 
 
 def _subhalo_columns(substructure: str) -> list[str]:
@@ -567,8 +658,9 @@ def _manifest(
             "layout": "(N, 1, H, W); x along W, y along H; per-image min-max scaled to [0, 1]",
         },
         "config": dataclasses.asdict(config),
-        "instrument": config.instrument().record(),
-        "ranges": dataclasses.asdict(spec),
+        "instrument": _instrument_record(spec, config),
+        "ranges": _ranges(spec),
+        **_realism_record(spec),
         "substructure": spec.substructure,
         # stated: all subhalos together, of the lens mass; study: drawn per image (null)
         "subhalo_mass_fraction": (
@@ -591,6 +683,56 @@ def _manifest(
         "files": files,
         "parameters": PARAMETERS_FILE,
         "subhalos": SUBHALOS_FILE,
+    }
+
+
+def _ranges(spec: DatasetSpec) -> dict[str, Any]:
+    """The spec as JSON; Model A's and B's without the realism key (as before it existed)."""
+    ranges = dataclasses.asdict(spec)
+    if spec.realism is None:
+        del ranges["realism"]
+    return ranges
+
+
+def _instrument_record(spec: DatasetSpec, config: SimConfig) -> dict[str, Any]:
+    """The manifest's instrument: the config's; one fixed Gaussian PSF of another width
+    (wide_psf); or, when each image has its own PSF (Model R), "per-image" with the nominal
+    PSF (the median FWHM of the draws) and where each image's is recorded."""
+    psf = None if spec.realism is None else spec.realism.psf
+    if psf is None:
+        return config.instrument().record()
+    if psf.fixed_gaussian:
+        sigma = config.psf_sigma * psf.fwhm_factor[0]
+        return dataclasses.replace(config.instrument(), psf_sigma=sigma).record()
+    nominal = config.instrument().record()
+    fwhm = nominal["psf_fwhm_arcsec"]
+    return {
+        **nominal,
+        "psf": "per-image",
+        "psf_kinds": {"gaussian": 1.0 - psf.moffat, "moffat": psf.moffat},
+        "psf_fwhm_range_arcsec": [fwhm * psf.fwhm_factor[0], fwhm * psf.fwhm_factor[1]],
+        "moffat_beta_range": list(psf.beta),
+        "per_image": f"{PARAMETERS_FILE} columns psf, psf_fwhm (arcsec), psf_beta (Moffat)",
+        "note": "psf_sigma_arcsec and psf_fwhm_arcsec are the nominal PSF's, the draws' median",
+    }
+
+
+def _realism_record(spec: DatasetSpec) -> dict[str, Any]:
+    """The manifest's record of Model R's departures (nothing for Model A and B)."""
+    if spec.realism is None:
+        return {}
+    return {
+        "departures": {
+            "parameters": f"{PARAMETERS_FILE} columns {', '.join(realism.SCALAR_FIELDS)}",
+            "source_components": (
+                f"{SOURCE_COMPONENTS_FILE}: one row per extra source component (k, "
+                f"{', '.join(realism.COMPONENT_FIELDS)}; arcsec, radians, counts/s/pixel at "
+                "R_eff), besides the host Sersic of the source_* columns"
+            ),
+            "galaxy_source": "procedural (docs/model_r.md): no real galaxy images are used",
+            "draws": "after Model A's from the same parameter stream: paired with Model A",
+        },
+        "source_components": SOURCE_COMPONENTS_FILE,
     }
 
 
@@ -647,7 +789,24 @@ def read_parameters(directory: Path, split: str, cls: str, index: int) -> LensPa
     thetas = tuple(theta for *_, theta in subhalos if theta is not None)
     if len(set(thetas)) > 1:  # unequal masses (study spheres); equal ones are theta_sub
         values["subhalo_theta"] = thetas
+    if realism.SCALAR_FIELDS[0] in row:  # Model R and the departures
+        values["realism"] = _read_realism(directory, row, key)
     return LensParams(**values)
+
+
+def _read_realism(directory: Path, row: dict[str, str], key: list[str]) -> realism.RealParams:
+    """One image's departures from its parameters.csv row and source_components.csv."""
+    scalars: dict[str, Any] = {
+        name: row[name] if name in realism.TEXT_FIELDS else float(row[name])
+        for name in realism.SCALAR_FIELDS
+    }
+    with (directory / SOURCE_COMPONENTS_FILE).open(newline="") as f:
+        components = sorted(
+            (int(r["k"]), tuple(float(r[name]) for name in realism.COMPONENT_FIELDS))
+            for r in csv.DictReader(f)
+            if [r["split"], r["class"], r["index"]] == key
+        )
+    return realism.RealParams(**scalars, source_components=tuple(c for _, c in components))
 
 
 def _float_or_none(text: str | None) -> float | None:

@@ -49,7 +49,7 @@ def test_cli_writes_the_dataset_layout(tmp_path: Path) -> None:
     assert manifest["ranges"]["snr"] is None  # Model A: the study's photometry, unscaled
     assert manifest["subhalo_mass_fraction"] == 0.01 and manifest["substructure"] == "stated"
     assert "half-light region" in manifest["snr_definition"]
-    assert manifest["simulator"]["version"] == simulate.SIMULATOR_VERSION == "2.2.0"
+    assert manifest["simulator"]["version"] == simulate.SIMULATOR_VERSION == "2.3.0"
     per_image = manifest["snr"]["per_image"]
     assert len(per_image["test/vort"]["median"]) == 3
     assert len(per_image["train/no_sub"]["peak"]) == 4

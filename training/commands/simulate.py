@@ -8,10 +8,19 @@ from pathlib import Path
 from deeplense.instrument import STUDY_PSF_SIGMA_ARCSEC
 from training.commands.calibrate import fraction
 
-# training.simulate's DATASETS and SUBSTRUCTURES, written out so that --help need not import
-# torch (tests/training/test_cli.py checks they agree).
-DATASETS = ("model_a", "model_b")
+# training.simulate's DATASETS, SUBSTRUCTURES and DEPARTURES, written out so that --help
+# need not import torch (tests/training/test_cli.py and test_simulate_model_r.py check they
+# agree).
+DATASETS = ("model_a", "model_b", "model_r")
 SUBSTRUCTURES = ("stated", "study")
+DEPARTURES = (
+    "elliptical_mass",
+    "lens_light",
+    "wide_psf",
+    "knotty_source",
+    "galaxy_source",
+    "all",
+)
 
 
 def _count(text: str) -> int:
@@ -46,7 +55,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         "DIR/test/{no_sub,sphere,vort}.npy (N, 1, H, W) float32 in [0, 1], with "
         "DIR/manifest.json (including each image's arc S/N) and per-image parameters.",
     )
-    p.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="parameter set")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        choices=sorted(DATASETS),
+        help="parameter set: model_a, model_b, or model_r (realistic: elliptical power-law "
+        "mass, varied lens light, per-image Gaussian/Moffat PSF, clumpy/disc/irregular "
+        "sources; docs/model_r.md)",
+    )
+    p.add_argument(
+        "--departure",
+        choices=DEPARTURES,
+        default=None,
+        help="the mismatch suite: one of Model R's departures on top of --dataset model_a "
+        "(or model_b), or all of them; the same seed gives the base set's lenses, image by "
+        "image (docs/model_r.md)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder DIR (must not exist)")
     p.add_argument("--n-train", type=_count, default=25000, help="train no_sub images (25000)")
     p.add_argument("--n-val", type=_count, default=2500, help="validation no_sub images (2500)")
@@ -120,5 +144,6 @@ def run(args: argparse.Namespace) -> int:
         n_val_sub=args.n_val // 4 if args.n_val_sub is None else args.n_val_sub,
         subhalo_mass_fraction=args.subhalo_mass_fraction,
         substructure=args.substructure,
+        departure=args.departure,
     )
     return 0

@@ -23,6 +23,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ from deeplense.instrument import (
 from deeplense.lensing import torch_renderer
 from deeplense.lensing.torch_renderer import LensBatch, RenderConfig
 from training.lensing.noise import min_max_scale, poisson_observation, snr_statistics
+
+if TYPE_CHECKING:
+    from training.lensing.realism import RealParams
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ class LensParams:
     subhalo_theta: tuple[float, ...] = ()  # per-subhalo Einstein radii; () when all theta_sub
     z_lens: float = 0.5  # redshifts (only recorded here: theta_e and sizes already follow)
     z_source: float = 1.0
+    # Model R's departures (EPL mass, offset centre, lens light, PSF, source morphology);
+    # None: Model A's physics, rendered by the path above unchanged
+    realism: "RealParams | None" = None
 
 
 def phi_q_to_e1e2(phi: float, q: float) -> tuple[float, float]:
@@ -147,8 +154,14 @@ def render_components(params: LensParams, config: SimConfig) -> Components:
 
     One image per renderer call: at 150 x 150 with 2 x 2 sub-pixels a batch's arrays outgrow
     the CPU cache, and one image per call was measured the fastest (bench/bench_renderer.py).
-    Subhalos of unequal masses (`subhalo_theta`) go through `_unequal_subhalo_arcs`.
+    Subhalos of unequal masses (`subhalo_theta`) go through `_unequal_subhalo_arcs`;
+    an image with departures (`realism`) through `training.lensing.realistic`.
     """
+    if params.realism is not None:
+        from training.lensing import realistic  # imports this module
+
+        with _one_torch_thread():
+            return realistic.render_components(params, config)
     with torch.no_grad(), _one_torch_thread():
         if params.subhalo_theta:
             smooth = LensBatch.from_records(
