@@ -778,18 +778,45 @@ def read_parameters(directory: Path, split: str, cls: str, index: int) -> LensPa
                 break
     if row is None:
         raise DatasetError(f"{directory / PARAMETERS_FILE}: no image {split}/{cls}[{index}]")
-    values: dict[str, Any] = {name: float(row[name]) for name in _param_fields()}
     with (directory / SUBHALOS_FILE).open(newline="") as f:
-        subhalos = sorted(
-            (int(r["k"]), float(r["x"]), float(r["y"]), _float_or_none(r.get("theta_sub")))
-            for r in csv.DictReader(f)
-            if [r["split"], r["class"], r["index"]] == key
+        subhalos = [r for r in csv.DictReader(f) if [r["split"], r["class"], r["index"]] == key]
+    return _params_from_rows(directory, row, subhalos)
+
+
+def read_split_parameters(directory: Path, split: str) -> dict[tuple[str, int], LensParams]:
+    """The parameters of every image of one split, keyed by (class, index): each CSV read once
+    (`read_parameters` reads them once per image)."""
+    directory = Path(directory)
+    with (directory / PARAMETERS_FILE).open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == split]
+    subhalos: dict[tuple[str, str], list[dict[str, str]]] = {}
+    with (directory / SUBHALOS_FILE).open(newline="") as f:
+        for r in csv.DictReader(f):
+            if r["split"] == split:
+                subhalos.setdefault((r["class"], r["index"]), []).append(r)
+    return {
+        (r["class"], int(r["index"])): _params_from_rows(
+            directory, r, subhalos.get((r["class"], r["index"]), [])
         )
+        for r in rows
+    }
+
+
+def _params_from_rows(
+    directory: Path, row: dict[str, str], subhalo_rows: list[dict[str, str]]
+) -> LensParams:
+    """One image's LensParams from its parameters.csv row and its subhalos.csv rows."""
+    values: dict[str, Any] = {name: float(row[name]) for name in _param_fields()}
+    subhalos = sorted(
+        (int(r["k"]), float(r["x"]), float(r["y"]), _float_or_none(r.get("theta_sub")))
+        for r in subhalo_rows
+    )
     values["subhalos"] = tuple((x, y) for _, x, y, _ in subhalos)
     thetas = tuple(theta for *_, theta in subhalos if theta is not None)
     if len(set(thetas)) > 1:  # unequal masses (study spheres); equal ones are theta_sub
         values["subhalo_theta"] = thetas
     if realism.SCALAR_FIELDS[0] in row:  # Model R and the departures
+        key = [row["split"], row["class"], row["index"]]
         values["realism"] = _read_realism(directory, row, key)
     return LensParams(**values)
 

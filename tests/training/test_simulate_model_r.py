@@ -24,6 +24,8 @@ from training.simulate import (
     draw_params,
     get_spec,
     image_rngs,
+    read_parameters,
+    read_split_parameters,
     regenerate_image,
     simulate_dataset,
 )
@@ -189,6 +191,8 @@ def test_cli_model_r_end_to_end_records_each_images_psf(tmp_path: Path) -> None:
     images = np.load(out / "test" / "vort.npy")
     assert images.shape == (2, 1, 150, 150) and images.min() == 0 and images.max() == 1
     assert np.array_equal(regenerate_image(out, "test", "vort", 1), images[1, 0])
+    bulk = read_split_parameters(out, "test")  # realism and source components read back too
+    assert bulk == {key: read_parameters(out, "test", *key) for key in bulk} and len(bulk) == 6
     # the service's reader of the instrument falls back to the nominal PSF (the median)
     instrument = dataset_instrument(out)
     assert instrument is not None and instrument.psf_sigma == CONFIG.psf_sigma

@@ -19,6 +19,7 @@ from training.simulate import (
     get_spec,
     image_rngs,
     read_parameters,
+    read_split_parameters,
     regenerate_image,
     simulate_dataset,
     substructure_signal,
@@ -139,6 +140,12 @@ def test_no_sub_is_the_same_bytes_and_the_draws_are_recorded(tmp_path: Path) -> 
     for split, cls in [("val", "sphere"), ("val", "vort"), ("test", "sphere")]:
         stored = np.load(study / split / f"{cls}.npy", allow_pickle=False)[0, 0]
         assert regenerate_image(study, split, cls, 0).tobytes() == stored.tobytes()
+    for split in ("val", "test"):  # the bulk reader equals the one-image reader
+        bulk = read_split_parameters(study, split)
+        assert bulk == {key: read_parameters(study, split, *key) for key in bulk}
+        assert len(bulk) == sum(
+            json.loads((study / "manifest.json").read_text())["counts"][split].values()
+        )
     params = read_parameters(study, "test", "sphere", 1)
     masses = STUDY.lens_mass * (np.array(params.subhalo_theta) / params.theta_e) ** 2
     assert 25 * params.theta_sub**2 / params.theta_e**2 == pytest.approx(masses.sum() / 1e12)
