@@ -43,6 +43,30 @@ class InvalidApiKeyError(DeepLenseError):
 class RequestTimeoutError(DeepLenseError):
     """A request ran past the configured deadline."""
 
+    @classmethod
+    def after(cls, seconds: float) -> "RequestTimeoutError":
+        return cls(
+            f"request took longer than {seconds:g} s "
+            "(request_timeout_s, env DEEPLENSE_REQUEST_TIMEOUT_S)"
+        )
+
+
+class OverloadedError(DeepLenseError):
+    """The service has no room for this request within its bounded wait (503); the client
+    should come back after `retry_after_s` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class ClientOverBudgetError(OverloadedError):
+    """One client (with an API key set) holds more admitted work than its share (429)."""
+
+
+class AbandonedError(DeepLenseError):
+    """Nobody waits for the answer any more: the client went away or the deadline passed."""
+
 
 class NoReadableFileError(DeepLenseError):
     """None of the uploaded files could be read; `problems` holds (filename, message) pairs."""
@@ -64,6 +88,9 @@ STATUS_CODES: dict[type[DeepLenseError], int] = {
     InvalidInstrumentError: 422,  # a request's PSF or pixel scale that cannot be used
     NoReadableFileError: 422,  # a request in which no file could be read
     NotReadyError: 503,  # models still loading
+    ClientOverBudgetError: 429,  # one client over its share of admitted work (with an API key)
+    OverloadedError: 503,  # no room for the request's cost within the bounded wait
+    AbandonedError: 499,  # the client closed the request (nginx's code); nobody reads it
     RequestTimeoutError: 504,  # request_timeout_s exceeded
     CheckpointError: 500,  # only at start-up; listed so it can never leak a traceback
     DeviceError: 500,  # only at start-up (DEEPLENSE_DEVICE=cuda without a GPU)
@@ -96,11 +123,13 @@ def detail_for(exc: DeepLenseError) -> Any:
 
 
 def error_response(exc: DeepLenseError) -> JSONResponse:
-    """`{"detail": ...}` with the table's status code (also used by the ASGI middlewares)."""
+    """`{"detail": ...}` with the table's status code (also used by the ASGI middlewares);
+    an overload's Retry-After is its own estimate."""
     status = status_for(exc)
-    return JSONResponse(
-        {"detail": detail_for(exc)}, status_code=status, headers=_HEADERS.get(status)
-    )
+    headers = _HEADERS.get(status)
+    if isinstance(exc, OverloadedError):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    return JSONResponse({"detail": detail_for(exc)}, status_code=status, headers=headers)
 
 
 async def _domain_error(request: Request, exc: Exception) -> Response:

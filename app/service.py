@@ -12,28 +12,26 @@ fighting over its cores; decoding and PNG encoding run outside it.
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import anyio
-import numpy as np
 import torch
 
+from app.admission import Admission
 from app.decode_pool import DecodePool
 from app.ensemble import ENSEMBLE, Ensemble, pick_members
 from app.errors import NoReadableFileError
 from app.imaging import Upload, prepare
 from app.request_instrument import request_instrument
-from app.residual_images import attach_images
-from app.responses import response_of, result_of
+from app.responses import response_of, scored_results
 from app.runtime import keep_freed_memory
-from app.schemas import ScoreResponse, ScoreResult
+from app.schemas import ScoreResponse
 from app.served import ModelState, ServedModel, load_served, warm_up
 from app.settings import Settings
-from deeplense.calibration import judge
 from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, NotReadyError, UnknownModelError
-from deeplense.image_score import image_scores
 from deeplense.inference import score_observations
 from deeplense.scores import get_score
 from models.checkpoint import find_checkpoints
@@ -42,6 +40,7 @@ from models.selection import choose_default_model
 logger = logging.getLogger(__name__)
 
 SCORING_SLOTS = 2  # requests scored at once: one in the forward pass while the next decodes
+CHECK_EVERY_S = 0.5  # seconds of forward pass between two checks that someone still waits
 
 
 class ModelService:
@@ -60,6 +59,7 @@ class ModelService:
         self._compute = threading.Lock()
         self.limiter = anyio.CapacityLimiter(SCORING_SLOTS)
         self.decoder = DecodePool(settings)  # decoding in killable worker processes
+        self.admission = Admission(settings)  # how much work is admitted (app.admission)
 
     # ---- start-up -------------------------------------------------------------------------
 
@@ -156,6 +156,12 @@ class ModelService:
             raise UnknownModelError(str(name), self.choices())
         return name
 
+    def cost_s(self, name: str, n_files: int) -> float:
+        """Estimated seconds to score `n_files` files with `name` (the ensemble: every member),
+        from each model's measured seconds per image, whatever the files' sizes."""
+        members = self.ensemble.members if name == ENSEMBLE and self.ensemble else [self.get(name)]
+        return n_files * sum(m.cost_per_image_s for m in members)
+
     def get(self, name: str) -> ServedModel:
         """A loaded model by name (not the ensemble)."""
         if name not in self.models:
@@ -187,19 +193,22 @@ class ModelService:
         score: str | None = None,
         psf: Upload | None = None,
         pixel_scale: float | None = None,
+        check: Callable[[], None] | None = None,
     ) -> ScoreResponse:
         """Score `uploads` with model `name` (or the ensemble) by the named score (None: the
         default); `psf` (a FITS or .npy kernel) and `pixel_scale` (arcsec) apply to every
-        image that carries none of its own; unreadable files get `error`."""
+        image that carries none of its own; unreadable files get `error`. `check` runs
+        between files and between chunks of images: what it raises ends the work."""
         score = self.resolve_score(name, score)
         ensemble = self.ensemble if name == ENSEMBLE else None
         members = list(ensemble.members) if ensemble else [self.models[name]]
         first = members[0]
         instrument = request_instrument(self.decoder, psf, pixel_scale, self.settings.max_pixels)
-        decoded = self.decoder.decode_all(uploads, self.settings.max_pixels)
+        decoded = self.decoder.decode_all(uploads, self.settings.max_pixels, check)
         card = first.checkpoint.config.input.instrument()
+        smallest = self.settings.min_image_side
         prepared = [
-            prepare(u.filename, d, first.size, card, instrument)
+            prepare(u.filename, d, first.size, card, instrument, smallest)
             for u, d in zip(uploads, decoded, strict=True)
         ]
         good = [p for p in prepared if p.observation is not None]
@@ -210,33 +219,17 @@ class ModelService:
         # the members' mean reconstruction (attach_images).
         map_of = score if include_images and ensemble is None else None
         with self._compute:
-            scored = {
-                m.name: score_observations(
+            scored = {}
+            for m in members:  # chunks of about CHECK_EVERY_S: a cancelled request stops soon
+                started = time.perf_counter()
+                scored[m.name] = score_observations(
                     m.checkpoint.model, observations, device=self.device,
-                    batch_size=self.settings.batch_size, keep_reconstructions=include_images,
-                    scores=[score], map_of=map_of,
-                )
-                for m in members
-            }  # fmt: skip
-        units: Literal["score", "percentile"]
-        results: list[ScoreResult]
-        if ensemble is not None:
-            results = ensemble.results(good, scored, score, threshold)
-            units = "percentile"
-        else:
-            served, one = members[0], scored[name]
-            verdict = judge(
-                one.scores[score], served.calibration_for(score), threshold,
-                one.not_applicable.get(score, ()),
-            )  # fmt: skip
-            results = [result_of(r) for r in image_scores(good, one, score, verdict)]
-            units = "score"
-        if include_images:
-            recons = [s.reconstruction for s in scored.values() if s.reconstruction is not None]
-            recon = np.mean(recons, axis=0)  # (N, 1, S, S); the ensemble's: the members' mean
-            maps = None if ensemble is not None else scored[name].residual_map
-            scales = [m.pixel_residual_scale for m in members]
-            known = [v for v in scales if v is not None]
-            pixel_scale = float(np.mean(known)) if len(known) == len(scales) else None
-            attach_images(results, observations, recon, score, maps, pixel_scale)
+                    batch_size=m.chunk(self.settings.batch_size, CHECK_EVERY_S),
+                    keep_reconstructions=include_images, scores=[score], map_of=map_of,
+                    check=check,
+                )  # fmt: skip
+                m.observe(time.perf_counter() - started, len(observations))
+        results, units = scored_results(
+            members, ensemble, good, scored, score, threshold, include_images
+        )
         return response_of(name, score, units, prepared, results)
