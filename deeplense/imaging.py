@@ -124,6 +124,7 @@ _EXTENSION_FORMATS = {
 }
 _PILLOW_GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _STACK_SHAPES = "(H, W), (1, H, W), (N, H, W) or (N, 1, H, W)"
+_TIFF_PAGES_COUNTED = 1000  # pages counted, at most, in a TIFF refused for holding several
 _VALUE_CHUNK = 256  # images per chunk when checking the values of a (memory-mapped) stack
 _TIFF_COMPRESSIONS = install_tiff_codecs()  # codes safe to decode: none, deflate, PackBits
 _FITS_GZIP_TILES = install_fits_tile_codecs()  # GZIP_1/2 tiles inflate within a cap
@@ -553,6 +554,7 @@ def _decode_tiff(request: _Request) -> _Decoded:
             fh, _multifile=False, is_ome=False, is_ndtiff=False, is_mmstack=False
         ) as tif,
     ):
+        _check_tiff_pages(tif, request)  # before tif.series, which is quadratic in pages
         if not tif.series:
             raise request.fail("no image in the TIFF file")
         if len(tif.series) > 1:
@@ -609,6 +611,44 @@ def _decode_tiff(request: _Request) -> _Decoded:
         name = tifffile.PHOTOMETRIC(photometric).name
         raise request.fail(f"unsupported TIFF colour model {name}; expected grey or RGB")
     return pixels.reshape(n, h, w), notes
+
+
+def _check_tiff_pages(tif: tifffile.TiffFile, request: _Request) -> None:
+    """Refuse, from each page's tags and before any series is built, a TIFF whose full-size
+    pages differ in shape or type, or (one image wanted) that holds more than one: tifffile
+    builds the series of pages of alternating shapes in time quadratic in their number.
+    Stops at the first such page: linear in the pages read."""
+    pages = tif.pages
+    useframes, pages.useframes = pages.useframes, False  # full tags for every page
+    try:
+        first: tuple[tuple[int, ...], Any] | None = None
+        count = 0
+        for page in pages:
+            if not isinstance(page, tifffile.TiffPage) or page.is_reduced:
+                continue  # thumbnails and other reduced-resolution pages are not images here
+            count += 1
+            if first is None:
+                first = (page.shape, page.dtype)
+            elif (page.shape, page.dtype) != first:
+                raise request.fail(
+                    f"TIFF pages of different shapes or types ({_shape(first[0])} "
+                    f"{first[1]}, then {_shape(page.shape)} {page.dtype} at page {count}); "
+                    "expected one image or a stack of images of one shape"
+                )
+            if request.single and count > _TIFF_PAGES_COUNTED:
+                break
+    finally:
+        pages.useframes = useframes
+    if request.single and count > 1:
+        shown = f"more than {_TIFF_PAGES_COUNTED}" if count > _TIFF_PAGES_COUNTED else count
+        raise request.fail(
+            f"holds {shown} images (TIFF pages); expected a single 2-D image "
+            "(score stacks with `python -m training score`)"
+        )
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return " x ".join(str(d) for d in shape)
 
 
 def _tiff_compression_name(code: int) -> str:

@@ -273,3 +273,43 @@ def test_many_gzip_members_inflate_in_order_with_what_follows() -> None:
     assert inflate_gzip(members + b"junk", 1000) == b"abc" * 10 + b"!"
     with pytest.raises(InflateLimitError):
         inflate_gzip(members, 30)
+
+
+def alternating_tiff(n_pages: int) -> bytes:
+    """A TIFF whose `n_pages` pages alternate between 2 x 2 and 3 x 2 (issue 20, D4)."""
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as writer:
+        for i in range(n_pages):
+            writer.write(np.zeros((2, 2) if i % 2 == 0 else (3, 2), np.uint8), contiguous=False)
+    return buffer.getvalue()
+
+
+def test_tiff_pages_of_alternating_shapes_are_refused_from_their_tags(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # tifffile builds the series of such pages in time quadratic in their number: the
+    # refusal must come from the page tags, before any series is built.
+    def no_series(self: tifffile.TiffFile) -> list[object]:
+        raise AssertionError("series built for a TIFF of mixed page shapes")
+
+    monkeypatch.setattr(tifffile.TiffFile, "series", property(no_series))
+    data = alternating_tiff(2000)
+    for decode in (decode_image, decode_stack):
+        with pytest.raises(InvalidImageError, match="pages of different shapes"):
+            decode(data, filename="alt.tif")
+
+
+def test_a_single_image_reader_refuses_a_many_page_tiff_before_its_series(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as writer:
+        for _ in range(3000):  # each page its own series: quadratic to assemble
+            writer.write(np.zeros((2, 2), np.uint8), contiguous=False)
+
+    def no_series(self: tifffile.TiffFile) -> list[object]:
+        raise AssertionError("series built")
+
+    monkeypatch.setattr(tifffile.TiffFile, "series", property(no_series))
+    with pytest.raises(InvalidImageError, match="holds more than 1000 images"):
+        decode_image(buffer.getvalue(), filename="many.tif")
