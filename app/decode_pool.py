@@ -53,7 +53,9 @@ class _Worker:
     """One decoding process and the parent's ends of its pipes."""
 
     def __init__(self, memory_bytes: int | None) -> None:
-        command = [sys.executable, "-m", "deeplense.decode_worker"]
+        # --parent-pid: the worker exits by itself when this process dies (even by SIGKILL).
+        command = [sys.executable, "-m", "deeplense.decode_worker", "--parent-pid"]
+        command.append(str(os.getpid()))
         if memory_bytes is not None:
             command += ["--memory-bytes", str(memory_bytes)]
         self.process = subprocess.Popen(

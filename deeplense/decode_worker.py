@@ -19,6 +19,8 @@ import os
 import resource
 import struct
 import sys
+import threading
+import time
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -28,6 +30,8 @@ from deeplense.fits_layout import ImageExtras
 from deeplense.imaging import decode_image
 
 READY = b"R"
+PARENT_CHECK_S = 0.5
+"""How often a worker checks that its server is still alive, seconds."""
 RETIRE_RSS_BYTES = 512 << 20
 """A worker whose resident size is above this after a job exits; a fresh one replaces it."""
 
@@ -112,10 +116,30 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             return
 
 
+def watch_parent(parent: int, every_s: float = PARENT_CHECK_S) -> threading.Thread:
+    """A daemon thread that ends this process as soon as its parent `parent` is gone (the
+    server killed with SIGKILL, say): a worker mid-decode must not burn CPU as an orphan.
+
+    Polling, not PR_SET_PDEATHSIG: that signal fires when the parent *thread* that started
+    the worker exits, and the server starts workers from pool threads that come and go.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="watch-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="decode image files sent on stdin")
     parser.add_argument("--memory-bytes", type=int, default=None, help="RLIMIT_AS cap")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when it is gone")
     args = parser.parse_args()
+    watch_parent(os.getppid() if args.parent_pid is None else args.parent_pid)
     # tifffile logs a warning per malformed tag; the answer's error says what was wrong.
     logging.getLogger("tifffile").setLevel(logging.ERROR)
     if args.memory_bytes is not None:
