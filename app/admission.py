@@ -30,6 +30,7 @@ from app.settings import Settings
 from deeplense.errors import DeepLenseError
 
 MAX_RETRY_AFTER_S = 60
+ADMISSION_DEADLINE = "admission_deadline"  # request.state key: when a request's wait ends
 
 
 @dataclass(eq=False)
@@ -59,6 +60,11 @@ class Admission:
         """Estimated seconds of admitted work (running or queued)."""
         return sum(t.cost_s for t in self.tickets)
 
+    @property
+    def busy(self) -> bool:
+        """Whether any request is admitted or any body in flight."""
+        return bool(self.tickets) or self.inflight_bytes > 0
+
     def client_work_s(self, client: str) -> float:
         return sum(t.cost_s for t in self.tickets if t.client == client)
 
@@ -76,17 +82,21 @@ class Admission:
             )
         return None
 
-    async def take_body(self, n_bytes: int) -> None:
-        """Take `n_bytes` of the in-flight body budget (give it back with `give_body`)."""
+    async def take_body(self, n_bytes: int, deadline: float | None = None) -> None:
+        """Take `n_bytes` of the in-flight body budget (give it back with `give_body`),
+        waiting for room until `deadline` (time.monotonic(); None: wait_s from now)."""
 
         def fits() -> bool:
             work_room = not self.tickets or self.work_s < self.budget_s
             byte_room = not self.inflight_bytes or self.inflight_bytes + n_bytes <= self.max_bytes
             return work_room and byte_room
 
-        if not await self._wait_for(fits):
+        if not await self._wait_for(fits, deadline):
             reason = self.saturation() or "saturated"
-            raise OverloadedError(f"service overloaded ({reason}); retry later", self._retry(0))
+            excess = self.work_s - self.budget_s
+            raise OverloadedError(
+                f"service overloaded ({reason}); retry later", self._retry(excess)
+            )
         self.inflight_bytes += n_bytes
 
     def give_body(self, n_bytes: int) -> None:
@@ -94,8 +104,11 @@ class Admission:
         self._wake()
 
     @asynccontextmanager
-    async def work(self, cost_s: float, client: str) -> AsyncIterator[Ticket]:
-        """Hold `cost_s` seconds of the work budget while the request is scored."""
+    async def work(
+        self, cost_s: float, client: str, deadline: float | None = None
+    ) -> AsyncIterator[Ticket]:
+        """Hold `cost_s` seconds of the work budget while the request is scored, waiting for
+        room until `deadline` (the one the body's gate began; None: wait_s from now)."""
         budget = self.client_budget_s
 
         def client_fits() -> bool:
@@ -105,7 +118,7 @@ class Admission:
         def fits() -> bool:
             return client_fits() and (not self.tickets or self.work_s + cost_s <= self.budget_s)
 
-        if not await self._wait_for(fits):
+        if not await self._wait_for(fits, deadline):
             if not client_fits():
                 raise ClientOverBudgetError(
                     f"too many requests from this client: {self.client_work_s(client):.1f} s "
@@ -127,8 +140,9 @@ class Admission:
             self.tickets.discard(ticket)
             self._wake()
 
-    async def _wait_for(self, fits: Callable[[], bool]) -> bool:
-        deadline = time.monotonic() + self.wait_s
+    async def _wait_for(self, fits: Callable[[], bool], deadline: float | None) -> bool:
+        if deadline is None:
+            deadline = time.monotonic() + self.wait_s
         while not fits():
             left = deadline - time.monotonic()
             if left <= 0:
@@ -165,9 +179,12 @@ class AdmissionMiddleware:
         declared = headers.get("content-length", "")
         limit = self.settings.max_request_bytes
         n_bytes = min(int(declared), limit) if declared.isdigit() else limit
+        # One bounded wait for both gates: the route's waits until the same deadline.
+        deadline = time.monotonic() + self.admission.wait_s
+        scope.setdefault("state", {})[ADMISSION_DEADLINE] = deadline
         try:
             check_api_key(self.settings.api_key, headers.get("x-api-key"))
-            await self.admission.take_body(n_bytes)
+            await self.admission.take_body(n_bytes, deadline)
         except DeepLenseError as exc:
             await error_response(exc)(scope, receive, send)
             return

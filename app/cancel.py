@@ -2,7 +2,7 @@
 
 A request's scoring runs in a worker thread, which cannot be stopped from outside. Instead it
 carries a `Cancellation` and checks it between files and between chunks of images
-(`deeplense.inference.score_observations(check=...)`, chunks of about half a second): once
+(`deeplense.inference.score_observations(check=...)`, chunks of about a second): once
 the client has gone away, or the deadline has answered 504 (the middleware cancels the
 awaiting task), the flag is set and the thread stops at its next check, so no CPU goes to
 answers nobody reads.

@@ -38,8 +38,9 @@ class ServedModel:
     parameters: int
     weights_sha256: str
     load_seconds: float
-    # Seconds of forward pass (and scores) per image: measured at warm-up, then a moving
-    # average over requests. A request's cost for admission control (app.admission).
+    # Seconds of service per image: the forward pass at warm-up, then a moving average over
+    # requests of their forward pass, decoding and images (not their wait for the other
+    # slot). A request's cost for admission control (app.admission).
     cost_per_image_s: float = 0.0
 
     def observe(self, seconds: float, n_images: int) -> None:
@@ -49,11 +50,11 @@ class ServedModel:
             old = self.cost_per_image_s
             self.cost_per_image_s = one if old <= 0 else old + COST_SMOOTHING * (one - old)
 
-    def chunk(self, batch_size: int, seconds: float) -> int:
-        """Images per forward pass: about `seconds` of work, 1 to `batch_size`."""
+    def chunk(self, batch_size: int, seconds: float, smallest: int = 1) -> int:
+        """Images per forward pass: about `seconds` of work, `smallest` to `batch_size`."""
         if self.cost_per_image_s <= 0:
             return batch_size
-        return max(1, min(batch_size, int(seconds / self.cost_per_image_s)))
+        return max(smallest, min(batch_size, int(seconds / self.cost_per_image_s)))
 
     @property
     def size(self) -> int:

@@ -5,6 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
+from app.admission import ADMISSION_DEADLINE
 from app.cancel import run_while_awaited
 from app.dependencies import MetricsDep, ReadyServiceDep, SettingsDep, require_api_key
 from app.imaging import check_file_count, read_uploads
@@ -142,7 +143,8 @@ async def score(
     score_name = service.resolve_score(name, score)  # a bad name is a 422 before any upload work
     check_file_count(len(files), settings)  # a 413 whatever the load
     client = request.client.host if request.client else "unknown"
-    async with service.admission.work(service.cost_s(name, len(files)), client):
+    deadline = getattr(request.state, ADMISSION_DEADLINE, None)  # set by the body's gate
+    async with service.admission.work(service.cost_s(name, len(files)), client, deadline):
         uploads = await read_uploads(files, settings)  # into memory only once admitted
         psf_upload = (await read_uploads([psf], settings))[0] if psf is not None else None
         run = partial(
