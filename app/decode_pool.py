@@ -36,6 +36,7 @@ from app.settings import Settings
 from deeplense.decode_worker import READY, extras_from, frames_expected
 from deeplense.errors import ImageTooLargeError, InvalidImageError
 from deeplense.imaging import DecodedImage, decode_image
+from deeplense.printable import printable
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +244,7 @@ class DecodePool:
 
     def _kill(self, worker: _Worker, filename: str) -> None:
         if worker.process.poll() is None:
-            logger.warning("decoding %s: worker %d killed and replaced", filename, worker.pid)
+            name = printable(filename)  # no forged log lines
+            logger.warning("decoding %s: worker %d killed and replaced", name, worker.pid)
             worker.kill()
             self.killed += 1

@@ -29,6 +29,7 @@ from deeplense.errors import (
     UnknownModelError,
     UnknownScoreError,
 )
+from deeplense.printable import printable
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,8 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
     metrics = getattr(request.app.state, "metrics", None)
     if isinstance(exc, NoReadableFileError) and metrics is not None:
         metrics.record_unreadable(len(exc.problems))
-    logger.info("%s %s -> %s: %s", request.method, request.url.path, status_for(exc), exc)
+    path, message = printable(request.url.path), printable(exc)  # no forged log lines
+    logger.info("%s %s -> %s: %s", request.method, path, status_for(exc), message)
     return error_response(exc)
 
 
@@ -171,7 +173,7 @@ def _short_error(error: Any) -> dict[str, Any]:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    logger.exception("unhandled error on %s %s", request.method, printable(request.url.path))
     return JSONResponse(
         {"detail": "internal server error; the service logged the details"}, status_code=500
     )

@@ -64,6 +64,7 @@ from deeplense.fits_layout import (
     header_pixel_scale,
     noise_sigma,
 )
+from deeplense.printable import printable
 
 logger = logging.getLogger(__name__)
 
@@ -357,7 +358,7 @@ def _decode(request: _Request) -> DecodedStack:
     pixels, notes = decoded[0], decoded[1]
     extras = decoded[2] if len(decoded) > 2 else None
     for note in notes:
-        logger.warning("%s: %s", request.name, note)
+        logger.warning("%s: %s", printable(request.name), note)
     return DecodedStack(pixels, fmt, tuple(notes), extras)
 
 

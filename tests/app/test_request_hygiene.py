@@ -1,17 +1,21 @@
 """The smaller findings of issue 12 and the API truths of issue 11 item 8, at the HTTP level."""
 
 import io
+import logging
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import SecretStr
 
 from app.main import create_app
 from app.settings import Settings
+from deeplense.imaging import decode_image
+from deeplense.printable import printable
 from tests.app.conftest import image, upload
 from tests.app.serve_fixture import REPO_ROOT
 from tests.encode import npy_bytes
@@ -99,3 +103,21 @@ def test_unknown_format_message_does_not_offer_stacks(client: TestClient) -> Non
     files = [upload("notes.txt", b"hello"), upload("a.npy", npy_bytes(image()))]
     error = client.post("/score", files=files).json()["results"][0]["error"]
     assert "unknown format" in error and "stack" not in error
+
+
+def test_a_newline_in_a_name_or_path_cannot_forge_a_log_line(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    forged = "x\nINFO:     app.errors: forged\r"
+    with caplog.at_level(logging.INFO):
+        assert client.get("/models/x%0AINFO:%20%20app.errors:%20forged%0D").status_code == 404
+        rgb = np.zeros((8, 8, 3), dtype=np.uint8)
+        rgb[:4, :, 0], rgb[4:, :, 1] = 255, 128
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        decode_image(buffer.getvalue(), filename=f"{forged}.png")  # logs a colour note
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("forged" in m for m in messages if "404" in m)
+    assert any("forged" in m for m in messages if "luminance" in m)
+    assert not any("\n" in m or "\r" in m for m in messages)
+    assert printable("a\nb\x1b[31m\u2028") == "a\\nb\\x1b[31m\\u2028"
