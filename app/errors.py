@@ -163,8 +163,20 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": shown}, status_code=422)
 
 
+# Clearer words for FastAPI's messages about the `files` field (no class reprs): a form
+# field sent where a file belongs, and no file (a browser's empty file input sends a part
+# with an empty filename and no bytes, which FastAPI counts as none).
+_FILES_MESSAGES = {
+    "value_error": "not a file: a form field without a filename; send each image as a file",
+    "missing": "no file uploaded (a part with an empty filename counts as none); send one or "
+    "more images as files named `files`",
+}
+
+
 def _short_error(error: Any) -> dict[str, Any]:
     entry = {k: error[k] for k in ("type", "loc", "msg") if k in error}
+    if tuple(entry.get("loc", ()))[:2] == ("body", "files"):
+        entry["msg"] = _FILES_MESSAGES.get(str(entry.get("type")), entry.get("msg"))
     if "input" in error:
         text = error["input"] if isinstance(error["input"], str) else repr(error["input"])
         cut = len(text) > MAX_ECHOED_CHARS

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from deeplense.errors import DeepLenseError
 
@@ -107,3 +108,8 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise SettingsError(describe_invalid(exc)) from None
+    except PydanticSettingsError as exc:  # a list or dict variable that is not JSON
+        raise SettingsError(
+            f"invalid settings: {exc}; lists are JSON, e.g. "
+            f"{Settings.model_config['env_prefix']}CORS_ORIGINS='[\"https://example.org\"]'"
+        ) from None

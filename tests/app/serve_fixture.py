@@ -163,7 +163,9 @@ def main() -> None:
         ):
             browser = launch_chromium(p)
             try:
-                page = browser.new_page(viewport={"width": args.width, "height": 800})
+                page = browser.new_page(
+                    viewport={"width": args.width, "height": 800}, bypass_csp=True
+                )  # submit() waits with wait_for_function, a string the page's CSP forbids
                 page.goto(url + "/")
                 page.wait_for_selector("#model[data-loaded]")
                 submit(page, args.files, args.model, n_cards=len(args.files))

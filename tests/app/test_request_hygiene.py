@@ -13,7 +13,7 @@ from PIL import Image
 from pydantic import SecretStr
 
 from app.main import create_app
-from app.settings import Settings
+from app.settings import Settings, SettingsError, get_settings
 from deeplense.imaging import decode_image
 from deeplense.printable import printable
 from tests.app.conftest import image, upload
@@ -121,3 +121,44 @@ def test_a_newline_in_a_name_or_path_cannot_forge_a_log_line(
     assert any("forged" in m for m in messages if "luminance" in m)
     assert not any("\n" in m or "\r" in m for m in messages)
     assert printable("a\nb\x1b[31m\u2028") == "a\\nb\\x1b[31m\\u2028"
+
+
+def test_a_list_setting_that_is_not_json_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEEPLENSE_CORS_ORIGINS", "https://example.org")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError) as info:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    message = str(info.value)
+    assert "cors_origins" in message and "lists are JSON" in message and "\n" not in message
+
+
+def test_the_upload_page_cannot_be_framed_and_loads_only_from_here(client: TestClient) -> None:
+    headers = client.get("/").headers
+    policy = headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert client.get("/static/app.js").headers["X-Content-Type-Options"] == "nosniff"
+
+
+def _multipart(parts: list[str]) -> tuple[str, dict[str, str]]:
+    body = "".join(f"--b\r\nContent-Disposition: form-data; {p}\r\n\r\n\r\n" for p in parts)
+    return body + "--b--\r\n", {"Content-Type": "multipart/form-data; boundary=b"}
+
+
+def test_empty_or_text_file_parts_get_clear_422_entries(client: TestClient) -> None:
+    cases = {
+        'name="files"; filename="a.npy"': "a.npy: empty file (0 bytes)",
+        'name="files"; filename=""': "no file uploaded",
+        'name="files"': "not a file: a form field without a filename",
+    }
+    for part, expected in cases.items():
+        body, headers = _multipart([part])
+        response = client.post("/score", content=body, headers=headers)
+        assert response.status_code == 422
+        entry = response.json()["detail"][0]
+        assert expected in entry["msg"] and entry["loc"][:2] == ["body", "files"]
+        assert "class" not in entry["msg"]
