@@ -20,7 +20,7 @@ PORT ?= 8000
 HOST = 127.0.0.1
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve test test-fast fuzz lint format lock simulate reproduce bench bench-sim bench-train bench-serve docker-test clean
+.PHONY: help install serve test test-fast fuzz lint format lock simulate reproduce bench bench-sim bench-train bench-serve bench-load docker-test clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -74,7 +74,7 @@ lock: $(VENV_STAMP) ## rewrite constraints.txt from the installed versions (afte
 reproduce: $(VENV_STAMP) ## simulate, fit every model, evaluate (DATASET=model_a|model_b PRESET=small|cpu|full)
 	bash scripts/reproduce.sh $(DATASET) $(PRESET)
 
-bench: bench-sim bench-train bench-serve ## every benchmark
+bench: bench-sim bench-train bench-serve bench-load ## every benchmark
 
 bench-sim: $(VENV_STAMP) ## simulated images/s per class
 	$(PY) bench/bench_simulate.py
@@ -84,6 +84,9 @@ bench-train: $(VENV_STAMP) ## training images/s per model on the current device
 
 bench-serve: $(VENV_STAMP) ## raw model vs HTTP throughput and latency on loopback
 	$(PY) bench/bench_serve.py
+
+bench-load: $(VENV_STAMP) ## shedding under overload: answers by status, goodput, latency, RSS, idle time (LensFit and a CNN)
+	$(PY) bench/bench_load.py
 
 docker-test: $(VENV_STAMP) ## build the CPU image without registries, run it, compare its scores with this host's (slow; DOCKER_BUILDKIT=1 for BuildKit)
 	PY=$(PY) bash scripts/docker-test.sh

@@ -8,122 +8,27 @@ and replaced at once. At most `decode_workers` files decode at a time, whatever 
 traffic; each worker's address space is capped (`decode_memory_bytes`), and a worker whose
 resident size stays large after a job retires and is replaced.
 
-Only the decoding runs there, and only of formats read by third-party parsers (FITS, PNG,
-TIFF, JPEG): .npy files, read by our own bounded code, and the scaling and resizing to
-model input stay in the calling thread, bounded by the pixel cap. Workers answer in a framed
-format without pickle.
+The processes are `deeplense.decode_client.DecodeProcess`es (the `score` CLI decodes
+through the same). Only formats read by third-party parsers (FITS, PNG, TIFF, JPEG) decode
+there: .npy files (our own bounded reader), scaling and resizing stay in the calling thread,
+bounded by the pixel cap. Workers answer in a framed format without pickle.
 """
 
-import json
 import logging
-import os
 import queue
-import select
-import struct
-import subprocess
-import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 
-import numpy as np
-
-import deeplense
 from app.errors import RequestTimeoutError
 from app.imaging import Upload
 from app.limits import request_deadline
 from app.settings import Settings
-from deeplense.decode_worker import READY, extras_from, frames_expected
-from deeplense.errors import ImageTooLargeError, InvalidImageError
+from deeplense.decode_client import NPY_MAGIC, DecodeProcess, WorkerGone, decoded_stack
+from deeplense.errors import InvalidImageError
 from deeplense.imaging import DecodedImage, decode_image
+from deeplense.printable import printable
 
 logger = logging.getLogger(__name__)
-
-_LENGTH = struct.Struct(">I")
-NPY_MAGIC = b"\x93NUMPY"
-# The folder holding the `deeplense` package: the worker imports this very copy of it.
-_PACKAGE_ROOT = Path(deeplense.__file__).resolve().parent.parent
-
-
-class _WorkerGone(Exception):
-    """The worker closed its pipe or sent something malformed."""
-
-
-class _Worker:
-    """One decoding process and the parent's ends of its pipes."""
-
-    def __init__(self, memory_bytes: int | None) -> None:
-        command = [sys.executable, "-m", "deeplense.decode_worker"]
-        if memory_bytes is not None:
-            command += ["--memory-bytes", str(memory_bytes)]
-        self.process = subprocess.Popen(
-            command, cwd=_PACKAGE_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        assert self.process.stdin is not None and self.process.stdout is not None
-        self.stdin = self.process.stdin
-        self.stdout = self.process.stdout.fileno()
-        self.ready = False
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def read(self, n: int, deadline: float) -> bytes | None:
-        """Exactly `n` bytes from the worker; None when `deadline` passes first."""
-        chunks, missing = [], n
-        while missing:
-            wait = deadline - time.monotonic()
-            if wait <= 0 or not select.select([self.stdout], [], [], wait)[0]:
-                return None
-            chunk = os.read(self.stdout, min(missing, 1 << 20))
-            if not chunk:
-                raise _WorkerGone("the worker closed its output")
-            chunks.append(chunk)
-            missing -= len(chunk)
-        return b"".join(chunks)
-
-    def read_frame(self, deadline: float) -> bytes | None:
-        head = self.read(_LENGTH.size, deadline)
-        if head is None:
-            return None
-        return self.read(_LENGTH.unpack(head)[0], deadline)
-
-    def wait_ready(self, deadline: float) -> bool:
-        if not self.ready:
-            byte = self.read(1, deadline)
-            if byte is not None and byte != READY:
-                raise _WorkerGone("the worker did not start")
-            self.ready = byte is not None
-        return self.ready
-
-    def send(self, header: dict[str, object], data: bytes) -> None:
-        payload = json.dumps(header).encode()
-        try:
-            self.stdin.write(_LENGTH.pack(len(payload)) + payload + _LENGTH.pack(len(data)))
-            self.stdin.write(data)
-            self.stdin.flush()
-        except (BrokenPipeError, ValueError) as exc:
-            raise _WorkerGone("the worker is gone") from exc
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        self._close_pipes()
-
-    def stop(self, timeout_s: float) -> None:
-        try:
-            self.stdin.close()  # end of input: the worker exits
-            self.process.wait(timeout=timeout_s)
-        except (OSError, subprocess.TimeoutExpired):
-            self.kill()
-        self._close_pipes()
-
-    def _close_pipes(self) -> None:
-        for pipe in (self.process.stdin, self.process.stdout):
-            try:
-                if pipe is not None:
-                    pipe.close()
-            except OSError:
-                pass
 
 
 class DecodePool:
@@ -131,8 +36,8 @@ class DecodePool:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._idle: queue.Queue[_Worker] = queue.Queue()
-        self._workers: set[_Worker] = set()
+        self._idle: queue.Queue[DecodeProcess] = queue.Queue()
+        self._workers: set[DecodeProcess] = set()
         self.killed = 0  # workers killed past a deadline or after a failure
 
     def start(self) -> None:
@@ -151,15 +56,17 @@ class DecodePool:
         return [w.pid for w in self._workers]
 
     def decode_all(
-        self, uploads: list[Upload], max_pixels: int
+        self, uploads: list[Upload], max_pixels: int, check: Callable[[], None] | None = None
     ) -> list[DecodedImage | InvalidImageError]:
-        """Each upload decoded in a worker, or the reason it could not be: the pool only
-        decodes. RequestTimeoutError once the request's deadline has passed."""
+        """Each upload decoded in a worker, or why it could not be. RequestTimeoutError once
+        the request's deadline has passed; `check` runs before each file and may raise."""
         deadline = request_deadline.get()
         if deadline is None:  # outside a request (tests, scripts): the request timeout
             deadline = time.monotonic() + self.settings.request_timeout_s
         decoded: list[DecodedImage | InvalidImageError] = []
         for upload in uploads:
+            if check is not None:
+                check()
             try:
                 decoded.append(self.decode(upload.data, upload.filename, max_pixels, deadline))
             except InvalidImageError as exc:
@@ -170,9 +77,8 @@ class DecodePool:
         """Decode one file in a worker: InvalidImageError when it is bad or too slow,
         RequestTimeoutError when the request's deadline passes first.
 
-        A .npy file decodes here instead: its reader is ours (numpy's bounded header
-        parser, then a view of the bytes), linear in the capped pixel count, and skipping
-        the process hop saves about 2 ms per file on a loaded 2-core machine (measured).
+        A .npy file decodes here: its reader is ours, bounded and linear in the capped
+        pixels, and skipping the process hop saves about 2 ms per file (measured).
         """
         if data.startswith(NPY_MAGIC):
             return decode_image(data, filename=filename, max_pixels=max_pixels)
@@ -181,10 +87,10 @@ class DecodePool:
         try:
             if not worker.wait_ready(deadline):
                 raise self._timed_out()
-            worker.send({"filename": filename, "max_pixels": max_pixels}, data)
             file_deadline = min(time.monotonic() + self.settings.decode_timeout_s, deadline)
-            raw = worker.read_frame(file_deadline)
-            if raw is None:
+            job: dict[str, object] = {"filename": filename, "max_pixels": max_pixels}
+            answer = worker.exchange(job, data, file_deadline)
+            if answer is None:
                 self._kill(worker, filename)
                 if time.monotonic() >= deadline:
                     raise self._timed_out()
@@ -193,16 +99,8 @@ class DecodePool:
                     f"decoding took longer than {self.settings.decode_timeout_s:g} s "
                     "(decode_timeout_s, env DEEPLENSE_DECODE_TIMEOUT_S); the file is refused",
                 )
-            header = json.loads(raw)
-            frames: list[bytes] = []
-            if header["kind"] == "ok":
-                for _ in range(frames_expected(header)):
-                    frame = worker.read_frame(file_deadline)
-                    if frame is None:
-                        raise _WorkerGone("fewer data frames than announced after an ok")
-                    frames.append(frame)
-            keep = not header["retire"]
-        except (_WorkerGone, OSError, ValueError, KeyError) as exc:
+            keep = not answer[0]["retire"]
+        except (WorkerGone, OSError, ValueError, KeyError) as exc:
             self._kill(worker, filename)
             raise InvalidImageError(filename, "the decoder failed on this file") from exc
         finally:
@@ -210,40 +108,32 @@ class DecodePool:
                 self._idle.put(worker)
             else:
                 self._replace(worker)
-        if header["kind"] != "ok":
-            error = ImageTooLargeError if header["kind"] == "too_large" else InvalidImageError
-            raise error(filename, str(header["problem"]))
-        shape = tuple(int(d) for d in header["shape"])
-        array = np.frombuffer(frames[0], dtype=np.float32).reshape(shape)  # read-only view
-        return DecodedImage(
-            array, str(header["format"]), tuple(header["warnings"]), extras_from(header, frames[1:])
-        )
+        one = decoded_stack(*answer, filename)  # (H, W): the worker read one image
+        return DecodedImage(one.pixels, one.format, one.warnings, one.extras)
 
     def _timed_out(self) -> RequestTimeoutError:
-        return RequestTimeoutError(
-            f"request took longer than {self.settings.request_timeout_s:g} s "
-            "(request_timeout_s, env DEEPLENSE_REQUEST_TIMEOUT_S)"
-        )
+        return RequestTimeoutError.after(self.settings.request_timeout_s)
 
-    def _take(self, deadline: float) -> _Worker:
+    def _take(self, deadline: float) -> DecodeProcess:
         try:
             return self._idle.get(timeout=max(deadline - time.monotonic(), 0.0))
         except queue.Empty:
             raise self._timed_out() from None
 
     def _add(self) -> None:
-        worker = _Worker(self.settings.decode_memory_bytes)
+        worker = DecodeProcess(self.settings.decode_memory_bytes)
         self._workers.add(worker)
         self._idle.put(worker)
 
-    def _replace(self, worker: _Worker) -> None:
+    def _replace(self, worker: DecodeProcess) -> None:
         if worker.process.poll() is None:
             worker.stop(timeout_s=1.0)
         self._workers.discard(worker)
         self._add()
 
-    def _kill(self, worker: _Worker, filename: str) -> None:
+    def _kill(self, worker: DecodeProcess, filename: str) -> None:
         if worker.process.poll() is None:
-            logger.warning("decoding %s: worker %d killed and replaced", filename, worker.pid)
+            name = printable(filename)  # no forged log lines
+            logger.warning("decoding %s: worker %d killed and replaced", name, worker.pid)
             worker.kill()
             self.killed += 1

@@ -7,13 +7,12 @@ than a `dependency_overrides` entry: with any override present FastAPI re-analys
 dependency signature on every request (about 1 ms each request, measured).
 """
 
-import secrets
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
-from app.errors import InvalidApiKeyError
+from app.api_key import check_api_key
 from app.metrics import ScoringMetrics
 from app.service import ModelService
 from app.settings import Settings
@@ -61,10 +60,4 @@ async def require_api_key(
     settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
 ) -> None:
     """401 unless the X-API-Key header matches the configured key (no-op when none is set)."""
-    if settings.api_key is None:
-        return
-    expected = settings.api_key.get_secret_value().encode()
-    if key is None:
-        raise InvalidApiKeyError("missing X-API-Key header: this service requires an API key")
-    if not secrets.compare_digest(key.encode(), expected):
-        raise InvalidApiKeyError("invalid API key in the X-API-Key header")
+    check_api_key(settings.api_key, key)

@@ -29,6 +29,7 @@ from deeplense.errors import (
     UnknownModelError,
     UnknownScoreError,
 )
+from deeplense.printable import printable
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,30 @@ class InvalidApiKeyError(DeepLenseError):
 
 class RequestTimeoutError(DeepLenseError):
     """A request ran past the configured deadline."""
+
+    @classmethod
+    def after(cls, seconds: float) -> "RequestTimeoutError":
+        return cls(
+            f"request took longer than {seconds:g} s "
+            "(request_timeout_s, env DEEPLENSE_REQUEST_TIMEOUT_S)"
+        )
+
+
+class OverloadedError(DeepLenseError):
+    """The service has no room for this request within its bounded wait (503); the client
+    should come back after `retry_after_s` seconds."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class ClientOverBudgetError(OverloadedError):
+    """One client (with an API key set) holds more admitted work than its share (429)."""
+
+
+class AbandonedError(DeepLenseError):
+    """Nobody waits for the answer any more: the client went away or the deadline passed."""
 
 
 class NoReadableFileError(DeepLenseError):
@@ -64,6 +89,9 @@ STATUS_CODES: dict[type[DeepLenseError], int] = {
     InvalidInstrumentError: 422,  # a request's PSF or pixel scale that cannot be used
     NoReadableFileError: 422,  # a request in which no file could be read
     NotReadyError: 503,  # models still loading
+    ClientOverBudgetError: 429,  # one client over its share of admitted work (with an API key)
+    OverloadedError: 503,  # no room for the request's cost within the bounded wait
+    AbandonedError: 499,  # the client closed the request (nginx's code); nobody reads it
     RequestTimeoutError: 504,  # request_timeout_s exceeded
     CheckpointError: 500,  # only at start-up; listed so it can never leak a traceback
     DeviceError: 500,  # only at start-up (DEEPLENSE_DEVICE=cuda without a GPU)
@@ -96,11 +124,13 @@ def detail_for(exc: DeepLenseError) -> Any:
 
 
 def error_response(exc: DeepLenseError) -> JSONResponse:
-    """`{"detail": ...}` with the table's status code (also used by the ASGI middlewares)."""
+    """`{"detail": ...}` with the table's status code (also used by the ASGI middlewares);
+    an overload's Retry-After is its own estimate."""
     status = status_for(exc)
-    return JSONResponse(
-        {"detail": detail_for(exc)}, status_code=status, headers=_HEADERS.get(status)
-    )
+    headers = _HEADERS.get(status)
+    if isinstance(exc, OverloadedError):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    return JSONResponse({"detail": detail_for(exc)}, status_code=status, headers=headers)
 
 
 async def _domain_error(request: Request, exc: Exception) -> Response:
@@ -108,7 +138,8 @@ async def _domain_error(request: Request, exc: Exception) -> Response:
     metrics = getattr(request.app.state, "metrics", None)
     if isinstance(exc, NoReadableFileError) and metrics is not None:
         metrics.record_unreadable(len(exc.problems))
-    logger.info("%s %s -> %s: %s", request.method, request.url.path, status_for(exc), exc)
+    path, message = printable(request.url.path), printable(exc)  # no forged log lines
+    logger.info("%s %s -> %s: %s", request.method, path, status_for(exc), message)
     return error_response(exc)
 
 
@@ -132,8 +163,20 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": shown}, status_code=422)
 
 
+# Clearer words for FastAPI's messages about the `files` field (no class reprs): a form
+# field sent where a file belongs, and no file (a browser's empty file input sends a part
+# with an empty filename and no bytes, which FastAPI counts as none).
+_FILES_MESSAGES = {
+    "value_error": "not a file: a form field without a filename; send each image as a file",
+    "missing": "no file uploaded (a part with an empty filename counts as none); send one or "
+    "more images as files named `files`",
+}
+
+
 def _short_error(error: Any) -> dict[str, Any]:
     entry = {k: error[k] for k in ("type", "loc", "msg") if k in error}
+    if tuple(entry.get("loc", ()))[:2] == ("body", "files"):
+        entry["msg"] = _FILES_MESSAGES.get(str(entry.get("type")), entry.get("msg"))
     if "input" in error:
         text = error["input"] if isinstance(error["input"], str) else repr(error["input"])
         cut = len(text) > MAX_ECHOED_CHARS
@@ -142,7 +185,7 @@ def _short_error(error: Any) -> dict[str, Any]:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    logger.exception("unhandled error on %s %s", request.method, printable(request.url.path))
     return JSONResponse(
         {"detail": "internal server error; the service logged the details"}, status_code=500
     )

@@ -32,7 +32,7 @@ class Health(RuntimeInfo):
 
 
 class Readiness(RuntimeInfo):
-    """Readiness: every configured model loaded and warmed up."""
+    """Readiness: every configured model loaded and warmed up, and room for more work."""
 
     ready: bool = Field(description="true once every configured model is ready (then 200)")
     detail: str = Field(description="the state in words", examples=["all 4 models ready"])
@@ -41,3 +41,9 @@ class Readiness(RuntimeInfo):
         examples=[{"aae": "ready", "vae": "ready"}],
     )
     not_ready: list[str] = Field(description="the configured models that are not ready")
+    saturated: bool = Field(
+        default=False,
+        description="true while the admitted work or the request bodies in flight are at "
+        "their bound (admission_budget_s, max_inflight_bytes): then 503 although every "
+        "model is ready",
+    )

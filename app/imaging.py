@@ -36,11 +36,7 @@ async def read_uploads(files: list[UploadFile], settings: Settings) -> list[Uplo
     Byte counts are those Starlette counted while parsing the body (never a header), and the
     whole body was already capped at max_request_bytes while it streamed in.
     """
-    if len(files) > settings.max_files:
-        raise PayloadTooLargeError(
-            f"{len(files)} files in one request; the limit is {settings.max_files} "
-            "(max_files, env DEEPLENSE_MAX_FILES)"
-        )
+    check_file_count(len(files), settings)
     uploads = []
     for i, file in enumerate(files):
         name = file.filename or f"file {i + 1}"
@@ -51,6 +47,15 @@ async def read_uploads(files: list[UploadFile], settings: Settings) -> list[Uplo
             raise _file_too_large(name, len(data), settings.max_file_bytes)
         uploads.append(Upload(filename=name, data=data))
     return uploads
+
+
+def check_file_count(n_files: int, settings: Settings) -> None:
+    """PayloadTooLargeError when a request holds more than max_files files."""
+    if n_files > settings.max_files:
+        raise PayloadTooLargeError(
+            f"{n_files} files in one request; the limit is {settings.max_files} "
+            "(max_files, env DEEPLENSE_MAX_FILES)"
+        )
 
 
 def _file_too_large(name: str, size: int, limit: int) -> PayloadTooLargeError:
@@ -66,13 +71,21 @@ def prepare(
     size: int,
     card: Instrument,
     request: RequestInstrument | None = None,
+    min_side: int = 1,
 ) -> Prepared:
     """One decoded upload (or its decoding error) made ready for a model of side `size`
-    trained through `card`, by the one preparation (`deeplense.observation`); a bad file
-    gets `error`. The decoder's notes (colour converted, alpha ignored) come first among the
-    warnings."""
+    trained through `card`, by the one preparation (`deeplense.observation`); a bad file,
+    or an image narrower or shorter than `min_side` pixels, gets `error`. The decoder's
+    notes (colour converted, alpha ignored) come first among the warnings."""
     if isinstance(decoded, InvalidImageError):
         return Prepared(filename=filename, error=str(decoded))
+    height, width = decoded.pixels.shape[-2:]
+    if min(height, width) < min_side:
+        return Prepared(
+            filename=filename,
+            error=f"{filename}: {height} x {width} pixels, smaller than {min_side} x "
+            f"{min_side}: too little to score (min_image_side, env DEEPLENSE_MIN_IMAGE_SIDE)",
+        )
     try:
         observation = prepare_observation(
             decoded.pixels, size, card, filename, decoded.extras, request

@@ -92,8 +92,4 @@ class TimeoutMiddleware:
         except TimeoutError:
             if started:  # too late for a status code; the server closes the connection
                 raise
-            exc = RequestTimeoutError(
-                f"request took longer than {self.seconds:g} s "
-                "(request_timeout_s, env DEEPLENSE_REQUEST_TIMEOUT_S)"
-            )
-            await error_response(exc)(scope, receive, send)
+            await error_response(RequestTimeoutError.after(self.seconds))(scope, receive, send)

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
+from app.admission import AdmissionMiddleware
 from app.docs_csp import DocsContentSecurityPolicy
 from app.errors import install_error_handlers
 from app.limits import BodyLimitMiddleware, TimeoutMiddleware
@@ -75,9 +76,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.service = service
     install_error_handlers(app)
-    # Middlewares, innermost first: body limit, deadline, metrics, CORS (outermost, so that
-    # even a 413 or 504 carries the CORS headers a browser needs to read it).
+    # Middlewares, innermost first: body limit, admission (API key and room, before the
+    # body is read), deadline, metrics, CORS (outermost, so that even a 413, 503 or 504
+    # carries the CORS headers a browser needs to read it).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(AdmissionMiddleware, admission=service.admission, settings=settings)
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_s)
     app.state.metrics = install_metrics(app)
     if settings.cors_origins:

@@ -17,6 +17,7 @@ from models.base import count_parameters
 from models.checkpoint import WEIGHTS_FILE, LoadedCheckpoint, load_checkpoint
 
 WARMUP_BATCH = 8
+COST_SMOOTHING = 0.2  # weight of the newest measurement in the seconds-per-image average
 
 
 class ModelState(StrEnum):
@@ -37,6 +38,23 @@ class ServedModel:
     parameters: int
     weights_sha256: str
     load_seconds: float
+    # Seconds of service per image: the forward pass at warm-up, then a moving average over
+    # requests of their forward pass, decoding and images (not their wait for the other
+    # slot). A request's cost for admission control (app.admission).
+    cost_per_image_s: float = 0.0
+
+    def observe(self, seconds: float, n_images: int) -> None:
+        """Fold one measured forward pass of `n_images` into `cost_per_image_s`."""
+        if n_images > 0:
+            one = seconds / n_images
+            old = self.cost_per_image_s
+            self.cost_per_image_s = one if old <= 0 else old + COST_SMOOTHING * (one - old)
+
+    def chunk(self, batch_size: int, seconds: float, smallest: int = 1) -> int:
+        """Images per forward pass: about `seconds` of work, `smallest` to `batch_size`."""
+        if self.cost_per_image_s <= 0:
+            return batch_size
+        return max(smallest, min(batch_size, int(seconds / self.cost_per_image_s)))
 
     @property
     def size(self) -> int:
@@ -84,10 +102,12 @@ def warm_up(served: ServedModel, device: torch.device) -> None:
     rng = np.random.default_rng(0)
     for n in (1, WARMUP_BATCH):
         x = rng.random((n, 1, served.size, served.size), dtype=np.float32)
+        began = time.perf_counter()
         scored = score_array(served.checkpoint.model, x, device=device, batch_size=n)
         if not np.all(np.isfinite(scored.loss)):
             weights = served.checkpoint.path / WEIGHTS_FILE
             raise CheckpointError(f"{weights}: the model produces non-finite output")
+    served.cost_per_image_s = (time.perf_counter() - began) / WARMUP_BATCH  # the warm batch
     served.load_seconds += time.perf_counter() - start
 
 

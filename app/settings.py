@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 
 from deeplense.errors import DeepLenseError
 
@@ -50,6 +51,21 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=4096 * 4096, ge=1)
     # Whole-request deadline in seconds (upload, decoding and inference); over it -> 504.
     request_timeout_s: float = Field(default=60.0, gt=0)
+    # Admission by cost. A request costs its files x its model's measured seconds per image
+    # (an ensemble: its members' sum; a tiny image is upscaled and costs a full one). Requests
+    # are admitted while the admitted work stays within admission_budget_s seconds; one that
+    # finds no room within admission_wait_s gets a prompt 503 with Retry-After (the estimated
+    # seconds until room), never a 504 after queueing. A request over the budget runs alone.
+    admission_budget_s: float = Field(default=20.0, gt=0)
+    admission_wait_s: float = Field(default=0.5, ge=0)
+    # With an API key set: the admitted work of one client (its address) above this -> 429.
+    client_budget_s: float = Field(default=10.0, gt=0)
+    # Request bodies in flight at once (the announced Content-Length, else max_request_bytes):
+    # a request that finds no room gets 503 before its body is read, so waiting uploads never
+    # hold memory without bound. A request over the cap runs alone.
+    max_inflight_bytes: int = Field(default=256 * MB, ge=1)
+    # Images narrower or shorter than this (pixels) carry too little to score: a file error.
+    min_image_side: int = Field(default=16, ge=1)
     # Decoding runs in this many worker processes (at most this many files decode at once);
     # a worker past a file's decode_timeout_s or its request's deadline is killed and
     # replaced, and the file gets an error. Each worker's address space is capped at
@@ -92,3 +108,8 @@ def get_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise SettingsError(describe_invalid(exc)) from None
+    except PydanticSettingsError as exc:  # a list or dict variable that is not JSON
+        raise SettingsError(
+            f"invalid settings: {exc}; lists are JSON, e.g. "
+            f"{Settings.model_config['env_prefix']}CORS_ORIGINS='[\"https://example.org\"]'"
+        ) from None

@@ -6,8 +6,9 @@ FastAPI or torch. It speaks a small framed protocol on stdin/stdout, with no pic
 worker subverted by a hostile file cannot make the server run code by what it answers:
 
 - once its imports are done it writes one byte, READY;
-- a job is a frame (4-byte big-endian length, JSON `{"filename", "max_pixels"}`) followed by
-  a frame holding the file's bytes;
+- a job is a frame (4-byte big-endian length, JSON `{"filename", "max_pixels"}`, and
+  `"stack": true` and `"path"` from the `score` CLI) followed by a frame holding the file's
+  bytes (empty when the job names a path);
 - the answer is a JSON frame `{"kind", "problem", "warnings", "format", "shape", "retire"}`
   (kind: ok, invalid or too_large) followed, when ok, by a frame of float32 pixels (C order).
 """
@@ -19,15 +20,20 @@ import os
 import resource
 import struct
 import sys
+import threading
+import time
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from deeplense.errors import ImageTooLargeError, InvalidImageError
 from deeplense.fits_layout import ImageExtras
-from deeplense.imaging import decode_image
+from deeplense.imaging import DecodedImage, DecodedStack, decode_image, decode_stack
 
 READY = b"R"
+PARENT_CHECK_S = 0.5
+"""How often a worker checks that its server is still alive, seconds."""
 RETIRE_RSS_BYTES = 512 << 20
 """A worker whose resident size is above this after a job exits; a fresh one replaces it."""
 
@@ -56,13 +62,21 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * resource.getpagesize()
 
 
-def answer(data: bytes, filename: str, max_pixels: int) -> tuple[dict[str, object], list[bytes]]:
-    """Decode one file: the answer's header and its data frames (none unless ok): the
-    pixels (float32), then the noise map and the PSF (float64) when the file holds them."""
+def answer(
+    data: bytes | Path, filename: str, max_pixels: int, stack: bool = False
+) -> tuple[dict[str, object], list[bytes]]:
+    """Decode one file (its bytes, or its path): the answer's header and its data frames
+    (none unless ok): the pixels (float32; (N, H, W) with `stack`, values unchecked, as the
+    `score` CLI reads them), then the noise map and the PSF (float64) when the file holds
+    them."""
     header: dict[str, object] = {"kind": "ok", "problem": "", "warnings": [], "format": ""}
     frames: list[bytes] = []
     try:
-        decoded = decode_image(data, filename=filename, max_pixels=max_pixels)
+        decoded: DecodedImage | DecodedStack = (
+            decode_stack(data, filename=filename, max_pixels=max_pixels, check_values=False)
+            if stack
+            else decode_image(data, filename=filename, max_pixels=max_pixels)
+        )
         array = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
         header |= {"warnings": list(decoded.warnings), "format": decoded.format}
         header["shape"] = list(array.shape)
@@ -100,7 +114,10 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
         if job is None or data is None:
             return
         request = json.loads(job)
-        header, frames = answer(data, str(request["filename"]), int(request["max_pixels"]))
+        source = Path(request["path"]) if request.get("path") else data  # the CLI sends paths
+        header, frames = answer(
+            source, str(request["filename"]), int(request["max_pixels"]), bool(request.get("stack"))
+        )
         del data
         retire = bool(header.get("retire")) or rss_bytes() > RETIRE_RSS_BYTES
         header["retire"] = retire
@@ -112,10 +129,30 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             return
 
 
+def watch_parent(parent: int, every_s: float = PARENT_CHECK_S) -> threading.Thread:
+    """A daemon thread that ends this process as soon as its parent `parent` is gone (the
+    server killed with SIGKILL, say): a worker mid-decode must not burn CPU as an orphan.
+
+    Polling, not PR_SET_PDEATHSIG: that signal fires when the parent *thread* that started
+    the worker exits, and the server starts workers from pool threads that come and go.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="watch-parent", daemon=True)
+    thread.start()
+    return thread
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="decode image files sent on stdin")
     parser.add_argument("--memory-bytes", type=int, default=None, help="RLIMIT_AS cap")
+    parser.add_argument("--parent-pid", type=int, default=None, help="exit when it is gone")
     args = parser.parse_args()
+    watch_parent(os.getppid() if args.parent_pid is None else args.parent_pid)
     # tifffile logs a warning per malformed tag; the answer's error says what was wrong.
     logging.getLogger("tifffile").setLevel(logging.ERROR)
     if args.memory_bytes is not None:

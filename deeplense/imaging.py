@@ -64,6 +64,7 @@ from deeplense.fits_layout import (
     header_pixel_scale,
     noise_sigma,
 )
+from deeplense.printable import printable
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +125,8 @@ _EXTENSION_FORMATS = {
 }
 _PILLOW_GREY_MODES = {"1", "L", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 _STACK_SHAPES = "(H, W), (1, H, W), (N, H, W) or (N, 1, H, W)"
+_FLOAT32_HIGH, _FLOAT32_LOW = 2.0**100, 2.0**-100  # float64 magnitudes kept as they are
+_TIFF_PAGES_COUNTED = 1000  # pages counted, at most, in a TIFF refused for holding several
 _VALUE_CHUNK = 256  # images per chunk when checking the values of a (memory-mapped) stack
 _TIFF_COMPRESSIONS = install_tiff_codecs()  # codes safe to decode: none, deflate, PackBits
 _FITS_GZIP_TILES = install_fits_tile_codecs()  # GZIP_1/2 tiles inflate within a cap
@@ -356,7 +359,7 @@ def _decode(request: _Request) -> DecodedStack:
     pixels, notes = decoded[0], decoded[1]
     extras = decoded[2] if len(decoded) > 2 else None
     for note in notes:
-        logger.warning("%s: %s", request.name, note)
+        logger.warning("%s: %s", printable(request.name), note)
     return DecodedStack(pixels, fmt, tuple(notes), extras)
 
 
@@ -441,7 +444,8 @@ def _decode_npy(request: _Request) -> _Decoded:
     array = array.reshape(n, h, w)
     if array.dtype == np.dtype(np.float32) and array.flags.c_contiguous:
         return array, []  # a memmap stays a memmap: no copy of a big stack
-    return _as_float32(array), []
+    factor, notes = _float32_factor(array)
+    return _as_float32(array, factor), notes
 
 
 def _decode_fits(request: _Request) -> _Decoded:
@@ -452,9 +456,11 @@ def _decode_fits(request: _Request) -> _Decoded:
             raise request.fail("no image data in any FITS HDU")
         named = [hdu for hdu in images if extname(hdu) == SCIENCE_EXTENSION]
         science = named[0] if named else images[0]
-        data = _fits_data(request, science)  # (N, H, W)
-        extras = _fits_extras(request, hdul, science) if data.shape[0] == 1 else None
-        return data, [], extras
+        stored = _fits_raw(request, science)  # (N, H, W) as stored
+        factor, notes = _float32_factor(stored)  # also applied to a noise map: the same units
+        data = _as_float32(stored, factor)
+        extras = _fits_extras(request, hdul, science, factor) if data.shape[0] == 1 else None
+        return data, notes, extras
 
 
 def _is_image_hdu(hdu: Any) -> bool:
@@ -467,6 +473,11 @@ def _is_image_hdu(hdu: Any) -> bool:
 
 def _fits_data(request: _Request, hdu: Any, role: str = "") -> np.ndarray:
     """One HDU's data as (N, H, W) float32, its header checked before any data is read."""
+    return _as_float32(_fits_raw(request, hdu, role))
+
+
+def _fits_raw(request: _Request, hdu: Any, role: str = "") -> np.ndarray:
+    """One HDU's data as (N, H, W) in its stored type, its header checked first."""
     naxis = int(hdu.header.get("NAXIS", 0))
     shape = tuple(int(hdu.header[f"NAXIS{i}"]) for i in range(naxis, 0, -1))
     n, h, w = request.layout(shape)  # before .data: no bomb is decoded
@@ -488,21 +499,27 @@ def _fits_data(request: _Request, hdu: Any, role: str = "") -> np.ndarray:
         data = hdu.data  # big-endian, BSCALE/BZERO applied
     if data is None or tuple(data.shape) != shape:
         raise request.fail(f"FITS data do not match the header shape {shape}{role}")
-    return _as_float32(data).reshape(n, h, w)
+    return np.asarray(data).reshape(n, h, w)
 
 
-def _fits_extras(request: _Request, hdul: Any, science: Any) -> ImageExtras | None:
-    """The noise map, PSF and pixel scale stored beside the science image (fits_layout)."""
+def _fits_extras(
+    request: _Request, hdul: Any, science: Any, factor: float = 1.0
+) -> ImageExtras | None:
+    """The noise map, PSF and pixel scale stored beside the science image (fits_layout); the
+    noise sigma multiplied by the science image's `factor` (`_float32_factor`): one unit."""
     by_name = {extname(hdu): hdu for hdu in hdul if _is_image_hdu(hdu) and hdu is not science}
     noise = noise_name = psf = None
     for name, kind in NOISE_EXTENSIONS.items():
         if name in by_name:
-            stored = _fits_data(request, by_name[name], f" in the {name} extension")
+            stored = _fits_raw(request, by_name[name], f" in the {name} extension")
             if stored.shape[0] != 1:
                 raise request.fail(
                     f"the {name} extension holds {stored.shape[0]} images; expected one noise map"
                 )
-            noise, noise_name = noise_sigma(stored[0], kind), name
+            # Read as float32, as always, unless the image needed a factor: then in float64,
+            # scaled to sigma first (a variance of 1e300-sized pixels is no float32).
+            values = _as_float32(stored[0]) if factor == 1.0 else stored[0]
+            noise, noise_name = noise_sigma(values, kind) * factor, name
             break
     if PSF_EXTENSION in by_name:
         psf = _fits_data(request, by_name[PSF_EXTENSION], " in the PSF extension")[0]
@@ -553,6 +570,7 @@ def _decode_tiff(request: _Request) -> _Decoded:
             fh, _multifile=False, is_ome=False, is_ndtiff=False, is_mmstack=False
         ) as tif,
     ):
+        _check_tiff_pages(tif, request)  # before tif.series, which is quadratic in pages
         if not tif.series:
             raise request.fail("no image in the TIFF file")
         if len(tif.series) > 1:
@@ -611,6 +629,44 @@ def _decode_tiff(request: _Request) -> _Decoded:
     return pixels.reshape(n, h, w), notes
 
 
+def _check_tiff_pages(tif: tifffile.TiffFile, request: _Request) -> None:
+    """Refuse, from each page's tags and before any series is built, a TIFF whose full-size
+    pages differ in shape or type, or (one image wanted) that holds more than one: tifffile
+    builds the series of pages of alternating shapes in time quadratic in their number.
+    Stops at the first such page: linear in the pages read."""
+    pages = tif.pages
+    useframes, pages.useframes = pages.useframes, False  # full tags for every page
+    try:
+        first: tuple[tuple[int, ...], Any] | None = None
+        count = 0
+        for page in pages:
+            if not isinstance(page, tifffile.TiffPage) or page.is_reduced:
+                continue  # thumbnails and other reduced-resolution pages are not images here
+            count += 1
+            if first is None:
+                first = (page.shape, page.dtype)
+            elif (page.shape, page.dtype) != first:
+                raise request.fail(
+                    f"TIFF pages of different shapes or types ({_shape(first[0])} "
+                    f"{first[1]}, then {_shape(page.shape)} {page.dtype} at page {count}); "
+                    "expected one image or a stack of images of one shape"
+                )
+            if request.single and count > _TIFF_PAGES_COUNTED:
+                break
+    finally:
+        pages.useframes = useframes
+    if request.single and count > 1:
+        shown = f"more than {_TIFF_PAGES_COUNTED}" if count > _TIFF_PAGES_COUNTED else count
+        raise request.fail(
+            f"holds {shown} images (TIFF pages); expected a single 2-D image "
+            "(score stacks with `python -m training score`)"
+        )
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return " x ".join(str(d) for d in shape)
+
+
 def _tiff_compression_name(code: int) -> str:
     try:
         return tifffile.COMPRESSION(code).name
@@ -618,10 +674,32 @@ def _tiff_compression_name(code: int) -> str:
         return str(code)
 
 
-def _as_float32(array: np.ndarray) -> np.ndarray:
-    """C-contiguous float32 copy; values beyond float32 become inf (refused by the checks)."""
+def _as_float32(array: np.ndarray, factor: float = 1.0) -> np.ndarray:
+    """C-contiguous float32 copy of `array` times `factor` (a power of two from
+    `_float32_factor`, so exact); values still beyond float32 become inf (refused)."""
     with np.errstate(over="ignore", invalid="ignore"):
+        if factor != 1.0:
+            array = np.multiply(array, factor, dtype=np.float64)
         return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _float32_factor(array: np.ndarray) -> tuple[float, list[str]]:
+    """A power of two that brings the largest finite magnitude of a float64 `array` into
+    float32's range (1e300 would become inf, 1e-300 zero), and the note saying so; (1.0,
+    []) when it fits already. Min-max scaling makes the factor vanish from every score."""
+    if array.dtype.kind != "f" or array.dtype.itemsize <= 4:
+        return 1.0, []
+    flat = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(1, -1)
+    peak = 0.0
+    for start in range(0, len(flat), _VALUE_CHUNK):  # bounded temporaries for big stacks
+        chunk = np.asarray(flat[start : start + _VALUE_CHUNK])
+        finite = np.isfinite(chunk)
+        peak = max(peak, float(np.max(np.abs(chunk), where=finite, initial=0.0)))
+    if peak == 0.0 or _FLOAT32_LOW <= peak <= _FLOAT32_HIGH:
+        return 1.0, []
+    exponent = math.frexp(peak)[1]  # peak = m * 2**exponent, 0.5 <= m < 1
+    note = f"values up to {peak:.3g} multiplied by 2^{-exponent} to fit float32 pixels"
+    return math.ldexp(1.0, -exponent), [note]
 
 
 def _luminance(rgb: np.ndarray) -> tuple[np.ndarray, list[str]]:

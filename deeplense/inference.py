@@ -5,7 +5,7 @@ MSE always among them, as `loss`), W1 distances, and optionally reconstructions 
 score's residual map, so a served score equals the evaluated score for the same input.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -148,11 +148,15 @@ def score_observations(
     keep_reconstructions: bool = False,
     scores: Sequence[str] = (MSE,),
     map_of: str | None = None,
+    check: Callable[[], None] | None = None,
 ) -> ScoredBatch:
     """Score prepared observations (`deeplense.observation`): each brings its model input,
     its mask, its noise map and its PSF width, so a supplied noise map replaces the
     estimate, masked pixels count nowhere and a supplied PSF sets its matched filter. The
-    same numbers as `score_array` for images that bring nothing of their own."""
+    same numbers as `score_array` for images that bring nothing of their own.
+
+    `check` runs before each batch of `batch_size` images; whatever it raises ends the work
+    there (the service stops a request nobody waits for any more)."""
     if isinstance(model, torch.nn.Module):
         model.eval()
     names = list(dict.fromkeys([MSE, *scores]))
@@ -163,6 +167,8 @@ def score_observations(
     recons: list[np.ndarray] = []
     maps: dict[int, np.ndarray] = {}
     for start in range(0, n, batch_size):
+        if check is not None:
+            check()
         chunk = observations[start : start + batch_size]
         x = torch.from_numpy(np.stack([o.x for o in chunk])).to(device)  # (B, 1, S, S)
         sigma = torch.from_numpy(np.stack([o.sigma for o in chunk])).to(device)  # type: ignore[misc]

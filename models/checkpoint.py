@@ -78,6 +78,8 @@ def read_config(directory: Path) -> CheckpointConfig:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: JSON nested too deeply to be a checkpoint config") from None
     try:
         return CheckpointConfig.model_validate(raw)
     except ValidationError as exc:
@@ -98,9 +100,14 @@ def load_checkpoint(directory: Path, device: str | torch.device = "cpu") -> Load
         model = create_model(config.architecture, **config.arguments)
     except UnknownModelError as exc:
         raise CheckpointError(f"{config_path}: {exc}") from None
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise CheckpointError(
             f"{config_path}: bad arguments for {config.architecture}: {exc}"
+        ) from None
+    except (MemoryError, RuntimeError) as exc:  # e.g. a huge image_size: layers too large
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            f"{config_path}: cannot build {config.architecture} with these arguments ({reason})"
         ) from None
     size = model.image_size
     if (config.input.height, config.input.width) != (size, size):

@@ -2,6 +2,8 @@
 
 Each file is read with the shared reader (`deeplense.imaging.decode_stack`: a single image
 is a stack of one, and a single-image FITS file brings its noise map, PSF and pixel scale),
+in a worker process with a time limit and a memory cap as the service reads uploads
+(`deeplense.decode_client.TimedDecoder`; .npy files in this process, memory-mapped),
 every image checked and prepared exactly as the service prepares an upload
 (`deeplense.observation.prepare_observation`), and scored in batches by
 `deeplense.inference.score_observations`. So a file's row holds the numbers the service
@@ -11,6 +13,7 @@ be read gets a row with its error and scoring goes on.
 """
 
 import csv
+import glob
 import logging
 import os
 import tempfile
@@ -22,13 +25,15 @@ import torch
 from tqdm import tqdm
 
 from deeplense.calibration import judge
+from deeplense.decode_client import TimedDecoder
 from deeplense.errors import InvalidImageError, OutputExistsError
 from deeplense.image_score import CSV_COLUMNS, ImageScore, image_scores
-from deeplense.imaging import DEFAULT_MAX_PIXELS, check_pixels, decode_stack
+from deeplense.imaging import DEFAULT_MAX_PIXELS, check_pixels
 from deeplense.inference import score_observations
 from deeplense.instrument import Instrument
 from deeplense.observation import Prepared, RequestInstrument, prepare_observation
 from models.checkpoint import LoadedCheckpoint
+from training.commands.score import DECODE_MEMORY_BYTES, DECODE_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +58,19 @@ def shard_files(files: Sequence[Path], index: int, count: int) -> list[Path]:
 
 
 def _prepare_file(
-    path: Path, size: int, max_pixels: int, card: Instrument, request: RequestInstrument
+    path: Path,
+    size: int,
+    max_pixels: int,
+    card: Instrument,
+    request: RequestInstrument,
+    decoder: TimedDecoder,
 ) -> Iterator[Prepared]:
     """Every image of one file prepared at side `size` by the service's preparation
     (`deeplense.observation`), or one error item for the file. A single-image FITS file
     brings its noise map, PSF and pixel scale; a stack's images do not."""
     name = str(path)
     try:
-        stack = decode_stack(path, filename=name, max_pixels=max_pixels, check_values=False)
+        stack = decoder.decode(path, name, max_pixels)
     except InvalidImageError as exc:
         yield Prepared(filename=name, error=str(exc))
         return
@@ -90,6 +100,7 @@ def score_files(
     progress: bool = True,
     score: str | None = None,
     request: RequestInstrument | None = None,
+    decoder: TimedDecoder | None = None,
 ) -> Iterator[ImageScore]:
     """Rows for every image of `files`, in order, scored in batches of `batch_size`.
 
@@ -97,6 +108,7 @@ def score_files(
     when given, else the checkpoint's calibrated one for that score (None when it has none:
     is_anomaly is then None); percentile needs a calibration (`deeplense.calibration.judge`).
     `request` (the --psf and --pixel-scale flags) applies to every image without its own.
+    `decoder` reads the files (default: DECODE_TIMEOUT_S per file, DECODE_MEMORY_BYTES).
     """
     score = score or loaded.config.default_score
     calibration = loaded.config.calibration_for(score)
@@ -125,18 +137,46 @@ def score_files(
             yield next(records) if done else ImageScore(p.filename, error=p.error)
         pending.clear()
 
+    own = decoder is None
+    reader = TimedDecoder(DECODE_TIMEOUT_S, DECODE_MEMORY_BYTES) if decoder is None else decoder
     bar = tqdm(files, desc=f"score {loaded.name}", unit="file", disable=not progress or None)
-    for path in bar:
-        for item in _prepare_file(Path(path), size, max_pixels, card, request):
-            pending.append(item)
-            if item.observation is not None:
-                n_ready += 1
-                n_images += 1
-            if n_ready >= batch_size:
-                yield from flush()
-                n_ready = 0
-        bar.set_postfix(images=n_images, refresh=False)
-    yield from flush()
+    try:
+        for path in bar:
+            for item in _prepare_file(Path(path), size, max_pixels, card, request, reader):
+                pending.append(item)
+                if item.observation is not None:
+                    n_ready += 1
+                    n_images += 1
+                if n_ready >= batch_size:
+                    yield from flush()
+                    n_ready = 0
+            bar.set_postfix(images=n_images, refresh=False)
+        yield from flush()
+    finally:
+        if own:
+            reader.close()
+
+
+def sweep_stale_temp_files(out: Path) -> list[Path]:
+    """Remove the temp files of earlier writes of `out` whose process is gone (a SIGKILL
+    skips every clean-up); the removed paths."""
+    removed = []
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*.tmp"):
+        pid = stale.name[len(out.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_csv(rows: Iterable[ImageScore], out: Path, overwrite: bool = False) -> dict[str, int]:
@@ -145,7 +185,9 @@ def write_csv(rows: Iterable[ImageScore], out: Path, overwrite: bool = False) ->
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    sweep_stale_temp_files(out)
+    prefix = f".{out.name}.{os.getpid()}."  # the writer's pid: a later run can tell it died
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=out.parent)
     tmp = Path(tmp_name)
     counts = {"rows": 0, "errors": 0, "anomalies": 0}
     try:

@@ -33,12 +33,14 @@ async def health(service: ServiceDep) -> Health:
 
 @router.get(
     "/ready",
-    summary="Readiness: every model loaded and warmed up",
+    summary="Readiness: every model loaded and warmed up, and room for more work",
     response_model=Readiness,
     responses={
         503: {
             "model": Readiness,
-            "description": "Some configured model is not ready; the body says which.",
+            "description": "Some configured model is not ready (the body says which), or the "
+            "service is saturated: its admitted work or request bodies in flight are at their "
+            "bound, so a load balancer should send new requests elsewhere for now.",
             "content": {
                 "application/json": {
                     "example": {
@@ -46,6 +48,7 @@ async def health(service: ServiceDep) -> Health:
                         "detail": "not ready: vae (loading), rbm (pending)",
                         "models": {"aae": "ready", "vae": "loading", "rbm": "pending"},
                         "not_ready": ["vae", "rbm"],
+                        "saturated": False,
                         "device": None,
                         "device_setting": "auto",
                         "torch_version": "2.13.0+cpu",
@@ -58,24 +61,28 @@ async def health(service: ServiceDep) -> Health:
     },
 )
 async def ready(service: ServiceDep) -> JSONResponse:
-    """200 once every configured checkpoint is loaded and warmed up, else 503."""
+    """200 once every configured checkpoint is loaded and warmed up and the service has room
+    for more work, else 503."""
     states = {name: state.value for name, state in service.states.items()}
     waiting = service.not_ready()
+    saturation = service.admission.saturation()
+    ready = service.ready and saturation is None
     if service.ready:
-        detail = f"all {len(states)} models ready"
+        detail = saturation or f"all {len(states)} models ready"
     elif not service.started:
         detail = "not ready: the service is starting, checkpoints not discovered yet"
     else:
         listed = ", ".join(f"{n} ({s})" for n, s in waiting.items())
         detail = "not ready: " + (listed or "finishing start-up")
     body = Readiness(
-        ready=service.ready,
+        ready=ready,
         detail=detail,
         models=states,
         not_ready=list(waiting),
+        saturated=saturation is not None,
         **runtime_info(service),
     )
-    if service.ready:
+    if ready:
         return JSONResponse(body.model_dump())
     return JSONResponse(
         body.model_dump(), status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)}

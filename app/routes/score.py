@@ -3,11 +3,12 @@
 from functools import partial
 from typing import Annotated, Any
 
-import anyio
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
+from app.admission import ADMISSION_DEADLINE
+from app.cancel import run_while_awaited
 from app.dependencies import MetricsDep, ReadyServiceDep, SettingsDep, require_api_key
-from app.imaging import read_uploads
+from app.imaging import check_file_count, read_uploads
 from app.schemas import ErrorBody, ScoreResponse
 from deeplense.scores import SCORES, list_scores
 from models import list_models
@@ -61,7 +62,17 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
             }
         ],
     ),
-    503: _error("models still loading", "models not ready yet: vae (loading)"),
+    429: _error(
+        "with an API key set: this client's admitted work is over its share (Retry-After)",
+        "too many requests from this client: 9.6 s of its work admitted, and this request's "
+        "2.4 s does not fit in its share of 10 s (client_budget_s)",
+    ),
+    503: _error(
+        "models still loading, or the service is overloaded: no room for the request's cost "
+        "within a short wait (Retry-After says when to come back)",
+        "service overloaded: 19.2 s of scoring work admitted, and this request's 2.4 s does "
+        "not fit in the budget of 20 s (admission_budget_s); retry later",
+    ),
     504: _error("over the request deadline", "request took longer than 60 s (request_timeout_s)"),
 }
 
@@ -77,6 +88,7 @@ async def score(
             "model's size when it differs.",
         ),
     ],
+    request: Request,
     service: ReadyServiceDep,
     settings: SettingsDep,
     metrics: MetricsDep,
@@ -120,22 +132,30 @@ async def score(
         ),
     ] = None,
 ) -> ScoreResponse:
-    """Score each file with one model (or the ensemble) in one batched forward pass.
+    """Score each file with one model (or the ensemble) in batched forward passes.
 
     The response has one result per file, in upload order. A file that cannot be read gets
     an `error` and the others are still scored; when no file can be read the answer is 422.
+    When the service has no room for the request's cost within a short wait, the answer is
+    a prompt 503 (429 for one client's excess, with an API key) with Retry-After.
     """
     name = service.resolve(model)
     score_name = service.resolve_score(name, score)  # a bad name is a 422 before any upload work
-    uploads = await read_uploads(files, settings)
-    psf_upload = (await read_uploads([psf], settings))[0] if psf is not None else None
-    run = partial(
-        service.score, name, uploads, threshold, include_images, score_name, psf_upload,
-        pixel_scale,
-    )  # fmt: skip
-    # Off the event loop, at most service.limiter requests at a time (one in the forward
-    # pass, the next decoding); the rest wait here, not in threads. abandon_on_cancel: a
-    # request past its deadline answers 504 at once; its thread finishes in the background.
-    outcome = await anyio.to_thread.run_sync(run, abandon_on_cancel=True, limiter=service.limiter)
+    check_file_count(len(files), settings)  # a 413 whatever the load
+    client = request.client.host if request.client else "unknown"
+    deadline = getattr(request.state, ADMISSION_DEADLINE, None)  # set by the body's gate
+    async with service.admission.work(service.cost_s(name, len(files)), client, deadline):
+        uploads = await read_uploads(files, settings)  # into memory only once admitted
+        psf_upload = (await read_uploads([psf], settings))[0] if psf is not None else None
+        run = partial(
+            service.score, name, uploads, threshold, include_images, score_name, psf_upload,
+            pixel_scale,
+        )  # fmt: skip
+        # Off the event loop, at most service.limiter requests at a time (one in the forward
+        # pass, the next decoding); the rest wait here, not in threads. Past the deadline (a
+        # 504 at once) or once the client has gone, the thread stops at its next check.
+        outcome = await run_while_awaited(
+            lambda cancellation: run(check=cancellation.check), request.receive, service.limiter
+        )
     metrics.record(outcome)
     return outcome

@@ -23,8 +23,11 @@ UI_TIMEOUT_MS = 15_000
 
 @pytest.fixture
 def page(browser: Browser, server: str) -> Iterator[Page]:
-    """A fresh page on the upload page, its model list loaded; fails on any JS error."""
-    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    """A fresh page on the upload page, its model list loaded; fails on any JS error.
+
+    bypass_csp: Playwright's wait_for_function evaluates strings, which the page's policy
+    forbids; test_the_page_works_under_its_content_security_policy runs with it enforced."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, bypass_csp=True)
     page = context.new_page()
     page.set_default_timeout(UI_TIMEOUT_MS)
     js_errors: list[str] = []
@@ -203,7 +206,7 @@ def test_upload_page_sends_the_api_key(
 ) -> None:
     settings = {"DEEPLENSE_API_KEY": "s3cret-key"}
     with run_server(tiny_checkpoints, tmp_path / "server.log", settings=settings) as url:
-        context = browser.new_context()
+        context = browser.new_context(bypass_csp=True)  # for _submit's wait_for_function
         try:
             page = context.new_page()
             page.set_default_timeout(UI_TIMEOUT_MS)
@@ -255,3 +258,28 @@ def test_upload_page_shows_each_models_measured_auc_and_a_near_chance_caveat(
         assert "near chance" in (page.text_content("#model-help") or "")
     finally:
         context.close()
+
+
+def test_the_page_works_under_its_content_security_policy(
+    browser: Browser, server: str, tmp_path: Path
+) -> None:
+    # The policy enforced (no bypass_csp), and no Playwright evaluation of strings: the
+    # page's own script, style sheet and data: result images must all be allowed.
+    context = browser.new_context()
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(str(exc)))
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(server + "/")
+        page.wait_for_selector("#model[data-loaded]")
+        page.set_input_files("#files", [str(_write_npy(tmp_path / "lens.npy"))])
+        page.select_option("#model", "dcae")
+        page.click("#submit")
+        page.wait_for_selector("#results .result img")
+        loaded = page.eval_on_selector_all("#results img", "is => is.every(i => i.complete)")
+        assert loaded and not page.is_hidden("#results-section")
+    finally:
+        context.close()
+    assert problems == []

@@ -105,3 +105,55 @@ def test_settings_bound_the_pool() -> None:
     finally:
         pool.close()
     assert pool.pids() == []
+
+
+# A stand-in server: starts a decode worker the way the pool does, hands the worker's stdin
+# to a sleeping sibling too (so the pipe stays open and only the watchdog can end the
+# worker, as when it is busy decoding), prints both pids, then waits to be killed.
+_SERVER = """
+import os, subprocess, sys, time
+read, write = os.pipe()
+worker = subprocess.Popen(
+    [sys.executable, "-m", "deeplense.decode_worker", "--parent-pid", str(os.getpid())],
+    stdin=read, stdout=subprocess.DEVNULL,
+)
+holder = subprocess.Popen(["sleep", "60"], pass_fds=(write,))
+print(worker.pid, holder.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its entry waits for its reaper
+
+
+def test_a_worker_dies_with_its_killed_server() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    server = subprocess.Popen(
+        [sys.executable, "-c", _SERVER], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    assert server.stdout is not None
+    worker, holder = (int(p) for p in server.stdout.readline().split())
+    try:
+        assert _alive(worker)
+        server.kill()  # SIGKILL: no clean-up runs in the server
+        server.wait()
+        for _ in range(200):  # the watchdog polls every 0.5 s; give it up to 20 s
+            if not _alive(worker):
+                break
+            time.sleep(0.1)
+        assert not _alive(worker)
+    finally:
+        server.stdout.close()
+        os.kill(holder, signal.SIGKILL)
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)

@@ -1,17 +1,21 @@
 """The smaller findings of issue 12 and the API truths of issue 11 item 8, at the HTTP level."""
 
 import io
+import logging
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import SecretStr
 
 from app.main import create_app
-from app.settings import Settings
+from app.settings import Settings, SettingsError, get_settings
+from deeplense.imaging import decode_image
+from deeplense.printable import printable
 from tests.app.conftest import image, upload
 from tests.app.serve_fixture import REPO_ROOT
 from tests.encode import npy_bytes
@@ -99,3 +103,62 @@ def test_unknown_format_message_does_not_offer_stacks(client: TestClient) -> Non
     files = [upload("notes.txt", b"hello"), upload("a.npy", npy_bytes(image()))]
     error = client.post("/score", files=files).json()["results"][0]["error"]
     assert "unknown format" in error and "stack" not in error
+
+
+def test_a_newline_in_a_name_or_path_cannot_forge_a_log_line(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    forged = "x\nINFO:     app.errors: forged\r"
+    with caplog.at_level(logging.INFO):
+        assert client.get("/models/x%0AINFO:%20%20app.errors:%20forged%0D").status_code == 404
+        rgb = np.zeros((8, 8, 3), dtype=np.uint8)
+        rgb[:4, :, 0], rgb[4:, :, 1] = 255, 128
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        decode_image(buffer.getvalue(), filename=f"{forged}.png")  # logs a colour note
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("forged" in m for m in messages if "404" in m)
+    assert any("forged" in m for m in messages if "luminance" in m)
+    assert not any("\n" in m or "\r" in m for m in messages)
+    assert printable("a\nb\x1b[31m\u2028") == "a\\nb\\x1b[31m\\u2028"
+
+
+def test_a_list_setting_that_is_not_json_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEEPLENSE_CORS_ORIGINS", "https://example.org")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError) as info:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    message = str(info.value)
+    assert "cors_origins" in message and "lists are JSON" in message and "\n" not in message
+
+
+def test_the_upload_page_cannot_be_framed_and_loads_only_from_here(client: TestClient) -> None:
+    headers = client.get("/").headers
+    policy = headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "script-src 'self'" in policy
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert client.get("/static/app.js").headers["X-Content-Type-Options"] == "nosniff"
+
+
+def _multipart(parts: list[str]) -> tuple[str, dict[str, str]]:
+    body = "".join(f"--b\r\nContent-Disposition: form-data; {p}\r\n\r\n\r\n" for p in parts)
+    return body + "--b--\r\n", {"Content-Type": "multipart/form-data; boundary=b"}
+
+
+def test_empty_or_text_file_parts_get_clear_422_entries(client: TestClient) -> None:
+    cases = {
+        'name="files"; filename="a.npy"': "a.npy: empty file (0 bytes)",
+        'name="files"; filename=""': "no file uploaded",
+        'name="files"': "not a file: a form field without a filename",
+    }
+    for part, expected in cases.items():
+        body, headers = _multipart([part])
+        response = client.post("/score", content=body, headers=headers)
+        assert response.status_code == 422
+        entry = response.json()["detail"][0]
+        assert expected in entry["msg"] and entry["loc"][:2] == ["body", "files"]
+        assert "class" not in entry["msg"]

@@ -25,7 +25,7 @@ from deeplense.bounded import (
 )
 from deeplense.errors import ImageTooLargeError, InvalidImageError
 from deeplense.imaging import decode_image, decode_stack, inflate_limit, read_image
-from tests.encode import fits_bytes, tiff_bytes
+from tests.encode import fits_bytes, npy_bytes, tiff_bytes
 
 CARD = 80  # bytes per FITS header card
 BLOCK = 2880  # bytes per FITS block
@@ -273,3 +273,75 @@ def test_many_gzip_members_inflate_in_order_with_what_follows() -> None:
     assert inflate_gzip(members + b"junk", 1000) == b"abc" * 10 + b"!"
     with pytest.raises(InflateLimitError):
         inflate_gzip(members, 30)
+
+
+def alternating_tiff(n_pages: int) -> bytes:
+    """A TIFF whose `n_pages` pages alternate between 2 x 2 and 3 x 2 (issue 20, D4)."""
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as writer:
+        for i in range(n_pages):
+            writer.write(np.zeros((2, 2) if i % 2 == 0 else (3, 2), np.uint8), contiguous=False)
+    return buffer.getvalue()
+
+
+def test_tiff_pages_of_alternating_shapes_are_refused_from_their_tags(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # tifffile builds the series of such pages in time quadratic in their number: the
+    # refusal must come from the page tags, before any series is built.
+    def no_series(self: tifffile.TiffFile) -> list[object]:
+        raise AssertionError("series built for a TIFF of mixed page shapes")
+
+    monkeypatch.setattr(tifffile.TiffFile, "series", property(no_series))
+    data = alternating_tiff(2000)
+    for decode in (decode_image, decode_stack):
+        with pytest.raises(InvalidImageError, match="pages of different shapes"):
+            decode(data, filename="alt.tif")
+
+
+def test_a_single_image_reader_refuses_a_many_page_tiff_before_its_series(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as writer:
+        for _ in range(3000):  # each page its own series: quadratic to assemble
+            writer.write(np.zeros((2, 2), np.uint8), contiguous=False)
+
+    def no_series(self: tifffile.TiffFile) -> list[object]:
+        raise AssertionError("series built")
+
+    monkeypatch.setattr(tifffile.TiffFile, "series", property(no_series))
+    with pytest.raises(InvalidImageError, match="holds more than 1000 images"):
+        decode_image(buffer.getvalue(), filename="many.tif")
+
+
+def test_finite_float64_beyond_float32_is_scaled_not_refused() -> None:
+    # Issue 20 (low): 1e300 is finite; casting it to float32 made it infinite and refused.
+    image = ramp().astype(np.float64) * 1e298  # up to 2.55e300
+    for name, data in (("big.npy", npy_bytes(image)), ("big.fits", fits_bytes(image))):
+        decoded = decode_image(data, filename=name)
+        assert np.all(np.isfinite(decoded.pixels)) and decoded.pixels.max() > 0
+        assert any("to fit float32" in w for w in decoded.warnings)
+        scaled = (decoded.pixels - decoded.pixels.min()) / np.ptp(decoded.pixels)
+        np.testing.assert_allclose(scaled, ramp() / ramp().max(), atol=1e-6)
+    tiny = ramp().astype(np.float64) * 1e-300  # would flush to zero: a "constant" image
+    assert np.ptp(decode_image(npy_bytes(tiny), filename="tiny.npy").pixels) > 0
+    usual = decode_image(npy_bytes(ramp().astype(np.float64)), filename="usual.npy")
+    assert usual.warnings == ()  # ordinary float64 images are read as before
+
+
+def test_a_scaled_fits_image_scales_its_noise_map_alike() -> None:
+    image = ramp().astype(np.float64) * 1e298
+    hdus = fits.HDUList(
+        [
+            fits.PrimaryHDU(image),
+            fits.ImageHDU(np.full_like(image, 2e297), name="ERR"),
+        ]
+    )
+    buffer = io.BytesIO()
+    hdus.writeto(buffer)
+    decoded = decode_image(buffer.getvalue(), filename="noisy.fits")
+    assert decoded.extras is not None and decoded.extras.noise is not None
+    ratio = decoded.extras.noise / 2e297
+    factor = float(decoded.pixels.max()) / float(image.max())
+    np.testing.assert_allclose(ratio, factor, rtol=1e-6)

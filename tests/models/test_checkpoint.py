@@ -139,3 +139,22 @@ def test_an_unknown_model_name_is_not_echoed_in_full() -> None:
 
     message = str(UnknownModelError("x" * 10_000, ["aae"]))
     assert len(message) < 200 and "valid models: aae" in message
+
+
+def test_deeply_nested_config_json_is_one_error(tiny_checkpoints: Path, tmp_path: Path) -> None:
+    folder = _copy(tiny_checkpoints, "vae", tmp_path)
+    (folder / CONFIG_FILE).write_text("[" * 100_000 + "]" * 100_000)  # RecursionError in json
+    with pytest.raises(CheckpointError, match="nested too deeply") as info:
+        load_checkpoint(folder)
+    assert str(folder / CONFIG_FILE) in str(info.value)
+
+
+def test_a_huge_image_size_is_one_error(tiny_checkpoints: Path, tmp_path: Path) -> None:
+    folder = _copy(tiny_checkpoints, "dcae", tmp_path)
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    config["arguments"]["image_size"] = 10**9  # layers whose size overflows
+    config["input"]["height"] = config["input"]["width"] = 10**9
+    (folder / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="cannot build dcae") as info:
+        load_checkpoint(folder)
+    assert str(folder / CONFIG_FILE) in str(info.value)

@@ -232,3 +232,45 @@ def test_sigterm_removes_the_temp_csv(tiny_checkpoints: Path, tmp_path: Path) ->
     assert stderr.strip().splitlines()[-1] == "error: terminated (SIGTERM)"
     assert not out.exists()
     assert list(tmp_path.glob(".scores.csv*")) == []
+
+
+def test_files_decode_in_a_worker_within_a_time_limit(
+    tiny_checkpoints: Path, tmp_path: Path
+) -> None:
+    # Issue 20, D5: the CLI decoded in-process without a time limit (a 20 MiB slow file ran
+    # about 11 minutes). Now a file past --decode-timeout-s gets an error row and the rest
+    # are still scored; .npy files stay in this process.
+    folder = make_files(tmp_path / "images")
+    out = tmp_path / "scores.csv"
+    assert run_score(tiny_checkpoints, out, str(folder), "--decode-timeout-s", "1e-9") == 0
+    rows = {r["filename"]: r for r in read_rows(out)}
+    fits_row = rows[str(folder / "c_image.fits")]
+    assert "--decode-timeout-s" in fits_row["error"]
+    assert rows[str(folder / "a_single.npy")]["error"] == ""
+
+
+def test_the_timed_decoder_reads_a_cube_with_its_worker(tmp_path: Path) -> None:
+    from deeplense.decode_client import TimedDecoder
+
+    cube = tiny_images(3, seed=2)[:, 0]
+    fits.PrimaryHDU(cube).writeto(tmp_path / "cube.fits")
+    decoder = TimedDecoder(timeout_s=60.0, memory_bytes=2 << 30)
+    try:
+        stack = decoder.decode(tmp_path / "cube.fits", "cube.fits", 4096 * 4096)
+        assert decoder._worker is not None and decoder._worker.pid > 0
+    finally:
+        decoder.close()
+    np.testing.assert_array_equal(stack.pixels, cube.astype(np.float32))
+
+
+def test_a_temp_file_left_by_a_killed_run_is_swept(tiny_checkpoints: Path, tmp_path: Path) -> None:
+    image = tmp_path / "one.npy"
+    np.save(image, tiny_images(1, seed=1)[0, 0])
+    out = tmp_path / "scores.csv"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = tmp_path / f".scores.csv.{dead.stdout.strip()}.abc123.tmp"  # its pid is gone
+    stale.write_text("half a CSV")
+    assert run_score(tiny_checkpoints, out, str(image)) == 0
+    assert not stale.exists() and out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

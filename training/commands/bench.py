@@ -16,6 +16,7 @@ BENCHES = {
     "sim": ("bench_simulate.py", "simulated images/s per class, ours and lenstronomy's"),
     "train": ("bench_train.py", "training images/s per model on the current device"),
     "serve": ("bench_serve.py", "raw model vs HTTP throughput and latency on loopback"),
+    "load": ("bench_load.py", "shedding under overload: status counts, goodput, latency, RSS"),
     "oracle": ("oracle_auc.py", "ROC-AUC of ideal scores on a simulated test set"),
     "instrument": ("bench_instrument.py", "ROC-AUC of FITS uploads with their own PSF and noise"),
 }

@@ -15,6 +15,11 @@ from training.commands.evaluate import positive_int
 
 log = logging.getLogger(__name__)
 
+DECODE_TIMEOUT_S = 60.0
+"""Seconds one file may take to decode (a FITS cube is bigger than an upload)."""
+DECODE_MEMORY_BYTES = 4 << 30
+"""Address-space cap of the decoding process, as the service's (decode_memory_bytes)."""
+
 
 def finite_float(text: str) -> float:
     """argparse type: a finite float (no nan or inf)."""
@@ -95,6 +100,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="arcsec per pixel of every image whose file states none (default: the model's)",
     )
+    p.add_argument(
+        "--decode-timeout-s",
+        type=finite_float,
+        default=DECODE_TIMEOUT_S,
+        help=f"seconds one file may take to decode, else it gets an error (default "
+        f"{DECODE_TIMEOUT_S:g})",
+    )
+    p.add_argument(
+        "--decode-memory-bytes",
+        type=positive_int,
+        default=DECODE_MEMORY_BYTES,
+        help=f"address-space cap of the decoding process (default {DECODE_MEMORY_BYTES})",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=run)
 
@@ -128,6 +146,7 @@ def _request_instrument(args: argparse.Namespace) -> "RequestInstrument":
 
 
 def run(args: argparse.Namespace) -> int:
+    from deeplense.decode_client import TimedDecoder
     from deeplense.device import resolve_device
     from deeplense.errors import CheckpointError, OutputExistsError, UnknownModelError
     from models.checkpoint import find_checkpoints, load_checkpoint
@@ -156,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
     index, count = args.shard
     selected = shard_files(files, index, count)
     log.info("shard %d/%d: %d of %d files", index, count, len(selected), len(files))
+    decoder = TimedDecoder(args.decode_timeout_s, args.decode_memory_bytes)
     rows = score_files(
         loaded,
         selected,
@@ -165,8 +185,12 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_pixels=args.max_pixels,
         request=request,
+        decoder=decoder,
     )
-    counts = write_csv(rows, args.out, overwrite=args.overwrite)
+    try:
+        counts = write_csv(rows, args.out, overwrite=args.overwrite)
+    finally:
+        decoder.close()
     print(
         f"wrote {args.out}: {counts['rows']} images from {len(selected)} files, "
         f"{counts['anomalies']} flagged, {counts['errors']} errors"
