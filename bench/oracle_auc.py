@@ -4,7 +4,12 @@ grows with the subhalo mass (`training.bounds` has the method).
 1. The bounds table, on DATA_DIR's test split (first N images per class): for every
    registered score, the AUC (sub, sphere, vort vs no_sub) when each image is scored against
    (a) the exact noiseless smooth lens and (b) a least-squares refit of the smooth model
-   started at the truth, holding what the dataset keeps fixed.
+   started at the truth, holding what the dataset keeps fixed; with --flexible also (c) the
+   flexible smooth lens (`training.flexible_bound`: elliptical power law with shear and a
+   free centre, multi-Gaussian lens light, a shapelet source) refitted from the truth with
+   each image's true PSF: how much of the subhalos a gravitational-imaging modeller's
+   smooth lens absorbs. Model R and the mismatch suite (simulator 2.3) get (c) only: (a)
+   and (b) draw the Model A/B family.
 2. With --curve: the detection curve, AUC (sub vs no_sub) against the subhalo mass fraction
    (0.25, 0.5, 1, 2, 4% by default) for both bounds and for every checkpoint folder under
    each --checkpoints root (each model by its default score, and by chi2_psf). Test sets for
@@ -14,8 +19,10 @@ grows with the subhalo mass (`training.bounds` has the method).
 
     .venv/bin/python bench/oracle_auc.py DATA_DIR [--n 300] [--no-refit]
     .venv/bin/python bench/oracle_auc.py DATA_DIR --n 100 --curve --checkpoints checkpoints/model_a
+    .venv/bin/python bench/oracle_auc.py DATA_DIR --n 30 --no-refit --flexible
 
-The refit costs about a second per image on one core; the exact bound a few milliseconds.
+The refit costs about a second per image on one core, the flexible refit about five; the
+exact bound a few milliseconds.
 """
 
 import argparse
@@ -30,12 +37,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deeplense.inference import score_array  # noqa: E402
+from deeplense.lensing.flexible import FlexibleConfig  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.scores import compute_scores, list_scores  # noqa: E402
 from deeplense.vocabulary import CLASSES, read_manifest  # noqa: E402
 from models.checkpoint import find_checkpoints, load_checkpoint  # noqa: E402
 from training.bounds import bound_reconstructions, sim_config  # noqa: E402
 from training.evaluate import COMPARISONS  # noqa: E402
+from training.flexible_bound import flexible_refit, read_rows  # noqa: E402
 from training.simulate import simulate_dataset  # noqa: E402
 
 FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.04)
@@ -50,14 +59,31 @@ def aucs(values: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def bound_scores(
-    directory: Path, n: int, refit: bool, psf: float, classes: tuple[str, ...] = CLASSES
+    directory: Path,
+    n: int,
+    refit: bool,
+    psf: float,
+    classes: tuple[str, ...] = CLASSES,
+    flexible: FlexibleConfig | None = None,
 ) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """bound ("exact", "refit") -> score -> class -> (N,) values."""
-    out: dict[str, dict[str, dict[str, np.ndarray]]] = {"exact": {}, "refit": {}}
+    """bound ("exact", "refit", "flexible") -> score -> class -> (N,) values."""
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {"exact": {}, "refit": {}, "flexible": {}}
+    realistic = "departures" in read_manifest(directory)  # Model R or a departure from Model A
+    config = sim_config(directory)
+    rows = read_rows(directory, "test", n) if flexible is not None else {}
     for cls in classes:
-        images = bound_reconstructions(directory, cls, n, refit)
-        x = torch.from_numpy(images.images)
-        for bound, recon in (("exact", images.exact), ("refit", images.refit)):
+        stack = np.load(directory / "test" / f"{cls}.npy", mmap_mode="r", allow_pickle=False)
+        recons: dict[str, np.ndarray | None] = {}
+        if realistic:
+            images = np.array(stack[:n], dtype=np.float32)
+        else:
+            bounds = bound_reconstructions(directory, cls, n, refit)
+            images, recons["exact"], recons["refit"] = bounds.images, bounds.exact, bounds.refit
+        if flexible is not None:
+            ordered = [rows[(cls, i)] for i in range(len(images))]
+            recons["flexible"] = flexible_refit(images, ordered, flexible, config.psf_sigma).refit
+        x = torch.from_numpy(images)
+        for bound, recon in recons.items():
             if recon is None:
                 continue
             values = compute_scores(x, torch.from_numpy(recon), list_scores(), psf).values
@@ -86,12 +112,12 @@ def model_scores(
     return out
 
 
-def table(directory: Path, n: int, refit: bool) -> None:
+def table(directory: Path, n: int, refit: bool, flexible: FlexibleConfig | None = None) -> None:
     manifest = read_manifest(directory)
     config = sim_config(directory)
     psf = config.psf_sigma / config.pixel_scale
     start = time.perf_counter()
-    bounds = bound_scores(directory, n, refit, psf)
+    bounds = bound_scores(directory, n, refit, psf, flexible=flexible)
     print(
         f"dataset {manifest['dataset']}, subhalo mass fraction "
         f"{manifest.get('subhalo_mass_fraction')}, first {n} test images per class "
@@ -172,6 +198,10 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=300, help="test images per class")
     parser.add_argument("--no-refit", action="store_true", help="skip the (slow) refit bound")
     parser.add_argument("--curve", action="store_true", help="also the detection curve")
+    parser.add_argument("--flexible", action="store_true",
+                        help="also the flexible smooth lens's refit bound (slow)")  # fmt: skip
+    parser.add_argument("--shapelet-order", type=int, default=FlexibleConfig.shapelet_order,
+                        help="the flexible source's shapelet order")  # fmt: skip
     parser.add_argument(
         "--checkpoints", type=Path, action="append", default=[],
         help="checkpoint root to add to the curve (repeatable)",
@@ -185,7 +215,14 @@ def main() -> int:
         print(f"error: {args.plot} exists; pass --overwrite to replace it", file=sys.stderr)
         return 2
     refit = not args.no_refit
-    table(args.data, args.n, refit)
+    flexible = None
+    if args.flexible:
+        config = sim_config(args.data)
+        flexible = FlexibleConfig(
+            image_size=config.image_size, pixel_scale=config.pixel_scale,
+            shapelet_order=args.shapelet_order,
+        )  # fmt: skip
+    table(args.data, args.n, refit, flexible)
     if args.curve:
         curve(args.data, args.n, refit, args.checkpoints, args.work, args.plot)
     return 0

@@ -49,19 +49,42 @@ def moffat_kernel(
     return (kernel / kernel.sum()).to(dtype)
 
 
+def fast_fft_size(n: int) -> int:
+    """The smallest m >= n whose prime factors are all 2, 3 or 5."""
+    m = n
+    while True:
+        rest = m
+        for p in (2, 3, 5):
+            while rest % p == 0:
+                rest //= p
+        if rest == 1:
+            return m
+        m += 1
+
+
 def convolve(image: Tensor, kernel: Tensor) -> Tensor:
-    """(N, 1, n, n) convolved with a (k, k) kernel (odd k), edge pixels extended (as scipy's
-    mode="nearest"), by FFT: exact to rounding, and fast for kernels of many pixels."""
+    """(N, C, n, n) convolved with a (k, k) kernel, or with one (N, k, k) kernel per image
+    (odd k), edge pixels extended (as scipy's mode="nearest"), by FFT: exact to rounding, and
+    fast for kernels of many pixels."""
     k = kernel.shape[-1]
-    if kernel.dim() != 2 or kernel.shape[0] != k or k % 2 == 0:
-        raise ValueError(f"kernel must be square with an odd side, got {tuple(kernel.shape)}")
+    if kernel.dim() not in (2, 3) or kernel.shape[-2] != k or k % 2 == 0:
+        raise ValueError(
+            f"kernel must be (k, k) or (N, k, k) with an odd side k, got {tuple(kernel.shape)}"
+        )
+    if kernel.dim() == 3 and kernel.shape[0] not in (1, image.shape[0]):
+        raise ValueError(f"{kernel.shape[0]} kernels for {image.shape[0]} images")
     r = k // 2
     h, w = image.shape[-2:]
-    padded = torch.nn.functional.pad(image, (r, r, r, r), mode="replicate")  # (N,1,h+2r,w+2r)
-    size = (h + 2 * r + k - 1, w + 2 * r + k - 1)  # linear, not circular, convolution
-    spectrum = torch.fft.rfft2(padded, s=size) * torch.fft.rfft2(kernel.to(image), s=size)
-    full = torch.fft.irfft2(spectrum, s=size)
+    padded = torch.nn.functional.pad(image, (r, r, r, r), mode="replicate")  # (N,C,h+2r,w+2r)
+    # Circular convolution of the padded image: outputs from index 2r on never wrap around
+    # once the transform holds the padded image (h + 2r), so no further zeros are needed;
+    # the size is rounded up to a product of 2, 3 and 5, where FFTs are fastest.
+    size = (fast_fft_size(h + 2 * r), fast_fft_size(w + 2 * r))
+    kernel_spectrum = torch.fft.rfft2(kernel.to(image), s=size)
+    if kernel.dim() == 3:
+        kernel_spectrum = kernel_spectrum.unsqueeze(1)  # (N, 1, ., .): one per image
+    full = torch.fft.irfft2(torch.fft.rfft2(padded, s=size) * kernel_spectrum, s=size)
     return full[..., 2 * r : 2 * r + h, 2 * r : 2 * r + w]
 
 
-__all__ = ["convolve", "moffat_alpha", "moffat_kernel"]
+__all__ = ["convolve", "fast_fft_size", "moffat_alpha", "moffat_kernel"]

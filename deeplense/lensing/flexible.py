@@ -1,0 +1,380 @@
+"""A flexible smooth lens: the model a lens modeller fits before looking for substructure.
+
+Gravitational imaging (Vegetti & Koopmans; lenstronomy; PyAutoLens) detects a subhalo as
+what a smooth lens cannot fit. The smooth lens must then fit every smooth lens, or its own
+misfit, not the subhalo, decides the chi-square. This one is:
+
+- **Mass**: an elliptical power law (`deeplense.lensing.epl`: Einstein radius, slope,
+  ellipticity (e1, e2), free centre) and an external shear about the lens centre.
+- **Lens light**: a multi-Gaussian expansion (MGE): `light_sigmas` concentric elliptical
+  Gaussians at the mass centre with one shared ellipticity and free amplitudes. Sums of
+  Gaussians fit Sersic profiles of any index and radius, and two-component light, closely.
+- **Source**: Cartesian shapelets (orthonormal Hermite functions, Refregier 2003) up to
+  order `shapelet_order`, centred at (source_x, source_y) with scale beta, with free
+  amplitudes: any shape, knots and clumps down to about beta / sqrt(order + 1).
+- A constant: the image's [0, 1] offset.
+
+Given the 13 nonlinear parameters (`NAMES`), the light and source amplitudes and the offset
+enter linearly and are solved per image in closed form (weighted least squares, a small
+ridge on the shapelets: `source_ridge` of the Gram matrix's mean diagonal, which regularises
+shapelets the image does not constrain). The nonlinear parameters are fitted by
+Levenberg-Marquardt on the projected residual (`deeplense.lensing.levenberg`).
+
+Why substructure stays detectable against a free source: the lens equation maps one source
+to every image of it. A change of the source moves all images consistently; a subhalo
+perturbs one image locally, which no source shape reproduces.
+
+Units: arcsec, radians; the grid is the renderer's (pixel centres at (i - (n - 1) / 2) *
+pixel_scale, y along rows). Images (N, 1, n, n); the PSF a kernel on the pixel grid, (k, k)
+for all images or (N, k, k), odd k, unit sum.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.autograd import forward_ad
+
+from deeplense.lensing.epl import epl_deflection
+from deeplense.lensing.psf import convolve
+
+# The nonlinear parameters, in order (arcsec unless said).
+NAMES = (
+    "theta_e",  # Einstein radius
+    "slope",  # EPL 3-D density slope gamma (2: isothermal)
+    "mass_e1",  # mass ellipticity, (1 - q) / (1 + q) (cos 2 phi, sin 2 phi)
+    "mass_e2",
+    "center_x",  # lens centre (mass and light)
+    "center_y",
+    "gamma1",  # external shear
+    "gamma2",
+    "source_x",  # shapelet centre on the source plane
+    "source_y",
+    "log_beta",  # natural log of the shapelet scale beta (arcsec)
+    "light_e1",  # lens-light ellipticity
+    "light_e2",
+)
+INDEX = {name: i for i, name in enumerate(NAMES)}
+# Physical limits the fit is held within (clamped at every evaluation).
+LIMITS: dict[str, tuple[float, float]] = {
+    "theta_e": (0.05, 3.0),
+    "slope": (1.3, 2.7),
+    "mass_e1": (-0.6, 0.6),
+    "mass_e2": (-0.6, 0.6),
+    "gamma1": (-0.5, 0.5),
+    "gamma2": (-0.5, 0.5),
+    "log_beta": (math.log(0.02), math.log(2.0)),
+    "light_e1": (-0.6, 0.6),
+    "light_e2": (-0.6, 0.6),
+}
+_ELLIPTICITY_EPS = 1e-6  # keeps an angle's gradient finite at a round profile
+
+
+@dataclass(frozen=True)
+class FlexibleConfig:
+    """The grid and the linear bases."""
+
+    image_size: int  # pixels per side
+    pixel_scale: float  # arcsec per pixel
+    shapelet_order: int = 8  # n_max: (n_max + 1)(n_max + 2) / 2 shapelets
+    # MGE widths (arcsec): log-spaced from a quarter pixel's scale to the field's
+    light_sigmas: tuple[float, ...] = (0.02, 0.04, 0.07, 0.12, 0.2, 0.35, 0.6, 1.0, 1.7, 3.0)
+    supersampling: int = 2  # sub-pixels per pixel per axis
+    source_ridge: float = 1e-5  # share of the Gram matrix's mean diagonal, on shapelets only
+
+    @property
+    def n_shapelets(self) -> int:
+        return (self.shapelet_order + 1) * (self.shapelet_order + 2) // 2
+
+    @property
+    def n_linear(self) -> int:
+        """Linear parameters per image: light Gaussians, shapelets, offset."""
+        return len(self.light_sigmas) + self.n_shapelets + 1
+
+
+def clamp_parameters(theta: Tensor) -> Tensor:
+    """(N, 13) parameters held within LIMITS (differentiable inside them)."""
+    columns = list(theta.unbind(dim=1))
+    for name, (lo, hi) in LIMITS.items():
+        columns[INDEX[name]] = columns[INDEX[name]].clamp(lo, hi)
+    return torch.stack(columns, dim=1)
+
+
+def q_phi(e1: Tensor, e2: Tensor) -> tuple[Tensor, Tensor]:
+    """Axis ratio and angle (radians) of ellipticity (e1, e2), lenstronomy's convention."""
+    e = torch.sqrt(e1 * e1 + e2 * e2 + _ELLIPTICITY_EPS**2)
+    return (1.0 - e) / (1.0 + e), 0.5 * torch.atan2(e2, e1 + _ELLIPTICITY_EPS)
+
+
+def sub_pixel_grid(config: FlexibleConfig, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Sub-pixel centres (m,), m = image_size * supersampling, arcsec."""
+    m = config.image_size * config.supersampling
+    step = config.pixel_scale / config.supersampling
+    return (torch.arange(m, dtype=dtype, device=device) - (m - 1) / 2.0) * step
+
+
+def source_plane(theta: Tensor, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Ray-traced positions beta (N, m, m) of image positions x, y (1, m, m)."""
+    p = theta.unbind(dim=1)
+    q, phi = q_phi(p[INDEX["mass_e1"]], p[INDEX["mass_e2"]])
+    cx, cy = p[INDEX["center_x"]], p[INDEX["center_y"]]
+    ax, ay = epl_deflection(x, y, p[INDEX["theta_e"]], p[INDEX["slope"]], q, phi, cx, cy)
+    dx, dy = x - cx[:, None, None], y - cy[:, None, None]
+    g1, g2 = p[INDEX["gamma1"]][:, None, None], p[INDEX["gamma2"]][:, None, None]
+    return x - ax - (g1 * dx + g2 * dy), y - ay - (g2 * dx - g1 * dy)
+
+
+def hermite_functions(t: Tensor, order: int) -> list[Tensor]:
+    """Orthonormal Hermite functions phi_0..phi_order at t (any shape), by the stable
+    three-term recursion phi_{n+1} = sqrt(2/(n+1)) t phi_n - sqrt(n/(n+1)) phi_{n-1}."""
+    phi = [math.pi**-0.25 * torch.exp(-0.5 * t * t)]
+    if order >= 1:
+        phi.append(math.sqrt(2.0) * t * phi[0])
+    for n in range(1, order):
+        phi.append(math.sqrt(2.0 / (n + 1)) * t * phi[n] - math.sqrt(n / (n + 1)) * phi[n - 1])
+    return phi
+
+
+def shapelets(u: Tensor, v: Tensor, beta: Tensor, order: int) -> Tensor:
+    """Shapelets B_{n1,n2} = phi_n1(u / beta) phi_n2(v / beta) / beta, n1 + n2 <= order:
+    (N, K, ...) for offsets u, v (N, ...) from the centre and scales beta (N,)."""
+    scale = beta.reshape(-1, *([1] * (u.dim() - 1)))
+    hu, hv = hermite_functions(u / scale, order), hermite_functions(v / scale, order)
+    basis = [hu[n1] * hv[n - n1] for n in range(order + 1) for n1 in range(n + 1)]
+    return torch.stack(basis, dim=1) / scale.unsqueeze(1)
+
+
+def shapelet_pairs(order: int) -> list[tuple[int, int]]:
+    """(n1, n2) of each shapelet, in `shapelets`' order."""
+    return [(n1, n - n1) for n in range(order + 1) for n1 in range(n + 1)]
+
+
+def shapelet_source(
+    u: Tensor, v: Tensor, beta: Tensor, coef: Tensor, order: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """A shapelet source sum_k coef_k B_k and its gradient in (u, v): three (N, M) maps for
+    offsets u, v (N, M) and coefficients (N, K). Uses phi_n' = sqrt(n/2) phi_{n-1} -
+    sqrt((n+1)/2) phi_{n+1}."""
+    scale = beta[:, None]
+    hu = torch.stack(hermite_functions(u / scale, order + 1), dim=1)  # (N, O+2, M)
+    hv = torch.stack(hermite_functions(v / scale, order + 1), dim=1)
+    table = coef.new_zeros(coef.shape[0], order + 1, order + 1)  # (N, n1, n2)
+    rows, cols = zip(*shapelet_pairs(order), strict=True)
+    table[:, list(rows), list(cols)] = coef
+    n = torch.arange(order + 2, dtype=coef.dtype, device=coef.device)
+    down, up = torch.sqrt(n / 2.0), torch.sqrt((n + 1.0) / 2.0)  # (O+2,)
+
+    def derivative(h: Tensor) -> Tensor:  # phi_n' for n = 0..order, (N, O+1, M)
+        previous = torch.cat([torch.zeros_like(h[:, :1]), h[:, :order]], dim=1)
+        return down[: order + 1, None] * previous - up[: order + 1, None] * h[:, 1 : order + 2]
+
+    hu0, hv0 = hu[:, : order + 1], hv[:, : order + 1]
+    along_v = table @ hv0  # (N, n1, M): sum over n2
+    value = (hu0 * along_v).sum(dim=1) / scale
+    d_u = (derivative(hu) * along_v).sum(dim=1) / scale**2
+    d_v = (hu0 * (table @ derivative(hv))).sum(dim=1) / scale**2
+    return value, d_u, d_v
+
+
+def gaussian_light(
+    dx: Tensor, dy: Tensor, e1: Tensor, e2: Tensor, sigmas: tuple[float, ...]
+) -> Tensor:
+    """Concentric elliptical Gaussians exp(-R^2 / (2 sigma^2)), R^2 = q x'^2 + y'^2 / q (the
+    elliptical radius of lenstronomy's profiles): (N, K, ...) for offsets dx, dy (N, ...)."""
+    q, phi = q_phi(e1, e2)
+    shape = [-1, *([1] * (dx.dim() - 1))]
+    cos, sin, q = torch.cos(phi).reshape(shape), torch.sin(phi).reshape(shape), q.reshape(shape)
+    xr, yr = cos * dx + sin * dy, -sin * dx + cos * dy
+    r2 = q * xr * xr + yr * yr / q
+    return torch.stack([torch.exp(-0.5 * r2 / (s * s)) for s in sigmas], dim=1)
+
+
+MASS = ("theta_e", "slope", "mass_e1", "mass_e2", "center_x", "center_y", "gamma1", "gamma2")
+LIGHT = ("center_x", "center_y", "light_e1", "light_e2")
+
+
+def _image_grid(config: FlexibleConfig, like: Tensor) -> tuple[Tensor, Tensor]:
+    """Sub-pixel positions x, y, each (1, m, m) arcsec."""
+    c = sub_pixel_grid(config, like.dtype, like.device)
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    return x[None], y[None]
+
+
+def _light_surfaces(theta: Tensor, x: Tensor, y: Tensor, config: FlexibleConfig) -> Tensor:
+    """The unit-amplitude light Gaussians (N, Kl, m, m)."""
+    p = theta.unbind(dim=1)
+    return gaussian_light(
+        x - p[INDEX["center_x"]][:, None, None],
+        y - p[INDEX["center_y"]][:, None, None],
+        p[INDEX["light_e1"]],
+        p[INDEX["light_e2"]],
+        config.light_sigmas,
+    )
+
+
+def _to_pixels(surfaces: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
+    """Sub-pixel surfaces (N, C, m, m) -> pixel values through the PSF, (N, n*n, C)."""
+    ss = config.supersampling
+    if ss > 1:
+        surfaces = torch.nn.functional.avg_pool2d(surfaces, ss)
+    return convolve(surfaces, psf).flatten(2).transpose(1, 2)
+
+
+def design_matrix(theta: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
+    """The linear bases seen through the PSF: (N, n*n, K), K = config.n_linear, columns in
+    order light Gaussians, shapelets, offset. `theta` (N, 13) is clamped to LIMITS."""
+    theta = clamp_parameters(theta)
+    x, y = _image_grid(config, theta)
+    p = theta.unbind(dim=1)
+    bx, by = source_plane(theta, x, y)  # (N, m, m)
+    source = shapelets(
+        bx - p[INDEX["source_x"]][:, None, None],
+        by - p[INDEX["source_y"]][:, None, None],
+        torch.exp(p[INDEX["log_beta"]]),
+        config.shapelet_order,
+    )  # (N, Ks, m, m)
+    surfaces = torch.cat([_light_surfaces(theta, x, y, config), source], dim=1)
+    columns = _to_pixels(surfaces, config, psf)  # (N, n*n, Kl + Ks)
+    return torch.cat([columns, torch.ones_like(columns[..., :1])], dim=2)
+
+
+def _tangents(fn, theta: Tensor, names: tuple[str, ...]) -> list[tuple[Tensor, ...]]:  # type: ignore[no-untyped-def]
+    """Forward-mode derivatives of fn(theta) (a tuple of tensors) along each named parameter."""
+    out = []
+    for name in names:
+        tangent = torch.zeros_like(theta)
+        tangent[:, INDEX[name]] = 1.0
+        with forward_ad.dual_level():
+            values = fn(forward_ad.make_dual(theta, tangent))
+            out.append(tuple(forward_ad.unpack_dual(v).tangent for v in values))
+    return out
+
+
+def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
+    """d(design @ coef) / d theta at fixed coefficients (N, K): (N, n*n, 13).
+
+    Convolution is linear, so each column is one convolution of the derivative of the summed
+    surface: the source's gradient on the source plane (`shapelet_source`) times the rays'
+    derivatives (forward mode through the lens equation), and the light's derivatives.
+    """
+    theta = clamp_parameters(theta)
+    k_light, k_source = len(config.light_sigmas), config.n_shapelets
+    x, y = _image_grid(config, theta)
+    shape = (theta.shape[0], x.shape[-2], x.shape[-1])
+    p = theta.unbind(dim=1)
+    bx, by = source_plane(theta, x, y)
+    rays = _tangents(lambda t: source_plane(t, x, y), theta, MASS)  # 8 x (dbx, dby)
+    u = (bx - p[INDEX["source_x"]][:, None, None]).flatten(1)
+    v = (by - p[INDEX["source_y"]][:, None, None]).flatten(1)
+    beta = torch.exp(p[INDEX["log_beta"]])
+    value, d_u, d_v = shapelet_source(
+        u, v, beta, coef[:, k_light : k_light + k_source], config.shapelet_order
+    )  # (N, m*m) each
+    planes = [torch.zeros_like(value) for _ in NAMES]
+    for name, (dbx, dby) in zip(MASS, rays, strict=True):
+        planes[INDEX[name]] = d_u * dbx.flatten(1) + d_v * dby.flatten(1)
+    planes[INDEX["source_x"]] = -d_u
+    planes[INDEX["source_y"]] = -d_v
+    planes[INDEX["log_beta"]] = -(u * d_u + v * d_v) - value
+    amplitudes = coef[:, :k_light, None, None]
+
+    def light(t: Tensor) -> tuple[Tensor]:
+        return ((_light_surfaces(t, x, y, config) * amplitudes).sum(dim=1),)
+
+    for name, (d_light,) in zip(LIGHT, _tangents(light, theta, LIGHT), strict=True):
+        planes[INDEX[name]] = planes[INDEX[name]] + d_light.flatten(1)
+    surfaces = torch.stack(planes, dim=1).view(shape[0], len(NAMES), *shape[1:])
+    return _to_pixels(surfaces, config, psf)  # (N, n*n, 13)
+
+
+def regularised_gram(a: Tensor, config: FlexibleConfig) -> Tensor:
+    """A^T A plus the ridge on the shapelets (and a 1e-12 jitter), (N, K, K), for the
+    whitened design A (N, M, K)."""
+    gram = a.transpose(1, 2) @ a  # (N, K, K)
+    k_light = len(config.light_sigmas)
+    ridge = torch.zeros(a.shape[2], dtype=a.dtype, device=a.device)
+    ridge[k_light : k_light + config.n_shapelets] = config.source_ridge
+    scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)  # (N,)
+    return gram + torch.diag_embed(scale[:, None] * (ridge + 1e-12))
+
+
+def solve_linear(design: Tensor, x: Tensor, weight: Tensor, config: FlexibleConfig) -> Tensor:
+    """Coefficients (N, K) of the weighted least-squares fit x ~ design @ c with a ridge on
+    the shapelets; `x`, `weight` (N, n*n), weight = 1 / sigma (0 for a masked pixel)."""
+    a = design * weight.unsqueeze(2)  # (N, M, K)
+    rhs = a.transpose(1, 2) @ (x * weight).unsqueeze(2)  # (N, K, 1)
+    return torch.linalg.solve(regularised_gram(a, config), rhs).squeeze(2)
+
+
+@dataclass(frozen=True)
+class FlexibleLens:
+    """The flexible smooth lens on one grid (module doc)."""
+
+    config: FlexibleConfig
+
+    def fit_linear(
+        self, theta: Tensor, x: Tensor, sigma: Tensor, psf: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The design (N, n*n, K) at `theta` (N, 13) and its best coefficients (N, K) for
+        images x (N, 1, n, n) with noise sigma (same shape; inf for masked pixels)."""
+        design = design_matrix(theta, self.config, psf)
+        return design, solve_linear(
+            design, x.flatten(1), self.weight(sigma).flatten(1), self.config
+        )
+
+    def model_image(self, theta: Tensor, x: Tensor, sigma: Tensor, psf: Tensor) -> Tensor:
+        """The best smooth lens of parameters `theta` for images x: (N, 1, n, n)."""
+        design, coef = self.fit_linear(theta, x, sigma, psf)
+        return (design @ coef.unsqueeze(2)).view_as(x)
+
+    def whitened_residual(self, theta: Tensor, x: Tensor, sigma: Tensor, psf: Tensor) -> Tensor:
+        """(x - model) / sigma, flattened (N, n*n); 0 on masked pixels."""
+        model = self.model_image(theta, x, sigma, psf)
+        return ((x - model) * self.weight(sigma)).flatten(1)
+
+    def jacobian(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        sigma: Tensor,
+        psf: Tensor,
+        linear: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """d(whitened residual) / d theta, (N, n*n, 13), by Kaufman's variable projection:
+        the derivative at fixed linear coefficients, less its part that the linear
+        parameters can absorb (its projection on the whitened design's columns).
+        `linear`: `fit_linear`'s (design, coefficients) at `theta`, when already known."""
+        design, coef = linear if linear is not None else self.fit_linear(theta, x, sigma, psf)
+        w = self.weight(sigma).flatten(1).unsqueeze(2)  # (N, M, 1)
+        a = design * w
+        g = model_jacobian(theta, coef, self.config, psf) * w  # (N, M, 13)
+        absorbed = a @ torch.linalg.solve(regularised_gram(a, self.config), a.transpose(1, 2) @ g)
+        return absorbed - g
+
+    @staticmethod
+    def weight(sigma: Tensor) -> Tensor:
+        """1 / sigma, 0 where sigma is infinite or not positive (masked)."""
+        ok = torch.isfinite(sigma) & (sigma > 0)
+        return torch.where(ok, 1.0 / torch.where(ok, sigma, 1.0), 0.0)
+
+    def degrees_of_freedom(self, sigma: Tensor) -> Tensor:
+        """Used pixels less every fitted parameter (linear and nonlinear), (N,)."""
+        used = (self.weight(sigma) > 0).flatten(1).sum(dim=1)
+        return (used - self.config.n_linear - len(NAMES)).clamp_min(1)
+
+
+__all__ = [
+    "INDEX",
+    "LIMITS",
+    "NAMES",
+    "FlexibleConfig",
+    "FlexibleLens",
+    "clamp_parameters",
+    "design_matrix",
+    "hermite_functions",
+    "model_jacobian",
+    "shapelet_source",
+    "shapelets",
+    "solve_linear",
+]
