@@ -13,7 +13,8 @@ Geometry. A non-square image is padded to a square with masked pixels, never str
 image whose pixel scale is known (upload or request) and differs from the checkpoint's is
 resampled to the checkpoint's scale, then cropped or padded (masked) to the model's side;
 the study's models were calibrated at their own scale, so the result says its score is not
-calibrated there. An image of unknown scale is area-resized to the model's side, as before.
+calibrated there. So does a PSF whose FWHM differs from the checkpoint's by more than 5%. An
+image of unknown scale is area-resized to the model's side, as before.
 Resampling moves the noise map with the image: variances are resampled and divided by the
 number of input pixels each output pixel averages (at least 1, so interpolation never shrinks
 the noise); the noise is estimated on the image's own grid before any resampling, so upsampled
@@ -40,6 +41,7 @@ Source = Literal["upload", "request", "checkpoint", "estimated"]
 Planes = tuple[np.ndarray, np.ndarray, np.ndarray]  # image, noise sigma, valid: (N, N) each
 NOISE_DRAWS = 8  # noise realisations that measure the matched filter's gain on resampled noise
 SCALE_TOLERANCE = 0.01  # relative: pixel scales closer than this are the same grid
+PSF_TOLERANCE = 0.05  # relative: PSF FWHMs closer than this are the checkpoint's PSF
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,14 @@ def _prepare(
         if kernel is not None
         else Instrument(pixel_scale=scale, psf_sigma=card.psf_sigma_pixels * card.pixel_scale)
     )
+    card_fwhm = card.psf_fwhm_arcsec
+    psf_change = native.psf_fwhm_arcsec / card_fwhm - 1.0 if card_fwhm > 0 else 0.0
+    if abs(psf_change) > PSF_TOLERANCE:
+        notes.append(
+            f'PSF FWHM {native.psf_fwhm_arcsec:.3g}" ({psf_source}) differs from the '
+            f"checkpoint's {card_fwhm:.3g}\" by {100 * psf_change:+.0f}%: "
+            "the model was trained and calibrated at its PSF, so this score is not calibrated"
+        )
     # Min-max scaling over the unmasked pixels; the noise map scales alike.
     low, high = float(image[valid].min()), float(image[valid].max())
     if low == high:

@@ -36,3 +36,15 @@ def test_a_shrunk_image_keeps_the_psfs_arcsec_width() -> None:
     extras = ImageExtras(pixel_scale=0.04)  # finer pixels than the model's: area-averaged
     obs = prepare_observation(_lens(150), 150, STUDY_INSTRUMENT, "h", extras)
     assert obs.psf_sigma_pixels == pytest.approx(0.1 / 0.05)
+
+
+@pytest.mark.parametrize(("sigma_pixels", "warned"), [(2.0, False), (2.06, False), (2.4, True)])
+def test_a_psf_unlike_the_checkpoints_says_the_score_is_not_calibrated(
+    sigma_pixels: float, warned: bool
+) -> None:
+    extras = ImageExtras(psf=gaussian_kernel(sigma_pixels))  # the card: 2 pixels (0.1")
+    obs = prepare_observation(_lens(150), 150, STUDY_INSTRUMENT, "p", extras)
+    notes = [w for w in obs.warnings if w.startswith("PSF FWHM")]
+    assert bool(notes) == warned
+    if warned:
+        assert "+20%" in notes[0] and "not calibrated" in notes[0]
