@@ -202,6 +202,9 @@ def main() -> int:
                         help="also the flexible smooth lens's refit bound (slow)")  # fmt: skip
     parser.add_argument("--shapelet-order", type=int, default=FlexibleConfig.shapelet_order,
                         help="the flexible source's shapelet order")  # fmt: skip
+    parser.add_argument("--source-scales", type=float, nargs="+",
+                        default=list(FlexibleConfig.source_scales),
+                        help="one shapelet set per scale (x the fitted beta)")  # fmt: skip
     parser.add_argument(
         "--checkpoints", type=Path, action="append", default=[],
         help="checkpoint root to add to the curve (repeatable)",
@@ -220,7 +223,7 @@ def main() -> int:
         config = sim_config(args.data)
         flexible = FlexibleConfig(
             image_size=config.image_size, pixel_scale=config.pixel_scale,
-            shapelet_order=args.shapelet_order,
+            shapelet_order=args.shapelet_order, source_scales=tuple(args.source_scales),
         )  # fmt: skip
     table(args.data, args.n, refit, flexible)
     if args.curve:

@@ -11,7 +11,9 @@ misfit, not the subhalo, decides the chi-square. This one is:
   Gaussians fit Sersic profiles of any index and radius, and two-component light, closely.
 - **Source**: Cartesian shapelets (orthonormal Hermite functions, Refregier 2003) up to
   order `shapelet_order`, centred at (source_x, source_y) with scale beta, with free
-  amplitudes: any shape, knots and clumps down to about beta / sqrt(order + 1).
+  amplitudes: any shape, knots and clumps down to about beta / sqrt(order + 1). With several
+  `source_scales`, one such set per scale (beta times each): a wide set for a profile's
+  wings beside a narrow one for its core and knots.
 - A constant: the image's [0, 1] offset.
 
 Given the 13 nonlinear parameters (`NAMES`), the light and source amplitudes and the offset
@@ -77,7 +79,8 @@ class FlexibleConfig:
 
     image_size: int  # pixels per side
     pixel_scale: float  # arcsec per pixel
-    shapelet_order: int = 8  # n_max: (n_max + 1)(n_max + 2) / 2 shapelets
+    shapelet_order: int = 8  # n_max: (n_max + 1)(n_max + 2) / 2 shapelets per set
+    source_scales: tuple[float, ...] = (1.0,)  # one shapelet set per scale, of beta times it
     # MGE widths (arcsec): log-spaced from a quarter pixel's scale to the field's
     light_sigmas: tuple[float, ...] = (0.02, 0.04, 0.07, 0.12, 0.2, 0.35, 0.6, 1.0, 1.7, 3.0)
     supersampling: int = 2  # sub-pixels per pixel per axis
@@ -85,7 +88,8 @@ class FlexibleConfig:
 
     @property
     def n_shapelets(self) -> int:
-        return (self.shapelet_order + 1) * (self.shapelet_order + 2) // 2
+        per_set = (self.shapelet_order + 1) * (self.shapelet_order + 2) // 2
+        return per_set * len(self.source_scales)
 
     @property
     def n_linear(self) -> int:
@@ -228,11 +232,12 @@ def design_matrix(theta: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
     x, y = _image_grid(config, theta)
     p = theta.unbind(dim=1)
     bx, by = source_plane(theta, x, y)  # (N, m, m)
-    source = shapelets(
-        bx - p[INDEX["source_x"]][:, None, None],
-        by - p[INDEX["source_y"]][:, None, None],
-        torch.exp(p[INDEX["log_beta"]]),
-        config.shapelet_order,
+    beta = torch.exp(p[INDEX["log_beta"]])
+    u = bx - p[INDEX["source_x"]][:, None, None]
+    v = by - p[INDEX["source_y"]][:, None, None]
+    source = torch.cat(
+        [shapelets(u, v, beta * scale, config.shapelet_order) for scale in config.source_scales],
+        dim=1,
     )  # (N, Ks, m, m)
     surfaces = torch.cat([_light_surfaces(theta, x, y, config), source], dim=1)
     columns = _to_pixels(surfaces, config, psf)  # (N, n*n, Kl + Ks)
@@ -268,9 +273,14 @@ def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Ten
     u = (bx - p[INDEX["source_x"]][:, None, None]).flatten(1)
     v = (by - p[INDEX["source_y"]][:, None, None]).flatten(1)
     beta = torch.exp(p[INDEX["log_beta"]])
-    value, d_u, d_v = shapelet_source(
-        u, v, beta, coef[:, k_light : k_light + k_source], config.shapelet_order
-    )  # (N, m*m) each
+    per_set = k_source // len(config.source_scales)
+    value, d_u, d_v = (torch.zeros_like(u) for _ in range(3))  # (N, m*m) each
+    for j, scale in enumerate(config.source_scales):
+        start = k_light + j * per_set
+        parts = shapelet_source(
+            u, v, beta * scale, coef[:, start : start + per_set], config.shapelet_order
+        )
+        value, d_u, d_v = value + parts[0], d_u + parts[1], d_v + parts[2]
     planes = [torch.zeros_like(value) for _ in NAMES]
     for name, (dbx, dby) in zip(MASS, rays, strict=True):
         planes[INDEX[name]] = d_u * dbx.flatten(1) + d_v * dby.flatten(1)

@@ -80,15 +80,21 @@ def test_shapelet_source_value_and_gradient_agree_with_autograd() -> None:
     assert torch.allclose(d_u, grad_u, atol=1e-10) and torch.allclose(d_v, grad_v, atol=1e-10)
 
 
-def test_model_jacobian_equals_forward_mode_through_the_design() -> None:
-    theta, coef = lens_parameters(), coefficients()
+@pytest.mark.parametrize("scales", [(1.0,), (1.0, 3.0)])
+def test_model_jacobian_equals_forward_mode_through_the_design(
+    scales: tuple[float, ...],
+) -> None:
+    config = replace(CONFIG, source_scales=scales)
+    theta = lens_parameters()
+    coef = torch.rand(2, config.n_linear, generator=torch.Generator().manual_seed(2),
+                      dtype=torch.float64)  # fmt: skip
 
     def model(t: torch.Tensor) -> torch.Tensor:
-        return (design_matrix(t, CONFIG, PSF) @ coef.unsqueeze(2)).squeeze(2)
+        return (design_matrix(t, config, PSF) @ coef.unsqueeze(2)).squeeze(2)
 
-    exact = model_jacobian(theta, coef, CONFIG, PSF)  # (2, 576, 13)
+    exact = model_jacobian(theta, coef, config, PSF)  # (2, 576, 13)
     auto = jacobian(model, theta)
-    assert exact.shape == (2, CONFIG.image_size**2, len(NAMES))
+    assert exact.shape == (2, config.image_size**2, len(NAMES))
     assert torch.allclose(exact, auto, atol=1e-9 * auto.abs().max())
 
 
