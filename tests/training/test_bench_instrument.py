@@ -1,33 +1,20 @@
 """bench/bench_instrument.py: the astronomer's FITS it builds, its photometry, and a tiny run."""
 
-import importlib.util
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
 from deeplense.imaging import decode_image
 from deeplense.instrument import STUDY_INSTRUMENT, gaussian_kernel
+from tests.bench_scripts import load_bench
 from training.lensing.render import SimConfig
 from training.simulate import draw_params, get_spec, image_rngs
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location(
-        "bench_instrument", ROOT / "bench/bench_instrument.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_fits_is_read_back_as_sci_err_psf_and_pixel_scale() -> None:
-    bench = _bench()
+    bench = load_bench("bench_instrument")
     rng = np.random.default_rng(0)
     sci, err = rng.normal(size=(20, 24)), rng.uniform(0.1, 1.0, size=(20, 24))  # (H, W) each
     psf = gaussian_kernel(1.5)
@@ -46,7 +33,7 @@ def test_fits_is_read_back_as_sci_err_psf_and_pixel_scale() -> None:
 
 def test_a_pixel_four_times_larger_collects_four_times_the_photons() -> None:
     # The same lens over the same 10" field at 0.05" and at 0.1": equal total counts/s.
-    bench = _bench()
+    bench = load_bench("bench_instrument")
     params = draw_params(get_spec("model_a"), "no_sub", image_rngs(17, "test", "no_sub", 0)[0])
     totals, skies = [], []
     for size, scale in ((200, 0.05), (100, 0.1)):
@@ -62,7 +49,7 @@ def test_a_pixel_four_times_larger_collects_four_times_the_photons() -> None:
 
 
 def test_sets_follow_the_card_and_the_issue() -> None:
-    sets = _bench().imaging_sets(STUDY_INSTRUMENT, 150)
+    sets = load_bench("bench_instrument").imaging_sets(STUDY_INSTRUMENT, 150)
     assert sets["wide_psf"].psf_sigma == pytest.approx(0.12)
     assert (sets["euclid"].image_size, sets["euclid"].pixel_scale) == (100, 0.1)
     assert sets["euclid"].psf_sigma == pytest.approx(0.068, abs=5e-4)
@@ -75,7 +62,7 @@ def test_tiny_run_prints_every_set_and_the_latency(
     argv = ["bench_instrument.py", "--n", "2", "--checkpoints", str(tiny_checkpoints),
             "--model", "lensfit", "--latency-rounds", "1"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
-    assert _bench().main() == 0
+    assert load_bench("bench_instrument").main() == 0
     out = capsys.readouterr().out
     for name in ("card", "wide_psf", "euclid", "card_no_err"):
         assert f"| {name} |" in out

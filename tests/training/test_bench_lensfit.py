@@ -1,23 +1,13 @@
 """bench/bench_lensfit.py: the AUC and ms/image table against K, and a re-learned prior."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.bench_scripts import load_bench
 from tests.conftest import tiny_images
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench_main():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_lensfit", ROOT / "bench/bench_lensfit.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
 
 
 def _dataset(root: Path) -> Path:
@@ -37,7 +27,7 @@ def test_bench_prints_auc_and_time_per_k_with_a_deconvolved_prior(
             "--k", "0", "1", "--split", "val", "--prior", "deconvolved",
             "--threads", "1"]  # fmt: skip
     monkeypatch.setattr(sys, "argv", argv)
-    assert _bench_main()() == 0
+    assert load_bench("bench_lensfit").main() == 0
     out = capsys.readouterr().out
     assert "prior re-learned (deconvolved) from 6 training images" in out
     assert "| theta_e |" in out

@@ -1,24 +1,13 @@
 """bench/study_gap.py: the noiseless truths it re-renders and its per-image decomposition."""
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 
+from tests.bench_scripts import load_bench
 from training.simulate import simulate_dataset
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("study_gap", ROOT / "bench/study_gap.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Fixed(torch.nn.Module):
@@ -41,7 +30,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_truths_regenerate_the_images_and_their_noise(study: Path) -> None:
-    bench = _bench()
+    bench = load_bench("study_gap")
     for cls in ("no_sub", "sphere"):
         t = bench.render_truths(study, cls, 2)
         assert t.mismatch == 0.0  # the stored images, bit for bit
@@ -58,7 +47,7 @@ def test_truths_regenerate_the_images_and_their_noise(study: Path) -> None:
 
 
 def test_a_model_that_draws_the_truth_or_the_smooth_lens(study: Path) -> None:
-    bench = _bench()
+    bench = load_bench("study_gap")
     t = bench.render_truths(study, "sphere", 2)
     truth = bench.model_stats(Fixed(t.truth), t)
     np.testing.assert_allclose(truth["captured"], 1.0, rtol=1e-6)

@@ -2,20 +2,18 @@
 Model R and Model A sets: it starts at each image's true lens and PSF and only improves the
 fit from there."""
 
-import importlib.util
 import math
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
 from deeplense.lensing.flexible import INDEX, FlexibleConfig
+from tests.bench_scripts import load_bench
 from training.flexible_bound import flexible_refit, psf_kernel, read_rows, truth_theta
 from training.lensing.render import SimConfig
 from training.simulate import simulate_dataset
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL = SimConfig(image_size=48, field_of_view=4.8)  # 0.1"/px
 FLEXIBLE = FlexibleConfig(image_size=48, pixel_scale=0.1, shapelet_order=4, supersampling=1)
 
@@ -64,17 +62,11 @@ def test_refit_from_the_truth_only_improves_the_fit(model_r: Path) -> None:
     assert some.refit.shape == images.shape and np.isfinite(some.refit).all()
 
 
-def _oracle() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("oracle_auc", ROOT / "bench/oracle_auc.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_oracle_gives_model_r_the_flexible_bound_only(model_r: Path) -> None:
     psf = 1.0  # pixels, the matched filter's
-    scores = _oracle().bound_scores(model_r, 2, refit=False, psf=psf, flexible=FLEXIBLE)
+    scores = load_bench("oracle_auc").bound_scores(
+        model_r, 2, refit=False, psf=psf, flexible=FLEXIBLE
+    )
     assert set(scores) == {"flexible"}  # the exact bound draws Model A's family
     for per_class in scores["flexible"].values():
         assert set(per_class) == {"no_sub", "sphere", "vort"}
