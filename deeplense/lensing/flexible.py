@@ -85,6 +85,10 @@ class FlexibleConfig:
     light_sigmas: tuple[float, ...] = (0.02, 0.04, 0.07, 0.12, 0.2, 0.35, 0.6, 1.0, 1.7, 3.0)
     supersampling: int = 2  # sub-pixels per pixel per axis
     source_ridge: float = 1e-5  # share of the Gram matrix's mean diagonal, on shapelets only
+    # Smoothness: shapelet (n1, n2) of a set at scale s gets a further ridge of this share
+    # times (n1 + n2 + 1) / s^2, the diagonal of the source's gradient energy (fine detail
+    # costs more); 0 leaves the source free to draw what a subhalo does to one arc.
+    source_smoothing: float = 0.0
 
     @property
     def n_shapelets(self) -> int:
@@ -305,6 +309,12 @@ def regularised_gram(a: Tensor, config: FlexibleConfig) -> Tensor:
     k_light = len(config.light_sigmas)
     ridge = torch.zeros(a.shape[2], dtype=a.dtype, device=a.device)
     ridge[k_light : k_light + config.n_shapelets] = config.source_ridge
+    if config.source_smoothing > 0:
+        order = torch.tensor([n1 + n2 + 1.0 for n1, n2 in shapelet_pairs(config.shapelet_order)])
+        per_scale = [order / (scale * scale) for scale in config.source_scales]
+        ridge[k_light : k_light + config.n_shapelets] += config.source_smoothing * torch.cat(
+            per_scale
+        ).to(ridge)
     scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)  # (N,)
     return gram + torch.diag_embed(scale[:, None] * (ridge + 1e-12))
 
