@@ -164,12 +164,20 @@ class Admission:
 
 
 class AdmissionMiddleware:
-    """The gate before the body of `POST /score`: API key, bytes in flight, room for work."""
+    """The gate before the body of `POST /score`: API key, start-up done, bytes in flight,
+    room for work."""
 
-    def __init__(self, app: ASGIApp, admission: Admission, settings: Settings) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        admission: Admission,
+        settings: Settings,
+        require_ready: Callable[[], None] = lambda: None,
+    ) -> None:
         self.app = app
         self.admission = admission
         self.settings = settings
+        self.require_ready = require_ready  # NotReadyError (503) during start-up
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/score":
@@ -184,6 +192,7 @@ class AdmissionMiddleware:
         scope.setdefault("state", {})[ADMISSION_DEADLINE] = deadline
         try:
             check_api_key(self.settings.api_key, headers.get("x-api-key"))
+            self.require_ready()  # a 503 during start-up, before any upload is read
             await self.admission.take_body(n_bytes, deadline)
         except DeepLenseError as exc:
             await error_response(exc)(scope, receive, send)

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     # 0.7 to 8 s and start-up from 10 to 49 s, where one thread held 0.25-0.4 s and 5-11 s
     # (README, Configuration). More replicas, not more threads, use more cores.
     torch_threads: int = Field(default=1, ge=1)
+    # Seconds start-up may take to load and warm up every model (in the background: /health
+    # and /ready answer meanwhile). Past it, one log line says what start-up was doing and the
+    # service exits non-zero, as on a bad checkpoint, so a restart policy or an alert acts.
+    # The shipped Model A set loads in 2.5 s on the shared 2-core CPU (torch_threads=1), 49 s
+    # at worst with too many threads (README, Configuration): 120 s leaves room for slow disks.
+    startup_timeout_s: float = Field(default=120.0, gt=0)
     # Images per forward pass; a request with more readable files runs several passes.
     batch_size: int = Field(default=64, ge=1)
 

@@ -13,7 +13,7 @@ from app.admission import Admission, AdmissionMiddleware, Ticket
 from app.errors import ClientOverBudgetError, OverloadedError, status_for
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import image, make_settings, upload
+from tests.app.conftest import image, make_settings, started, upload
 from tests.encode import npy_bytes
 
 
@@ -159,7 +159,7 @@ def test_the_gate_answers_401_and_503_without_reading_the_body(tiny_checkpoints:
 
 def test_a_saturated_service_sheds_with_503_and_ready_says_so(tiny_checkpoints: Path) -> None:
     settings = make_settings(tiny_checkpoints, admission_wait_s=0.0, admission_budget_s=5.0)
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         assert all(m.cost_per_image_s > 0 for m in service.models.values())  # measured
         assert client.get("/ready").json()["saturated"] is False
@@ -179,7 +179,7 @@ def test_a_saturated_service_sheds_with_503_and_ready_says_so(tiny_checkpoints: 
 
 def test_a_request_costs_its_files_whatever_their_size(tiny_checkpoints: Path) -> None:
     settings = make_settings(tiny_checkpoints)
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         one = service.cost_s("dcae", 1)
         assert service.cost_s("dcae", 64) == pytest.approx(64 * one)
