@@ -27,7 +27,7 @@ from app.api_key import check_api_key
 from app.errors import ClientOverBudgetError, OverloadedError, error_response
 from app.limits import describe_bytes
 from app.settings import Settings
-from deeplense.errors import DeepLenseError
+from deeplense.errors import DeepLenseError, PayloadTooLargeError
 
 MAX_RETRY_AFTER_S = 60
 ADMISSION_DEADLINE = "admission_deadline"  # request.state key: when a request's wait ends
@@ -64,6 +64,22 @@ class Admission:
     def busy(self) -> bool:
         """Whether any request is admitted or any body in flight."""
         return bool(self.tickets) or self.inflight_bytes > 0
+
+    def check_cost(self, cost_s: float, n_files: int) -> None:
+        """PayloadTooLargeError (413) when a request's cost alone exceeds the whole budget: it
+        would never fit beside other work, so it is refused at once with what would fit,
+        rather than wait for an idle moment that a busy service may never have."""
+        if cost_s <= self.budget_s or n_files < 1:
+            return
+        per_file = cost_s / n_files
+        fits = int(self.budget_s // per_file)
+        advice = f"send at most {fits} files per request" if fits else "one image costs more"
+        raise PayloadTooLargeError(
+            f"this request's estimated cost, {cost_s:.1f} s of scoring ({n_files} files x "
+            f"{per_file:.3g} s per image, measured), exceeds the whole admission budget of "
+            f"{self.budget_s:g} s (admission_budget_s, env DEEPLENSE_ADMISSION_BUDGET_S): "
+            f"{advice}, or raise the budget"
+        )
 
     def client_work_s(self, client: str) -> float:
         return sum(t.cost_s for t in self.tickets if t.client == client)

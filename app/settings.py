@@ -61,7 +61,8 @@ class Settings(BaseSettings):
     # (an ensemble: its members' sum; a tiny image is upscaled and costs a full one). Requests
     # are admitted while the admitted work stays within admission_budget_s seconds; one that
     # finds no room within admission_wait_s gets a prompt 503 with Retry-After (the estimated
-    # seconds until room), never a 504 after queueing. A request over the budget runs alone.
+    # seconds until room), never a 504 after queueing. A request whose cost alone is over the
+    # budget gets 413 at once, naming how many files fit (it could never run beside others).
     admission_budget_s: float = Field(default=20.0, gt=0)
     admission_wait_s: float = Field(default=0.5, ge=0)
     # With an API key set: the admitted work of one client (its address) above this -> 429.
