@@ -23,7 +23,7 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api_key import check_api_key
+from app.api_key import check_api_key, client_identity, keys_of
 from app.errors import ClientOverBudgetError, OverloadedError, error_response
 from app.limits import describe_bytes
 from app.settings import Settings
@@ -31,6 +31,7 @@ from deeplense.errors import DeepLenseError, PayloadTooLargeError
 
 MAX_RETRY_AFTER_S = 60
 ADMISSION_DEADLINE = "admission_deadline"  # request.state key: when a request's wait ends
+CLIENT = "client"  # request.state key: who the request counts against (app.api_key)
 
 
 @dataclass(eq=False)
@@ -48,8 +49,8 @@ class Admission:
         self.budget_s = settings.admission_budget_s
         self.wait_s = settings.admission_wait_s
         # Per client only with an API key: without one, clients behind one proxy share an
-        # address and would share a budget.
-        self.client_budget_s = settings.client_budget_s if settings.api_key else None
+        # address and would share a budget. A client is its key's name, else its address.
+        self.client_budget_s = settings.client_budget_s if keys_of(settings) else None
         self.max_bytes = settings.max_inflight_bytes
         self.tickets: set[Ticket] = set()
         self.inflight_bytes = 0
@@ -137,7 +138,8 @@ class Admission:
         if not await self._wait_for(fits, deadline):
             if not client_fits():
                 raise ClientOverBudgetError(
-                    f"too many requests from this client: {self.client_work_s(client):.1f} s "
+                    f"too many requests from this client ({client}): "
+                    f"{self.client_work_s(client):.1f} s "
                     f"of its work admitted, and this request's {cost_s:.1f} s does not fit in "
                     f"its share of {budget:g} s (client_budget_s)",
                     self._retry(self.client_work_s(client) + cost_s - (budget or 0.0)),
@@ -207,7 +209,9 @@ class AdmissionMiddleware:
         deadline = time.monotonic() + self.admission.wait_s
         scope.setdefault("state", {})[ADMISSION_DEADLINE] = deadline
         try:
-            check_api_key(self.settings.api_key, headers.get("x-api-key"))
+            key_name = check_api_key(self.settings, headers.get("x-api-key"))
+            address = scope["client"][0] if scope.get("client") else None
+            scope["state"][CLIENT] = client_identity(key_name, address)
             self.require_ready()  # a 503 during start-up, before any upload is read
             await self.admission.take_body(n_bytes, deadline)
         except DeepLenseError as exc:

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     # Shared secret for the X-API-Key header; None = no key needed. /health, /ready,
     # /metrics, /docs and the upload page stay open either way.
     api_key: SecretStr | None = None
+    # Keys by client name, JSON ('{"survey-a": "...", "survey-b": "..."}'): each also opens
+    # the service, and its requests count as that client for client_budget_s wherever they
+    # come from (the shared api_key's requests count by address).
+    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
     # Python logging level of the service's loggers.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
-from app.admission import ADMISSION_DEADLINE
+from app.admission import ADMISSION_DEADLINE, CLIENT
 from app.cancel import run_while_awaited
 from app.dependencies import MetricsDep, ReadyServiceDep, SettingsDep, require_api_key
 from app.imaging import check_file_count, read_uploads
@@ -145,7 +145,7 @@ async def score(
     check_file_count(len(files), settings)  # a 413 whatever the load
     cost_s = service.cost_s(name, len(files))
     service.admission.check_cost(cost_s, len(files))  # a 413 when it could never fit
-    client = request.client.host if request.client else "unknown"
+    client = getattr(request.state, CLIENT, "unknown")  # set by the body's gate (app.api_key)
     deadline = getattr(request.state, ADMISSION_DEADLINE, None)  # set by the body's gate
     async with service.admission.work(cost_s, client, deadline):
         uploads = await read_uploads(files, settings)  # into memory only once admitted

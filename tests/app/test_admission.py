@@ -229,3 +229,31 @@ def test_images_below_the_minimum_side_get_a_file_error(client: TestClient) -> N
 def test_settings_refuse_a_negative_budget() -> None:
     with pytest.raises(ValueError):
         Settings(admission_budget_s=-1)
+
+
+def test_clients_with_their_own_keys_have_their_own_share_behind_one_address(
+    tiny_checkpoints: Path,
+) -> None:
+    keys = {"survey-a": SecretStr("ka"), "survey-b": SecretStr("kb")}
+    settings = make_settings(
+        tiny_checkpoints, api_key=SecretStr("shared"), api_keys=keys, admission_wait_s=0.0,
+        client_budget_s=1.5,
+    )  # fmt: skip
+    with started(create_app(settings)) as client:  # every request comes from one address
+        service = client.app.state.service  # type: ignore[attr-defined]
+        service.models["dcae"].cost_per_image_s = 1.0
+        service.admission.tickets.add(Ticket(1.0, "key survey-a"))  # survey-a is busy
+
+        def post(key: str) -> Any:
+            files = [upload("a.npy", npy_bytes(image()))]
+            return client.post("/score", params={"model": "dcae"}, files=files,
+                               headers={"X-API-Key": key})  # fmt: skip
+
+        refused = post("ka")
+        assert refused.status_code == 429 and "(key survey-a)" in refused.json()["detail"]
+        assert post("kb").status_code == 200  # another key behind the same address
+        assert post("shared").status_code == 200  # the shared key counts by address
+        service.admission.tickets.add(Ticket(1.0, "address testclient"))
+        refused = post("shared")
+        assert refused.status_code == 429 and "(address testclient)" in refused.json()["detail"]
+        assert post("wrong").status_code == 401
