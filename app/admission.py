@@ -23,14 +23,15 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api_key import check_api_key
+from app.api_key import check_api_key, client_identity, keys_of
 from app.errors import ClientOverBudgetError, OverloadedError, error_response
 from app.limits import describe_bytes
 from app.settings import Settings
-from deeplense.errors import DeepLenseError
+from deeplense.errors import DeepLenseError, PayloadTooLargeError
 
 MAX_RETRY_AFTER_S = 60
 ADMISSION_DEADLINE = "admission_deadline"  # request.state key: when a request's wait ends
+CLIENT = "client"  # request.state key: who the request counts against (app.api_key)
 
 
 @dataclass(eq=False)
@@ -48,8 +49,8 @@ class Admission:
         self.budget_s = settings.admission_budget_s
         self.wait_s = settings.admission_wait_s
         # Per client only with an API key: without one, clients behind one proxy share an
-        # address and would share a budget.
-        self.client_budget_s = settings.client_budget_s if settings.api_key else None
+        # address and would share a budget. A client is its key's name, else its address.
+        self.client_budget_s = settings.client_budget_s if keys_of(settings) else None
         self.max_bytes = settings.max_inflight_bytes
         self.tickets: set[Ticket] = set()
         self.inflight_bytes = 0
@@ -64,6 +65,22 @@ class Admission:
     def busy(self) -> bool:
         """Whether any request is admitted or any body in flight."""
         return bool(self.tickets) or self.inflight_bytes > 0
+
+    def check_cost(self, cost_s: float, n_files: int) -> None:
+        """PayloadTooLargeError (413) when a request's cost alone exceeds the whole budget: it
+        would never fit beside other work, so it is refused at once with what would fit,
+        rather than wait for an idle moment that a busy service may never have."""
+        if cost_s <= self.budget_s or n_files < 1:
+            return
+        per_file = cost_s / n_files
+        fits = int(self.budget_s // per_file)
+        advice = f"send at most {fits} files per request" if fits else "one image costs more"
+        raise PayloadTooLargeError(
+            f"this request's estimated cost, {cost_s:.1f} s of scoring ({n_files} files x "
+            f"{per_file:.3g} s per image, measured), exceeds the whole admission budget of "
+            f"{self.budget_s:g} s (admission_budget_s, env DEEPLENSE_ADMISSION_BUDGET_S): "
+            f"{advice}, or raise the budget"
+        )
 
     def client_work_s(self, client: str) -> float:
         return sum(t.cost_s for t in self.tickets if t.client == client)
@@ -121,7 +138,8 @@ class Admission:
         if not await self._wait_for(fits, deadline):
             if not client_fits():
                 raise ClientOverBudgetError(
-                    f"too many requests from this client: {self.client_work_s(client):.1f} s "
+                    f"too many requests from this client ({client}): "
+                    f"{self.client_work_s(client):.1f} s "
                     f"of its work admitted, and this request's {cost_s:.1f} s does not fit in "
                     f"its share of {budget:g} s (client_budget_s)",
                     self._retry(self.client_work_s(client) + cost_s - (budget or 0.0)),
@@ -164,12 +182,20 @@ class Admission:
 
 
 class AdmissionMiddleware:
-    """The gate before the body of `POST /score`: API key, bytes in flight, room for work."""
+    """The gate before the body of `POST /score`: API key, start-up done, bytes in flight,
+    room for work."""
 
-    def __init__(self, app: ASGIApp, admission: Admission, settings: Settings) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        admission: Admission,
+        settings: Settings,
+        require_ready: Callable[[], None] = lambda: None,
+    ) -> None:
         self.app = app
         self.admission = admission
         self.settings = settings
+        self.require_ready = require_ready  # NotReadyError (503) during start-up
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/score":
@@ -183,7 +209,10 @@ class AdmissionMiddleware:
         deadline = time.monotonic() + self.admission.wait_s
         scope.setdefault("state", {})[ADMISSION_DEADLINE] = deadline
         try:
-            check_api_key(self.settings.api_key, headers.get("x-api-key"))
+            key_name = check_api_key(self.settings, headers.get("x-api-key"))
+            address = scope["client"][0] if scope.get("client") else None
+            scope["state"][CLIENT] = client_identity(key_name, address)
+            self.require_ready()  # a 503 during start-up, before any upload is read
             await self.admission.take_body(n_bytes, deadline)
         except DeepLenseError as exc:
             await error_response(exc)(scope, receive, send)

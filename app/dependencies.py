@@ -60,4 +60,4 @@ async def require_api_key(
     settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
 ) -> None:
     """401 unless the X-API-Key header matches the configured key (no-op when none is set)."""
-    check_api_key(settings.api_key, key)
+    check_api_key(settings, key)

@@ -29,13 +29,23 @@ class Health(RuntimeInfo):
     """Liveness: the process answers."""
 
     status: Literal["ok"] = Field(default="ok", description="always ok", examples=["ok"])
+    state: Literal["starting", "ready", "failed"] = Field(
+        description="start-up: starting while the models load and warm up (in the background, "
+        "the server answers meanwhile), ready once done, failed after a start-up error or "
+        "overrun (the service then exits; /ready's detail says why)",
+        examples=["ready"],
+    )
 
 
 class Readiness(RuntimeInfo):
     """Readiness: every configured model loaded and warmed up, and room for more work."""
 
     ready: bool = Field(description="true once every configured model is ready (then 200)")
-    detail: str = Field(description="the state in words", examples=["all 4 models ready"])
+    detail: str = Field(
+        description="the state in words: what start-up is loading, why it failed, or why the "
+        "service is saturated",
+        examples=["all 4 models ready"],
+    )
     models: dict[str, str] = Field(
         description="state of each configured checkpoint: pending, loading, warming, ready",
         examples=[{"aae": "ready", "vae": "ready"}],

@@ -2,6 +2,7 @@
 tests build their own with `create_app(settings)`."""
 
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,7 +20,7 @@ from app.openapi import install_openapi
 from app.routes import health, models, score, ui
 from app.service import ModelService
 from app.settings import Settings, SettingsError, get_settings
-from app.startup import OneLineStartupErrors
+from app.startup import OneLineStartupErrors, stop_server
 from deeplense.numerics import flush_denormals
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ def configure_logging(level: str) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; nothing is loaded until the lifespan starts (server start-up)."""
+    """Build the app; nothing is loaded until the lifespan starts (server start-up), and the
+    models load in the background from there (`wait_started` waits for them)."""
     if settings is None:
         settings = get_settings()
     configure_logging(settings.log_level)
@@ -59,9 +61,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # A bad checkpoint raises CheckpointError naming its file: the server does not start
-        # (OneLineStartupErrors reports it in one line).
-        await anyio.to_thread.run_sync(service.load)
+        # The fast checks first: a missing folder or a bad config.json raises CheckpointError
+        # naming its file, and the server does not start (OneLineStartupErrors: one line).
+        await anyio.to_thread.run_sync(service.prepare)
+        # Then the weights load in the background while the server answers (503 meanwhile).
+        # A failure there stops the server, by a signal as `docker stop` would, when the
+        # server runs on the main thread (uvicorn catches signals only there); otherwise
+        # (TestClient, an embedding host) the service stays up and /ready says why.
+        on_main_thread = threading.current_thread() is threading.main_thread()
+        service.startup.start(stop=stop_server if on_main_thread else None)
         yield
         await anyio.to_thread.run_sync(service.close)
 
@@ -80,7 +88,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # body is read), deadline, metrics, CORS (outermost, so that even a 413, 503 or 504
     # carries the CORS headers a browser needs to read it).
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    app.add_middleware(AdmissionMiddleware, admission=service.admission, settings=settings)
+    app.add_middleware(
+        AdmissionMiddleware,
+        admission=service.admission,
+        settings=settings,
+        require_ready=service.require_ready,
+    )
     app.add_middleware(TimeoutMiddleware, seconds=settings.request_timeout_s)
     app.state.metrics = install_metrics(app)
     if settings.cors_origins:
@@ -96,6 +109,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(OneLineStartupErrors)
     install_openapi(app, settings)
     return app
+
+
+def wait_started(app: FastAPI, timeout_s: float = 120.0) -> None:
+    """Block until the app's models are loaded (after its lifespan began); re-raise the
+    start-up's error, or NotReadyError when it is still running after `timeout_s`."""
+    app.state.service.startup.wait(timeout_s)
 
 
 try:

@@ -10,8 +10,8 @@ from app.settings import Settings
 
 
 def install_openapi(app: FastAPI, settings: Settings) -> None:
-    """Make `app.openapi()` drop the API-key scheme when `settings.api_key` is None."""
-    if settings.api_key is not None:
+    """Make `app.openapi()` drop the API-key scheme when no API key is configured."""
+    if settings.api_key is not None or settings.api_keys:
         return
     generate = app.openapi
 

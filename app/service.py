@@ -1,13 +1,12 @@
 """The model service: start-up loading and readiness, request resolution, batched scoring.
 
-`ModelService.load()` runs in the app's lifespan: it loads every checkpoint folder under the
-configured directory (a bad one raises CheckpointError naming the file, so the server never
-starts half-broken), warms each model up and records its state for /ready. `score()` runs in
-a worker thread: decoding in killable worker processes (`app.decode_pool`), one batched
-forward pass per model through `deeplense.inference.score_array` (the function evaluation
-and the `score` CLI use), then the response (`app.responses`, `app.ensemble`). Forward
-passes hold one lock, so concurrent requests queue for the compute device instead of
-fighting over its cores; decoding and PNG encoding run outside it.
+`prepare()` runs in the app's lifespan (folders, configs, device), then `load_models()` in
+the background (`app.startup.Startup`): it loads and warms up every checkpoint (a bad one
+raises CheckpointError naming the file: the server stops rather than serve half-broken) and
+records each one's state for /ready. `score()` runs in a worker thread: decoding in killable
+worker processes (`app.decode_pool`), one batched forward pass per model through
+`deeplense.inference` (as evaluation and the `score` CLI), then the response. Forward passes
+hold one lock: requests queue for the device instead of fighting over its cores.
 """
 
 import logging
@@ -24,18 +23,19 @@ from app.decode_pool import DecodePool
 from app.ensemble import ENSEMBLE, Ensemble, pick_members
 from app.errors import NoReadableFileError
 from app.imaging import Upload, prepare
+from app.loading import check_configs, describe_loading, load_all, pick_default
 from app.request_instrument import request_instrument
 from app.responses import response_of, scored_results
 from app.runtime import TrimWhenIdle, keep_freed_memory
 from app.schemas import ScoreResponse
-from app.served import ModelState, ServedModel, load_served, warm_up
+from app.served import ModelState, ServedModel
 from app.settings import Settings
+from app.startup import Startup, StartupState
 from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, NotReadyError, UnknownModelError
 from deeplense.inference import score_observations
 from deeplense.scores import get_score
 from models.checkpoint import find_checkpoints
-from models.selection import choose_default_model
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +59,14 @@ class ModelService:
         self.default_model: str | None = None
         self.default_reason = ""
         self.ensemble: Ensemble | None = None
+        self.found: dict[str, Path] = {}
         self.started = False  # True once discovery ran (the lifespan began)
         self.loaded = False  # True once every model is ready and the default is chosen
+        self.closed = False
+        self.startup = Startup(
+            self.load_models, lambda: describe_loading(self.states), settings.startup_timeout_s
+        )
+        self._life = threading.Lock()  # load_models' end vs close()
         self._compute = threading.Lock()
         self.limiter = anyio.CapacityLimiter(SCORING_SLOTS)
         self.decoder = DecodePool(settings)  # decoding in killable worker processes
@@ -76,65 +82,50 @@ class ModelService:
         if not found:
             raise CheckpointError(f"{root}: no checkpoint folders (none holds a config.json)")
         self.states = {name: ModelState.PENDING for name in found}
-        self.started = True
+        self.found, self.started = found, True
         return found
 
-    def load(self) -> None:
-        """Load, check and warm up every checkpoint, then pick the default and the ensemble."""
-        found = self.discover()
+    def prepare(self) -> None:
+        """The fast checks, before the server answers: the folders, each config.json, the
+        device and the default model's name (one-line errors). `load_models` does the rest."""
+        check_configs(self.discover(), self.settings.default_model)
         self.device = resolve_device(self.settings.device)
         if self.settings.torch_threads is not None:
             torch.set_num_threads(self.settings.torch_threads)
         keep_freed_memory()
-        for name, path in found.items():
-            self.states[name] = ModelState.LOADING
-            served = load_served(name, path, self.device)
-            self.states[name] = ModelState.WARMING
-            warm_up(served, self.device)
-            self.models[name] = served
-            self.states[name] = ModelState.READY
-            logger.info(
-                "loaded %s (%s, %d parameters, %dx%d) on %s in %.2f s",
-                name, served.checkpoint.config.architecture, served.parameters,
-                served.size, served.size, self.device, served.load_seconds,
-            )  # fmt: skip
+
+    def load_models(self) -> None:
+        """Load, check and warm up every checkpoint, then pick the default and the ensemble
+        (in the start-up thread, app.startup.Startup)."""
+        self.models = load_all(self.found, self.device, self.states)
         members = pick_members(self.models)
         if self.settings.default_model == ENSEMBLE and not members:
             raise UnknownModelError(ENSEMBLE, sorted(self.models))
         self.ensemble = Ensemble([self.models[m] for m in members]) if members else None
-        self.default_model, self.default_reason = self._pick_default()
-        self.decoder.start()
-        self.trimmer.start()
-        self.loaded = True
-        logger.info(
-            "default model %s; ensemble members %s",
-            self.default_model, self.ensemble_members or "(none)",
-        )  # fmt: skip
-
-    def _pick_default(self) -> tuple[str, str]:
         wanted = self.settings.default_model
-        if wanted is None:
-            choice = choose_default_model(
-                {name: m.checkpoint.config for name, m in self.models.items()}
-            )
-            return choice.model, choice.reason
-        if wanted not in self.choices():
-            raise UnknownModelError(wanted, self.choices())
-        return wanted, "set by DEEPLENSE_DEFAULT_MODEL (--default-model)"
+        self.default_model, self.default_reason = pick_default(self.models, self.choices(), wanted)
+        with self._life:  # not after close(): no workers left behind
+            if self.closed:
+                return
+            self.decoder.start()
+            self.trimmer.start()
+            self.loaded = True
+        members_text = ", ".join(self.ensemble_members) or "(none)"
+        logger.info("default model %s; ensemble members %s", self.default_model, members_text)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Wait (bounded) for forward passes still running, e.g. of requests past their
         deadline, so the process does not exit under a running torch kernel."""
+        with self._life:
+            self.closed = True
         if self._compute.acquire(timeout=timeout_s):
             self._compute.release()
         self.decoder.close()
         self.trimmer.stop()
 
-    # ---- state ----------------------------------------------------------------------------
-
     @property
     def ready(self) -> bool:
-        return self.loaded and all(s is ModelState.READY for s in self.states.values())
+        return self.loaded and self.startup.state is StartupState.READY
 
     @property
     def ensemble_members(self) -> list[str]:
@@ -145,13 +136,21 @@ class ModelService:
         """Configured models that are not ready yet, with their state."""
         return {n: s.value for n, s in self.states.items() if s is not ModelState.READY}
 
-    def require_ready(self) -> None:
-        """NotReadyError naming what is missing, unless every model is ready."""
+    def why_not_ready(self) -> str | None:
+        """Why requests cannot be served yet (for /ready and a request's 503), or None."""
+        if self.startup.problem is not None:
+            return self.startup.problem
         if not self.started:
-            raise NotReadyError("the service is starting: models are not loaded yet")
+            return "the service is starting, checkpoints not discovered yet"
         if not self.ready:
-            waiting = ", ".join(f"{n} ({s})" for n, s in self.not_ready().items())
-            raise NotReadyError(f"models not ready yet: {waiting or 'finishing start-up'}")
+            seconds = self.startup.seconds
+            return f"still loading ({seconds:.0f} s so far): {describe_loading(self.states)}"
+        return None
+
+    def require_ready(self) -> None:
+        """NotReadyError saying why, unless start-up is done and every model is ready."""
+        if (reason := self.why_not_ready()) is not None:
+            raise NotReadyError(f"not ready: {reason}")
 
     def choices(self) -> list[str]:
         """Valid values of ?model=: the loaded names, plus ensemble when it is available."""

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     # 0.7 to 8 s and start-up from 10 to 49 s, where one thread held 0.25-0.4 s and 5-11 s
     # (README, Configuration). More replicas, not more threads, use more cores.
     torch_threads: int = Field(default=1, ge=1)
+    # Seconds start-up may take to load and warm up every model (in the background: /health
+    # and /ready answer meanwhile). Past it, one log line says what start-up was doing and the
+    # service exits non-zero, as on a bad checkpoint, so a restart policy or an alert acts.
+    # The shipped Model A set loads in 2.5 s on the shared 2-core CPU (torch_threads=1), 49 s
+    # at worst with too many threads (README, Configuration): 120 s leaves room for slow disks.
+    startup_timeout_s: float = Field(default=120.0, gt=0)
     # Images per forward pass; a request with more readable files runs several passes.
     batch_size: int = Field(default=64, ge=1)
 
@@ -55,7 +61,8 @@ class Settings(BaseSettings):
     # (an ensemble: its members' sum; a tiny image is upscaled and costs a full one). Requests
     # are admitted while the admitted work stays within admission_budget_s seconds; one that
     # finds no room within admission_wait_s gets a prompt 503 with Retry-After (the estimated
-    # seconds until room), never a 504 after queueing. A request over the budget runs alone.
+    # seconds until room), never a 504 after queueing. A request whose cost alone is over the
+    # budget gets 413 at once, naming how many files fit (it could never run beside others).
     admission_budget_s: float = Field(default=20.0, gt=0)
     admission_wait_s: float = Field(default=0.5, ge=0)
     # With an API key set: the admitted work of one client (its address) above this -> 429.
@@ -79,6 +86,10 @@ class Settings(BaseSettings):
     # Shared secret for the X-API-Key header; None = no key needed. /health, /ready,
     # /metrics, /docs and the upload page stay open either way.
     api_key: SecretStr | None = None
+    # Keys by client name, JSON ('{"survey-a": "...", "survey-b": "..."}'): each also opens
+    # the service, and its requests count as that client for client_budget_s wherever they
+    # come from (the shared api_key's requests count by address).
+    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
     # Python logging level of the service's loggers.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -62,7 +62,7 @@ sys.path.insert(0, str(REPO))
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from app.main import create_app  # noqa: E402
+from app.main import create_app, wait_started  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from deeplense.fits_layout import ImageExtras  # noqa: E402
 from deeplense.instrument import FWHM_PER_SIGMA, Instrument, gaussian_kernel  # noqa: E402
@@ -353,7 +353,8 @@ def main() -> int:
 
     settings = Settings(checkpoint_dir=args.checkpoints, device="cpu", request_timeout_s=3600.0,
                         log_level="WARNING")  # fmt: skip
-    with TestClient(create_app(settings)) as client:
+    with TestClient(app := create_app(settings)) as client:
+        wait_started(app)  # the models load in the background
         model = args.model  # None: each request names none, the service picks its default
         name = args.model or default_model(client)
         loaded = load_checkpoint(find_checkpoints(args.checkpoints)[name])

@@ -27,8 +27,9 @@ def runtime_info(service: ModelService) -> dict[str, Any]:
 
 @router.get("/health", summary="Liveness: the process answers")
 async def health(service: ServiceDep) -> Health:
-    """Always 200 while the process runs, even while models load."""
-    return Health(**runtime_info(service))
+    """Always 200 while the process runs, even while models load; `state` says how start-up
+    goes."""
+    return Health(state=service.startup.state.value, **runtime_info(service))
 
 
 @router.get(
@@ -38,14 +39,16 @@ async def health(service: ServiceDep) -> Health:
     responses={
         503: {
             "model": Readiness,
-            "description": "Some configured model is not ready (the body says which), or the "
-            "service is saturated: its admitted work or request bodies in flight are at their "
-            "bound, so a load balancer should send new requests elsewhere for now.",
+            "description": "Start-up still runs (the body says which model it loads) or failed "
+            "(the body says why), or the service is saturated: its admitted work or request "
+            "bodies in flight are at their bound, so a load balancer should send new requests "
+            "elsewhere for now.",
             "content": {
                 "application/json": {
                     "example": {
                         "ready": False,
-                        "detail": "not ready: vae (loading), rbm (pending)",
+                        "detail": "not ready: still loading (3 s so far): vae (loading), rbm "
+                        "(pending); 2 of 4 models ready",
                         "models": {"aae": "ready", "vae": "loading", "rbm": "pending"},
                         "not_ready": ["vae", "rbm"],
                         "saturated": False,
@@ -67,13 +70,8 @@ async def ready(service: ServiceDep) -> JSONResponse:
     waiting = service.not_ready()
     saturation = service.admission.saturation()
     ready = service.ready and saturation is None
-    if service.ready:
-        detail = saturation or f"all {len(states)} models ready"
-    elif not service.started:
-        detail = "not ready: the service is starting, checkpoints not discovered yet"
-    else:
-        listed = ", ".join(f"{n} ({s})" for n, s in waiting.items())
-        detail = "not ready: " + (listed or "finishing start-up")
+    reason = service.why_not_ready()
+    detail = f"not ready: {reason}" if reason else saturation or f"all {len(states)} models ready"
     body = Readiness(
         ready=ready,
         detail=detail,

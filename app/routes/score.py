@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 
-from app.admission import ADMISSION_DEADLINE
+from app.admission import ADMISSION_DEADLINE, CLIENT
 from app.cancel import run_while_awaited
 from app.dependencies import MetricsDep, ReadyServiceDep, SettingsDep, require_api_key
 from app.imaging import check_file_count, read_uploads
@@ -45,7 +45,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         f"unknown model 'foo'; valid models: {', '.join(sorted([*list_models(), 'ensemble']))}",
     ),
     413: _error(
-        "over a byte or file-count limit",
+        "over a byte or file-count limit, or an estimated cost over the whole admission "
+        "budget (the detail says how many files fit)",
         "big.fits: 31 MiB (32505856 bytes) exceeds the per-file limit of 20 MiB (20971520 "
         "bytes) (max_file_bytes, env DEEPLENSE_MAX_FILE_BYTES)",
     ),
@@ -142,9 +143,11 @@ async def score(
     name = service.resolve(model)
     score_name = service.resolve_score(name, score)  # a bad name is a 422 before any upload work
     check_file_count(len(files), settings)  # a 413 whatever the load
-    client = request.client.host if request.client else "unknown"
+    cost_s = service.cost_s(name, len(files))
+    service.admission.check_cost(cost_s, len(files))  # a 413 when it could never fit
+    client = getattr(request.state, CLIENT, "unknown")  # set by the body's gate (app.api_key)
     deadline = getattr(request.state, ADMISSION_DEADLINE, None)  # set by the body's gate
-    async with service.admission.work(service.cost_s(name, len(files)), client, deadline):
+    async with service.admission.work(cost_s, client, deadline):
         uploads = await read_uploads(files, settings)  # into memory only once admitted
         psf_upload = (await read_uploads([psf], settings))[0] if psf is not None else None
         run = partial(

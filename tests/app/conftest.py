@@ -3,14 +3,17 @@ uploads (the file encoders are in tests/encode.py)."""
 
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from playwright.sync_api import Browser, sync_playwright
 
-from app.main import create_app
+from app.main import create_app, wait_started
 from app.settings import Settings
 from tests.app.serve_fixture import launch_chromium, run_server
 from tests.conftest import TINY_SIZE, tiny_images
@@ -28,10 +31,19 @@ def settings(tiny_checkpoints: Path) -> Settings:
     return make_settings(tiny_checkpoints)
 
 
+@contextmanager
+def started(app: FastAPI, **options: Any) -> Iterator[TestClient]:
+    """A TestClient on `app` once start-up has loaded and warmed every model (the lifespan
+    starts that in the background); re-raises the start-up's error (e.g. CheckpointError)."""
+    with TestClient(app, **options) as client:
+        wait_started(app)
+        yield client
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    """A client on a started app (the lifespan loaded and warmed every tiny checkpoint)."""
-    with TestClient(create_app(settings)) as client:
+    """A client on a started app (every tiny checkpoint loaded and warmed)."""
+    with started(create_app(settings)) as client:
         yield client
 
 

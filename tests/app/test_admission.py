@@ -1,6 +1,7 @@
 """Admission by cost (issue 20, D1-D3): prompt 503/429 with Retry-After instead of queueing
 toward a 504, /ready while saturated, no body read before a refusal, tiny images refused."""
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ from app.admission import Admission, AdmissionMiddleware, Ticket
 from app.errors import ClientOverBudgetError, OverloadedError, status_for
 from app.main import create_app
 from app.settings import Settings
-from tests.app.conftest import image, make_settings, upload
+from deeplense.errors import PayloadTooLargeError
+from tests.app.conftest import image, make_settings, started, upload
 from tests.encode import npy_bytes
 
 
@@ -42,17 +44,39 @@ def test_work_within_the_budget_is_admitted_and_over_it_is_a_503(tiny_checkpoint
     anyio.run(scenario)
 
 
-def test_a_request_over_the_whole_budget_runs_alone(tiny_checkpoints: Path) -> None:
-    gate = admission(tiny_checkpoints)
+def test_a_request_over_the_whole_budget_is_a_prompt_413_saying_what_fits(
+    tiny_checkpoints: Path,
+) -> None:
+    gate = admission(tiny_checkpoints)  # a budget of 10 s
+    gate.check_cost(10.0, 4)  # exactly the budget: admitted when there is room
+    with pytest.raises(PayloadTooLargeError) as refused:
+        gate.check_cost(12.0, 4)
+    assert status_for(refused.value) == 413
+    assert str(refused.value) == (
+        "this request's estimated cost, 12.0 s of scoring (4 files x 3 s per image, measured), "
+        "exceeds the whole admission budget of 10 s (admission_budget_s, env "
+        "DEEPLENSE_ADMISSION_BUDGET_S): send at most 3 files per request, or raise the budget"
+    )
+    with pytest.raises(PayloadTooLargeError, match="one image costs more, or raise"):
+        gate.check_cost(11.0, 1)
 
-    async def scenario() -> None:
-        async with gate.work(50.0, "a"):
-            assert gate.saturation() is not None
-            with pytest.raises(OverloadedError):
-                async with gate.work(0.1, "b"):
-                    pass
 
-    anyio.run(scenario)
+def test_over_http_a_request_over_the_budget_gets_413_even_when_idle(
+    tiny_checkpoints: Path,
+) -> None:
+    settings = make_settings(tiny_checkpoints, admission_budget_s=2.5, admission_wait_s=5.0)
+    with started(create_app(settings)) as client:
+        service = client.app.state.service  # type: ignore[attr-defined]
+        service.models["dcae"].cost_per_image_s = 1.0  # as if measured: 1 s per image
+        files = [upload(f"{i}.npy", npy_bytes(image(i))) for i in range(3)]
+        began = time.monotonic()
+        response = client.post("/score", params={"model": "dcae"}, files=files)
+        assert response.status_code == 413 and time.monotonic() - began < 2.0  # no wait
+        detail = response.json()["detail"]
+        assert "3.0 s of scoring" in detail and "budget of 2.5 s" in detail
+        assert "DEEPLENSE_ADMISSION_BUDGET_S" in detail and "at most 2 files" in detail
+        response = client.post("/score", params={"model": "dcae"}, files=files[:2])
+        assert response.status_code == 200
 
 
 def test_a_waiting_request_is_admitted_when_room_frees_within_the_wait(
@@ -159,7 +183,7 @@ def test_the_gate_answers_401_and_503_without_reading_the_body(tiny_checkpoints:
 
 def test_a_saturated_service_sheds_with_503_and_ready_says_so(tiny_checkpoints: Path) -> None:
     settings = make_settings(tiny_checkpoints, admission_wait_s=0.0, admission_budget_s=5.0)
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         assert all(m.cost_per_image_s > 0 for m in service.models.values())  # measured
         assert client.get("/ready").json()["saturated"] is False
@@ -179,7 +203,7 @@ def test_a_saturated_service_sheds_with_503_and_ready_says_so(tiny_checkpoints: 
 
 def test_a_request_costs_its_files_whatever_their_size(tiny_checkpoints: Path) -> None:
     settings = make_settings(tiny_checkpoints)
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         service = client.app.state.service  # type: ignore[attr-defined]
         one = service.cost_s("dcae", 1)
         assert service.cost_s("dcae", 64) == pytest.approx(64 * one)
@@ -205,3 +229,31 @@ def test_images_below_the_minimum_side_get_a_file_error(client: TestClient) -> N
 def test_settings_refuse_a_negative_budget() -> None:
     with pytest.raises(ValueError):
         Settings(admission_budget_s=-1)
+
+
+def test_clients_with_their_own_keys_have_their_own_share_behind_one_address(
+    tiny_checkpoints: Path,
+) -> None:
+    keys = {"survey-a": SecretStr("ka"), "survey-b": SecretStr("kb")}
+    settings = make_settings(
+        tiny_checkpoints, api_key=SecretStr("shared"), api_keys=keys, admission_wait_s=0.0,
+        client_budget_s=1.5,
+    )  # fmt: skip
+    with started(create_app(settings)) as client:  # every request comes from one address
+        service = client.app.state.service  # type: ignore[attr-defined]
+        service.models["dcae"].cost_per_image_s = 1.0
+        service.admission.tickets.add(Ticket(1.0, "key survey-a"))  # survey-a is busy
+
+        def post(key: str) -> Any:
+            files = [upload("a.npy", npy_bytes(image()))]
+            return client.post("/score", params={"model": "dcae"}, files=files,
+                               headers={"X-API-Key": key})  # fmt: skip
+
+        refused = post("ka")
+        assert refused.status_code == 429 and "(key survey-a)" in refused.json()["detail"]
+        assert post("kb").status_code == 200  # another key behind the same address
+        assert post("shared").status_code == 200  # the shared key counts by address
+        service.admission.tickets.add(Ticket(1.0, "address testclient"))
+        refused = post("shared")
+        assert refused.status_code == 429 and "(address testclient)" in refused.json()["detail"]
+        assert post("wrong").status_code == 401

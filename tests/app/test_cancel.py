@@ -9,7 +9,6 @@ import anyio
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
 
 from app.cancel import Cancellation, run_while_awaited
 from app.errors import AbandonedError
@@ -19,7 +18,7 @@ from app.service import ModelService
 from deeplense.inference import score_observations
 from deeplense.instrument import Instrument
 from deeplense.observation import prepare_observation
-from tests.app.conftest import image, make_settings, upload
+from tests.app.conftest import image, make_settings, started, upload
 from tests.conftest import TINY_SIZE
 from tests.encode import npy_bytes
 
@@ -56,7 +55,7 @@ def test_score_observations_stops_at_the_check_between_batches() -> None:
 
 
 def test_a_cancelled_request_decodes_and_computes_nothing_more(tiny_checkpoints: Path) -> None:
-    with TestClient(create_app(make_settings(tiny_checkpoints))) as client:
+    with started(create_app(make_settings(tiny_checkpoints))) as client:
         service: ModelService = client.app.state.service  # type: ignore[attr-defined]
         cancellation = Cancellation()
         cancellation.cancel()
@@ -66,7 +65,7 @@ def test_a_cancelled_request_decodes_and_computes_nothing_more(tiny_checkpoints:
 
 
 def test_lensfit_is_fitted_in_chunks_of_about_a_second(tiny_checkpoints: Path) -> None:
-    with TestClient(create_app(make_settings(tiny_checkpoints))) as client:
+    with started(create_app(make_settings(tiny_checkpoints))) as client:
         service: ModelService = client.app.state.service  # type: ignore[attr-defined]
         lensfit = service.get("lensfit")
         lensfit.cost_per_image_s = 0.15  # the shipped LensFit's measured cost on 2 cores
@@ -142,7 +141,7 @@ def test_past_the_deadline_the_thread_stops_before_the_forward_pass(
     monkeypatch.setattr(ModelService, "score", slow_score)
     monkeypatch.setattr(service_module, "score_observations", counting_forward)
     settings = make_settings(tiny_checkpoints, request_timeout_s=0.2)
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         response = client.post("/score", files=[upload("a.npy", npy_bytes(image()))])
         assert response.status_code == 504
         assert ended.wait(10)

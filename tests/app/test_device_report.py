@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from deeplense.device import resolve_device
+from tests.app.conftest import started
 
 
 def test_health_and_ready_report_device_and_torch(settings: Settings) -> None:
@@ -18,7 +19,7 @@ def test_health_and_ready_report_device_and_torch(settings: Settings) -> None:
     assert early["torch_version"] == torch.__version__
     assert early["torch_cuda"] == torch.version.cuda
     assert early["cuda_available"] is torch.cuda.is_available()
-    with TestClient(app) as client:
+    with started(app) as client:
         for path in ("/health", "/ready"):
             body = client.get(path).json()
             assert body["device"] == "cpu", path

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.service import ModelService
-from tests.app.conftest import image, make_settings, upload
+from tests.app.conftest import image, make_settings, started, upload
 from tests.encode import npy_bytes
 
 BOUNDARY = "deeplense-test-boundary"
@@ -35,7 +35,7 @@ def still_up(client: TestClient) -> bool:
 def test_file_over_max_file_bytes_is_413_naming_the_limit(tiny_checkpoints: Path) -> None:
     data = npy_bytes(image())  # 32 x 32 float32: 4224 bytes
     settings = make_settings(tiny_checkpoints, max_file_bytes=4000)
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         response = client.post("/score", files=[upload("big.npy", data)])
         assert response.status_code == 413
         detail = response.json()["detail"]
@@ -47,7 +47,7 @@ def test_request_over_max_request_bytes_is_413_from_content_length(
 ) -> None:
     settings = make_settings(tiny_checkpoints, max_request_bytes=10_000)
     files = [upload(f"{i}.npy", npy_bytes(image(i))) for i in range(3)]  # about 13 kB
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         response = client.post("/score", files=files)
         assert response.status_code == 413
         assert "max_request_bytes" in response.json()["detail"]
@@ -59,7 +59,7 @@ def test_request_bytes_are_counted_without_a_content_length(tiny_checkpoints: Pa
     settings = make_settings(tiny_checkpoints, max_request_bytes=10_000)
     body = multipart([(f"{i}.npy", npy_bytes(image(i))) for i in range(3)])
     chunks = [body[i : i + 1000] for i in range(0, len(body), 1000)]
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         response = client.post(
             "/score",
             content=iter(chunks),
@@ -79,7 +79,7 @@ def test_request_bytes_are_counted_without_a_content_length(tiny_checkpoints: Pa
 def test_too_many_files_is_413_naming_max_files(tiny_checkpoints: Path) -> None:
     settings = make_settings(tiny_checkpoints, max_files=2)
     files = [upload(f"{i}.npy", npy_bytes(image(i))) for i in range(3)]
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         response = client.post("/score", files=files)
         assert response.status_code == 413
         assert "max_files" in response.json()["detail"]
@@ -88,7 +88,7 @@ def test_too_many_files_is_413_naming_max_files(tiny_checkpoints: Path) -> None:
 
 def test_image_over_max_pixels_is_refused_from_its_header(tiny_checkpoints: Path) -> None:
     settings = make_settings(tiny_checkpoints, max_pixels=32 * 32 - 1)
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         response = client.post("/score", files=[upload("wide.npy", npy_bytes(image()))])
         assert response.status_code == 422
         (entry,) = response.json()["detail"]
@@ -113,7 +113,7 @@ def test_request_over_the_deadline_is_504(
 
     monkeypatch.setattr(ModelService, "score", slow_score)
     settings = make_settings(tiny_checkpoints, request_timeout_s=0.2)
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         start = time.perf_counter()
         response = client.post("/score", files=[upload("a.npy", npy_bytes(image()))])
         assert response.status_code == 504
@@ -130,9 +130,7 @@ def test_unexpected_error_is_a_safe_500(
         raise RuntimeError("secret internal state /etc/passwd")
 
     monkeypatch.setattr(ModelService, "score", broken)
-    with TestClient(
-        create_app(make_settings(tiny_checkpoints)), raise_server_exceptions=False
-    ) as c:
+    with started(create_app(make_settings(tiny_checkpoints)), raise_server_exceptions=False) as c:
         response = c.post("/score", files=[upload("a.npy", npy_bytes(image()))])
         assert response.status_code == 500
         assert response.json() == {

@@ -12,14 +12,14 @@ from app.main import create_app
 from app.settings import Settings, get_settings
 from deeplense.errors import CheckpointError
 from models.checkpoint import read_config, write_config
-from tests.app.conftest import image, make_settings, upload
+from tests.app.conftest import image, make_settings, started, upload
 from tests.encode import npy_bytes
 
 
 def test_health_is_always_200(settings: Settings) -> None:
     app = create_app(settings)
     assert TestClient(app).get("/health").json()["status"] == "ok"  # before start-up
-    with TestClient(app) as client:
+    with started(app) as client:
         assert client.get("/health").status_code == 200
 
 
@@ -36,7 +36,7 @@ def test_ready_is_503_until_every_model_is_loaded(settings: Settings) -> None:
     assert body["not_ready"] == sorted(models.list_models())
     assert set(body["models"].values()) == {"pending"}
     assert "pending" in body["detail"]
-    with TestClient(app) as client:
+    with started(app) as client:
         response = client.get("/ready")
         assert response.status_code == 200 and "Retry-After" not in response.headers
         assert response.json()["ready"] is True and response.json()["not_ready"] == []
@@ -47,7 +47,7 @@ def test_broken_weights_fail_start_up_naming_the_file(checkpoint_copy: Path) -> 
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
     with (
         pytest.raises(CheckpointError, match=str(weights)),
-        TestClient(create_app(make_settings(checkpoint_copy))),
+        started(create_app(make_settings(checkpoint_copy))),
     ):
         pass
 
@@ -59,7 +59,7 @@ def test_broken_config_fails_start_up_naming_the_file(checkpoint_copy: Path) -> 
     config.write_text(json.dumps(raw))
     with (
         pytest.raises(CheckpointError, match=str(config)),
-        TestClient(create_app(make_settings(checkpoint_copy))),
+        started(create_app(make_settings(checkpoint_copy))),
     ):
         pass
 
@@ -68,7 +68,7 @@ def test_missing_or_empty_checkpoint_dir_fails_start_up(tmp_path: Path) -> None:
     for root in (tmp_path / "absent", tmp_path):
         with (
             pytest.raises(CheckpointError, match=str(root)),
-            TestClient(create_app(make_settings(root))),
+            started(create_app(make_settings(root))),
         ):
             pass
 
@@ -76,7 +76,7 @@ def test_missing_or_empty_checkpoint_dir_fails_start_up(tmp_path: Path) -> None:
 def test_default_model_that_is_not_loaded_fails_start_up(tiny_checkpoints: Path) -> None:
     with (
         pytest.raises(Exception, match="resnet"),
-        TestClient(create_app(make_settings(tiny_checkpoints, default_model="resnet"))),
+        started(create_app(make_settings(tiny_checkpoints, default_model="resnet"))),
     ):
         pass
 
@@ -158,7 +158,7 @@ def test_docs_show_an_example_for_every_route(client: TestClient) -> None:
 def test_api_key_guards_scoring_and_models_only(tiny_checkpoints: Path) -> None:
     settings = make_settings(tiny_checkpoints, api_key="s3cret")
     files = [upload("a.npy", npy_bytes(image()))]
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         missing = client.post("/score", files=files)
         assert missing.status_code == 401 and "X-API-Key" in missing.json()["detail"]
         wrong = client.post("/score", files=files, headers={"X-API-Key": "guess"})
@@ -178,7 +178,7 @@ def test_no_api_key_configured_means_open(client: TestClient) -> None:
 def test_cors_allows_only_the_configured_origins(tiny_checkpoints: Path) -> None:
     origin = "https://lens.example.org"
     settings = make_settings(tiny_checkpoints, cors_origins=[origin])
-    with TestClient(create_app(settings)) as client:
+    with started(create_app(settings)) as client:
         response = client.get("/health", headers={"Origin": origin})
         assert response.headers["access-control-allow-origin"] == origin
         preflight = client.options(
@@ -233,7 +233,7 @@ def test_default_model_is_the_best_validation_auc_never_the_test_metrics(
             "metrics": {"auc_sub": test_aucs[name], f"auc_{score}_sub": test_aucs[name]},
         }
         write_config(config.model_copy(update=update), path)
-    with TestClient(create_app(make_settings(checkpoint_copy))) as client:
+    with started(create_app(make_settings(checkpoint_copy))) as client:
         listing = client.get("/models").json()
     assert listing["default"] == "dcae"
     assert "labelled validation split" in listing["default_reason"]

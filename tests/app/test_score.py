@@ -17,7 +17,7 @@ from deeplense.imaging import read_image
 from deeplense.inference import score_array
 from deeplense.preprocess import to_model_input
 from models.checkpoint import load_checkpoint
-from tests.app.conftest import image, upload
+from tests.app.conftest import image, started, upload
 from tests.conftest import TINY_SIZE
 from tests.encode import fits_bytes, npy_bytes, png_bytes
 
@@ -217,7 +217,7 @@ def test_uncalibrated_checkpoint_scores_without_flag_or_percentile(tmp_path: Pat
 
     model = tiny_model("dcae")
     save_checkpoint(model, config_for(model), tmp_path / "dcae")  # no calibration
-    with TestClient(create_app(make_settings(tmp_path))) as client:
+    with started(create_app(make_settings(tmp_path))) as client:
         files = [upload("a.npy", npy_bytes(image()))]
         result = client.post("/score", files=files).json()["results"][0]
         assert result["reconstruction_loss"] > 0

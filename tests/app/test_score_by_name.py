@@ -14,7 +14,7 @@ from app.residual_images import PIXEL_RMS_MULTIPLE
 from deeplense.inference import score_array
 from deeplense.scores import list_scores
 from models.checkpoint import CONFIG_FILE, load_checkpoint, read_config
-from tests.app.conftest import image, make_settings, upload
+from tests.app.conftest import image, make_settings, started, upload
 from tests.app.test_score import decode_png
 from tests.conftest import tiny_images
 from tests.encode import fits_bytes, npy_bytes
@@ -163,7 +163,7 @@ def test_a_format_1_checkpoint_still_loads_with_the_mse_only(
     (root / "dcae" / "model.safetensors").write_bytes(weights)
     config = read_config(root / "dcae")
     assert set(config.calibrations) == {"mse"} and config.default_score == "mse"
-    with TestClient(create_app(make_settings(root))) as client:
+    with started(create_app(make_settings(root))) as client:
         files = [upload("a.npy", npy_bytes(image(1)))]
         result = client.post("/score", files=files).json()["results"][0]
         assert result["score"] == "mse" and result["is_anomaly"] is not None

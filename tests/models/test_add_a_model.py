@@ -17,7 +17,7 @@ import io, json, sys
 import numpy as np
 import tests.models.throwaway_model  # the one file: registers "throwaway"
 from fastapi.testclient import TestClient
-from app.main import create_app
+from app.main import create_app, wait_started
 from app.settings import Settings
 from training.__main__ import main
 
@@ -39,7 +39,8 @@ settings = Settings(checkpoint_dir=ckpt, device="cpu", decode_workers=1)
 image = np.load(f"{data}/test/sphere.npy", allow_pickle=False)[0, 0]  # (32, 32)
 buffer = io.BytesIO()
 np.save(buffer, image)
-with TestClient(create_app(settings)) as client:
+with TestClient(app := create_app(settings)) as client:
+    wait_started(app)  # the models load in the background
     listing = client.get("/models").json()
     scored = client.post("/score", files={"files": ("sphere.npy", buffer.getvalue())}).json()
 metrics = json.load(open(f"{report}/metrics.json"))

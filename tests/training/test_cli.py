@@ -2,6 +2,7 @@
 must run without the train extra (scikit-learn, matplotlib)."""
 
 import dataclasses
+import shutil
 import signal
 import subprocess
 import sys
@@ -211,6 +212,20 @@ def test_serve_with_a_bad_checkpoint_folder_fails_in_one_line(tmp_path: Path) ->
     done = deeplense("serve", "--port", str(free_port()), "--checkpoints", str(tmp_path))
     assert done.returncode != 0
     assert "no checkpoint folders" in done.stderr + done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_with_truncated_weights_exits_1_in_one_line(
+    tiny_checkpoints: Path, tmp_path: Path
+) -> None:
+    root = Path(shutil.copytree(tiny_checkpoints, tmp_path / "checkpoints"))
+    weights = root / "vae" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # found while loading, in the background
+    done = deeplense("--log-level", "WARNING", "serve", "--port", str(free_port()),
+                     "--checkpoints", str(root), "--device", "cpu")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    failed = [line for line in done.stderr.splitlines() if "start-up failed" in line]
+    assert len(failed) == 1 and str(weights) in failed[0], done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -38,10 +38,9 @@ def data_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_model_trains_at_64_pixels_records_the_instrument_and_serves(
     data_64: Path, tmp_path: Path
 ) -> None:
-    from fastapi.testclient import TestClient
 
     from app.main import create_app
-    from tests.app.conftest import make_settings
+    from tests.app.conftest import make_settings, started
 
     data, ckpt = data_64, tmp_path / "ckpt"
     done = _cli("fit", "--data", str(data), "--out", str(ckpt), "--epochs", "1",
@@ -63,7 +62,7 @@ def test_every_model_trains_at_64_pixels_records_the_instrument_and_serves(
     image = np.load(data / "test" / "vort.npy", allow_pickle=False)[0, 0]  # (64, 64)
     buffer = io.BytesIO()
     np.save(buffer, image)
-    with TestClient(create_app(make_settings(ckpt))) as client:
+    with started(create_app(make_settings(ckpt))) as client:
         for name in models.list_models():
             response = client.post(
                 "/score", params={"model": name}, files={"files": ("vort.npy", buffer.getvalue())}

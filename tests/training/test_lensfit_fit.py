@@ -2,11 +2,9 @@
 
 from pathlib import Path
 
-from fastapi.testclient import TestClient
-
 from app.main import create_app
 from models.checkpoint import load_checkpoint
-from tests.app.conftest import image, make_settings, upload
+from tests.app.conftest import image, make_settings, started, upload
 from tests.encode import npy_bytes
 from tests.training.test_fit import _fit, data_dir  # noqa: F401  (the module's fixture)
 
@@ -20,7 +18,7 @@ def test_lensfit_trains_and_is_served(data_dir: Path, tmp_path: Path) -> None:  
     assert all(v["std"] >= 0 for v in card["prior"].values())
     assert card["refinement"]["steps"] == 1
     assert set(loaded.config.calibrations) >= {"mse", "chi2_psf"}
-    with TestClient(create_app(make_settings(out))) as client:
+    with started(create_app(make_settings(out))) as client:
         files = [upload("a.npy", npy_bytes(image(1)))]
         response = client.post("/score?model=lensfit&score=chi2_psf", files=files)
         assert response.status_code == 200, response.text

@@ -8,6 +8,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+STARTUP_FAILED = 1  # exit status after the models failed to load (already logged in one line)
+
 
 def port(text: str) -> int:
     """argparse type: a TCP port, 1 to 65535."""
@@ -67,12 +69,14 @@ def run(args: argparse.Namespace) -> int:
         "default_model": args.default_model,
     }
     settings = Settings(**{k: v for k, v in flags.items() if v is not None})
-    # uvicorn's own log level follows the service's; a start-up failure exits non-zero with
-    # one line naming the file (app/startup.py).
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_level=settings.log_level.lower(),
-    )
-    return 0
+    app = create_app(settings)
+    # uvicorn's own log level follows the service's. A start-up failure exits non-zero with
+    # one line naming the file (app/startup.py): a bad folder or config before the server
+    # answers (uvicorn's exit 3), bad weights or an overrun while it loads them in the
+    # background, which stops the server by SIGTERM (exit STARTUP_FAILED, not a clean stop).
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=settings.log_level.lower())
+    except BaseException:  # the signal that stopped it (Terminated, KeyboardInterrupt)
+        if app.state.service.startup.problem is None:
+            raise
+    return STARTUP_FAILED if app.state.service.startup.problem is not None else 0
