@@ -25,7 +25,7 @@ _MAX_TERMS = 200
 
 def _series_terms(q: Tensor) -> int:
     """Terms of the series for the most elliptical of `q`: f^n < 1e-16, f = (1-q)/(1+q)."""
-    f = float(((1.0 - q) / (1.0 + q)).abs().max())
+    f = float(((1.0 - q) / (1.0 + q)).detach().abs().max())
     if f < _TOLERANCE:
         return 1
     return min(_MAX_TERMS, int(math.log(_TOLERANCE) / math.log(f)) + 2)

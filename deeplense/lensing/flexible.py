@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 from deeplense.lensing.epl import epl_deflection
+from deeplense.lensing.forward_mode import dual_level
 from deeplense.lensing.psf import convolve
 
 # The nonlinear parameters, in order (arcsec unless said).
@@ -254,7 +255,7 @@ def _tangents(fn, theta: Tensor, names: tuple[str, ...]) -> list[tuple[Tensor, .
     for name in names:
         tangent = torch.zeros_like(theta)
         tangent[:, INDEX[name]] = 1.0
-        with forward_ad.dual_level():
+        with dual_level():
             values = fn(forward_ad.make_dual(theta, tangent))
             out.append(tuple(forward_ad.unpack_dual(v).tangent for v in values))
     return out
@@ -303,8 +304,12 @@ def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Ten
 
 
 def regularised_gram(a: Tensor, config: FlexibleConfig) -> Tensor:
-    """A^T A plus the ridge on the shapelets (and a 1e-12 jitter), (N, K, K), for the
-    whitened design A (N, M, K)."""
+    """A^T A plus the ridge on the shapelets (and a 1e-12 jitter), (N, K, K) float64, for
+    the whitened design A (N, M, K). Always float64: the bases overlap (shapelet sets at
+    several scales, nested Gaussians), and the normal equations square their condition
+    number, which float32 cannot hold (measured: a float32 solve left chi2 50% above the
+    float64 one, and the fit then depended on the batch)."""
+    a = a.double()
     gram = a.transpose(1, 2) @ a  # (N, K, K)
     k_light = len(config.light_sigmas)
     ridge = torch.zeros(a.shape[2], dtype=a.dtype, device=a.device)
@@ -323,8 +328,8 @@ def solve_linear(design: Tensor, x: Tensor, weight: Tensor, config: FlexibleConf
     """Coefficients (N, K) of the weighted least-squares fit x ~ design @ c with a ridge on
     the shapelets; `x`, `weight` (N, n*n), weight = 1 / sigma (0 for a masked pixel)."""
     a = design * weight.unsqueeze(2)  # (N, M, K)
-    rhs = a.transpose(1, 2) @ (x * weight).unsqueeze(2)  # (N, K, 1)
-    return torch.linalg.solve(regularised_gram(a, config), rhs).squeeze(2)
+    rhs = a.double().transpose(1, 2) @ (x * weight).double().unsqueeze(2)  # (N, K, 1)
+    return torch.linalg.solve(regularised_gram(a, config), rhs).squeeze(2).to(design.dtype)
 
 
 @dataclass(frozen=True)
@@ -369,7 +374,8 @@ class FlexibleLens:
         w = self.weight(sigma).flatten(1).unsqueeze(2)  # (N, M, 1)
         a = design * w
         g = model_jacobian(theta, coef, self.config, psf) * w  # (N, M, 13)
-        absorbed = a @ torch.linalg.solve(regularised_gram(a, self.config), a.transpose(1, 2) @ g)
+        projected = a.double().transpose(1, 2) @ g.double()  # (N, K, 13)
+        absorbed = a @ torch.linalg.solve(regularised_gram(a, self.config), projected).to(a.dtype)
         return absorbed - g
 
     @staticmethod
