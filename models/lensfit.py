@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from torch.autograd import forward_ad
 
 from deeplense.instrument import STUDY_PIXEL_SCALE_ARCSEC, STUDY_PSF_SIGMA_ARCSEC
+from deeplense.lensing.forward_mode import dual_level
 from deeplense.lensing.torch_renderer import LensBatch, RenderConfig, render_components
 from deeplense.noise import estimate_noise
 from models.base import AnomalyModel
@@ -290,7 +291,7 @@ class LensFit(AnomalyModel):
         for k in range(r.shape[1]):
             tangent = torch.zeros_like(r)
             tangent[:, k] = 1.0
-            with forward_ad.dual_level():
+            with dual_level():
                 dual = forward_ad.make_dual(r, tangent)
                 out = self._whitened(dual, x, sigma)
                 columns.append(forward_ad.unpack_dual(out).tangent)  # (N, M)
@@ -309,6 +310,10 @@ class LensFit(AnomalyModel):
         return cov.diagonal(dim1=1, dim2=2).float()
 
     # ---- the AnomalyModel interface -----------------------------------------------------
+
+    def fitted_parameters(self) -> int:
+        """The smooth-lens parameters and the three linear amplitudes (arcs, light, offset)."""
+        return len(NAMES) + 3
 
     def reconstruct(self, x: Tensor) -> Tensor:
         return self.reconstruct_with_noise(x, estimate_noise(x.float(), self.psf_sigma_pixels))

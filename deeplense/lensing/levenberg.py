@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
+from deeplense.lensing.forward_mode import dual_level
+
 DAMPING_START = 1e-2
 ACCEPT = 0.3
 REJECT = 10.0
@@ -40,7 +42,7 @@ def jacobian(residual: Residual, theta: Tensor) -> Tensor:
     for k in range(theta.shape[1]):
         tangent = torch.zeros_like(theta)
         tangent[:, k] = 1.0
-        with forward_ad.dual_level():
+        with dual_level():
             out = residual(forward_ad.make_dual(theta, tangent))
             columns.append(forward_ad.unpack_dual(out).tangent)  # (N, M)
     return torch.stack(columns, dim=2)
