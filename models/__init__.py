@@ -1,10 +1,10 @@
-"""The anomaly models (the study's four and LensFit) behind one interface
+"""The anomaly models (the study's four, LensFit and LensFit 2) behind one interface
 (`models.base.AnomalyModel`) and a registry.
 
 Importing this package registers every model.
 """
 
-from models import aae, dcae, lensfit, rbm, vae  # noqa: F401  (registers the models)
+from models import aae, dcae, lensfit, lensfit2, rbm, vae  # noqa: F401  (registers the models)
 from models.base import AnomalyModel, ModelConfig
 from models.registry import create_model, list_models, register_model
 

@@ -19,7 +19,7 @@ from deeplense.calibration import Calibration
 from deeplense.scores import PREFERENCE as SCORE_PREFERENCE
 from models.card import CheckpointConfig
 
-MODEL_PREFERENCE = ("aae", "vae", "dcae", "rbm", "lensfit")
+MODEL_PREFERENCE = ("aae", "vae", "dcae", "rbm", "lensfit", "lensfit2")
 # A checkpoint calibrated without a labelled split: the best score in the detection bounds
 # (bench/oracle_auc.py) that does not depend on a light region.
 NO_LABELS_SCORE = "chi2_psf"

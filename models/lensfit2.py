@@ -1,0 +1,251 @@
+"""LensFit 2: the flexible smooth lens of gravitational imaging, amortised by an encoder and
+refined per image.
+
+LensFit (models/lensfit.py) draws only the study's own family (a singular isothermal sphere,
+fixed Sersic indices) and falls to chance on lenses outside it. LensFit 2 draws
+`deeplense.lensing.flexible`'s smooth lens instead: an elliptical power-law mass with
+external shear and a free centre, a multi-Gaussian lens light, and a shapelet source (several
+sets at multiples of the scale beta). Given the 13 nonlinear parameters, the light, the
+source and the [0, 1] offset are solved linearly per image (weighted least squares), so any
+source shape and any smooth lens light cost nothing to learn.
+
+- Encoder: the study's convolutional encoder, then an MLP to the 13 nonlinear parameters,
+  each mapped into `RANGES` by a sigmoid (arcsec, radians; `flexible.NAMES`).
+- Loss: the noise-whitened residual of the best smooth lens at the encoder's guess,
+  mean(((x - x_hat) / sigma)^2), sigma estimated from each image; 1 for a perfect fit.
+- Refinement (`refine_steps`): Levenberg-Marquardt on the physical parameters with the
+  linear parts solved inside every step (variable projection), from the encoder's guess,
+  minimising 0.5 chi2 plus the prior's penalty (a MAP fit). It uses each image's noise map
+  and PSF width.
+- Prior: a Gaussian on the physical parameters. During training: running mean and variance
+  of the encodings. After training (`after_training`): the mean and variance of converged
+  refits of training images (fitted under no prior), each standard deviation times
+  `prior_width`, the knob that trades detection on lenses like the training set's against
+  robustness to others (docs/results.md, "The flexible-model bound").
+"""
+
+from dataclasses import dataclass, replace
+from typing import Any, Self
+
+import torch
+from torch import Tensor, nn
+
+from deeplense.instrument import STUDY_PIXEL_SCALE_ARCSEC, STUDY_PSF_SIGMA_ARCSEC, gaussian_kernel
+from deeplense.lensing.flexible import NAMES, FlexibleConfig, FlexibleLens, solve_linear
+from deeplense.lensing.flexible import design_matrix as flexible_design
+from deeplense.lensing.flexible_fit import GaussianPrior, fit_flexible
+from deeplense.noise import estimate_noise
+from models.base import AnomalyModel
+from models.layers import ConvEncoder, ConvNetConfig
+from models.registry import register_model
+
+# The encoder's range of each nonlinear parameter (lo, hi), in flexible.NAMES' order.
+RANGES: dict[str, tuple[float, float]] = {
+    "theta_e": (0.3, 2.5),  # arcsec
+    "slope": (1.6, 2.4),
+    "mass_e1": (-0.45, 0.45),
+    "mass_e2": (-0.45, 0.45),
+    "center_x": (-0.15, 0.15),  # arcsec
+    "center_y": (-0.15, 0.15),
+    "gamma1": (-0.3, 0.3),
+    "gamma2": (-0.3, 0.3),
+    "source_x": (-1.6, 1.6),  # arcsec
+    "source_y": (-1.6, 1.6),
+    "log_beta": (-3.5, 0.5),  # natural log of arcsec: beta 0.03-1.6"
+    "light_e1": (-0.5, 0.5),
+    "light_e2": (-0.5, 0.5),
+}
+assert tuple(RANGES) == NAMES
+PSF_TRUNCATE = 4.0  # the Gaussian PSF kernel's half side, in its sigmas
+# Learning the prior: refits in chunks of this many images (memory: the Jacobian is
+# chunk x pixels x 13 floats, the design chunk x pixels x K).
+PRIOR_FIT_CHUNK = 8
+
+
+@dataclass
+class LensFit2Config(ConvNetConfig):
+    """Encoder geometry, the instrument, the flexible model's bases and the refinement."""
+
+    pixel_scale: float = STUDY_PIXEL_SCALE_ARCSEC  # arcsec per pixel
+    psf_sigma: float = STUDY_PSF_SIGMA_ARCSEC  # Gaussian PSF sigma, arcsec
+    hidden: int = 128  # MLP width between the conv features and the parameters
+    shapelet_order: int = 8  # per shapelet set
+    source_scales: tuple[float, ...] = (0.5, 1.0, 3.0)  # sets at beta times each
+    supersampling: int = 1  # sub-pixels per pixel per axis
+    source_ridge: float = 1e-5
+    refine_steps: int = 4  # Levenberg-Marquardt steps per image at inference
+    prior_fit_images: int = 64  # training images refitted to learn the prior
+    prior_fit_steps: int = 10  # LM steps per image for it
+    prior_width: float = 1.0  # the learned prior's standard deviations times this
+    prior_floor: float = 1e-8  # smallest prior variance of a parameter
+    prior_momentum: float = 0.01  # running prior update per training batch
+
+    @classmethod
+    def tiny(cls) -> Self:
+        return replace(
+            super().tiny(), hidden=16, shapelet_order=3, source_scales=(1.0, 3.0),
+            refine_steps=2, prior_fit_images=8, prior_fit_steps=2,
+        )  # fmt: skip
+
+    def flexible(self) -> FlexibleConfig:
+        """The flexible model on this config's grid."""
+        return FlexibleConfig(
+            image_size=self.image_size,
+            pixel_scale=self.pixel_scale,
+            shapelet_order=self.shapelet_order,
+            source_scales=tuple(self.source_scales),
+            supersampling=self.supersampling,
+            source_ridge=self.source_ridge,
+        )
+
+
+@register_model("lensfit2")
+class LensFit2(AnomalyModel):
+    """Encoder -> 13 smooth-lens parameters -> MAP refinement -> best smooth lens (module doc)."""
+
+    Config = LensFit2Config
+    uses_noise_map = True
+    lo: Tensor  # (13,) buffers: range starts and widths; the prior on physical parameters
+    span: Tensor
+    prior_mean: Tensor
+    prior_var: Tensor
+
+    def __init__(self, config: LensFit2Config) -> None:
+        super().__init__(config)
+        self.encoder = ConvEncoder(config)
+        out = nn.Linear(config.hidden, len(NAMES))
+        nn.init.zeros_(out.weight)  # start every parameter mid-range
+        nn.init.zeros_(out.bias)
+        self.head = nn.Sequential(
+            nn.Linear(config.flat_dim, config.hidden), nn.ReLU(inplace=True), out
+        )
+        lo = torch.tensor([RANGES[n][0] for n in NAMES])
+        hi = torch.tensor([RANGES[n][1] for n in NAMES])
+        self.register_buffer("lo", lo)
+        self.register_buffer("span", hi - lo)
+        self.register_buffer("prior_mean", lo + 0.5 * (hi - lo))
+        self.register_buffer("prior_var", (hi - lo) ** 2)
+        self.lens = FlexibleLens(config.flexible())
+
+    @property
+    def psf_sigma_pixels(self) -> float:
+        return float(self.config.psf_sigma / self.config.pixel_scale)
+
+    def psf_kernel(self, psf_sigma_pixels: float | None = None) -> Tensor:
+        """The Gaussian PSF (k, k) float32 on the pixel grid: the config's or `psf_sigma_pixels`."""
+        sigma = self.psf_sigma_pixels if psf_sigma_pixels is None else psf_sigma_pixels
+        return torch.from_numpy(gaussian_kernel(sigma, truncate=PSF_TRUNCATE)).float()
+
+    def guess(self, x: Tensor) -> Tensor:
+        """The encoder's physical parameters (N, 13) for images (N, 1, H, W)."""
+        raw = self.head(self.encoder(x))
+        return self.lo + self.span * torch.sigmoid(raw.float())
+
+    def prior(self) -> GaussianPrior:
+        """The Gaussian prior on the physical parameters, widened by `prior_width`."""
+        var = self.prior_var.clamp_min(float(self.config.prior_floor))
+        return GaussianPrior(self.prior_mean, 1.0 / (var * float(self.config.prior_width) ** 2))
+
+    def best_lens(self, theta: Tensor, x: Tensor, sigma: Tensor, psf: Tensor) -> Tensor:
+        """The best smooth lens at parameters theta (N, 13), differentiable: (N, 1, H, W)."""
+        design = flexible_design(theta, self.lens.config, psf)  # (N, H*W, K)
+        coef = solve_linear(
+            design, x.flatten(1), self.lens.weight(sigma).flatten(1), self.lens.config
+        )
+        return (design @ coef.unsqueeze(2)).view_as(x)
+
+    # ---- the AnomalyModel interface -----------------------------------------------------
+
+    def fitted_parameters(self) -> int:
+        """The 13 nonlinear parameters and the linear ones (light, shapelets, offset)."""
+        return len(NAMES) + self.lens.config.n_linear
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.reconstruct_with_noise(x, estimate_noise(x.float(), self.psf_sigma_pixels))
+
+    def reconstruct_with_noise(
+        self, x: Tensor, sigma: Tensor, psf_sigma_pixels: float | None = None
+    ) -> Tensor:
+        """The MAP smooth lens of each image, weighing pixels by 1 / sigma (infinite sigma:
+        a masked pixel, left out), drawn through a Gaussian PSF of `psf_sigma_pixels` (the
+        image's own; None: the config's)."""
+        with torch.autocast(x.device.type, enabled=False):
+            start = self.guess(x.float()).detach()
+            # The fit in float64: in float32 the overlapping bases' rounding (cond ~1e5) moved
+            # chi2 by 1% with the batch an image came in.
+            x64, sigma64 = x.detach().double().clone(), sigma.detach().double().clone()
+            psf = self.psf_kernel(psf_sigma_pixels).double()
+            if int(self.config.refine_steps) <= 0:
+                with torch.no_grad():
+                    model = self.best_lens(start.double(), x64, sigma64, psf)
+            else:
+                steps, prior = int(self.config.refine_steps), self.prior()
+                model = fit_flexible(self.lens, x64, sigma64, psf, start, steps, prior).model
+            return model.clamp(0.0, 1.0).float()
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            sigma = estimate_noise(x, self.psf_sigma_pixels).detach()
+            theta = self.guess(x)
+            if self.training:
+                self._update_prior(theta.detach())
+            x_hat = self.best_lens(theta, x, sigma, self.psf_kernel())
+            chi2 = ((x - x_hat) / sigma).pow(2).mean()
+            mse = (x - x_hat).pow(2).mean()
+        return {"loss": chi2, "chi2": chi2, "mse": mse}
+
+    @torch.no_grad()
+    def after_training(self, images: Tensor) -> None:
+        """Learn the prior from converged refits (no prior) of up to `prior_fit_images`
+        training images: their mean and variance per parameter."""
+        x = images[: int(self.config.prior_fit_images)].float()
+        if len(x) < 2:
+            return
+        was_training = self.training
+        self.eval()
+        try:
+            sigma = estimate_noise(x, self.psf_sigma_pixels)
+            fits = [
+                fit_flexible(
+                    self.lens, x[i : i + PRIOR_FIT_CHUNK], sigma[i : i + PRIOR_FIT_CHUNK],
+                    self.psf_kernel(), self.guess(x[i : i + PRIOR_FIT_CHUNK]),
+                    int(self.config.prior_fit_steps),
+                ).theta
+                for i in range(0, len(x), PRIOR_FIT_CHUNK)
+            ]  # fmt: skip
+        finally:
+            self.train(was_training)
+        theta = torch.cat(fits).float()  # (n, 13)
+        self.prior_mean.copy_(theta.mean(dim=0))
+        self.prior_var.copy_(theta.var(dim=0).clamp_min(float(self.config.prior_floor)))
+
+    @torch.no_grad()
+    def _update_prior(self, theta: Tensor) -> None:
+        m = float(self.config.prior_momentum)
+        var = theta.var(dim=0, unbiased=False) if len(theta) > 1 else self.prior_var
+        self.prior_mean.mul_(1.0 - m).add_(m * theta.mean(dim=0))
+        self.prior_var.mul_(1.0 - m).add_(m * var)
+
+    def card(self) -> dict[str, Any]:
+        """The prior in physical units and the model's bases and refinement."""
+        std = self.prior_var.clamp_min(float(self.config.prior_floor)).sqrt()
+        return {
+            "prior": {
+                n: {"mean": round(float(mu), 5), "std": round(float(sd), 5)}
+                for n, mu, sd in zip(NAMES, self.prior_mean, std, strict=True)
+            },
+            "prior_note": "Gaussian on the physical parameters, from converged refits of "
+            f"training images; its standard deviations are used times {self.config.prior_width:g}",
+            "refinement": {
+                "steps": int(self.config.refine_steps),
+                "method": "Levenberg-Marquardt on the 13 nonlinear parameters, light and source "
+                "solved linearly inside each step: 0.5 chi2 + prior penalty (MAP)",
+            },
+            "source": {
+                "shapelet_order": int(self.config.shapelet_order),
+                "scales": list(self.config.source_scales),
+                "parameters": self.lens.config.n_linear,
+            },
+            "supersampling": int(self.config.supersampling),
+        }

@@ -1,0 +1,159 @@
+"""LensFit 2 beyond the contract: its refinement fits the lens it draws, the prior holds what
+it should, masked pixels and the given PSF count as they should. Tiny images (32 px)."""
+
+import math
+from dataclasses import replace
+
+import torch
+
+import models
+from deeplense.lensing.flexible import INDEX, NAMES, design_matrix
+from deeplense.noise import estimate_noise
+from models.lensfit2 import LensFit2, LensFit2Config
+from tests.conftest import tiny_images, tiny_model
+
+SIGMA = 0.01  # noise of the drawn images, [0, 1] units
+
+
+def small_model(**changes: object) -> LensFit2:
+    """A tiny LensFit 2 on a 3.2" field (0.1"/px), so a 1" Einstein ring fits inside."""
+    config = replace(LensFit2Config.tiny(), pixel_scale=0.1, psf_sigma=0.1, **changes)
+    torch.manual_seed(0)
+    return models.create_model("lensfit2", **LensFit2(config).arguments()).eval()  # type: ignore[return-value]
+
+
+def aim_encoder(model: LensFit2, theta: torch.Tensor) -> None:
+    """Make the encoder guess `theta` (13,) for every image: zero weights, bias at its logit."""
+    last = model.head[-1]
+    unit = ((theta.float() - model.lo) / model.span).clamp(1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.logit(unit))
+
+
+def off_truth() -> torch.Tensor:
+    """A guess off the truth as a trained encoder's might be: (13,)."""
+    guess = truth(1)[0].clone()
+    guess[INDEX["theta_e"]] += 0.08
+    guess[INDEX["center_x"]] -= 0.03
+    guess[INDEX["mass_e1"]] -= 0.05
+    guess[INDEX["source_x"]] += 0.05
+    return guess
+
+
+def truth(n: int = 2) -> torch.Tensor:
+    """(n, 13) elliptical, sheared, off-centre lenses."""
+    values = dict.fromkeys(NAMES, 0.0) | {
+        "theta_e": 0.9, "slope": 2.05, "mass_e1": 0.1, "mass_e2": -0.05, "center_x": 0.03,
+        "center_y": -0.02, "gamma1": 0.03, "gamma2": 0.02, "source_x": 0.05, "source_y": 0.08,
+        "log_beta": math.log(0.2), "light_e1": 0.1, "light_e2": 0.05,
+    }  # fmt: skip
+    return torch.tensor([[values[k] for k in NAMES]] * n, dtype=torch.float64)
+
+
+def drawn(model: LensFit2, theta: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Images (n, 1, 32, 32) float32 the model's family draws, with Gaussian noise SIGMA."""
+    lens = model.lens
+    config = lens.config
+    design = design_matrix(theta, config, model.psf_kernel().double())  # (n, M, K)
+    coef = torch.zeros(theta.shape[0], config.n_linear, dtype=torch.float64)
+    coef[:, 2] = 0.4  # lens light: one Gaussian
+    coef[:, len(config.light_sigmas)] = 1.0  # the source's round shapelet
+    coef[:, len(config.light_sigmas) + 1] = 0.3  # and a lopsided one
+    image = (design @ coef.unsqueeze(2)).view(-1, 1, config.image_size, config.image_size)
+    image = image / image.amax(dim=(1, 2, 3), keepdim=True)
+    g = torch.Generator().manual_seed(seed)
+    return (image + SIGMA * torch.randn(image.shape, generator=g, dtype=image.dtype)).float()
+
+
+def chi2(model: LensFit2, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    return ((x - x_hat) / SIGMA).pow(2).mean(dim=(1, 2, 3))
+
+
+def test_refinement_fits_the_lens_it_draws_from_an_encoders_guess() -> None:
+    model, guess_only = small_model(refine_steps=8), small_model(refine_steps=0)
+    for m in (model, guess_only):
+        aim_encoder(m, off_truth())
+    x = drawn(model, truth())
+    sigma = torch.full_like(x, SIGMA)
+    with torch.no_grad():
+        guess_only = guess_only.reconstruct_with_noise(x, sigma)
+        refined = model.reconstruct_with_noise(x, sigma)
+    assert (chi2(model, x, refined) < 1.3).all()  # about 1 at the noise
+    assert (chi2(model, x, refined) < 0.5 * chi2(model, x, guess_only)).all()
+
+
+def test_a_narrow_prior_holds_the_parameters_at_its_mean() -> None:
+    model = small_model(refine_steps=8, prior_width=1e-4)
+    aim_encoder(model, off_truth())
+    model.prior_mean.copy_(truth(1)[0].float())
+    model.prior_var.fill_(0.01)
+    x = drawn(model, truth())
+    sigma = torch.full_like(x, SIGMA)
+    shifted = truth()
+    shifted[:, INDEX["theta_e"]] += 0.05
+    shifted_images = drawn(model, shifted)
+    with torch.no_grad():
+        at_truth = model.reconstruct_with_noise(x, sigma)
+        held = model.reconstruct_with_noise(shifted_images, sigma)
+        free = replace_width(model, 1e4).reconstruct_with_noise(shifted_images, sigma)
+    assert (chi2(model, x, at_truth) < 1.3).all()
+    # held at the wrong Einstein radius, the fit is poor; a broad prior lets it move
+    assert (chi2(model, shifted_images, held) > 2 * chi2(model, shifted_images, free)).all()
+
+
+def replace_width(model: LensFit2, width: float) -> LensFit2:
+    """The same weights and prior under another prior width."""
+    wider = LensFit2(replace(model.config, prior_width=width)).eval()
+    wider.load_state_dict(model.state_dict())
+    return wider
+
+
+def test_after_training_learns_the_prior_from_refits() -> None:
+    model = small_model(prior_fit_images=4, prior_fit_steps=8).train()
+    aim_encoder(model, off_truth())
+    before = model.prior_mean.clone()
+    thetas = truth(4)
+    thetas[:, INDEX["theta_e"]] += torch.tensor([-0.1, -0.05, 0.05, 0.1], dtype=torch.float64)
+    model.after_training(drawn(model, thetas, seed=3))
+    assert model.training  # its mode restored
+    assert not torch.equal(model.prior_mean, before)
+    # the Einstein radius the images share on average, and their spread
+    assert abs(float(model.prior_mean[INDEX["theta_e"]]) - 0.9) < 0.03
+    assert 0.003 < float(model.prior_var[INDEX["theta_e"]].sqrt()) < 0.2
+
+
+def test_masked_pixels_do_not_change_the_fit() -> None:
+    model = small_model(refine_steps=8)
+    aim_encoder(model, off_truth())
+    x = drawn(model, truth())
+    sigma = torch.full_like(x, SIGMA)
+    sigma[..., :, :4] = math.inf  # a masked strip
+    corrupted = x.clone()
+    corrupted[..., :, :4] = 1.0
+    with torch.no_grad():
+        clean = model.reconstruct_with_noise(x, sigma)
+        dirty = model.reconstruct_with_noise(corrupted, sigma)
+    inside = (slice(None), slice(None), slice(None), slice(4, None))
+    assert torch.allclose(clean[inside], dirty[inside], atol=1e-5)
+    assert (chi2(model, x[inside], dirty[inside]) < 1.3).all()
+
+
+def test_a_given_psf_changes_the_drawing() -> None:
+    model = tiny_model("lensfit2")
+    x = torch.from_numpy(tiny_images(2, seed=4))
+    sigma = estimate_noise(x, model.psf_sigma_pixels)
+    with torch.no_grad():
+        own = model.reconstruct_with_noise(x, sigma)
+        same = model.reconstruct_with_noise(x, sigma, model.psf_sigma_pixels)
+        wider = model.reconstruct_with_noise(x, sigma, 2.0 * model.psf_sigma_pixels)
+    assert torch.equal(own, same)
+    assert not torch.allclose(own, wider)
+
+
+def test_card_reports_the_prior_in_physical_units() -> None:
+    model = small_model()
+    card = model.card()
+    assert set(card["prior"]) == set(NAMES)
+    assert card["prior"]["theta_e"]["mean"] == round(float(model.prior_mean[0]), 5)
+    assert card["source"]["parameters"] == model.lens.config.n_linear
