@@ -4,6 +4,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deeplense.significance import TRUST
+
 _PNG = "iVBORw0KGgoAAAANSUhEUgAA...(base64 PNG)"
 
 
@@ -114,6 +116,11 @@ class ScoreResult(BaseModel):
         "percentiles. null without a calibration of this score.",
         examples=[71.4],
     )
+    chi2_per_dof: float | None = Field(default=None, description="lensfit(2): whitened chi2 "
+        "per degree of freedom (used pixels less fitted parameters); ~1 at the noise")  # fmt: skip
+    p_value: float | None = Field(default=None, description="P(chi2 this high | smooth lens"
+        f" + noise); {TRUST}")  # fmt: skip
+    significance_sigma: float | None = Field(default=None, description="p_value in sigma")
     w1: float | None = Field(
         default=None,
         description="1-D Wasserstein distance between the column sums of input and "

@@ -39,6 +39,11 @@ class ImageScore:
     threshold: float | None = None  # in the score's units
     is_anomaly: bool | None = None
     percentile: float | None = None  # 0-100 among the calibration normals
+    # Goodness of fit of a per-image fit (LensFit, LensFit 2; deeplense.significance): chi2
+    # per degree of freedom, its p-value and one-sided Gaussian sigma, trusting the noise map
+    chi2_per_dof: float | None = None
+    p_value: float | None = None
+    significance_sigma: float | None = None
     w1: float | None = None  # column-sum Wasserstein distance, input vs reconstruction
     input_shape: tuple[int, ...] | None = None  # (height, width) as read
     resized: bool | None = None  # area-resized to the model's input
@@ -92,6 +97,7 @@ def image_scores(
 ) -> list[ImageScore]:
     """The records of N scored images: `scored` and `verdict` hold (N,) arrays in their order."""
     values = scored.scores[score]
+    fit = scored.goodness
     records = []
     for i, p in enumerate(images):
         judged = verdict.applies(i)
@@ -112,6 +118,9 @@ def image_scores(
                     if judged and verdict.percentile is not None
                     else None
                 ),
+                chi2_per_dof=None if fit is None else float(fit.chi2_per_dof[i]),
+                p_value=None if fit is None else float(fit.p_value[i]),
+                significance_sigma=None if fit is None else float(fit.sigma[i]),
                 w1=float(scored.w1[i]),
                 input_shape=None if p.input_shape is None else tuple(p.input_shape),
                 resized=p.resized,

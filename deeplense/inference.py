@@ -17,8 +17,10 @@ from deeplense.metrics import column_w1
 from deeplense.noise import estimate_noise
 from deeplense.observation import Observation
 from deeplense.scores import ScoreValues, compute_scores, get_score
+from deeplense.significance import GoodnessOfFit, goodness_of_fit
 
 MSE = "mse"
+CHI2 = "chi2"  # the white chi-square behind each image's goodness of fit
 
 
 class Reconstructor(Protocol):
@@ -55,6 +57,9 @@ class ScoredBatch:
     residual_map: np.ndarray | None = None
     # score name -> (N,) reasons it cannot judge each image, "" where it applies
     not_applicable: dict[str, list[str]] = field(default_factory=dict)
+    # chi2 against the degrees of freedom a per-image fit left, p-value, sigma; None for a
+    # model that does not fit each image (`fitted_parameters`) or on the evaluation path
+    goodness: GoodnessOfFit | None = None
 
 
 @torch.inference_mode()
@@ -159,8 +164,10 @@ def score_observations(
     there (the service stops a request nobody waits for any more)."""
     if isinstance(model, torch.nn.Module):
         model.eval()
-    names = list(dict.fromkeys([MSE, *scores]))
+    fitted = _fitted_parameters(model)
+    names = list(dict.fromkeys([MSE, *scores, *([CHI2] if fitted is not None else [])]))
     n = len(observations)
+    used = np.zeros(n, dtype=np.float64)  # pixels each image's fit used
     values = {name: np.zeros(n, dtype=np.float64) for name in names}
     reasons = {name: [""] * n for name in names}
     w1 = np.zeros(n, dtype=np.float64)
@@ -175,6 +182,8 @@ def score_observations(
         valid = torch.from_numpy(
             np.stack([np.ones_like(o.x, dtype=bool) if o.valid is None else o.valid for o in chunk])
         ).to(device)  # (B, 1, S, S)
+        weighted = valid & torch.isfinite(sigma) & (sigma > 0)
+        used[start : start + len(chunk)] = weighted.flatten(1).sum(dim=1).double().cpu().numpy()
         x_hat = torch.empty_like(x)
         for psf in sorted({o.psf_sigma_pixels for o in chunk}):  # one PSF per forward pass
             rows = [i for i, o in enumerate(chunk) if o.psf_sigma_pixels == psf]
@@ -202,4 +211,11 @@ def score_observations(
         scores=values,
         residual_map=np.stack([maps[i] for i in range(n)]) if maps else None,
         not_applicable=reasons,
+        goodness=None if fitted is None else goodness_of_fit(values[CHI2] * used, used, fitted),
     )
+
+
+def _fitted_parameters(model: Reconstructor) -> int | None:
+    """The parameters `model` fits to each image, or None (`AnomalyModel.fitted_parameters`)."""
+    count = getattr(model, "fitted_parameters", None)
+    return None if count is None else count()

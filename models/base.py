@@ -74,6 +74,12 @@ class AnomalyModel(nn.Module):
         """Training objective on a batch (N, 1, H, W): {"loss": scalar, other parts...}."""
         raise NotImplementedError
 
+    def fitted_parameters(self) -> int | None:
+        """Parameters fitted to each image (linear and nonlinear), which its goodness of fit's
+        degrees of freedom leave out (`deeplense.significance`); None for a model that does
+        not fit each image (an autoencoder), which then reports no p-value."""
+        return None
+
     def after_training(self, images: Tensor) -> None:
         """An optional last step on (a subset of) the training images (N, 1, H, W), run once
         before export; nothing by default (LensFit learns its prior here)."""
