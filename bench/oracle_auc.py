@@ -9,7 +9,9 @@ grows with the subhalo mass (`training.bounds` has the method).
    free centre, multi-Gaussian lens light, a shapelet source) refitted from the truth with
    each image's true PSF: how much of the subhalos a gravitational-imaging modeller's
    smooth lens absorbs. Model R and the mismatch suite (simulator 2.3) get (c) only: (a)
-   and (b) draw the Model A/B family.
+   and (b) draw the Model A/B family. --mass-prior-width S adds a Gaussian prior on (c)'s
+   8 mass parameters: S x their spread in --mass-prior-population's train split, centred
+   at each image's truth or at the population mean (--mass-prior-centre).
 2. With --curve: the detection curve, AUC (sub vs no_sub) against the subhalo mass fraction
    (0.25, 0.5, 1, 2, 4% by default) for both bounds and for every checkpoint folder under
    each --checkpoints root (each model by its default score, and by chi2_psf). Test sets for
@@ -20,6 +22,8 @@ grows with the subhalo mass (`training.bounds` has the method).
     .venv/bin/python bench/oracle_auc.py DATA_DIR [--n 300] [--no-refit]
     .venv/bin/python bench/oracle_auc.py DATA_DIR --n 100 --curve --checkpoints checkpoints/model_a
     .venv/bin/python bench/oracle_auc.py DATA_DIR --n 30 --no-refit --flexible
+    .venv/bin/python bench/oracle_auc.py DATA_DIR --n 20 --no-refit --flexible \
+        --mass-prior-width 0.1 --mass-prior-centre truth --mass-prior-population data/model_r
 
 The refit costs about a second per image on one core, the flexible refit about five; the
 exact bound a few milliseconds.
@@ -37,14 +41,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deeplense.inference import score_array  # noqa: E402
-from deeplense.lensing.flexible import FlexibleConfig  # noqa: E402
+from deeplense.lensing.flexible import INDEX, MASS, FlexibleConfig  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.scores import compute_scores, list_scores  # noqa: E402
 from deeplense.vocabulary import CLASSES, read_manifest  # noqa: E402
 from models.checkpoint import find_checkpoints, load_checkpoint  # noqa: E402
 from training.bounds import bound_reconstructions, sim_config  # noqa: E402
 from training.evaluate import COMPARISONS  # noqa: E402
-from training.flexible_bound import flexible_refit, read_rows  # noqa: E402
+from training.flexible_bound import MassPrior, flexible_refit, mass_prior, read_rows  # noqa: E402
 from training.simulate import simulate_dataset  # noqa: E402
 
 FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.04)
@@ -65,8 +69,10 @@ def bound_scores(
     psf: float,
     classes: tuple[str, ...] = CLASSES,
     flexible: FlexibleConfig | None = None,
+    prior: MassPrior | None = None,
 ) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """bound ("exact", "refit", "flexible") -> score -> class -> (N,) values."""
+    """bound ("exact", "refit", "flexible") -> score -> class -> (N,) values; `prior` on the
+    flexible refit's mass."""
     out: dict[str, dict[str, dict[str, np.ndarray]]] = {"exact": {}, "refit": {}, "flexible": {}}
     realistic = "departures" in read_manifest(directory)  # Model R or a departure from Model A
     config = sim_config(directory)
@@ -81,7 +87,9 @@ def bound_scores(
             images, recons["exact"], recons["refit"] = bounds.images, bounds.exact, bounds.refit
         if flexible is not None:
             ordered = [rows[(cls, i)] for i in range(len(images))]
-            recons["flexible"] = flexible_refit(images, ordered, flexible, config.psf_sigma).refit
+            recons["flexible"] = flexible_refit(
+                images, ordered, flexible, config.psf_sigma, prior=prior
+            ).refit
         x = torch.from_numpy(images)
         for bound, recon in recons.items():
             if recon is None:
@@ -112,12 +120,18 @@ def model_scores(
     return out
 
 
-def table(directory: Path, n: int, refit: bool, flexible: FlexibleConfig | None = None) -> None:
+def table(
+    directory: Path,
+    n: int,
+    refit: bool,
+    flexible: FlexibleConfig | None = None,
+    prior: MassPrior | None = None,
+) -> None:
     manifest = read_manifest(directory)
     config = sim_config(directory)
     psf = config.psf_sigma / config.pixel_scale
     start = time.perf_counter()
-    bounds = bound_scores(directory, n, refit, psf, flexible=flexible)
+    bounds = bound_scores(directory, n, refit, psf, flexible=flexible, prior=prior)
     print(
         f"dataset {manifest['dataset']}, subhalo mass fraction "
         f"{manifest.get('subhalo_mass_fraction')}, first {n} test images per class "
@@ -205,6 +219,15 @@ def main() -> int:
     parser.add_argument("--source-scales", type=float, nargs="+",
                         default=list(FlexibleConfig.source_scales),
                         help="one shapelet set per scale (x the fitted beta)")  # fmt: skip
+    parser.add_argument("--mass-prior-width", type=float, default=None,
+                        help="a Gaussian prior on the flexible refit's mass: this many "
+                        "population standard deviations (default: no prior)")  # fmt: skip
+    parser.add_argument("--mass-prior-centre", choices=("truth", "population"),
+                        default="truth", help="centre the prior at each image's true lens "
+                        "or the population mean")  # fmt: skip
+    parser.add_argument("--mass-prior-population", type=Path,
+                        default=REPO / "data" / "model_r", help="the dataset whose train "
+                        "split (val if empty) gives the spread")  # fmt: skip
     parser.add_argument(
         "--checkpoints", type=Path, action="append", default=[],
         help="checkpoint root to add to the curve (repeatable)",
@@ -225,7 +248,23 @@ def main() -> int:
             image_size=config.image_size, pixel_scale=config.pixel_scale,
             shapelet_order=args.shapelet_order, source_scales=tuple(args.source_scales),
         )  # fmt: skip
-    table(args.data, args.n, refit, flexible)
+    prior = None
+    if args.mass_prior_width is not None:
+        if flexible is None:
+            print("error: --mass-prior-width needs --flexible", file=sys.stderr)
+            return 2
+        prior, split = mass_prior(
+            args.mass_prior_population, args.mass_prior_centre, args.mass_prior_width
+        )
+        print(
+            f"mass prior: centre {prior.centre}, width {prior.width:g} x the spread of "
+            f"{args.mass_prior_population}'s {split} split; std "
+            + ", ".join(
+                f"{name} {prior.width * prior.population_std[INDEX[name]]:.3g}" for name in MASS
+            )
+            + "\n"
+        )
+    table(args.data, args.n, refit, flexible, prior)
     if args.curve:
         curve(args.data, args.n, refit, args.checkpoints, args.work, args.plot)
     return 0

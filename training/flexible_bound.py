@@ -7,24 +7,34 @@ lens light and a shapelet source, the linear parts solved exactly. What it leave
 residual is what any smooth-lens model of that freedom can detect; what it absorbs, a
 flexible source and lens can mimic. Started at the truth, it measures the model family, not
 an optimiser's luck.
+
+A `MassPrior` (optional) adds a Gaussian prior on the 8 mass parameters to the refit: each
+one's standard deviation is `width` times its spread across a lens population (a dataset's
+training split), centred at the image's true lens (an oracle: how much the mass's freedom
+absorbs) or at the population mean (what a prior learnt from that population would be).
 """
 
 import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from deeplense.instrument import FWHM_PER_SIGMA, gaussian_kernel
-from deeplense.lensing.flexible import INDEX, NAMES, FlexibleConfig, FlexibleLens
+from deeplense.lensing.flexible import INDEX, MASS, NAMES, FlexibleConfig, FlexibleLens
 from deeplense.lensing.levenberg import levenberg_marquardt
 from deeplense.lensing.psf import moffat_kernel
 from deeplense.noise import estimate_noise
 from training.simulate import PARAMETERS_FILE
 
 BETA_PER_R_EFF = 0.7  # the shapelet scale's start, in units of the true source R_eff
+# The least population spread a mass prior is built on (arcsec for theta_e and the centre,
+# dimensionless otherwise): a parameter the population holds constant (Model R's Einstein
+# radius, 1.2") is then pinned to within width x 0.01, not infinitely.
+MASS_STD_FLOOR = 0.01
 
 
 def read_rows(directory: Path, split: str, n: int) -> dict[tuple[str, int], dict[str, str]]:
@@ -71,6 +81,55 @@ def psf_kernel(row: dict[str, str], pixel_scale: float, nominal_sigma: float) ->
     return torch.from_numpy(gaussian_kernel(sigma, truncate=5.0))
 
 
+@dataclass(frozen=True)
+class MassPrior:
+    """A Gaussian prior on the flexible model's mass parameters (`flexible.MASS`).
+
+    Standard deviation: `width` x the population's (floored at `MASS_STD_FLOOR`); centre:
+    each image's true lens ("truth") or the population mean ("population"). The other five
+    parameters stay free (zero inverse variance)."""
+
+    centre: Literal["truth", "population"]
+    width: float
+    population_mean: np.ndarray  # (13,)
+    population_std: np.ndarray  # (13,), floored on the mass parameters
+
+    def mean(self, start: np.ndarray) -> np.ndarray:
+        """The prior's centre for images started at `start` (N, 13): (N, 13)."""
+        if self.centre == "truth":
+            return start
+        return np.repeat(self.population_mean[None], len(start), axis=0)
+
+    def inverse_variance(self) -> np.ndarray:
+        """(13,): 1 / (width x std)^2 on the mass parameters, 0 elsewhere."""
+        out = np.zeros(len(NAMES))
+        mass = [INDEX[name] for name in MASS]
+        out[mass] = 1.0 / (self.width * self.population_std[mass]) ** 2
+        return out
+
+
+def mass_prior(
+    population: Path, centre: Literal["truth", "population"], width: float
+) -> tuple[MassPrior, str]:
+    """A `MassPrior` from the true lenses of `population`'s train split (its val split where
+    the train split is empty), and the split it used."""
+    if centre not in ("truth", "population"):
+        raise ValueError(f"unknown prior centre {centre!r}; valid: 'truth', 'population'")
+    if not width > 0:
+        raise ValueError(f"the prior's width must be positive, got {width}")
+    for split in ("train", "val"):
+        rows = read_rows(population, split, n=2**62)
+        if rows:
+            break
+    else:
+        raise ValueError(f"{population / PARAMETERS_FILE} has no train or val rows")
+    theta = np.stack([truth_theta(r) for r in rows.values()])  # (R, 13)
+    std = theta.std(axis=0)
+    mass = [INDEX[name] for name in MASS]
+    std[mass] = np.maximum(std[mass], MASS_STD_FLOOR)
+    return MassPrior(centre, width, theta.mean(axis=0), std), split
+
+
 @dataclass
 class FlexibleFits:
     """Images (N, 1, n, n), their flexible refits (same shape), and each fit's parameters."""
@@ -114,8 +173,10 @@ def flexible_refit(
     nominal_psf_sigma: float,
     steps: int = 10,
     chunk: int = 4,
+    prior: MassPrior | None = None,
 ) -> FlexibleFits:
-    """Refit each image (N, 1, n, n) from its true smooth lens (`rows`: its parameters)."""
+    """Refit each image (N, 1, n, n) from its true smooth lens (`rows`: its parameters),
+    under `prior` on the mass where given."""
     lens = FlexibleLens(config)
     psf_pixels = nominal_psf_sigma / config.pixel_scale
     x_all = torch.from_numpy(np.asarray(images, dtype=np.float64))
@@ -131,7 +192,14 @@ def flexible_refit(
         psf = torch.stack([_pad_to(k, side) for k in kernels])  # (B, k, k)
         problem = _Problem(lens, x, sigma, psf)
         theta0 = torch.from_numpy(start[i : i + chunk])
-        fit = levenberg_marquardt(problem.residual, theta0, steps, linearise=problem.jacobian)
+        mean = inv_var = None
+        if prior is not None:
+            mean = torch.from_numpy(prior.mean(start[i : i + chunk]))
+            inv_var = torch.from_numpy(prior.inverse_variance())
+        fit = levenberg_marquardt(
+            problem.residual, theta0, steps, prior_mean=mean, prior_inverse_variance=inv_var,
+            linearise=problem.jacobian,
+        )  # fmt: skip
         with torch.no_grad():
             fitted.append(lens.model_image(fit.theta, x, sigma, psf).numpy())
         thetas.append(fit.theta.numpy())
@@ -148,4 +216,13 @@ def _pad_to(kernel: torch.Tensor, side: int) -> torch.Tensor:
     return torch.nn.functional.pad(kernel, (pad, pad, pad, pad))
 
 
-__all__ = ["INDEX", "FlexibleFits", "flexible_refit", "psf_kernel", "read_rows", "truth_theta"]
+__all__ = [
+    "INDEX",
+    "FlexibleFits",
+    "MassPrior",
+    "flexible_refit",
+    "mass_prior",
+    "psf_kernel",
+    "read_rows",
+    "truth_theta",
+]

@@ -2,8 +2,9 @@
 
 Each image n minimises 0.5 |r_n(theta_n)|^2 + 0.5 (theta_n - mu)^T diag(w) (theta_n - mu),
 a whitened residual r (N, M) of its P parameters theta (N, P) plus an optional Gaussian
-prior (mean mu, inverse variances w). The Jacobian (N, M, P) comes from P forward-mode
-derivatives (one pass over the batch each; the residual must support torch's forward AD).
+prior (mean mu: (P,) shared or (N, P) one per image; inverse variances w: (P,)). The
+Jacobian (N, M, P) comes from P forward-mode derivatives (one pass over the batch each; the
+residual must support torch's forward AD).
 Each image keeps its own damping: multiplied by `ACCEPT` after a step that lowered its cost
 and by `REJECT` after one that did not (the step is then discarded), so no image's cost ever
 rises.
