@@ -1,4 +1,5 @@
-"""The convolutional encoder and decoder shared by the AAE, VAE and DCAE.
+"""The convolutional encoder and decoder shared by the AAE, VAE and DCAE (the encoder and a
+parameter head also by LensFit and LensFit 2).
 
 Published layout for 1x150x150 input (REFERENCE.md): Conv(1->16, k7, s3, p1) 150->49,
 Conv(16->32, k7, s3, p1) 49->15, Conv(32->64, k7) 15->9, flatten 64*9*9 = 5184. The decoder
@@ -109,6 +110,25 @@ class ConvEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)  # (N, flat_dim)
+
+
+def parameter_head(flat_dim: int, hidden: int, n_parameters: int) -> nn.Sequential:
+    """The MLP from encoder features (N, flat_dim) to raw parameters (N, n_parameters) of the
+    physics-informed models (LensFit, LensFit 2); its last layer starts at zero, so that
+    every parameter starts mid-range."""
+    out = nn.Linear(hidden, n_parameters)
+    nn.init.zeros_(out.weight)
+    nn.init.zeros_(out.bias)
+    return nn.Sequential(nn.Linear(flat_dim, hidden), nn.ReLU(inplace=True), out)
+
+
+def range_bounds(
+    ranges: dict[str, tuple[float, float]], names: tuple[str, ...]
+) -> tuple[Tensor, Tensor]:
+    """Each named parameter's range start and width (P,), (P,), in `names`' order."""
+    lo = torch.tensor([ranges[n][0] for n in names])
+    hi = torch.tensor([ranges[n][1] for n in names])
+    return lo, hi - lo
 
 
 class EdgeReplicatedConvTranspose2d(nn.ConvTranspose2d):

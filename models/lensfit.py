@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Self
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd import forward_ad
 
 from deeplense.instrument import STUDY_PIXEL_SCALE_ARCSEC, STUDY_PSF_SIGMA_ARCSEC
@@ -48,7 +48,7 @@ from deeplense.lensing.forward_mode import dual_level
 from deeplense.lensing.torch_renderer import LensBatch, RenderConfig, render_components
 from deeplense.noise import estimate_noise
 from models.base import AnomalyModel
-from models.layers import ConvEncoder, ConvNetConfig
+from models.layers import ConvEncoder, ConvNetConfig, parameter_head, range_bounds
 from models.registry import register_model
 
 # Raw outputs of the encoder, in order, with their physical range (lo, hi).
@@ -138,16 +138,10 @@ class LensFit(AnomalyModel):
     def __init__(self, config: LensFitConfig) -> None:
         super().__init__(config)
         self.encoder = ConvEncoder(config)
-        out = nn.Linear(config.hidden, len(NAMES))
-        nn.init.zeros_(out.weight)  # start every parameter mid-range
-        nn.init.zeros_(out.bias)
-        self.head = nn.Sequential(
-            nn.Linear(config.flat_dim, config.hidden), nn.ReLU(inplace=True), out
-        )
-        lo = torch.tensor([RANGES[n][0] for n in NAMES])
-        hi = torch.tensor([RANGES[n][1] for n in NAMES])
+        self.head = parameter_head(config.flat_dim, config.hidden, len(NAMES))
+        lo, span = range_bounds(RANGES, NAMES)
         self.register_buffer("lo", lo)
-        self.register_buffer("span", hi - lo)
+        self.register_buffer("span", span)
         self.register_buffer("prior_mean", torch.zeros(len(NAMES)))
         self.register_buffer("prior_var", torch.ones(len(NAMES)))
         self.render_config = RenderConfig(

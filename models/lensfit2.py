@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Self
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from deeplense.instrument import STUDY_PIXEL_SCALE_ARCSEC, STUDY_PSF_SIGMA_ARCSEC, gaussian_kernel
 from deeplense.lensing.flexible import NAMES, FlexibleConfig, FlexibleLens, solve_linear
@@ -36,7 +36,7 @@ from deeplense.lensing.flexible import design_matrix as flexible_design
 from deeplense.lensing.flexible_fit import GaussianPrior, fit_flexible
 from deeplense.noise import estimate_noise
 from models.base import AnomalyModel
-from models.layers import ConvEncoder, ConvNetConfig
+from models.layers import ConvEncoder, ConvNetConfig, parameter_head, range_bounds
 from models.registry import register_model
 
 # The encoder's range of each nonlinear parameter (lo, hi), in flexible.NAMES' order.
@@ -113,18 +113,12 @@ class LensFit2(AnomalyModel):
     def __init__(self, config: LensFit2Config) -> None:
         super().__init__(config)
         self.encoder = ConvEncoder(config)
-        out = nn.Linear(config.hidden, len(NAMES))
-        nn.init.zeros_(out.weight)  # start every parameter mid-range
-        nn.init.zeros_(out.bias)
-        self.head = nn.Sequential(
-            nn.Linear(config.flat_dim, config.hidden), nn.ReLU(inplace=True), out
-        )
-        lo = torch.tensor([RANGES[n][0] for n in NAMES])
-        hi = torch.tensor([RANGES[n][1] for n in NAMES])
+        self.head = parameter_head(config.flat_dim, config.hidden, len(NAMES))
+        lo, span = range_bounds(RANGES, NAMES)
         self.register_buffer("lo", lo)
-        self.register_buffer("span", hi - lo)
-        self.register_buffer("prior_mean", lo + 0.5 * (hi - lo))
-        self.register_buffer("prior_var", (hi - lo) ** 2)
+        self.register_buffer("span", span)
+        self.register_buffer("prior_mean", lo + 0.5 * span)
+        self.register_buffer("prior_var", span**2)
         self.lens = FlexibleLens(config.flexible())
 
     @property

@@ -25,7 +25,7 @@ import torch
 
 from deeplense.instrument import FWHM_PER_SIGMA, gaussian_kernel
 from deeplense.lensing.flexible import INDEX, MASS, NAMES, FlexibleConfig, FlexibleLens
-from deeplense.lensing.levenberg import levenberg_marquardt
+from deeplense.lensing.flexible_fit import GaussianPrior, fit_flexible
 from deeplense.lensing.psf import moffat_kernel
 from deeplense.noise import estimate_noise
 from training.simulate import PARAMETERS_FILE
@@ -140,32 +140,6 @@ class FlexibleFits:
     start: np.ndarray  # (N, 13), the truth
 
 
-class _Problem:
-    """One chunk's least-squares problem for `levenberg_marquardt`: the whitened residual
-    and its variable-projection Jacobian, sharing the linear solve at the last accepted
-    parameters (LM linearises where it last evaluated, so each step solves once less)."""
-
-    def __init__(self, lens: FlexibleLens, x: torch.Tensor, sigma: torch.Tensor, psf: torch.Tensor):
-        self.lens, self.x, self.sigma, self.psf = lens, x, sigma, psf
-        self._last: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
-
-    def _linear(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._last is None or not torch.equal(self._last[0], theta):
-            self._last = (theta.clone(), self.lens.fit_linear(theta, self.x, self.sigma, self.psf))
-        return self._last[1]
-
-    def residual(self, theta: torch.Tensor) -> torch.Tensor:
-        """(N, n*n) whitened residual at theta (N, 13)."""
-        design, coef = self._linear(theta)
-        model = (design @ coef.unsqueeze(2)).view_as(self.x)
-        return ((self.x - model) * self.lens.weight(self.sigma)).flatten(1)
-
-    def jacobian(self, theta: torch.Tensor) -> torch.Tensor:
-        """(N, n*n, 13)."""
-        linear = self._linear(theta)
-        return self.lens.jacobian(theta, self.x, self.sigma, self.psf, linear=linear)
-
-
 def flexible_refit(
     images: np.ndarray,
     rows: list[dict[str, str]],
@@ -190,18 +164,15 @@ def flexible_refit(
         ]
         side = max(k.shape[-1] for k in kernels)
         psf = torch.stack([_pad_to(k, side) for k in kernels])  # (B, k, k)
-        problem = _Problem(lens, x, sigma, psf)
-        theta0 = torch.from_numpy(start[i : i + chunk])
-        mean = inv_var = None
+        gaussian = None
         if prior is not None:
-            mean = torch.from_numpy(prior.mean(start[i : i + chunk]))
-            inv_var = torch.from_numpy(prior.inverse_variance())
-        fit = levenberg_marquardt(
-            problem.residual, theta0, steps, prior_mean=mean, prior_inverse_variance=inv_var,
-            linearise=problem.jacobian,
-        )  # fmt: skip
-        with torch.no_grad():
-            fitted.append(lens.model_image(fit.theta, x, sigma, psf).numpy())
+            gaussian = GaussianPrior(
+                mean=torch.from_numpy(prior.mean(start[i : i + chunk])),
+                inverse_variance=torch.from_numpy(prior.inverse_variance()),
+            )
+        theta0 = torch.from_numpy(start[i : i + chunk])
+        fit = fit_flexible(lens, x, sigma, psf, theta0, steps, prior=gaussian)
+        fitted.append(fit.model.numpy())
         thetas.append(fit.theta.numpy())
     return FlexibleFits(
         images=np.asarray(images, dtype=np.float32),

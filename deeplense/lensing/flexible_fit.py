@@ -46,8 +46,8 @@ class FlexibleProblem:
 
 @dataclass
 class GaussianPrior:
-    """A Gaussian prior on the 13 parameters: mean (13,) and inverse variance (13,), 0 for
-    a parameter left free."""
+    """A Gaussian prior on the 13 parameters: mean (13,), or (N, 13) for one centre per
+    image, and inverse variance (13,), 0 for a parameter left free."""
 
     mean: Tensor
     inverse_variance: Tensor
