@@ -8,8 +8,8 @@ grows with the subhalo mass (`training.bounds` has the method).
    flexible smooth lens (`training.flexible_bound`: elliptical power law with shear and a
    free centre, multi-Gaussian lens light, a shapelet source) refitted from the truth with
    each image's true PSF: how much of the subhalos a gravitational-imaging modeller's
-   smooth lens absorbs. Model R and the mismatch suite (simulator 2.3) get (c) only: (a)
-   and (b) draw the Model A/B family. --mass-prior-width S adds a Gaussian prior on (c)'s
+   smooth lens absorbs. Model R and the mismatch suite (simulator 2.3) get (a) and (c):
+   (b) refits the Model A/B family. --mass-prior-width S adds a Gaussian prior on (c)'s
    8 mass parameters: S x their spread in --mass-prior-population's train split, centred
    at each image's truth or at the population mean (--mass-prior-centre).
 2. With --curve: the detection curve, AUC (sub vs no_sub) against the subhalo mass fraction
@@ -78,13 +78,9 @@ def bound_scores(
     config = sim_config(directory)
     rows = read_rows(directory, "test", n) if flexible is not None else {}
     for cls in classes:
-        stack = np.load(directory / "test" / f"{cls}.npy", mmap_mode="r", allow_pickle=False)
         recons: dict[str, np.ndarray | None] = {}
-        if realistic:
-            images = np.array(stack[:n], dtype=np.float32)
-        else:
-            bounds = bound_reconstructions(directory, cls, n, refit)
-            images, recons["exact"], recons["refit"] = bounds.images, bounds.exact, bounds.refit
+        bounds = bound_reconstructions(directory, cls, n, refit and not realistic)
+        images, recons["exact"], recons["refit"] = bounds.images, bounds.exact, bounds.refit
         if flexible is not None:
             ordered = [rows[(cls, i)] for i in range(len(images))]
             recons["flexible"] = flexible_refit(

@@ -5,20 +5,22 @@ image without its subhalos) bound what a model can reach:
 
 - `exact_reconstruction`: the noiseless smooth lens rendered from the true parameters,
   mapped to the image's [0, 1] scale by a linear least-squares fit (x ~ alpha * clean + c).
-  No model can do better: it has to guess the smooth lens from the noisy image.
+  No model can do better: it has to guess the smooth lens from the noisy image. It is drawn
+  for every simulated set, Model R and the mismatch suite included (their departures are
+  re-rendered from parameters.csv and source_components.csv).
 - `refit_reconstruction`: a weighted least-squares refit of the smooth model to the image,
   started at the truth, with the parameters the dataset keeps fixed held (Model A: the
   Einstein radius, every Sersic index and radius; Model B lets the Einstein radius and the
   radii vary with redshift, so they are free). Amplitudes and the [0, 1] offset are solved
   linearly at every step (variable projection). A subhalo's effect that the smooth model can
   mimic (mostly extra mass inside the ring) is absorbed here, as it would be by any model
-  that reconstructs smooth lenses well: this is the realistic bound.
+  that reconstructs smooth lenses well: this is the realistic bound. Model A and Model B
+  only (`FREE`): the flexible refit (`training.flexible_bound`) is the realistic sets' one.
 
 Both are scored with the project's own score functions (`deeplense.scores`), with the
 noise map estimated from the image (`deeplense.noise`).
 """
 
-import csv
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from scipy.optimize import least_squares
 from deeplense.noise import estimate_noise
 from deeplense.vocabulary import read_manifest
 from training.lensing.render import LensParams, SimConfig, phi_q_to_e1e2, render_components
-from training.simulate import PARAMETERS_FILE
+from training.simulate import read_split_parameters
 
 # Free parameters of the refit, per dataset (all others held at their true values).
 SHAPE = ("gamma1", "gamma2", "source_x", "source_y", "source_e1", "source_e2")
@@ -44,16 +46,13 @@ FREE: dict[str, tuple[str, ...]] = {
 
 
 def load_test_params(directory: Path, n: int) -> dict[tuple[str, int], LensParams]:
-    """Parameters of the first n test images of each class, subhalos dropped (smooth lens)."""
-    fields = {f.name for f in dataclasses.fields(LensParams)} - {"subhalos"}
-    out = {}
-    with (Path(directory) / PARAMETERS_FILE).open(newline="") as f:
-        for row in csv.DictReader(f):
-            index = int(row["index"])
-            if row["split"] == "test" and index < n:
-                values: dict[str, Any] = {k: float(v) for k, v in row.items() if k in fields}
-                out[(row["class"], index)] = LensParams(**values)
-    return out
+    """Parameters of the first n test images of each class, subhalos dropped (smooth lens);
+    with their departures from Model A (`realism`) on Model R and the mismatch suite."""
+    return {
+        key: dataclasses.replace(params, theta_sub=0.0, subhalos=(), subhalo_theta=())
+        for key, params in read_split_parameters(Path(directory), "test").items()
+        if key[1] < n
+    }
 
 
 def sim_config(directory: Path) -> SimConfig:

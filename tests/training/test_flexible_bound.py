@@ -2,14 +2,18 @@
 Model R and Model A sets: it starts at each image's true lens and PSF and only improves the
 fit from there; a mass prior holds the mass where it is centred."""
 
+import dataclasses
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from deeplense.lensing.flexible import INDEX, MASS, NAMES, FlexibleConfig
+from deeplense.noise import estimate_noise
 from tests.bench_scripts import load_bench
+from training.bounds import exact_reconstruction, load_test_params, sim_config
 from training.flexible_bound import (
     MASS_STD_FLOOR,
     FlexibleFits,
@@ -71,15 +75,36 @@ def test_refit_from_the_truth_only_improves_the_fit(model_r: Path) -> None:
     assert some.refit.shape == images.shape and np.isfinite(some.refit).all()
 
 
-def test_oracle_gives_model_r_the_flexible_bound_only(model_r: Path) -> None:
+def test_oracle_gives_model_r_the_exact_and_flexible_bounds(model_r: Path) -> None:
     psf = 1.0  # pixels, the matched filter's
     scores = load_bench("oracle_auc").bound_scores(
-        model_r, 2, refit=False, psf=psf, flexible=FLEXIBLE
+        model_r, 2, refit=True, psf=psf, flexible=FLEXIBLE
     )
-    assert set(scores) == {"flexible"}  # the exact bound draws Model A's family
-    for per_class in scores["flexible"].values():
-        assert set(per_class) == {"no_sub", "sphere", "vort"}
-        assert all(v.shape == (2,) and np.isfinite(v).all() for v in per_class.values())
+    assert set(scores) == {"exact", "flexible"}  # the rigid refit draws Model A's family
+    for bound in scores.values():
+        for per_class in bound.values():
+            assert set(per_class) == {"no_sub", "sphere", "vort"}
+            assert all(v.shape == (2,) and np.isfinite(v).all() for v in per_class.values())
+
+
+def test_the_exact_bound_renders_model_rs_departures(model_r: Path) -> None:
+    """A Model R no_sub image less its true smooth lens is noise (chi-square per pixel near
+    1); the same lens without its departures (Model A's SIS, Sersic light and source) is not."""
+    config = sim_config(model_r)
+    params = load_test_params(model_r, 2)
+    images = np.load(model_r / "test" / "no_sub.npy", allow_pickle=False).astype(np.float64)
+    sigma = estimate_noise(torch.from_numpy(images), config.psf_sigma / config.pixel_scale)
+    for i in range(2):
+        assert params[("no_sub", i)].realism is not None
+        exact = exact_reconstruction(images[i, 0], params[("no_sub", i)], config)
+        plain = exact_reconstruction(
+            images[i, 0], dataclasses.replace(params[("no_sub", i)], realism=None), config
+        )
+        w = 1.0 / sigma[i, 0].numpy()
+        chi2 = float(np.mean(((images[i, 0] - exact) * w) ** 2))
+        chi2_plain = float(np.mean(((images[i, 0] - plain) * w) ** 2))
+        assert 0.5 < chi2 < 1.6, chi2
+        assert chi2_plain > 2 * chi2, (chi2, chi2_plain)
 
 
 def _mass_error(fits: FlexibleFits) -> np.ndarray:
