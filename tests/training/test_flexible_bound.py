@@ -147,3 +147,24 @@ def test_mass_prior_reads_the_population_and_floors_a_constant(tmp_path: Path) -
     assert np.array_equal(mass_prior(population, "truth", 0.5)[0].mean(start), start)
     with pytest.raises(ValueError, match="valid"):
         mass_prior(population, "median", 0.5)  # type: ignore[arg-type]
+
+
+def test_annulus_chi2_puts_a_central_misfit_in_the_first_ring() -> None:
+    residuals = load_bench("flexible_residuals")
+    whitened = np.zeros((1, 48, 48))
+    whitened[0, 23:25, 23:25] = 3.0  # within 0.1" of the centre at 0.1"/px
+    rings = residuals.annulus_chi2(whitened, 0.1)
+    assert rings.shape == (1, len(residuals.ANNULI) - 1)
+    assert rings[0, 0] > 1.0 and np.allclose(rings[0, 1:][np.isfinite(rings[0, 1:])], 0.0)
+
+
+def test_flexible_residuals_lists_every_image(model_r: Path) -> None:
+    lines = load_bench("flexible_residuals").residual_table(
+        model_r, "test", 2, FLEXIBLE, None, model_r
+    )
+    rows = [line for line in lines[2:] if line.startswith("| ")]
+    assert len(rows) == 6  # 2 images x no_sub, sphere, vort
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[0] in ("no_sub", "sphere", "vort")
+        assert all(np.isfinite(float(c)) for c in cells[2:4])
