@@ -46,7 +46,7 @@ from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.scores import compute_scores, list_scores  # noqa: E402
 from deeplense.vocabulary import CLASSES, read_manifest  # noqa: E402
 from models.checkpoint import find_checkpoints, load_checkpoint  # noqa: E402
-from training.bounds import bound_reconstructions, sim_config  # noqa: E402
+from training.bounds import bound_reconstructions, signal_snr2, sim_config  # noqa: E402
 from training.evaluate import COMPARISONS  # noqa: E402
 from training.flexible_bound import MassPrior, flexible_refit, mass_prior, read_rows  # noqa: E402
 from training.simulate import simulate_dataset  # noqa: E402
@@ -139,6 +139,13 @@ def table(
         for bound, scores in bounds.items():
             a = aucs(scores[score])
             print(f"| {score} | {bound} | {a['sub']:.3f} | {a['sphere']:.3f} | {a['vort']:.3f} |")
+    print("\nThe subhalos' signal: squared S/N of their noiseless change, summed over pixels\n")
+    print("| class | median | quartiles |")
+    print("| --- | --- | --- |")
+    for cls in ("sphere", "vort"):
+        snr2 = signal_snr2(directory, cls, n)
+        q1, q3 = np.percentile(snr2, [25, 75])
+        print(f"| {cls} | {np.median(snr2):.0f} | {q1:.0f}-{q3:.0f} |")
 
 
 def fraction_dataset(base: Path, work: Path, fraction: float, n: int) -> Path:

@@ -162,3 +162,28 @@ def bound_reconstructions(
                 x, params[(cls, i)], config, free, sigma[0, 0].double().numpy()
             )
     return BoundImages(images=images, exact=exact, refit=fitted)
+
+
+def signal_snr2(directory: Path, cls: str, n: int) -> np.ndarray:
+    """(N,) each test image's subhalo signal: the squared S/N, summed over pixels, of the
+    noiseless change its subhalos make ((with - without) / sigma, on the image's [0, 1]
+    scale, sigma estimated from the image as the scores do). What a detector that knows the
+    smooth lens exactly has to work with: the exact bound's likelihood-ratio S/N squared."""
+    directory = Path(directory)
+    config = sim_config(directory)
+    params = read_split_parameters(directory, "test")
+    stack = np.load(directory / "test" / f"{cls}.npy", mmap_mode="r", allow_pickle=False)
+    images = np.array(stack[: min(n, len(stack))], dtype=np.float32)  # (N, 1, H, W)
+    sigma = estimate_noise(torch.from_numpy(images), config.psf_sigma / config.pixel_scale)
+    out = np.empty(len(images))
+    for i in range(len(images)):
+        full = params[(cls, i)]
+        smooth = dataclasses.replace(full, theta_sub=0.0, subhalos=(), subhalo_theta=())
+        without = render_components(smooth, config).rate
+        change = render_components(full, config).rate - without
+        x = images[i, 0].astype(np.float64)
+        alpha = np.linalg.lstsq(
+            np.stack([without.ravel(), np.ones(x.size)], axis=1), x.ravel(), rcond=None
+        )[0][0]  # rate -> the image's [0, 1] scale
+        out[i] = float((((alpha * change) / sigma[i, 0].double().numpy()) ** 2).sum())
+    return out

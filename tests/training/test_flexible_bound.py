@@ -13,7 +13,7 @@ import torch
 from deeplense.lensing.flexible import INDEX, MASS, NAMES, FlexibleConfig
 from deeplense.noise import estimate_noise
 from tests.bench_scripts import load_bench
-from training.bounds import exact_reconstruction, load_test_params, sim_config
+from training.bounds import exact_reconstruction, load_test_params, signal_snr2, sim_config
 from training.flexible_bound import (
     MASS_STD_FLOOR,
     FlexibleFits,
@@ -168,3 +168,10 @@ def test_flexible_residuals_lists_every_image(model_r: Path) -> None:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[0] in ("no_sub", "sphere", "vort")
         assert all(np.isfinite(float(c)) for c in cells[2:4])
+
+
+def test_signal_snr2_is_zero_without_subhalos_and_positive_with_them(model_r: Path) -> None:
+    assert np.array_equal(signal_snr2(model_r, "no_sub", 2), np.zeros(2))
+    for cls in ("sphere", "vort"):
+        snr2 = signal_snr2(model_r, cls, 2)
+        assert snr2.shape == (2,) and np.isfinite(snr2).all() and (snr2 > 0).all()
