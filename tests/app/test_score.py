@@ -234,3 +234,26 @@ def test_uncalibrated_checkpoint_scores_without_flag_or_percentile(tmp_path: Pat
 def test_non_finite_threshold_is_rejected(client: TestClient) -> None:
     files = [upload("a.npy", npy_bytes(image()))]
     assert client.post("/score?threshold=nan", files=files).status_code == 422
+
+
+def test_a_per_image_fit_reports_its_significance_and_an_autoencoder_none(
+    client: TestClient,
+) -> None:
+    """LensFit and LensFit 2 fit each image, so each result carries chi2 per degree of freedom
+    and its p-value and sigma (consistent with each other); the DCAE fits nothing: null."""
+    files = [upload("ring.npy", npy_bytes(image(4)))]
+    for name in ("lensfit", "lensfit2"):
+        response = client.post("/score", params={"model": name}, files=files)
+        assert response.status_code == 200, response.text
+        result = response.json()["results"][0]
+        assert result["error"] is None
+        assert result["chi2_per_dof"] > 0
+        assert 0.0 <= result["p_value"] <= 1.0
+        assert np.isfinite(result["significance_sigma"])
+        if result["p_value"] < 0.5:  # more misfit than expected: a positive sigma
+            assert result["significance_sigma"] > 0
+    response = client.post("/score", params={"model": "dcae"}, files=files)
+    result = response.json()["results"][0]
+    assert (result["chi2_per_dof"], result["p_value"], result["significance_sigma"]) == (
+        None, None, None,
+    )  # fmt: skip
