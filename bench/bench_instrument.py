@@ -39,7 +39,6 @@ roughly 10 minutes.
 import argparse
 import dataclasses
 import io
-import math
 import os
 import statistics
 import sys
@@ -66,7 +65,7 @@ from app.main import create_app, wait_started  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from deeplense.fits_layout import ImageExtras  # noqa: E402
 from deeplense.instrument import FWHM_PER_SIGMA, Instrument, gaussian_kernel  # noqa: E402
-from deeplense.metrics import roc_auc  # noqa: E402
+from deeplense.metrics import auc_standard_error, roc_auc  # noqa: E402
 from deeplense.observation import prepare_observation  # noqa: E402
 from deeplense.scores import compute_scores  # noqa: E402
 from models.checkpoint import find_checkpoints, load_checkpoint  # noqa: E402
@@ -235,15 +234,6 @@ def score_set(
     return result
 
 
-def auc_error(auc: float, n_pos: int, n_neg: int) -> float:
-    """Hanley and McNeil's (1982) standard error of an ROC-AUC from n_pos and n_neg scores."""
-    q1, q2 = auc / (2.0 - auc), 2.0 * auc**2 / (1.0 + auc)
-    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (
-        n_pos * n_neg
-    )
-    return math.sqrt(max(var, 0.0))
-
-
 def aucs(result: SetResult) -> dict[str, float]:
     s = {c: np.asarray(v) for c, v in result.scores.items()}
     sub = np.concatenate([s["sphere"], s["vort"]])
@@ -380,7 +370,7 @@ def main() -> int:
         for s, r in results.items():
             a = aucs(r)
             table[s] = a
-            error = auc_error(a["sub"], 2 * args.n, args.n)
+            error = auc_standard_error(a["sub"], 2 * args.n, args.n)
             fp = float(np.mean(r.flagged["no_sub"]))
             tp = float(np.mean(r.flagged["sphere"] + r.flagged["vort"]))
             print(

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from deeplense.inference import score_array  # noqa: E402
 from deeplense.lensing.flexible import INDEX, MASS, FlexibleConfig  # noqa: E402
-from deeplense.metrics import roc_auc  # noqa: E402
+from deeplense.metrics import auc_standard_error, roc_auc  # noqa: E402
 from deeplense.scores import compute_scores, list_scores  # noqa: E402
 from deeplense.vocabulary import CLASSES, read_manifest  # noqa: E402
 from models.checkpoint import find_checkpoints, load_checkpoint  # noqa: E402
@@ -135,10 +135,19 @@ def table(
     )
     print("| score | bound | AUC sub | AUC sphere | AUC vort |")
     print("| --- | --- | --- | --- | --- |")
+    counts = {cls: len(v) for cls, v in next(iter(next(iter(bounds.values())).values())).items()}
     for score in list_scores():
         for bound, scores in bounds.items():
             a = aucs(scores[score])
             print(f"| {score} | {bound} | {a['sub']:.3f} | {a['sphere']:.3f} | {a['vort']:.3f} |")
+    n_sub, n_normal = counts["sphere"] + counts["vort"], counts["no_sub"]
+    print(
+        f"\nStandard error (Hanley-McNeil) at {counts['no_sub']} normal images: AUC sub "
+        f"{auc_standard_error(0.5, n_sub, n_normal):.3f} at 0.5, "
+        f"{auc_standard_error(0.75, n_sub, n_normal):.3f} at 0.75; sphere or vort alone "
+        f"{auc_standard_error(0.5, counts['sphere'], n_normal):.3f} at 0.5, "
+        f"{auc_standard_error(0.75, counts['sphere'], n_normal):.3f} at 0.75"
+    )
     print("\nThe subhalos' signal: squared S/N of their noiseless change, summed over pixels\n")
     print("| class | median | quartiles |")
     print("| --- | --- | --- |")
