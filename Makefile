@@ -71,7 +71,7 @@ format: $(VENV_STAMP) ## apply ruff's fixes and formatting
 lock: $(VENV_STAMP) ## rewrite constraints.txt from the installed versions (after changing a dependency)
 	$(PY) scripts/lock_constraints.py
 
-reproduce: $(VENV_STAMP) ## simulate, fit every model, evaluate (DATASET=model_a|model_b PRESET=small|cpu|full)
+reproduce: $(VENV_STAMP) ## simulate, fit every model, evaluate (DATASET=model_a|model_b PRESET=small|cpu|full|release|study)
 	bash scripts/reproduce.sh $(DATASET) $(PRESET)
 
 bench: bench-sim bench-train bench-serve bench-load ## every benchmark

@@ -37,7 +37,7 @@ def run(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         ((), "DATASET PRESET"),
         (("model_a",), "DATASET PRESET"),
         (("model_c", "small"), "unknown dataset 'model_c'; valid: model_a, model_b"),
-        (("model_a", "huge"), "unknown preset 'huge'; valid: full, cpu, release, small"),
+        (("model_a", "huge"), "unknown preset 'huge'; valid: full, cpu, release, small, study"),
     ],
 )
 def test_reproduce_rejects_bad_arguments(
@@ -47,6 +47,30 @@ def test_reproduce_rejects_bad_arguments(
     assert result.returncode == 2
     assert message in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_reproduce_rejects_an_unknown_model_before_any_work(tmp_path: Path) -> None:
+    result = run(tmp_path, "model_a", "study", MODELS="aae lensfit3")
+    assert result.returncode == 2
+    assert "unknown model 'lensfit3' in MODELS; valid: " in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_the_study_preset_draws_the_study_substructure_and_fits_its_four_models(
+    tmp_path: Path,
+) -> None:
+    sizes = {"N_TRAIN": "16", "N_VAL": "8", "N_VAL_SUB": "2", "N_TEST": "4", "EPOCHS": "1"}
+    result = run(
+        tmp_path, "model_a", "study", **sizes, BATCH_SIZE="8", IMAGE_SIZE="32", WORKERS="1",
+        DEVICE="cpu", FIT_ARGS=TINY_FIT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    assert manifest["substructure"] == "study"
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["aae", "dcae", "rbm", "vae"]
+    doc = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert set(doc["models"]) == {"aae", "dcae", "rbm", "vae"}
 
 
 def test_reproduce_refuses_existing_outputs(tmp_path: Path) -> None:
