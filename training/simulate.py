@@ -778,9 +778,12 @@ def read_parameters(directory: Path, split: str, cls: str, index: int) -> LensPa
                 break
     if row is None:
         raise DatasetError(f"{directory / PARAMETERS_FILE}: no image {split}/{cls}[{index}]")
-    with (directory / SUBHALOS_FILE).open(newline="") as f:
-        subhalos = [r for r in csv.DictReader(f) if [r["split"], r["class"], r["index"]] == key]
-    return _params_from_rows(directory, row, subhalos)
+    image = (cls, str(index))
+    subhalos = _rows_by_image(directory / SUBHALOS_FILE, split).get(image, [])
+    components = _rows_by_image(
+        directory / SOURCE_COMPONENTS_FILE, split, required=_is_realistic(row)
+    ).get(image, [])
+    return _params_from_rows(row, subhalos, components)
 
 
 def read_split_parameters(directory: Path, split: str) -> dict[tuple[str, int], LensParams]:
@@ -789,23 +792,40 @@ def read_split_parameters(directory: Path, split: str) -> dict[tuple[str, int], 
     directory = Path(directory)
     with (directory / PARAMETERS_FILE).open(newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == split]
-    subhalos: dict[tuple[str, str], list[dict[str, str]]] = {}
-    with (directory / SUBHALOS_FILE).open(newline="") as f:
-        for r in csv.DictReader(f):
-            if r["split"] == split:
-                subhalos.setdefault((r["class"], r["index"]), []).append(r)
+    subhalos = _rows_by_image(directory / SUBHALOS_FILE, split)
+    components = _rows_by_image(
+        directory / SOURCE_COMPONENTS_FILE, split, required=any(map(_is_realistic, rows))
+    )
     return {
         (r["class"], int(r["index"])): _params_from_rows(
-            directory, r, subhalos.get((r["class"], r["index"]), [])
+            r,
+            subhalos.get((r["class"], r["index"]), []),
+            components.get((r["class"], r["index"]), []),
         )
         for r in rows
     }
 
 
+def _rows_by_image(
+    path: Path, split: str, required: bool = True
+) -> dict[tuple[str, str], list[dict[str, str]]]:
+    """A per-image CSV's rows of one split, grouped by (class, index); {} for a file that is
+    not `required` and absent (source_components.csv: Model R and the departures only)."""
+    grouped: dict[tuple[str, str], list[dict[str, str]]] = {}
+    if not required and not path.is_file():
+        return grouped
+    with path.open(newline="") as f:
+        for r in csv.DictReader(f):
+            if r["split"] == split:
+                grouped.setdefault((r["class"], r["index"]), []).append(r)
+    return grouped
+
+
 def _params_from_rows(
-    directory: Path, row: dict[str, str], subhalo_rows: list[dict[str, str]]
+    row: dict[str, str], subhalo_rows: list[dict[str, str]], component_rows: list[dict[str, str]]
 ) -> LensParams:
-    """One image's LensParams from its parameters.csv row and its subhalos.csv rows."""
+    """One image's LensParams from its parameters.csv row, its subhalos.csv rows and its
+    source_components.csv rows (Model R and the departures)."""
     values: dict[str, Any] = {name: float(row[name]) for name in _param_fields()}
     subhalos = sorted(
         (int(r["k"]), float(r["x"]), float(r["y"]), _float_or_none(r.get("theta_sub")))
@@ -815,24 +835,26 @@ def _params_from_rows(
     thetas = tuple(theta for *_, theta in subhalos if theta is not None)
     if len(set(thetas)) > 1:  # unequal masses (study spheres); equal ones are theta_sub
         values["subhalo_theta"] = thetas
-    if realism.SCALAR_FIELDS[0] in row:  # Model R and the departures
-        key = [row["split"], row["class"], row["index"]]
-        values["realism"] = _read_realism(directory, row, key)
+    if _is_realistic(row):
+        values["realism"] = _read_realism(row, component_rows)
     return LensParams(**values)
 
 
-def _read_realism(directory: Path, row: dict[str, str], key: list[str]) -> realism.RealParams:
-    """One image's departures from its parameters.csv row and source_components.csv."""
+def _is_realistic(row: dict[str, str]) -> bool:
+    """Whether a parameters.csv row has departures from Model A (Model R, the mismatch suite)."""
+    return realism.SCALAR_FIELDS[0] in row
+
+
+def _read_realism(row: dict[str, str], component_rows: list[dict[str, str]]) -> realism.RealParams:
+    """One image's departures from its parameters.csv row and source_components.csv rows."""
     scalars: dict[str, Any] = {
         name: row[name] if name in realism.TEXT_FIELDS else float(row[name])
         for name in realism.SCALAR_FIELDS
     }
-    with (directory / SOURCE_COMPONENTS_FILE).open(newline="") as f:
-        components = sorted(
-            (int(r["k"]), tuple(float(r[name]) for name in realism.COMPONENT_FIELDS))
-            for r in csv.DictReader(f)
-            if [r["split"], r["class"], r["index"]] == key
-        )
+    components = sorted(
+        (int(r["k"]), tuple(float(r[name]) for name in realism.COMPONENT_FIELDS))
+        for r in component_rows
+    )
     return realism.RealParams(**scalars, source_components=tuple(c for _, c in components))
 
 
