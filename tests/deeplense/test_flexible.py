@@ -21,6 +21,7 @@ from deeplense.lensing.flexible import (
     shapelets,
 )
 from deeplense.lensing.levenberg import jacobian, levenberg_marquardt
+from tests.lenses import flexible_lenses
 
 CONFIG = FlexibleConfig(
     image_size=24, pixel_scale=0.15, shapelet_order=3, light_sigmas=(0.1, 0.3, 0.9),
@@ -32,12 +33,7 @@ PSF = torch.tensor([[0.05, 0.1, 0.05], [0.1, 0.4, 0.1], [0.05, 0.1, 0.05]], dtyp
 
 def lens_parameters(n: int = 2) -> torch.Tensor:
     """(n, 13) elliptical, sheared, off-centre lenses (slightly different per image)."""
-    values = dict.fromkeys(NAMES, 0.0) | {
-        "theta_e": 1.0, "slope": 2.1, "mass_e1": 0.12, "mass_e2": -0.05, "center_x": 0.03,
-        "center_y": -0.02, "gamma1": 0.03, "gamma2": 0.02, "source_x": 0.05, "source_y": 0.08,
-        "log_beta": math.log(0.25), "light_e1": 0.1, "light_e2": 0.05,
-    }  # fmt: skip
-    theta = torch.tensor([[values[k] for k in NAMES]] * n, dtype=torch.float64)
+    theta = flexible_lenses(n)
     theta[:, INDEX["theta_e"]] += 0.05 * torch.arange(n)
     return theta
 

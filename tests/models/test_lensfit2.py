@@ -11,6 +11,7 @@ from deeplense.lensing.flexible import INDEX, NAMES, design_matrix
 from deeplense.noise import estimate_noise
 from models.lensfit2 import LensFit2, LensFit2Config
 from tests.conftest import tiny_images, tiny_model
+from tests.lenses import flexible_lenses
 
 SIGMA = 0.01  # noise of the drawn images, [0, 1] units
 
@@ -43,12 +44,7 @@ def off_truth() -> torch.Tensor:
 
 def truth(n: int = 2) -> torch.Tensor:
     """(n, 13) elliptical, sheared, off-centre lenses."""
-    values = dict.fromkeys(NAMES, 0.0) | {
-        "theta_e": 0.9, "slope": 2.05, "mass_e1": 0.1, "mass_e2": -0.05, "center_x": 0.03,
-        "center_y": -0.02, "gamma1": 0.03, "gamma2": 0.02, "source_x": 0.05, "source_y": 0.08,
-        "log_beta": math.log(0.2), "light_e1": 0.1, "light_e2": 0.05,
-    }  # fmt: skip
-    return torch.tensor([[values[k] for k in NAMES]] * n, dtype=torch.float64)
+    return flexible_lenses(n, theta_e=0.9, slope=2.05, mass_e1=0.1, log_beta=math.log(0.2))
 
 
 def drawn(model: LensFit2, theta: torch.Tensor, seed: int = 0) -> torch.Tensor:
