@@ -2,6 +2,7 @@
 must run without the train extra (scikit-learn, matplotlib)."""
 
 import dataclasses
+import os
 import shutil
 import signal
 import subprocess
@@ -24,8 +25,8 @@ WITHOUT_TRAIN_EXTRA = (
     "import sys\n"
     "sys.modules['sklearn'] = sys.modules['matplotlib'] = None\n"
     "sys.argv[0] = 'deeplense'\n"
-    "from training.__main__ import main\n"
-    "sys.exit(main())\n"
+    "from training.__main__ import cli\n"
+    "cli()\n"
 )
 
 
@@ -41,7 +42,7 @@ def deeplense(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 
 def test_the_package_installs_the_deeplense_command() -> None:
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["deeplense"] == "training.__main__:main"
+    assert pyproject["project"]["scripts"]["deeplense"] == "training.__main__:cli"
     assert COMMANDS == EXPECTED
 
 
@@ -126,6 +127,19 @@ def test_python_m_training_still_works() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: python -m training ")
+
+
+def test_a_torchrun_rank_keeps_its_exit_code_and_error_line(tmp_path: Path) -> None:
+    """Under torchrun (WORLD_SIZE > 1) the program ends without finalising the interpreter;
+    its exit code and its one-line error still come out, flushed."""
+    missing = tmp_path / "nowhere"
+    done = subprocess.run(
+        [sys.executable, "-m", "training", "score", str(tmp_path), "--checkpoints",
+         str(missing), "--model", "dcae", "--out", str(tmp_path / "out.csv")],
+        cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "WORLD_SIZE": "2"},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"error: {missing}: checkpoint directory not found\n"
 
 
 TINY_FIT = ["--tiny"]  # every model at its Config.tiny()

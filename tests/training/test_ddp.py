@@ -49,6 +49,7 @@ def test_two_process_ddp_on_cpu_writes_valid_checkpoints(tmp_path: Path) -> None
 
 
 SYNC_SCRIPT = """
+import os, sys
 import torch, torch.distributed as dist
 import models
 from training.steps import Distributed, Precision, make_step
@@ -68,6 +69,8 @@ for name in models.list_models():
     if rank.rank == 0:
         print(name, "same" if torch.equal(both[0], both[1]) else "DIFFERENT")
 dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)  # no finalisation: gloo's leftover thread can abort it (training/__main__.py)
 """
 
 
