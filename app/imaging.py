@@ -72,11 +72,13 @@ def prepare(
     card: Instrument,
     request: RequestInstrument | None = None,
     min_side: int = 1,
+    own_grid: bool = False,
 ) -> Prepared:
     """One decoded upload (or its decoding error) made ready for a model of side `size`
     trained through `card`, by the one preparation (`deeplense.observation`); a bad file,
     or an image narrower or shorter than `min_side` pixels, gets `error`. The decoder's
-    notes (colour converted, alpha ignored) come first among the warnings."""
+    notes (colour converted, alpha ignored) come first among the warnings. `own_grid`: the
+    model draws on any grid, so an image of another known pixel scale keeps its own."""
     if isinstance(decoded, InvalidImageError):
         return Prepared(filename=filename, error=str(decoded))
     height, width = decoded.pixels.shape[-2:]
@@ -88,7 +90,7 @@ def prepare(
         )
     try:
         observation = prepare_observation(
-            decoded.pixels, size, card, filename, decoded.extras, request
+            decoded.pixels, size, card, filename, decoded.extras, request, own_grid
         )
     except InvalidImageError as exc:
         return Prepared(filename=filename, error=str(exc))

@@ -60,26 +60,26 @@ def diverging_png(signed: np.ndarray, vmax: float) -> str:
 def attach_images(
     results: list[ScoreResult],
     observations: Sequence[Observation],
-    x_hat: np.ndarray,
+    x_hat: np.ndarray | Sequence[np.ndarray],
     score: str,
-    maps: np.ndarray | None = None,
+    maps: np.ndarray | Sequence[np.ndarray] | None = None,
     pixel_scale: float | None = None,
 ) -> None:
     """Set input, reconstruction and residual PNGs on each result: the observations' model
-    inputs x and reconstructions x_hat (N, 1, S, S).
+    inputs x and their reconstructions x_hat, (1, h, w) each (the model's grid, or an
+    image's own for a model that draws on it).
 
-    `maps` is the score's residual map (N, 1, S, S) when the scoring already made it for
-    this x_hat; otherwise a noise-aware score's map is computed here, with each
+    `maps` is the score's residual map, one (1, h, w) per image, when the scoring already
+    made it for this x_hat; otherwise a noise-aware score's map is computed here, with each
     observation's noise map, mask and PSF. `pixel_scale` is the model's fixed top of the
     mse heat map (`pixel_residual_scale`); None: each map's max."""
-    x = np.stack([o.x for o in observations])  # (N, 1, S, S)
-    noise_aware = get_score(score).noise_aware
-    if not noise_aware:
+    if not get_score(score).noise_aware:
         maps = None
     elif maps is None:
-        maps = np.stack([_map_of(o, x_hat[i], score) for i, o in enumerate(observations)])
+        maps = [_map_of(o, x_hat[i], score) for i, o in enumerate(observations)]
     for i, result in enumerate(results):
-        result.input = gray_png(x[i])
+        x = observations[i].x  # (1, h, w)
+        result.input = gray_png(x)
         result.reconstruction = gray_png(x_hat[i])
         if maps is not None:
             result.residual = diverging_png(maps[i], SIGMA_SCALE)
@@ -87,7 +87,7 @@ def attach_images(
             result.residual_units = "sigma"
         else:
             valid = 1.0 if observations[i].valid is None else observations[i].valid
-            residual = np.abs(x[i] - x_hat[i]) * valid  # (1, S, S), zero where masked
+            residual = np.abs(x - x_hat[i]) * valid  # (1, h, w), zero where masked
             vmax = pixel_scale if pixel_scale is not None else float(residual.max())
             result.residual = heatmap_png(residual, vmax)
             result.residual_max = vmax
@@ -95,7 +95,7 @@ def attach_images(
 
 
 def _map_of(observation: Observation, x_hat: np.ndarray, score: str) -> np.ndarray:
-    """One observation's map of a noise-aware score (1, S, S), in noise sigmas."""
+    """One observation's map of a noise-aware score (1, h, w), in noise sigmas."""
     valid = None if observation.valid is None else torch.from_numpy(observation.valid)[None]
     computed = compute_scores(
         torch.from_numpy(observation.x)[None], torch.from_numpy(x_hat)[None], [score],

@@ -80,7 +80,8 @@ def scored_results(
     if include_images:
         observations: list[Observation] = [p.observation for p in good if p.observation]
         recons = [s.reconstruction for s in scored.values() if s.reconstruction is not None]
-        recon = np.mean(recons, axis=0)  # (N, 1, S, S); the ensemble's: the members' mean
+        # (1, h, w) per image; the ensemble's: the members' mean (all on the model's grid)
+        recon = [np.mean([r[i] for r in recons], axis=0) for i in range(len(observations))]
         maps = None if ensemble is not None else scored[members[0].name].residual_map
         scales = [m.pixel_residual_scale for m in members]
         known = [v for v in scales if v is not None]

@@ -61,6 +61,12 @@ class ServedModel:
         """Side of the square model input, in pixels."""
         return self.checkpoint.model.image_size
 
+    @property
+    def renders_any_grid(self) -> bool:
+        """Whether the model draws the lens on any pixel grid (LensFit): an image of another
+        pixel scale is then fitted on its own pixels, not resampled."""
+        return bool(self.checkpoint.model.renders_any_grid)
+
     def calibration_for(self, score: str) -> Calibration | None:
         """The calibration of `score`, or None."""
         return self.checkpoint.config.calibration_for(score)

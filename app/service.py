@@ -215,8 +215,9 @@ class ModelService:
         decoded = self.decoder.decode_all(uploads, self.settings.max_pixels, check)
         card = first.checkpoint.config.input.instrument()
         smallest = self.settings.min_image_side
+        own_grid = ensemble is None and first.renders_any_grid  # the ensemble: the model's grid
         prepared = [
-            prepare(u.filename, d, first.size, card, instrument, smallest)
+            prepare(u.filename, d, first.size, card, instrument, smallest, own_grid)
             for u, d in zip(uploads, decoded, strict=True)
         ]
         good = [p for p in prepared if p.observation is not None]

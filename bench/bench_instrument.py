@@ -13,7 +13,8 @@ PIXSCALE), scored through the service's HTTP path, for four sets of the same len
                (goal: the AUC does not fall when the noise map is supplied).
 
 Then the latency of single-image requests: plain .npy (the card set's SCI array) against the
-FITS files of card and euclid (the euclid file is resampled to the model's grid).
+FITS files of card and euclid (the euclid file is fitted on its own grid by a model that
+draws the lens, LensFit; resampled to the model's grid for any other).
 
 Photometry. The simulator's Sersic intensities are the profile's value at a pixel in counts/s
 per pixel, with no pixel-area factor (training/lensing/render.py), calibrated for its 0.05"

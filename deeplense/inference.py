@@ -40,7 +40,11 @@ class NoiseAwareReconstructor(Protocol):
     uses_noise_map: bool
 
     def reconstruct_with_noise(
-        self, x: torch.Tensor, sigma: torch.Tensor, psf_sigma_pixels: float | None = None
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        psf_sigma_pixels: float | None = None,
+        pixel_scale: float | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -48,13 +52,14 @@ class NoiseAwareReconstructor(Protocol):
 class ScoredBatch:
     """Scores of N images: loss (the MSE) and w1 are (N,) float64, `scores` maps each
     requested score name to (N,) float64; reconstruction and residual_map are (N, 1, H, W)
-    float32, or None when not requested."""
+    float32 (from `score_observations`: a list of (1, h, w) when the images' grids differ),
+    or None when not requested."""
 
     loss: np.ndarray
     w1: np.ndarray
-    reconstruction: np.ndarray | None = None
+    reconstruction: np.ndarray | list[np.ndarray] | None = None
     scores: dict[str, np.ndarray] = field(default_factory=dict)
-    residual_map: np.ndarray | None = None
+    residual_map: np.ndarray | list[np.ndarray] | None = None
     # score name -> (N,) reasons it cannot judge each image, "" where it applies
     not_applicable: dict[str, list[str]] = field(default_factory=dict)
     # chi2 against the degrees of freedom a per-image fit left, p-value, sigma; None for a
@@ -119,11 +124,18 @@ def _reconstruct(
     x: torch.Tensor,
     sigma: torch.Tensor | None,
     psf_sigma_pixels: float | None = None,
+    pixel_scale: float | None = None,
 ) -> torch.Tensor:
     """x (N, 1, H, W) -> reconstruction; a noise-aware model gets the noise map and the
-    images' PSF width (None: its own)."""
+    images' PSF width (None: its own), and a model that renders on any grid the images' own
+    pixel scale (None: its own). Images on their own grid for any other model are a bug of
+    the caller (the preparation resamples them for it)."""
+    if pixel_scale is not None and not getattr(model, "renders_any_grid", False):
+        raise ValueError("images on their own pixel grid, for a model that cannot draw on it")
     if isinstance(model, NoiseAwareReconstructor) and model.uses_noise_map and sigma is not None:
-        return model.reconstruct_with_noise(x, sigma, psf_sigma_pixels)
+        if pixel_scale is None:
+            return model.reconstruct_with_noise(x, sigma, psf_sigma_pixels)
+        return model.reconstruct_with_noise(x, sigma, psf_sigma_pixels, pixel_scale)
     return model.reconstruct(x)
 
 
@@ -158,7 +170,10 @@ def score_observations(
     """Score prepared observations (`deeplense.observation`): each brings its model input,
     its mask, its noise map and its PSF width, so a supplied noise map replaces the
     estimate, masked pixels count nowhere and a supplied PSF sets its matched filter. The
-    same numbers as `score_array` for images that bring nothing of their own.
+    same numbers as `score_array` for images that bring nothing of their own. An image on
+    its own grid (`Observation.pixel_scale`, for a model that `renders_any_grid`) is fitted
+    and scored there; reconstructions and maps are then one (1, h, w) array per image when
+    the grids differ, else stacked (N, 1, H, W).
 
     `check` runs before each batch of `batch_size` images; whatever it raises ends the work
     there (the service stops a request nobody waits for any more)."""
@@ -171,48 +186,56 @@ def score_observations(
     values = {name: np.zeros(n, dtype=np.float64) for name in names}
     reasons = {name: [""] * n for name in names}
     w1 = np.zeros(n, dtype=np.float64)
-    recons: list[np.ndarray] = []
+    recons: dict[int, np.ndarray] = {}
     maps: dict[int, np.ndarray] = {}
     for start in range(0, n, batch_size):
         if check is not None:
             check()
-        chunk = observations[start : start + batch_size]
-        x = torch.from_numpy(np.stack([o.x for o in chunk])).to(device)  # (B, 1, S, S)
-        sigma = torch.from_numpy(np.stack([o.sigma for o in chunk])).to(device)  # type: ignore[misc]
-        valid = torch.from_numpy(
-            np.stack([np.ones_like(o.x, dtype=bool) if o.valid is None else o.valid for o in chunk])
-        ).to(device)  # (B, 1, S, S)
-        weighted = valid & torch.isfinite(sigma) & (sigma > 0)
-        used[start : start + len(chunk)] = weighted.flatten(1).sum(dim=1).double().cpu().numpy()
-        x_hat = torch.empty_like(x)
-        for psf in sorted({o.psf_sigma_pixels for o in chunk}):  # one PSF per forward pass
-            rows = [i for i, o in enumerate(chunk) if o.psf_sigma_pixels == psf]
-            index = torch.tensor(rows, device=x.device)
-            x_hat[index] = _reconstruct(model, x[index], sigma[index], psf).to(x_hat.dtype)
-            all_valid = bool(valid[index].all())
+        chunk = range(start, min(start + batch_size, n))
+        groups: dict[tuple[tuple[int, ...], float, float | None], list[int]] = {}
+        for i in chunk:  # one grid and one PSF per forward pass
+            o = observations[i]
+            groups.setdefault((o.x.shape, o.psf_sigma_pixels, o.pixel_scale), []).append(i)
+        for (_, psf, pixel_scale), rows in sorted(groups.items(), key=lambda g: g[1][0]):
+            group = [observations[i] for i in rows]
+            x = torch.from_numpy(np.stack([o.x for o in group])).to(device)  # (B, 1, h, w)
+            sigma = torch.from_numpy(np.stack([o.sigma for o in group])).to(device)  # type: ignore[misc]
+            valid = torch.from_numpy(
+                np.stack(
+                    [np.ones_like(o.x, dtype=bool) if o.valid is None else o.valid for o in group]
+                )
+            ).to(device)  # (B, 1, h, w)
+            weighted = valid & torch.isfinite(sigma) & (sigma > 0)
+            used[rows] = weighted.flatten(1).sum(dim=1).double().cpu().numpy()
+            x_hat = _reconstruct(model, x, sigma, psf, pixel_scale).to(x.dtype)
             scored = compute_scores(
-                x[index], x_hat[index], names, psf, map_of, sigma[index],
-                None if all_valid else valid[index],
-            )  # fmt: skip
+                x, x_hat, names, psf, map_of, sigma, None if bool(valid.all()) else valid
+            )
             for name in names:
-                values[name][[start + r for r in rows]] = scored.values[name].cpu().numpy()
+                values[name][rows] = scored.values[name].cpu().numpy()
                 for k, r in enumerate(rows):
-                    reasons[name][start + r] = scored.not_applicable[name][k]
-            if scored.residual_map is not None:
-                for k, r in enumerate(rows):
-                    maps[start + r] = scored.residual_map[k].float().cpu().numpy()
-        w1[start : start + len(chunk)] = column_w1(x, x_hat).double().cpu().numpy()
-        if keep_reconstructions:
-            recons.append(x_hat.float().cpu().numpy())
+                    reasons[name][r] = scored.not_applicable[name][k]
+            w1[rows] = column_w1(x, x_hat).double().cpu().numpy()
+            for k, r in enumerate(rows):
+                if keep_reconstructions:
+                    recons[r] = x_hat[k].float().cpu().numpy()
+                if scored.residual_map is not None:
+                    maps[r] = scored.residual_map[k].float().cpu().numpy()
     return ScoredBatch(
         loss=values[MSE],
         w1=w1,
-        reconstruction=np.concatenate(recons) if keep_reconstructions and recons else None,
+        reconstruction=_per_image(recons, n) if keep_reconstructions and recons else None,
         scores=values,
-        residual_map=np.stack([maps[i] for i in range(n)]) if maps else None,
+        residual_map=_per_image(maps, n) if maps else None,
         not_applicable=reasons,
         goodness=None if fitted is None else goodness_of_fit(values[CHI2] * used, used, fitted),
     )
+
+
+def _per_image(arrays: dict[int, np.ndarray], n: int) -> np.ndarray | list[np.ndarray]:
+    """Images 0..n-1's arrays (1, h, w): stacked (n, 1, h, w) when their grids agree."""
+    listed = [arrays[i] for i in range(n)]
+    return np.stack(listed) if len({a.shape for a in listed}) == 1 else listed
 
 
 def _fitted_parameters(model: Reconstructor) -> int | None:

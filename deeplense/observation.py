@@ -13,8 +13,12 @@ Geometry. A non-square image is padded to a square with masked pixels, never str
 image whose pixel scale is known (upload or request) and differs from the checkpoint's is
 resampled to the checkpoint's scale, then cropped or padded (masked) to the model's side;
 the study's models were calibrated at their own scale, so the result says its score is not
-calibrated there. So does a PSF whose FWHM differs from the checkpoint's by more than 5%. An
-image of unknown scale is area-resized to the model's side, as before.
+calibrated there. So does a PSF whose FWHM differs from the checkpoint's by more than 5%.
+For a model that draws on any grid (`own_grid`: LensFit's renderer), an image of another
+known scale is not resampled: it keeps its own pixels, cropped to the model's field of view
+where it is larger, and the model fits it there (its encoder reads `model_grid_view`); its
+threshold was still calibrated at the checkpoint's scale, and the result says so. An image
+of unknown scale is area-resized to the model's side, as before.
 Resampling moves the noise map with the image: variances are resampled and divided by the
 number of input pixels each output pixel averages (at least 1, so interpolation never shrinks
 the noise); the noise is estimated on the image's own grid before any resampling, so upsampled
@@ -61,10 +65,13 @@ class Observation:
     x: np.ndarray  # (1, S, S) float32 in [0, 1]; masked pixels hold the unmasked median
     valid: np.ndarray | None  # (1, S, S) bool, False where masked; None: every pixel
     sigma: np.ndarray | None  # (1, S, S) float32 noise sigma in x's units (inf where masked)
-    psf_sigma_pixels: float  # the PSF's width on the model grid (matched filter, estimate)
+    psf_sigma_pixels: float  # the PSF's width on x's grid (matched filter, estimate)
     instrument: dict[str, Any]  # what was used and where it came from (the result's record)
     resized: bool = False
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    # arcsec per pixel of x: the checkpoint's, or the image's own when the model draws on its
+    # grid (then x is n x n, not S x S); None: the checkpoint's
+    pixel_scale: float | None = None
 
 
 @dataclass
@@ -105,13 +112,15 @@ def prepare_observation(
     filename: str,
     extras: ImageExtras | None = None,
     request: RequestInstrument | None = None,
+    own_grid: bool = False,
 ) -> Observation:
     """(H, W) pixels in stored units (NaN: masked) -> an Observation for a model of side
-    `size` trained through `card`. InvalidImageError (naming the file) for an unusable noise
-    map, PSF or pixel scale."""
+    `size` trained through `card`; `own_grid`: the model draws on any grid, so an image of
+    another known pixel scale keeps its own (module doc). InvalidImageError (naming the
+    file) for an unusable noise map, PSF or pixel scale."""
     try:
         return _prepare(np.asarray(pixels, dtype=np.float64), size, card, filename, extras,
-                        request or RequestInstrument())  # fmt: skip
+                        request or RequestInstrument(), own_grid)  # fmt: skip
     except InvalidInstrumentError as exc:
         raise InvalidImageError(filename, str(exc)) from None
 
@@ -123,6 +132,7 @@ def _prepare(
     filename: str,
     extras: ImageExtras | None,
     request: RequestInstrument,
+    own_grid: bool = False,
 ) -> Observation:
     extras = extras or ImageExtras()
     height, width = image.shape
@@ -186,7 +196,10 @@ def _prepare(
     # clean image: then on the image's own grid, before resampling.
     n = max(height, width)
     same_scale = abs(scale / card.pixel_scale - 1.0) <= SCALE_TOLERANCE
-    if scale_source != "checkpoint" and not same_scale:
+    on_own_grid = own_grid and scale_source != "checkpoint" and not same_scale
+    if on_own_grid:
+        enlarged = False  # never resampled: the noise is estimated on its own pixels below
+    elif scale_source != "checkpoint" and not same_scale:
         enlarged = round(n * scale / card.pixel_scale) > n
     else:
         enlarged = scale_source == "checkpoint" and size > n
@@ -206,7 +219,25 @@ def _prepare(
     scaled, sigma, valid, side_note = _square(scaled, sigma, valid)
     notes += side_note
     steps: list[Callable[[Planes], Planes]] = []  # the same geometry for noise draws below
-    if scale_source != "checkpoint" and not same_scale:
+    if on_own_grid:
+        side = scaled.shape[0]
+        field_pixels = round(size * card.pixel_scale / scale)  # the model's field, own pixels
+        field_pixels += (side - field_pixels) % 2  # a centred crop: the lens stays centred
+        notes.append(
+            f"pixel scale {scale:g}\" ({scale_source}) differs from the checkpoint's "
+            f"{card.pixel_scale:g}\": the lens was fitted on the image's own grid"
+            + (
+                f" (cropped to the model's {size * card.pixel_scale:g}\" field, "
+                f"{field_pixels} x {field_pixels} pixels)"
+                if side > field_pixels
+                else ""
+            )
+            + "; the threshold was calibrated at the checkpoint's scale, so this score is "
+            "not calibrated"
+        )
+        if side > field_pixels:
+            steps = [partial(_crop_or_pad, size=field_pixels)]
+    elif scale_source != "checkpoint" and not same_scale:
         target = max(1, round(scaled.shape[0] * scale / card.pixel_scale))
         notes.append(
             f"pixel scale {scale:g}\" ({scale_source}) differs from the checkpoint's "
@@ -233,7 +264,7 @@ def _prepare(
     # one image pixel, variance s^2 / 6) and by its own larger pixels (a box of side s against
     # the model's c: variance (s^2 - c^2) / 12), both added to the PSF's variance.
     psf_pixels = native.psf_sigma_pixels
-    if resized and not same_scale:
+    if resized and not same_scale and not on_own_grid:
         s, c = scale, card.pixel_scale
         variance = (native.psf_sigma_pixels * s) ** 2  # arcsec^2
         if s > c:
@@ -286,6 +317,7 @@ def _prepare(
         instrument=record,
         resized=resized,
         warnings=tuple(notes),
+        pixel_scale=scale if on_own_grid else None,
     )
 
 
@@ -382,3 +414,40 @@ def _resample(planes: "Planes", side: int) -> "Planes":
     bad = keep & ~(sigma_out > 0)
     sigma_out[bad] = np.inf
     return np.where(keep, x_out, 0.0), sigma_out, keep & ~bad
+
+
+def model_grid_view(
+    x: torch.Tensor, pixel_scale: float, model_scale: float, side: int
+) -> torch.Tensor:
+    """Images (N, 1, n, n) of `pixel_scale` arcsec per pixel, centred on the lens, as a model
+    of `side` pixels of `model_scale` sees them: resampled to its scale (area averaging to
+    shrink, bilinear to enlarge, as `_resample`), then the centre cropped or padded (with each
+    image's median) to its field, and min-max scaled again. An encoder reads this view of an
+    image that a model fits on its own grid."""
+    n = x.shape[-1]
+    if n == side and abs(pixel_scale / model_scale - 1.0) <= SCALE_TOLERANCE:
+        return x
+    m = max(1, round(n * pixel_scale / model_scale))
+    if m != n:
+        mode: dict[str, Any] = (
+            {"mode": "area"} if m < n else {"mode": "bilinear", "align_corners": False}
+        )
+        x = F.interpolate(x, size=(m, m), **mode)
+    if m >= side:
+        start = (m - side) // 2
+        x = x[..., start : start + side, start : start + side]
+    else:
+        fill = x.flatten(1).median(dim=1).values.view(-1, 1, 1, 1)
+        out = fill.expand(x.shape[0], 1, side, side).clone()
+        o = (side - m) // 2
+        out[..., o : o + m, o : o + m] = x
+        x = out
+    low = x.amin(dim=(1, 2, 3), keepdim=True)
+    high = x.amax(dim=(1, 2, 3), keepdim=True)
+    return (x - low) / (high - low).clamp_min(1e-12)
+
+
+def own_grid_supersampling(supersampling: int, pixel_scale: float, model_scale: float) -> int:
+    """Sub-pixels per axis for a model that draws with `supersampling` at `model_scale` arcsec
+    per pixel, drawing on pixels of `pixel_scale`: sub-pixels no larger than its own."""
+    return max(1, math.ceil(supersampling * pixel_scale / model_scale - 1e-9))

@@ -44,6 +44,10 @@ class AnomalyModel(nn.Module):
     # True for a model that weighs pixels by their noise (LensFit): scoring then hands it the
     # noise map it scores with (`reconstruct_with_noise`), supplied or estimated once.
     uses_noise_map: ClassVar[bool] = False
+    # True for a model that draws its reconstruction on any pixel grid (a renderer of the
+    # physics: LensFit): an image of another pixel scale is then fitted on its own pixels
+    # (`reconstruct_with_noise(pixel_scale=...)`), not resampled to the model's.
+    renders_any_grid: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -63,11 +67,17 @@ class AnomalyModel(nn.Module):
         raise NotImplementedError
 
     def reconstruct_with_noise(
-        self, x: Tensor, sigma: Tensor, psf_sigma_pixels: float | None = None
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        psf_sigma_pixels: float | None = None,
+        pixel_scale: float | None = None,
     ) -> Tensor:
         """Reconstruct x (N, 1, H, W) given its noise map sigma (N, 1, H, W; infinite where a
-        pixel has no weight) and its PSF's width in pixels (None: the model's own). The
-        default ignores both; a model of the physics (LensFit) overrides it."""
+        pixel has no weight), its PSF's width in pixels (None: the model's own) and, for a
+        model that `renders_any_grid`, its pixel scale in arcsec (None: the model's; x is then
+        n x n pixels of that scale). The default ignores all three; a model of the physics
+        (LensFit) overrides it."""
         return self.reconstruct(x)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:

@@ -33,7 +33,6 @@ residual", amortised by a network.
   training set held fixed (Model A's Einstein radius) from absorbing a subhalo's mass.
 """
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -47,6 +46,7 @@ from deeplense.instrument import STUDY_PIXEL_SCALE_ARCSEC, STUDY_PSF_SIGMA_ARCSE
 from deeplense.lensing.forward_mode import dual_level
 from deeplense.lensing.torch_renderer import LensBatch, RenderConfig, render_components
 from deeplense.noise import estimate_noise
+from deeplense.observation import model_grid_view, own_grid_supersampling
 from models.base import AnomalyModel
 from models.layers import ConvEncoder, ConvNetConfig, parameter_head, range_bounds
 from models.registry import register_model
@@ -130,6 +130,7 @@ class LensFit(AnomalyModel):
 
     Config = LensFitConfig
     uses_noise_map = True
+    renders_any_grid = True
     lo: Tensor  # (P,) buffers: range starts and widths, the running prior of raw encodings
     span: Tensor
     prior_mean: Tensor
@@ -313,27 +314,46 @@ class LensFit(AnomalyModel):
         return self.reconstruct_with_noise(x, estimate_noise(x.float(), self.psf_sigma_pixels))
 
     def reconstruct_with_noise(
-        self, x: Tensor, sigma: Tensor, psf_sigma_pixels: float | None = None
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        psf_sigma_pixels: float | None = None,
+        pixel_scale: float | None = None,
     ) -> Tensor:
         """The fit weighs each pixel by 1 / sigma: a supplied noise map replaces the estimate,
         and a pixel of infinite sigma (masked, zero weight) does not count. `psf_sigma_pixels`
-        (the images' own PSF on this grid, a Gaussian's sigma or a kernel's equivalent) replaces
-        the config's in the renderer for this call; None keeps it."""
-        with self._rendering_psf(psf_sigma_pixels):
-            raw = self.refine(self.encode(x), x, sigma)
+        (the images' own PSF on their grid, a Gaussian's sigma or a kernel's equivalent)
+        replaces the config's in the renderer for this call; None keeps it. `pixel_scale`
+        (arcsec; None: the config's): x is n x n pixels of that scale, and the lens is drawn
+        on them; the encoder reads x resampled to the config's grid (`model_grid_view`)."""
+        scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
+        view = model_grid_view(x.float(), scale, self.config.pixel_scale, self.image_size)
+        with self._rendering_on(x.shape[-1], scale, psf_sigma_pixels):
+            raw = self.refine(self.encode(view.to(x.dtype)), x, sigma)
             return self.draw(raw, x, sigma).clamp(0.0, 1.0)
 
     @contextmanager
-    def _rendering_psf(self, psf_sigma_pixels: float | None) -> Iterator[None]:
-        # The renderer's PSF for one call, restored afterwards even on an error. Forward passes
-        # of one model never overlap (the service holds one compute lock), so the swap is safe.
-        if psf_sigma_pixels is None or math.isclose(
-            psf_sigma_pixels, self.psf_sigma_pixels, rel_tol=1e-6
-        ):
+    def _rendering_on(
+        self, side: int, pixel_scale: float, psf_sigma_pixels: float | None
+    ) -> Iterator[None]:
+        # The renderer's grid and PSF for one call, restored afterwards even on an error.
+        # Forward passes of one model never overlap (the service holds one compute lock), so
+        # the swap is safe.
+        saved = self.render_config
+        psf_pixels = self.psf_sigma_pixels if psf_sigma_pixels is None else psf_sigma_pixels
+        wanted = replace(
+            saved,
+            image_size=side,
+            pixel_scale=pixel_scale,
+            psf_sigma=psf_pixels * pixel_scale,
+            supersampling=own_grid_supersampling(
+                self.config.supersampling, pixel_scale, self.config.pixel_scale
+            ),
+        )
+        if wanted == saved:
             yield
             return
-        saved = self.render_config
-        self.render_config = replace(saved, psf_sigma=psf_sigma_pixels * saved.pixel_scale)
+        self.render_config = wanted
         try:
             yield
         finally:

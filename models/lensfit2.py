@@ -35,6 +35,7 @@ from deeplense.lensing.flexible import NAMES, FlexibleConfig, FlexibleLens, solv
 from deeplense.lensing.flexible import design_matrix as flexible_design
 from deeplense.lensing.flexible_fit import GaussianPrior, fit_flexible
 from deeplense.noise import estimate_noise
+from deeplense.observation import model_grid_view, own_grid_supersampling
 from models.base import AnomalyModel
 from models.layers import ConvEncoder, ConvNetConfig, parameter_head, range_bounds
 from models.registry import register_model
@@ -87,14 +88,16 @@ class LensFit2Config(ConvNetConfig):
             refine_steps=2, prior_fit_images=8, prior_fit_steps=2,
         )  # fmt: skip
 
-    def flexible(self) -> FlexibleConfig:
-        """The flexible model on this config's grid."""
+    def flexible(self, side: int | None = None, pixel_scale: float | None = None) -> FlexibleConfig:
+        """The flexible model on this config's grid, or on `side` pixels of `pixel_scale`
+        arcsec (an image's own grid: sub-pixels no larger than this config's)."""
+        scale = self.pixel_scale if pixel_scale is None else float(pixel_scale)
         return FlexibleConfig(
-            image_size=self.image_size,
-            pixel_scale=self.pixel_scale,
+            image_size=self.image_size if side is None else side,
+            pixel_scale=scale,
             shapelet_order=self.shapelet_order,
             source_scales=tuple(self.source_scales),
-            supersampling=self.supersampling,
+            supersampling=own_grid_supersampling(self.supersampling, scale, self.pixel_scale),
             source_ridge=self.source_ridge,
         )
 
@@ -105,6 +108,7 @@ class LensFit2(AnomalyModel):
 
     Config = LensFit2Config
     uses_noise_map = True
+    renders_any_grid = True
     lo: Tensor  # (13,) buffers: range starts and widths; the prior on physical parameters
     span: Tensor
     prior_mean: Tensor
@@ -140,12 +144,14 @@ class LensFit2(AnomalyModel):
         var = self.prior_var.clamp_min(float(self.config.prior_floor))
         return GaussianPrior(self.prior_mean, 1.0 / (var * float(self.config.prior_width) ** 2))
 
-    def best_lens(self, theta: Tensor, x: Tensor, sigma: Tensor, psf: Tensor) -> Tensor:
-        """The best smooth lens at parameters theta (N, 13), differentiable: (N, 1, H, W)."""
-        design = flexible_design(theta, self.lens.config, psf)  # (N, H*W, K)
-        coef = solve_linear(
-            design, x.flatten(1), self.lens.weight(sigma).flatten(1), self.lens.config
-        )
+    def best_lens(
+        self, theta: Tensor, x: Tensor, sigma: Tensor, psf: Tensor, lens: FlexibleLens | None = None
+    ) -> Tensor:
+        """The best smooth lens at parameters theta (N, 13), differentiable: (N, 1, H, W), on
+        `lens`'s grid (None: the config's)."""
+        lens = self.lens if lens is None else lens
+        design = flexible_design(theta, lens.config, psf)  # (N, H*W, K)
+        coef = solve_linear(design, x.flatten(1), lens.weight(sigma).flatten(1), lens.config)
         return (design @ coef.unsqueeze(2)).view_as(x)
 
     # ---- the AnomalyModel interface -----------------------------------------------------
@@ -158,23 +164,32 @@ class LensFit2(AnomalyModel):
         return self.reconstruct_with_noise(x, estimate_noise(x.float(), self.psf_sigma_pixels))
 
     def reconstruct_with_noise(
-        self, x: Tensor, sigma: Tensor, psf_sigma_pixels: float | None = None
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        psf_sigma_pixels: float | None = None,
+        pixel_scale: float | None = None,
     ) -> Tensor:
         """The MAP smooth lens of each image, weighing pixels by 1 / sigma (infinite sigma:
         a masked pixel, left out), drawn through a Gaussian PSF of `psf_sigma_pixels` (the
-        image's own; None: the config's)."""
+        image's own; None: the config's) on x's own grid of `pixel_scale` arcsec (None: the
+        config's); the encoder reads x resampled to the config's grid (`model_grid_view`)."""
+        scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
+        same_grid = x.shape[-1] == self.image_size and scale == self.config.pixel_scale
+        lens = self.lens if same_grid else FlexibleLens(self.config.flexible(x.shape[-1], scale))
         with torch.autocast(x.device.type, enabled=False):
-            start = self.guess(x.float()).detach()
+            view = model_grid_view(x.float(), scale, self.config.pixel_scale, self.image_size)
+            start = self.guess(view).detach()
             # The fit in float64: in float32 the overlapping bases' rounding (cond ~1e5) moved
             # chi2 by 1% with the batch an image came in.
             x64, sigma64 = x.detach().double().clone(), sigma.detach().double().clone()
             psf = self.psf_kernel(psf_sigma_pixels).double()
             if int(self.config.refine_steps) <= 0:
                 with torch.no_grad():
-                    model = self.best_lens(start.double(), x64, sigma64, psf)
+                    model = self.best_lens(start.double(), x64, sigma64, psf, lens)
             else:
                 steps, prior = int(self.config.refine_steps), self.prior()
-                model = fit_flexible(self.lens, x64, sigma64, psf, start, steps, prior).model
+                model = fit_flexible(lens, x64, sigma64, psf, start, steps, prior).model
             return model.clamp(0.0, 1.0).float()
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:

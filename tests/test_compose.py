@@ -402,7 +402,7 @@ def test_dockerfile_exposes_8000_and_serves_with_the_deeplense_command() -> None
     (cmd,) = _final_stage("CMD")
     assert json.loads(cmd) == ["deeplense", "serve", "--host", "0.0.0.0", "--port", str(PORT)]
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert pyproject["project"]["scripts"]["deeplense"] == "training.__main__:main"
+    assert pyproject["project"]["scripts"]["deeplense"] == "training.__main__:cli"
     smoke = " ".join(r for r in _final_stage("RUN") if "import app.main" in r)
     assert "deeplense score --help" in smoke  # the offline scorer is in the image
 

@@ -64,10 +64,12 @@ def _prepare_file(
     card: Instrument,
     request: RequestInstrument,
     decoder: TimedDecoder,
+    own_grid: bool = False,
 ) -> Iterator[Prepared]:
     """Every image of one file prepared at side `size` by the service's preparation
-    (`deeplense.observation`), or one error item for the file. A single-image FITS file
-    brings its noise map, PSF and pixel scale; a stack's images do not."""
+    (`deeplense.observation`; `own_grid`: for a model that draws on any grid), or one error
+    item for the file. A single-image FITS file brings its noise map, PSF and pixel scale;
+    a stack's images do not."""
     name = str(path)
     try:
         stack = decoder.decode(path, name, max_pixels)
@@ -81,7 +83,7 @@ def _prepare_file(
             image = np.array(stack.pixels[k], dtype=np.float32)  # (H, W), out of a memmap
             check_pixels(image, label)
             observation = prepare_observation(
-                image, size, card, label, None if many else stack.extras, request
+                image, size, card, label, None if many else stack.extras, request, own_grid
             )
         except InvalidImageError as exc:
             yield Prepared(filename=label, error=str(exc))
@@ -115,6 +117,7 @@ def score_files(
     card = loaded.config.input.instrument()
     request = request or RequestInstrument()
     size = loaded.model.image_size
+    own_grid = bool(getattr(loaded.model, "renders_any_grid", False))
     pending: list[Prepared] = []
     n_ready = 0  # prepared images waiting in `pending`
     n_images = 0
@@ -142,7 +145,9 @@ def score_files(
     bar = tqdm(files, desc=f"score {loaded.name}", unit="file", disable=not progress or None)
     try:
         for path in bar:
-            for item in _prepare_file(Path(path), size, max_pixels, card, request, reader):
+            for item in _prepare_file(
+                Path(path), size, max_pixels, card, request, reader, own_grid
+            ):
                 pending.append(item)
                 if item.observation is not None:
                     n_ready += 1

@@ -7,7 +7,8 @@ from dataclasses import replace
 import torch
 
 import models
-from deeplense.lensing.flexible import INDEX, NAMES, design_matrix
+from deeplense.instrument import gaussian_kernel
+from deeplense.lensing.flexible import INDEX, NAMES, FlexibleLens, design_matrix
 from deeplense.noise import estimate_noise
 from models.lensfit2 import LensFit2, LensFit2Config
 from tests.conftest import tiny_images, tiny_model
@@ -47,11 +48,18 @@ def truth(n: int = 2) -> torch.Tensor:
     return flexible_lenses(n, theta_e=0.9, slope=2.05, mass_e1=0.1, log_beta=math.log(0.2))
 
 
-def drawn(model: LensFit2, theta: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Images (n, 1, 32, 32) float32 the model's family draws, with Gaussian noise SIGMA."""
-    lens = model.lens
-    config = lens.config
-    design = design_matrix(theta, config, model.psf_kernel().double())  # (n, M, K)
+def drawn(
+    model: LensFit2,
+    theta: torch.Tensor,
+    seed: int = 0,
+    lens: FlexibleLens | None = None,
+    psf: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Images (n, 1, 32, 32) float32 the model's family draws (on `lens`'s grid through
+    `psf`: None, the model's), with Gaussian noise SIGMA."""
+    config = (model.lens if lens is None else lens).config
+    kernel = model.psf_kernel().double() if psf is None else psf
+    design = design_matrix(theta, config, kernel)  # (n, M, K)
     coef = torch.zeros(theta.shape[0], config.n_linear, dtype=torch.float64)
     coef[:, 2] = 0.4  # lens light: one Gaussian
     coef[:, len(config.light_sigmas)] = 1.0  # the source's round shapelet
@@ -153,3 +161,21 @@ def test_card_reports_the_prior_in_physical_units() -> None:
     assert set(card["prior"]) == set(NAMES)
     assert card["prior"]["theta_e"]["mean"] == round(float(model.prior_mean[0]), 5)
     assert card["source"]["parameters"] == model.lens.config.n_linear
+
+
+def test_it_fits_an_image_on_its_own_coarser_grid() -> None:
+    # The same 3.2" field in 16 pixels of 0.2" (the model's: 32 of 0.1"); the PSF, 0.1", is
+    # half an own pixel. Drawn there by the flexible family, fitted there.
+    model = small_model(refine_steps=8)
+    aim_encoder(model, off_truth())
+    coarse = FlexibleLens(model.config.flexible(16, 0.2))
+    psf = torch.from_numpy(gaussian_kernel(0.5, truncate=5.0)).double()
+    x = drawn(model, truth(), lens=coarse, psf=psf)
+    sigma = torch.full_like(x, SIGMA)
+    with torch.no_grad():
+        own = model.reconstruct_with_noise(x, sigma, 0.5, pixel_scale=0.2)
+        wrong = model.reconstruct_with_noise(x, sigma, 0.5)  # read as 0.1" pixels: 1.6"
+    assert own.shape == (2, 1, 16, 16)
+    assert (chi2(model, x, own) < 1.5).all()
+    assert (chi2(model, x, wrong) > 3 * chi2(model, x, own)).all()
+    assert coarse.config.supersampling == 2 * model.config.supersampling

@@ -67,5 +67,5 @@ def test_tiny_run_prints_every_set_and_the_latency(
     for name in ("card", "wide_psf", "euclid", "card_no_err"):
         assert f"| {name} |" in out
     assert "noise upload ERR" in out and "noise estimated" in out
-    assert '0.1" (upload)' in out and "resampled to its grid" in out
+    assert '0.1" (upload)' in out and "fitted on the image's own grid" in out
     assert "| card .npy (SCI only) |" in out and "| euclid FITS (SCI+ERR+PSF) |" in out
