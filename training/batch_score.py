@@ -57,7 +57,7 @@ def shard_files(files: Sequence[Path], index: int, count: int) -> list[Path]:
     return [f for i, f in enumerate(files) if i % count == index]
 
 
-def _prepare_file(
+def prepare_file(
     path: Path,
     size: int,
     max_pixels: int,
@@ -145,9 +145,7 @@ def score_files(
     bar = tqdm(files, desc=f"score {loaded.name}", unit="file", disable=not progress or None)
     try:
         for path in bar:
-            for item in _prepare_file(
-                Path(path), size, max_pixels, card, request, reader, own_grid
-            ):
+            for item in prepare_file(Path(path), size, max_pixels, card, request, reader, own_grid):
                 pending.append(item)
                 if item.observation is not None:
                     n_ready += 1

@@ -83,6 +83,18 @@ def load_split(
     return out
 
 
+def class_files(data_dir: Path, split: str) -> dict[str, list[Path]]:
+    """Class name -> the files holding its images in one split (module doc): the one stack
+    file, or the folder's per-image files, sorted; only the classes present."""
+    base = _split_dir(Path(data_dir), split)
+    out: dict[str, list[Path]] = {}
+    for cls in CLASSES:
+        source = _class_source(base, cls)
+        if source is not None:
+            out[cls] = find_image_files([source]) if source.is_dir() else [source]
+    return out
+
+
 def labelled_test_set(
     data_dir: Path, image_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

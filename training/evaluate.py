@@ -10,15 +10,19 @@ the false- and true-positive rates of the default score's calibrated threshold o
 images (`deeplense.judge`, the rule the service flags by), and the reconstruction health
 check of `training.health` (a collapsed model is reported loudly).
 
-Scores come from `deeplense.inference.score_array`, the function the service and the `score`
-CLI use, so an evaluated score equals the served score for the same image. Nothing here is
+Scores come from `deeplense.inference`, the functions the service and the `score` CLI use:
+a simulated split (one stack per class) is scored as arrays (`score_array`); real data (class
+folders of per-image files, FITS files with their noise maps, PSFs and pixel scales) and any
+split given `--psf` or `--pixel-scale` are read and prepared file by file as uploads are
+(`training.observed_split`, `score_observations`). So an evaluated score equals the served
+score for the same image. Nothing here is
 tuned on the test split: thresholds and default scores come from calibration.
 """
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -27,7 +31,8 @@ from tqdm import tqdm
 from deeplense.calibration import judge
 from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, DatasetError
-from deeplense.inference import score_array
+from deeplense.inference import score_array, score_observations
+from deeplense.observation import Observation, RequestInstrument
 from deeplense.scores import list_scores
 from deeplense.vocabulary import CLASSES, NORMAL, dataset_name, manifest_sha256
 from models.checkpoint import (
@@ -38,10 +43,12 @@ from models.checkpoint import (
     write_config,
 )
 from models.selection import choose_default_model
-from training.datasets import load_split
+from training.datasets import class_files, load_split
 from training.health import reconstruction_health
+from training.observed_split import observe_split, read_as_uploads
 
 log = logging.getLogger(__name__)
+Labelled = TypeVar("Labelled")  # a class's images, or its files
 
 # Comparisons reported for every model: name -> the anomalous classes it pools against no_sub.
 COMPARISONS: dict[str, tuple[str, ...]] = {
@@ -126,8 +133,11 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     batch_size: int = 64,
     n_examples: int = 3,
+    observed: dict[str, list[Observation]] | None = None,
 ) -> ModelEvaluation:
-    """Evaluate one loaded checkpoint on class -> (N, 1, H, W) test images at its input size."""
+    """Evaluate one loaded checkpoint on class -> (N, 1, H, W) test images at its input size;
+    `observed` (the same images with their instrument, `training.observed_split`) are then
+    what is scored, the images only shown and health-checked."""
     model = loaded.model
     config = loaded.config
     names = list_scores()
@@ -135,10 +145,15 @@ def evaluate_model(
     w1: dict[str, np.ndarray] = {}
     examples: dict[str, Examples] = {}
     for cls, x in images.items():
-        scored = score_array(
-            model, x, device=device, batch_size=batch_size, scores=names,
-            psf_sigma_pixels=config.input.psf_sigma_pixels,
-        )  # fmt: skip
+        if observed is not None:
+            scored = score_observations(
+                model, observed[cls], device=device, batch_size=batch_size, scores=names
+            )
+        else:
+            scored = score_array(
+                model, x, device=device, batch_size=batch_size, scores=names,
+                psf_sigma_pixels=config.input.psf_sigma_pixels,
+            )  # fmt: skip
         for n in names:
             per_score[n][cls] = scored.scores[n]
         w1[cls] = scored.w1
@@ -191,8 +206,11 @@ def evaluate_checkpoints(
     n_examples: int = 3,
     names: list[str] | None = None,
     dataset: str | None = None,
+    request: RequestInstrument | None = None,
 ) -> Evaluation:
-    """Evaluate every checkpoint under `checkpoints` (or only `names`) on DIR/test."""
+    """Evaluate every checkpoint under `checkpoints` (or only `names`) on DIR/test; a split
+    of FITS files, or a `request` (the --psf and --pixel-scale flags), is read image by image
+    with its instrument (`training.observed_split`)."""
     found = find_checkpoints(Path(checkpoints))
     if not found:
         raise CheckpointError(f"{checkpoints}: no checkpoint folders (with config.json) found")
@@ -207,15 +225,23 @@ def evaluate_checkpoints(
     dev = resolve_device(device)
     loaded = {name: load_checkpoint(path, device=dev) for name, path in found.items()}
     cache: dict[int, dict[str, np.ndarray]] = {}  # image size -> class -> (N, 1, S, S)
+    files = class_files(Path(data_dir), "test")
+    with_instrument = request is not None or read_as_uploads(files)
     results: dict[str, ModelEvaluation] = {}
     for name, ckpt in tqdm(loaded.items(), desc="evaluate", unit="model", disable=None):
         size = ckpt.model.image_size
-        if size not in cache:
+        observed = None
+        if with_instrument:
+            split = observe_split(
+                _labelled(files, Path(data_dir)), ckpt, request or RequestInstrument()
+            )
+            cache[size], observed = split.model_grid, split.scored
+        elif size not in cache:
             cache[size] = _labelled_split(Path(data_dir), size)
         log.info(
             "evaluating %s on %s", name, ", ".join(f"{len(v)} {c}" for c, v in cache[size].items())
         )
-        results[name] = evaluate_model(ckpt, cache[size], dev, batch_size, n_examples)
+        results[name] = evaluate_model(ckpt, cache[size], dev, batch_size, n_examples, observed)
     first = next(iter(cache.values()))
     sha = manifest_sha256(Path(data_dir))
     return Evaluation(
@@ -230,7 +256,11 @@ def evaluate_checkpoints(
 
 def _labelled_split(data_dir: Path, size: int) -> dict[str, np.ndarray]:
     """DIR/test as class -> (N, 1, S, S); DatasetError unless it holds no_sub and a sub class."""
-    split = load_split(data_dir, "test", image_size=size)
+    return _labelled(load_split(data_dir, "test", image_size=size), data_dir)
+
+
+def _labelled(split: dict[str, Labelled], data_dir: Path) -> dict[str, Labelled]:
+    """`split` (class -> its images or files), checked: no_sub and a sub class (DatasetError)."""
     if NORMAL not in split or not any(c in split for c in COMPARISONS["sub"]):
         raise DatasetError(
             f"{data_dir / 'test'}: evaluation needs {NORMAL} and at least one of "

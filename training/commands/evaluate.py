@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -12,6 +13,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite float (no nan or inf)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
@@ -58,16 +67,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also store each model's metrics in its checkpoint's config.json",
     )
+    p.add_argument(
+        "--psf",
+        type=Path,
+        default=None,
+        help="PSF kernel (FITS or .npy) for every test image whose file holds none",
+    )
+    p.add_argument(
+        "--pixel-scale",
+        type=finite_float,
+        default=None,
+        help="arcsec per pixel of every test image whose file states none (default: the model's)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     # scikit-learn and matplotlib (the train extra) load only when evaluate runs.
+    from training.commands.score import request_instrument
     from training.evaluate import evaluate_checkpoints, store_metrics
     from training.report import REPORT_FILES, check_output, write_report
 
     check_output(args.out, args.overwrite)
+    given = args.psf is not None or args.pixel_scale is not None
     evaluation = evaluate_checkpoints(
         args.checkpoints,
         args.data,
@@ -76,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         n_examples=args.examples,
         names=args.models,
         dataset=args.dataset,
+        request=request_instrument(args) if given else None,
     )
     write_report(evaluation, args.out, overwrite=args.overwrite)
     if args.update_checkpoints:

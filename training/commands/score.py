@@ -2,7 +2,6 @@
 
 import argparse
 import logging
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +10,7 @@ from training.commands import RegistryChoice, registered_scores
 
 if TYPE_CHECKING:
     from deeplense.observation import RequestInstrument
-from training.commands.evaluate import positive_int
+from training.commands.evaluate import finite_float, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -19,14 +18,6 @@ DECODE_TIMEOUT_S = 60.0
 """Seconds one file may take to decode (a FITS cube is bigger than an upload)."""
 DECODE_MEMORY_BYTES = 4 << 30
 """Address-space cap of the decoding process, as the service's (decode_memory_bytes)."""
-
-
-def finite_float(text: str) -> float:
-    """argparse type: a finite float (no nan or inf)."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
 
 
 def shard(text: str) -> tuple[int, int]:
@@ -117,7 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _request_instrument(args: argparse.Namespace) -> "RequestInstrument":
+def request_instrument(args: argparse.Namespace) -> "RequestInstrument":
     """The --psf and --pixel-scale flags, checked (InvalidInstrumentError: one line, exit 2)."""
     from deeplense.errors import InvalidImageError, InvalidInstrumentError
     from deeplense.imaging import decode_stack
@@ -155,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out.exists() and not args.overwrite:  # checked again when writing
         raise OutputExistsError(f"{args.out} exists; pass --overwrite to replace it")
-    request = _request_instrument(args)
+    request = request_instrument(args)
     found = find_checkpoints(args.checkpoints)
     if args.model not in found:
         if not found:
