@@ -1,7 +1,11 @@
 """A pixelated source for the flexible lens: the lensing operator and its regularisation.
 
-The source is a regular grid of P x P pixels on the source plane, centred at the flexible
-parameters' (source_x, source_y), of side 2 `half_width` arcsec. Each image sub-pixel is
+The source is a grid of P x P pixels on the source plane, centred at the flexible
+parameters' (source_x, source_y), of side 2 `half_width` arcsec: regular, or with a `core`
+scale a, regular in asinh(offset / a) along each axis, so pixels of about a x dt at the
+centre grow to about |offset| x dt in the wings (dt = 2 asinh(half_width / a) / P): compact
+knots and cusps near the source centre get finer pixels than its faint extent, at the same
+P. Interpolation is bilinear in grid index. Each image sub-pixel is
 ray-traced to the source plane (`flexible.source_plane`) and takes the source's bilinear
 interpolation there; sub-pixels are averaged to image pixels and convolved with the PSF.
 Source values beyond the grid are zero (the same boundary the regularisation assumes), so a
@@ -15,6 +19,7 @@ Units: arcsec; the image grid is `flexible`'s (pixel centres at (i - (n - 1) / 2
 pixel_scale, y along rows). Source pixels are numbered row-major (y along rows).
 """
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +51,7 @@ class PixelSourceConfig:
     source_pixels: int = 40  # P: source pixels per side
     half_width: float = 1.0  # arcsec: the grid spans source centre +- this, per axis
     regularisation: Regularisation = "curvature"
+    core: float | None = None  # arcsec: the stretched grid's core scale a; None: regular
 
     def __post_init__(self) -> None:
         if self.regularisation not in REGULARISATIONS:
@@ -54,11 +60,27 @@ class PixelSourceConfig:
             )
         if self.source_pixels < 2 or not self.half_width > 0:
             raise ValueError("need source_pixels >= 2 and half_width > 0")
+        if self.core is not None and not self.core > 0:
+            raise ValueError(f"the core scale must be positive or None, got {self.core}")
 
     @property
     def step(self) -> float:
-        """Source pixel size (arcsec)."""
-        return 2.0 * self.half_width / self.source_pixels
+        """Grid step: arcsec (regular grid), or in asinh(offset / core) (stretched)."""
+        if self.core is None:
+            return 2.0 * self.half_width / self.source_pixels
+        return 2.0 * math.asinh(self.half_width / self.core) / self.source_pixels
+
+    def index(self, offset: Tensor) -> Tensor:
+        """Fractional grid index (0 at the first pixel's centre) of offsets (arcsec) from
+        the grid centre along one axis; any shape."""
+        t = offset if self.core is None else self.core * torch.asinh(offset / self.core)
+        scale = 1.0 if self.core is None else self.core
+        return t / (scale * self.step) + (self.source_pixels - 1) / 2.0
+
+    def offset(self, index: Tensor) -> Tensor:
+        """The inverse of `index`: arcsec from the grid centre."""
+        t = (index - (self.source_pixels - 1) / 2.0) * self.step
+        return t if self.core is None else self.core * torch.sinh(t)
 
     @property
     def n_light(self) -> int:
@@ -76,8 +98,7 @@ class PixelSourceConfig:
 
 def source_pixel_centres(theta: Tensor, config: PixelSourceConfig) -> tuple[Tensor, Tensor]:
     """Source pixel centres x, y (N, P*P) arcsec, row-major, for parameters theta (N, 13)."""
-    p = config.source_pixels
-    c = (torch.arange(p, dtype=theta.dtype, device=theta.device) - (p - 1) / 2.0) * config.step
+    c = config.offset(torch.arange(config.source_pixels, dtype=theta.dtype, device=theta.device))
     y, x = torch.meshgrid(c, c, indexing="ij")
     cx, cy = theta[:, INDEX["source_x"], None], theta[:, INDEX["source_y"], None]
     return x.flatten()[None] + cx, y.flatten()[None] + cy
@@ -89,8 +110,8 @@ def bilinear_weights(
     """Source pixel indices and weights (R, 4) of rays at bx, by (R,) arcsec on one image's
     grid centred at `centre`; a corner outside the grid gets weight 0 (index clamped)."""
     p = config.source_pixels
-    fx = (bx - centre[0]) / config.step + (p - 1) / 2.0  # fractional column
-    fy = (by - centre[1]) / config.step + (p - 1) / 2.0  # fractional row
+    fx = config.index(bx - centre[0])  # fractional column
+    fy = config.index(by - centre[1])  # fractional row
     i0, j0 = torch.floor(fx), torch.floor(fy)
     tx, ty = fx - i0, fy - j0
     i0, j0 = i0.long(), j0.long()

@@ -4,6 +4,7 @@ likelihood and chooses the regularisation a source was drawn with, and a lens dr
 pixelated source fits to the noise. Tiny grids (32 px, 16 x 16 source pixels)."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -30,18 +31,30 @@ DELTA = torch.ones(1, 1, dtype=torch.float64)  # no PSF
 PSF = torch.tensor([[0.05, 0.1, 0.05], [0.1, 0.4, 0.1], [0.05, 0.1, 0.05]], dtype=torch.float64)
 
 
-def test_a_source_pixel_lights_the_image_pixels_its_rays_land_near() -> None:
+@pytest.mark.parametrize("core", [None, 0.3])
+def test_a_source_pixel_lights_the_image_pixels_its_rays_land_near(core: float | None) -> None:
+    config = replace(CONFIG, core=core)
     theta = flexible_lenses(1)
-    column = lensing_operator(theta[0], CONFIG, DELTA)  # (n*n, P*P)
+    column = lensing_operator(theta[0], config, DELTA)  # (n*n, P*P)
     x, y = _image_grid(FLEX, theta)
     bx, by = source_plane(theta, x, y)  # (1, m, m)
-    sx, sy = source_pixel_centres(theta, CONFIG)  # (1, P*P)
+    fx = config.index(bx[0] - theta[0, INDEX["source_x"]])  # fractional grid index
+    fy = config.index(by[0] - theta[0, INDEX["source_y"]])
     ss, n = FLEX.supersampling, FLEX.image_size
-    for j in (5 * 16 + 7, 8 * 16 + 8, 10 * 16 + 4):  # pixels near the grid's middle
-        near = ((bx[0] - sx[0, j]).abs() < CONFIG.step) & ((by[0] - sy[0, j]).abs() < CONFIG.step)
+    for row, col in ((5, 7), (8, 8), (10, 4)):  # pixels near the grid's middle
+        near = ((fx - col).abs() < 1.0) & ((fy - row).abs() < 1.0)
         pixels = near.view(n, ss, n, ss).any(dim=3).any(dim=1).flatten()  # (n*n,)
         assert pixels.any(), "the test needs a source pixel some ray reaches"
-        assert torch.equal(column[:, j] > 0, pixels)
+        assert torch.equal(column[:, row * 16 + col] > 0, pixels)
+
+
+def test_the_stretched_grid_is_finer_at_the_centre_and_inverts() -> None:
+    config = replace(CONFIG, core=0.2)
+    offsets = config.offset(torch.arange(16, dtype=torch.float64))
+    widths = offsets.diff()
+    assert widths[7] < 0.6 * CONFIG.step and widths[0] > 1.5 * CONFIG.step  # finer centre
+    assert float(offsets[-1] + widths[-1] / 2) == pytest.approx(0.8, rel=0.2)
+    torch.testing.assert_close(config.index(offsets), torch.arange(16, dtype=torch.float64))
 
 
 def test_bilinear_interpolation_is_exact_for_a_linear_source() -> None:
