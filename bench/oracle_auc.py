@@ -322,11 +322,13 @@ def main() -> int:
             print("error: --source pixel needs --flexible", file=sys.stderr)
             return 2
         pixel = PixelSourceConfig(
-            flexible, args.source_pixels, args.source_half_width, args.regularisation
-        )
+            flexible, args.source_pixels, args.source_half_width, args.regularisation,
+            args.source_core,
+        )  # fmt: skip
         print(
             f"pixelated source: {args.source_pixels}^2 pixels, half width "
-            f'{args.source_half_width:g}", {args.regularisation}, lens: {args.pixel_mass}\n'
+            f'{args.source_half_width:g}", core {args.source_core}, {args.regularisation}, '
+            f"lens: {args.pixel_mass}\n"
         )
     table(args.data, args.n, refit, flexible, prior, pixel, args.pixel_mass)
     if args.curve:
