@@ -63,3 +63,19 @@ def test_oracle_gives_the_pixel_bound_and_its_scores(model_r: Path) -> None:
     for per_class in scores["pixel"].values():
         assert set(per_class) == {"no_sub", "sphere", "vort"}
         assert all(v.shape == (2,) and np.isfinite(v).all() for v in per_class.values())
+
+
+def test_pixel_residuals_lists_every_image_and_each_scores_auc(
+    model_r: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["pixel_residuals.py", str(model_r), "--split", "test", "--n", "2"]
+    argv += ["--source-pixels", "12", "--core", "0.3"]
+    monkeypatch.setattr("sys.argv", argv)
+    assert load_bench("pixel_residuals").main() == 0
+    out = capsys.readouterr().out
+    lines = [
+        line for line in out.splitlines() if line.startswith(("| no_sub", "| sphere", "| vort"))
+    ]
+    assert len(lines) == 6
+    for score in ("chi2_psf_light", *PIXEL_SCORES):
+        assert f"- {score}: " in out
