@@ -11,7 +11,12 @@ grows with the subhalo mass (`training.bounds` has the method).
    smooth lens absorbs. Model R and the mismatch suite (simulator 2.3) get (a) and (c):
    (b) refits the Model A/B family. --mass-prior-width S adds a Gaussian prior on (c)'s
    8 mass parameters: S x their spread in --mass-prior-population's train split, centred
-   at each image's truth or at the population mean (--mass-prior-centre).
+   at each image's truth or at the population mean (--mass-prior-centre). With --source
+   pixel also (d) "pixel": the light and a pixelated source (--source-pixels per side,
+   --source-half-width, --source-core, --regularisation) re-solved at the evidence-optimal
+   regularisation (`training.pixel_bound`), at the true lens (--pixel-mass truth) or at (c)'s refit
+   (--pixel-mass refit, which also reports (c)), with two more scores of that fit:
+   pixel_cost (chi2 + lambda s^T R s) and neg_log_evidence.
 2. With --curve: the detection curve, AUC (sub vs no_sub) against the subhalo mass fraction
    (0.25, 0.5, 1, 2, 4% by default) for both bounds and for every checkpoint folder under
    each --checkpoints root (each model by its default score, and by chi2_psf). Test sets for
@@ -24,6 +29,8 @@ grows with the subhalo mass (`training.bounds` has the method).
     .venv/bin/python bench/oracle_auc.py DATA_DIR --n 30 --no-refit --flexible
     .venv/bin/python bench/oracle_auc.py DATA_DIR --n 20 --no-refit --flexible \
         --mass-prior-width 0.1 --mass-prior-centre truth --mass-prior-population data/model_r
+    .venv/bin/python bench/oracle_auc.py DATA_DIR --n 20 --no-refit --flexible --source pixel \
+        --source-pixels 40 --pixel-mass truth
 
 The refit costs about a second per image on one core, the flexible refit about five; the
 exact bound a few milliseconds.
@@ -42,6 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from deeplense.inference import score_array  # noqa: E402
 from deeplense.lensing.flexible import INDEX, MASS, FlexibleConfig  # noqa: E402
+from deeplense.lensing.pixel_source import REGULARISATIONS, PixelSourceConfig  # noqa: E402
 from deeplense.metrics import auc_standard_error, roc_auc  # noqa: E402
 from deeplense.scores import compute_scores, list_scores  # noqa: E402
 from deeplense.vocabulary import CLASSES, read_manifest  # noqa: E402
@@ -49,6 +57,7 @@ from models.checkpoint import find_checkpoints, load_checkpoint  # noqa: E402
 from training.bounds import bound_reconstructions, signal_snr2, sim_config  # noqa: E402
 from training.evaluate import COMPARISONS  # noqa: E402
 from training.flexible_bound import MassPrior, flexible_refit, mass_prior, read_rows  # noqa: E402
+from training.pixel_bound import PIXEL_SCORES, pixel_refit  # noqa: E402
 from training.simulate import simulate_dataset  # noqa: E402
 
 FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.04)
@@ -70,10 +79,15 @@ def bound_scores(
     classes: tuple[str, ...] = CLASSES,
     flexible: FlexibleConfig | None = None,
     prior: MassPrior | None = None,
+    pixel: PixelSourceConfig | None = None,
+    pixel_mass: str = "truth",
 ) -> dict[str, dict[str, dict[str, np.ndarray]]]:
-    """bound ("exact", "refit", "flexible") -> score -> class -> (N,) values; `prior` on the
-    flexible refit's mass."""
-    out: dict[str, dict[str, dict[str, np.ndarray]]] = {"exact": {}, "refit": {}, "flexible": {}}
+    """bound ("exact", "refit", "flexible", "pixel") -> score -> class -> (N,) values; `prior`
+    on the flexible refit's mass; `pixel`: the pixelated source at the truth or at the
+    flexible refit (`pixel_mass`), which then replaces "flexible" where it is the truth."""
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {
+        "exact": {}, "refit": {}, "flexible": {}, "pixel": {}
+    }  # fmt: skip
     realistic = "departures" in read_manifest(directory)  # Model R or a departure from Model A
     config = sim_config(directory)
     rows = read_rows(directory, "test", n) if flexible is not None else {}
@@ -81,11 +95,17 @@ def bound_scores(
         recons: dict[str, np.ndarray | None] = {}
         bounds = bound_reconstructions(directory, cls, n, refit and not realistic)
         images, recons["exact"], recons["refit"] = bounds.images, bounds.exact, bounds.refit
+        theta = None  # the pixelated source's lenses: the truth unless refitted
         if flexible is not None:
             ordered = [rows[(cls, i)] for i in range(len(images))]
-            recons["flexible"] = flexible_refit(
-                images, ordered, flexible, config.psf_sigma, prior=prior
-            ).refit
+            if pixel is None or pixel_mass == "refit":
+                fits = flexible_refit(images, ordered, flexible, config.psf_sigma, prior=prior)
+                recons["flexible"], theta = fits.refit, fits.theta
+            if pixel is not None:
+                pixels = pixel_refit(images, ordered, pixel, config.psf_sigma, theta=theta)
+                recons["pixel"] = pixels.refit
+                for score in PIXEL_SCORES:
+                    out["pixel"].setdefault(score, {})[cls] = pixels.scores[score]
         x = torch.from_numpy(images)
         for bound, recon in recons.items():
             if recon is None:
@@ -122,12 +142,17 @@ def table(
     refit: bool,
     flexible: FlexibleConfig | None = None,
     prior: MassPrior | None = None,
+    pixel: PixelSourceConfig | None = None,
+    pixel_mass: str = "truth",
 ) -> None:
     manifest = read_manifest(directory)
     config = sim_config(directory)
     psf = config.psf_sigma / config.pixel_scale
     start = time.perf_counter()
-    bounds = bound_scores(directory, n, refit, psf, flexible=flexible, prior=prior)
+    bounds = bound_scores(
+        directory, n, refit, psf, flexible=flexible, prior=prior, pixel=pixel,
+        pixel_mass=pixel_mass,
+    )  # fmt: skip
     print(
         f"dataset {manifest['dataset']}, subhalo mass fraction "
         f"{manifest.get('subhalo_mass_fraction')}, first {n} test images per class "
@@ -136,8 +161,10 @@ def table(
     print("| score | bound | AUC sub | AUC sphere | AUC vort |")
     print("| --- | --- | --- | --- | --- |")
     counts = {cls: len(v) for cls, v in bounds["exact"]["mse"].items()}  # drawn on every set
-    for score in list_scores():
+    for score in [*list_scores(), *PIXEL_SCORES]:
         for bound, scores in bounds.items():
+            if score not in scores:
+                continue
             a = aucs(scores[score])
             print(f"| {score} | {bound} | {a['sub']:.3f} | {a['sphere']:.3f} | {a['vort']:.3f} |")
     n_sub, n_normal = counts["sphere"] + counts["vort"], counts["no_sub"]
@@ -231,6 +258,19 @@ def main() -> int:
     parser.add_argument("--source-scales", type=float, nargs="+",
                         default=list(FlexibleConfig.source_scales),
                         help="one shapelet set per scale (x the fitted beta)")  # fmt: skip
+    parser.add_argument("--source", choices=("shapelet", "pixel"), default="shapelet",
+                        help="pixel: also a pixelated-source bound (with --flexible)")  # fmt: skip
+    parser.add_argument("--source-pixels", type=int, default=PixelSourceConfig.source_pixels,
+                        help="the pixelated source's pixels per side")  # fmt: skip
+    parser.add_argument("--source-half-width", type=float,
+                        default=PixelSourceConfig.half_width,
+                        help="its grid's half side (arcsec) about the source centre")  # fmt: skip
+    parser.add_argument("--regularisation", choices=REGULARISATIONS, default="curvature")
+    parser.add_argument("--source-core", type=float, default=PixelSourceConfig.core,
+                        help="its grid's core scale (arcsec): regular in asinh(offset / "
+                        "core); default a regular grid")  # fmt: skip
+    parser.add_argument("--pixel-mass", choices=("truth", "refit"), default="truth",
+                        help="its lens: the truth, or the shapelet refit's")  # fmt: skip
     parser.add_argument("--mass-prior-width", type=float, default=None,
                         help="a Gaussian prior on the flexible refit's mass: this many "
                         "population standard deviations (default: no prior)")  # fmt: skip
@@ -276,7 +316,21 @@ def main() -> int:
             )
             + "\n"
         )
-    table(args.data, args.n, refit, flexible, prior)
+    pixel = None
+    if args.source == "pixel":
+        if flexible is None:
+            print("error: --source pixel needs --flexible", file=sys.stderr)
+            return 2
+        pixel = PixelSourceConfig(
+            flexible, args.source_pixels, args.source_half_width, args.regularisation,
+            args.source_core,
+        )  # fmt: skip
+        print(
+            f"pixelated source: {args.source_pixels}^2 pixels, half width "
+            f'{args.source_half_width:g}", core {args.source_core}, {args.regularisation}, '
+            f"lens: {args.pixel_mass}\n"
+        )
+    table(args.data, args.n, refit, flexible, prior, pixel, args.pixel_mass)
     if args.curve:
         curve(args.data, args.n, refit, args.checkpoints, args.work, args.plot)
     return 0
