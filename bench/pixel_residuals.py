@@ -23,8 +23,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))  # bench/ is scripts, not a package
 
-from bench.flexible_residuals import ANNULI, annulus_chi2  # noqa: E402
+from flexible_residuals import ANNULI, annulus_chi2  # noqa: E402
+
 from deeplense.lensing.flexible import FlexibleConfig  # noqa: E402
 from deeplense.lensing.pixel_source import REGULARISATIONS, PixelSourceConfig  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402

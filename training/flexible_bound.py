@@ -163,7 +163,7 @@ def flexible_refit(
             psf_kernel(r, config.pixel_scale, nominal_psf_sigma) for r in rows[i : i + chunk]
         ]
         side = max(k.shape[-1] for k in kernels)
-        psf = torch.stack([_pad_to(k, side) for k in kernels])  # (B, k, k)
+        psf = torch.stack([pad_to(k, side) for k in kernels])  # (B, k, k)
         gaussian = None
         if prior is not None:
             gaussian = GaussianPrior(
@@ -182,7 +182,7 @@ def flexible_refit(
     )
 
 
-def _pad_to(kernel: torch.Tensor, side: int) -> torch.Tensor:
+def pad_to(kernel: torch.Tensor, side: int) -> torch.Tensor:
     pad = (side - kernel.shape[-1]) // 2
     return torch.nn.functional.pad(kernel, (pad, pad, pad, pad))
 

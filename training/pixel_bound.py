@@ -16,7 +16,7 @@ import torch
 from deeplense.lensing.pixel_evidence import fit_pixel_source
 from deeplense.lensing.pixel_source import PixelSourceConfig
 from deeplense.noise import estimate_noise
-from training.flexible_bound import _pad_to, psf_kernel, truth_theta
+from training.flexible_bound import pad_to, psf_kernel, truth_theta
 
 PIXEL_SCORES = ("pixel_cost", "neg_log_evidence")
 
@@ -53,7 +53,7 @@ def pixel_refit(
         sigma = estimate_noise(x, nominal_psf_sigma / pixel_scale)  # as `flexible_refit`
         kernels = [psf_kernel(r, pixel_scale, nominal_psf_sigma) for r in rows[i : i + chunk]]
         side = max(k.shape[-1] for k in kernels)
-        psf = torch.stack([_pad_to(k, side) for k in kernels])  # (B, k, k)
+        psf = torch.stack([pad_to(k, side) for k in kernels])  # (B, k, k)
         parts.append(
             fit_pixel_source(torch.from_numpy(theta[i : i + chunk]), x, sigma, psf, config)
         )

@@ -203,14 +203,14 @@ MASS = ("theta_e", "slope", "mass_e1", "mass_e2", "center_x", "center_y", "gamma
 LIGHT = ("center_x", "center_y", "light_e1", "light_e2")
 
 
-def _image_grid(config: FlexibleConfig, like: Tensor) -> tuple[Tensor, Tensor]:
+def image_grid(config: FlexibleConfig, like: Tensor) -> tuple[Tensor, Tensor]:
     """Sub-pixel positions x, y, each (1, m, m) arcsec."""
     c = sub_pixel_grid(config, like.dtype, like.device)
     y, x = torch.meshgrid(c, c, indexing="ij")
     return x[None], y[None]
 
 
-def _light_surfaces(theta: Tensor, x: Tensor, y: Tensor, config: FlexibleConfig) -> Tensor:
+def light_surfaces(theta: Tensor, x: Tensor, y: Tensor, config: FlexibleConfig) -> Tensor:
     """The unit-amplitude light Gaussians (N, Kl, m, m)."""
     p = theta.unbind(dim=1)
     return gaussian_light(
@@ -222,7 +222,7 @@ def _light_surfaces(theta: Tensor, x: Tensor, y: Tensor, config: FlexibleConfig)
     )
 
 
-def _to_pixels(surfaces: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
+def to_pixels(surfaces: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
     """Sub-pixel surfaces (N, C, m, m) -> pixel values through the PSF, (N, n*n, C)."""
     ss = config.supersampling
     if ss > 1:
@@ -234,7 +234,7 @@ def design_matrix(theta: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
     """The linear bases seen through the PSF: (N, n*n, K), K = config.n_linear, columns in
     order light Gaussians, shapelets, offset. `theta` (N, 13) is clamped to LIMITS."""
     theta = clamp_parameters(theta)
-    x, y = _image_grid(config, theta)
+    x, y = image_grid(config, theta)
     p = theta.unbind(dim=1)
     bx, by = source_plane(theta, x, y)  # (N, m, m)
     beta = torch.exp(p[INDEX["log_beta"]])
@@ -244,8 +244,8 @@ def design_matrix(theta: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
         [shapelets(u, v, beta * scale, config.shapelet_order) for scale in config.source_scales],
         dim=1,
     )  # (N, Ks, m, m)
-    surfaces = torch.cat([_light_surfaces(theta, x, y, config), source], dim=1)
-    columns = _to_pixels(surfaces, config, psf)  # (N, n*n, Kl + Ks)
+    surfaces = torch.cat([light_surfaces(theta, x, y, config), source], dim=1)
+    columns = to_pixels(surfaces, config, psf)  # (N, n*n, Kl + Ks)
     return torch.cat([columns, torch.ones_like(columns[..., :1])], dim=2)
 
 
@@ -270,7 +270,7 @@ def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Ten
     """
     theta = clamp_parameters(theta)
     k_light, k_source = len(config.light_sigmas), config.n_shapelets
-    x, y = _image_grid(config, theta)
+    x, y = image_grid(config, theta)
     shape = (theta.shape[0], x.shape[-2], x.shape[-1])
     p = theta.unbind(dim=1)
     bx, by = source_plane(theta, x, y)
@@ -295,12 +295,12 @@ def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Ten
     amplitudes = coef[:, :k_light, None, None]
 
     def light(t: Tensor) -> tuple[Tensor]:
-        return ((_light_surfaces(t, x, y, config) * amplitudes).sum(dim=1),)
+        return ((light_surfaces(t, x, y, config) * amplitudes).sum(dim=1),)
 
     for name, (d_light,) in zip(LIGHT, _tangents(light, theta, LIGHT), strict=True):
         planes[INDEX[name]] = planes[INDEX[name]] + d_light.flatten(1)
     surfaces = torch.stack(planes, dim=1).view(shape[0], len(NAMES), *shape[1:])
-    return _to_pixels(surfaces, config, psf)  # (N, n*n, 13)
+    return to_pixels(surfaces, config, psf)  # (N, n*n, 13)
 
 
 def regularised_gram(a: Tensor, config: FlexibleConfig) -> Tensor:
@@ -399,8 +399,11 @@ __all__ = [
     "clamp_parameters",
     "design_matrix",
     "hermite_functions",
+    "image_grid",
+    "light_surfaces",
     "model_jacobian",
     "shapelet_source",
     "shapelets",
     "solve_linear",
+    "to_pixels",
 ]

@@ -29,11 +29,11 @@ from torch import Tensor
 from deeplense.lensing.flexible import (
     INDEX,
     FlexibleConfig,
-    _image_grid,
-    _light_surfaces,
-    _to_pixels,
     clamp_parameters,
+    image_grid,
+    light_surfaces,
     source_plane,
+    to_pixels,
 )
 from deeplense.lensing.psf import convolve
 
@@ -132,7 +132,7 @@ def lensing_operator(theta: Tensor, config: PixelSourceConfig, psf: Tensor) -> T
     PSF's reach of the pixels its rays land on)."""
     fc = config.flexible
     theta = clamp_parameters(theta.double()[None])
-    x, y = _image_grid(fc, theta)  # (1, m, m)
+    x, y = image_grid(fc, theta)  # (1, m, m)
     bx, by = source_plane(theta, x, y)  # (1, m, m)
     m, n, ss = x.shape[-1], fc.image_size, fc.supersampling
     centre = (float(theta[0, INDEX["source_x"]]), float(theta[0, INDEX["source_y"]]))
@@ -164,8 +164,8 @@ def pixel_design(theta: Tensor, config: PixelSourceConfig, psf: Tensor) -> Tenso
     Gaussians, source pixels, offset; theta (13,), psf (k, k)."""
     fc = config.flexible
     t = clamp_parameters(theta.double()[None])
-    x, y = _image_grid(fc, t)
-    light = _to_pixels(_light_surfaces(t, x, y, fc), fc, psf.double())[0]  # (n*n, Kl)
+    x, y = image_grid(fc, t)
+    light = to_pixels(light_surfaces(t, x, y, fc), fc, psf.double())[0]  # (n*n, Kl)
     source = lensing_operator(theta, config, psf)
     return torch.cat([light, source, torch.ones_like(light[:, :1])], dim=1)
 

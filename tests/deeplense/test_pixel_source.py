@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from deeplense.lensing.flexible import INDEX, FlexibleConfig, _image_grid, source_plane
+from deeplense.lensing.flexible import INDEX, FlexibleConfig, image_grid, source_plane
 from deeplense.lensing.pixel_evidence import (
     best_lambda,
     fit_pixel_source,
@@ -36,7 +36,7 @@ def test_a_source_pixel_lights_the_image_pixels_its_rays_land_near(core: float |
     config = replace(CONFIG, core=core)
     theta = flexible_lenses(1)
     column = lensing_operator(theta[0], config, DELTA)  # (n*n, P*P)
-    x, y = _image_grid(FLEX, theta)
+    x, y = image_grid(FLEX, theta)
     bx, by = source_plane(theta, x, y)  # (1, m, m)
     fx = config.index(bx[0] - theta[0, INDEX["source_x"]])  # fractional grid index
     fy = config.index(by[0] - theta[0, INDEX["source_y"]])
@@ -63,7 +63,7 @@ def test_bilinear_interpolation_is_exact_for_a_linear_source() -> None:
     sx, sy = source_pixel_centres(theta, CONFIG)
     a, b, c = 0.3, 1.7, -0.9
     image = operator @ (a + b * sx[0] + c * sy[0])  # (n*n,)
-    x, y = _image_grid(FLEX, theta)
+    x, y = image_grid(FLEX, theta)
     bx, by = source_plane(theta, x, y)
     inner = CONFIG.half_width - CONFIG.step  # rays well inside the grid
     cx, cy = float(theta[0, INDEX["source_x"]]), float(theta[0, INDEX["source_y"]])
