@@ -196,7 +196,7 @@ def score_observations(
         for i in chunk:  # one grid and one PSF per forward pass
             o = observations[i]
             groups.setdefault((o.x.shape, o.psf_sigma_pixels, o.pixel_scale), []).append(i)
-        for (_, psf, pixel_scale), rows in sorted(groups.items(), key=lambda g: g[1][0]):
+        for (_, psf, pixel_scale), rows in groups.items():
             group = [observations[i] for i in rows]
             x = torch.from_numpy(np.stack([o.x for o in group])).to(device)  # (B, 1, h, w)
             sigma = torch.from_numpy(np.stack([o.sigma for o in group])).to(device)  # type: ignore[misc]

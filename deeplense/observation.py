@@ -394,15 +394,12 @@ def _resample(planes: "Planes", side: int) -> "Planes":
     n = x.shape[0]
     if side == n:
         return x, sigma, valid
-    mode: dict[str, Any] = (
-        {"mode": "area"} if side < n else {"mode": "bilinear", "align_corners": False}
-    )
     weight = valid.astype(np.float64)
     var = np.where(valid, sigma, 0.0) ** 2
 
     def resample(a: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))[None, None]
-        return F.interpolate(t, size=(side, side), **mode)[0, 0].numpy()
+        return _interpolated(t, side)[0, 0].numpy()
 
     w = resample(weight)
     keep = w >= 0.5
@@ -416,23 +413,30 @@ def _resample(planes: "Planes", side: int) -> "Planes":
     return np.where(keep, x_out, 0.0), sigma_out, keep & ~bad
 
 
+def _interpolated(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Images (N, 1, n, n) resampled to side x side: area averaging to shrink, bilinear to
+    enlarge (as `deeplense.preprocess.resize_image`); unchanged at their own side."""
+    n = x.shape[-1]
+    if side == n:
+        return x
+    if side < n:
+        return F.interpolate(x, size=(side, side), mode="area")
+    return F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+
+
 def model_grid_view(
     x: torch.Tensor, pixel_scale: float, model_scale: float, side: int
 ) -> torch.Tensor:
     """Images (N, 1, n, n) of `pixel_scale` arcsec per pixel, centred on the lens, as a model
-    of `side` pixels of `model_scale` sees them: resampled to its scale (area averaging to
-    shrink, bilinear to enlarge, as `_resample`), then the centre cropped or padded (with each
+    of `side` pixels of `model_scale` sees them: resampled to its scale (`_interpolated`, as
+    `_resample`), then the centre cropped or padded (with each
     image's median) to its field, and min-max scaled again. An encoder reads this view of an
     image that a model fits on its own grid."""
     n = x.shape[-1]
     if n == side and abs(pixel_scale / model_scale - 1.0) <= SCALE_TOLERANCE:
         return x
     m = max(1, round(n * pixel_scale / model_scale))
-    if m != n:
-        mode: dict[str, Any] = (
-            {"mode": "area"} if m < n else {"mode": "bilinear", "align_corners": False}
-        )
-        x = F.interpolate(x, size=(m, m), **mode)
+    x = _interpolated(x, m)
     if m >= side:
         start = (m - side) // 2
         x = x[..., start : start + side, start : start + side]

@@ -117,7 +117,7 @@ def score_files(
     card = loaded.config.input.instrument()
     request = request or RequestInstrument()
     size = loaded.model.image_size
-    own_grid = bool(getattr(loaded.model, "renders_any_grid", False))
+    own_grid = loaded.model.renders_any_grid
     pending: list[Prepared] = []
     n_ready = 0  # prepared images waiting in `pending`
     n_images = 0

@@ -55,7 +55,7 @@ def observe_split(
     file that cannot be read or prepared (an evaluation needs every image)."""
     model = loaded.model
     card = loaded.config.input.instrument()
-    own_grid = bool(getattr(model, "renders_any_grid", False))
+    own_grid = model.renders_any_grid
     reader = TimedDecoder(DECODE_TIMEOUT_S, DECODE_MEMORY_BYTES)
     try:
 
