@@ -80,23 +80,37 @@ def residual_table(
     return lines
 
 
-def main() -> int:
+def per_image_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments of every per-image bench (this one, `pixel_residuals.py`): the dataset,
+    its split and the images per class."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("data", type=Path, help="a simulated dataset folder")
     parser.add_argument("--split", default="val", choices=("val", "test"))
     parser.add_argument("--n", type=int, default=6, help="images per class")
+    return parser
+
+
+def missing_input(args: argparse.Namespace) -> bool:
+    """Print one line and say so when the dataset lacks the split or its parameters.csv."""
+    for name in (args.split, "parameters.csv"):
+        if not (args.data / name).exists():
+            print(f"error: {args.data / name} does not exist", file=sys.stderr)
+            return True
+    return False
+
+
+def main() -> int:
+    parser = per_image_parser(__doc__)
     parser.add_argument("--shapelet-order", type=int, default=FlexibleConfig.shapelet_order)
     parser.add_argument("--source-scales", type=float, nargs="+", default=[0.5, 1.0, 3.0])
     parser.add_argument("--mass-prior-width", type=float, default=None,
                         help="a prior at the true mass, this many population sigmas")  # fmt: skip
     parser.add_argument("--mass-prior-population", type=Path, default=REPO / "data" / "model_r")
     args = parser.parse_args()
-    for name in (args.split, "parameters.csv"):
-        if not (args.data / name).exists():
-            print(f"error: {args.data / name} does not exist", file=sys.stderr)
-            return 2
+    if missing_input(args):
+        return 2
     config = sim_config(args.data)
     flexible = FlexibleConfig(
         image_size=config.image_size, pixel_scale=config.pixel_scale,

@@ -13,7 +13,6 @@ centre), and the candidate scores; then the AUC (sphere, vort vs no_sub) of each
 About 10 s per image on one core at 40 x 40 source pixels (the refit adds 15-40 s).
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))  # bench/ is scripts, not a package
 
-from flexible_residuals import ANNULI, annulus_chi2  # noqa: E402
+from flexible_residuals import (  # noqa: E402
+    ANNULI,
+    annulus_chi2,
+    missing_input,
+    per_image_parser,
+)
 
 from deeplense.lensing.flexible import FlexibleConfig  # noqa: E402
 from deeplense.lensing.pixel_source import REGULARISATIONS, PixelSourceConfig  # noqa: E402
@@ -42,12 +46,7 @@ ARCS = ANNULI.index(0.9)  # the annulus 0.9-1.5"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("data", type=Path, help="a simulated dataset folder")
-    parser.add_argument("--split", default="val", choices=("val", "test"))
-    parser.add_argument("--n", type=int, default=6, help="images per class")
+    parser = per_image_parser(__doc__)
     parser.add_argument("--source-pixels", type=int, default=PixelSourceConfig.source_pixels)
     parser.add_argument("--half-width", type=float, default=PixelSourceConfig.half_width)
     parser.add_argument("--regularisation", choices=REGULARISATIONS, default="curvature")
@@ -55,6 +54,8 @@ def main() -> int:
                         help="the grid's core scale (arcsec); default regular")  # fmt: skip
     parser.add_argument("--mass", choices=("truth", "refit"), default="truth")
     args = parser.parse_args()
+    if missing_input(args):
+        return 2
     config = sim_config(args.data)
     psf = config.psf_sigma / config.pixel_scale  # pixels
     flexible = FlexibleConfig(config.image_size, config.pixel_scale, source_scales=(0.5, 1, 3))

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from deeplense.lensing.flexible import INDEX, MASS, NAMES, FlexibleConfig
+from deeplense.lensing.flexible import INDEX, MASS, NAMES
 from deeplense.noise import estimate_noise
 from tests.bench_scripts import load_bench
+from tests.lenses import FLEXIBLE, tiny_model_r
 from training.bounds import exact_reconstruction, load_test_params, signal_snr2, sim_config
 from training.flexible_bound import (
     MASS_STD_FLOOR,
@@ -24,19 +25,11 @@ from training.flexible_bound import (
     read_rows,
     truth_theta,
 )
-from training.lensing.render import SimConfig
-from training.simulate import simulate_dataset
-
-SMALL = SimConfig(image_size=48, field_of_view=4.8)  # 0.1"/px
-FLEXIBLE = FlexibleConfig(image_size=48, pixel_scale=0.1, shapelet_order=4, supersampling=1)
 
 
 @pytest.fixture(scope="module")
 def model_r(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return simulate_dataset(
-        "model_r", tmp_path_factory.mktemp("flex") / "r", n_train=0, n_val=0, n_test=2,
-        seed=5, workers=1, progress=False, config=SMALL,
-    )  # fmt: skip
+    return tiny_model_r(tmp_path_factory.mktemp("flex") / "r")
 
 
 def test_truth_theta_reads_model_rs_mass_and_light(model_r: Path) -> None:
@@ -130,10 +123,7 @@ def test_a_tight_prior_at_the_truth_holds_the_mass_there(model_r: Path) -> None:
 
 
 def test_mass_prior_reads_the_population_and_floors_a_constant(tmp_path: Path) -> None:
-    population = simulate_dataset(
-        "model_r", tmp_path / "pop", n_train=6, n_val=0, n_test=0,
-        seed=3, workers=1, progress=False, config=SMALL,
-    )  # fmt: skip
+    population = tiny_model_r(tmp_path / "pop", n_train=6, n_test=0, seed=3)
     prior, split = mass_prior(population, "population", 0.5)
     assert split == "train"
     truths = np.stack([truth_theta(r) for r in read_rows(population, "train", 6).values()])

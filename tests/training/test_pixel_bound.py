@@ -8,26 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from deeplense.lensing.flexible import FlexibleConfig
 from deeplense.lensing.pixel_source import PixelSourceConfig
 from deeplense.noise import estimate_noise
 from tests.bench_scripts import load_bench
+from tests.lenses import FLEXIBLE, tiny_model_r
 from training.flexible_bound import flexible_refit, read_rows
-from training.lensing.render import SimConfig
 from training.pixel_bound import PIXEL_SCORES, pixel_refit
-from training.simulate import simulate_dataset
 
-SMALL = SimConfig(image_size=48, field_of_view=4.8)  # 0.1"/px
-FLEXIBLE = FlexibleConfig(image_size=48, pixel_scale=0.1, shapelet_order=4, supersampling=1)
 PIXEL = PixelSourceConfig(FLEXIBLE, source_pixels=20, half_width=1.5, core=0.3)
 
 
 @pytest.fixture(scope="module")
 def model_r(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return simulate_dataset(
-        "model_r", tmp_path_factory.mktemp("pix") / "r", n_train=0, n_val=0, n_test=2,
-        seed=5, workers=1, progress=False, config=SMALL,
-    )  # fmt: skip
+    return tiny_model_r(tmp_path_factory.mktemp("pix") / "r")
 
 
 def test_pixel_refit_at_the_truth_fits_normal_lenses_better_than_shapelets(
