@@ -85,6 +85,7 @@ from deeplense.vocabulary import (
 )
 from training.lensing import cosmology, realism
 from training.lensing.noise import SNR_DEFINITION, exposure_for_snr
+from training.lensing.parameter_grid import ParameterGrid, draw_grid, grid_record, uniform_draw
 from training.lensing.realism import RealismSpec
 from training.lensing.render import (
     LensParams,
@@ -99,7 +100,8 @@ logger = logging.getLogger(__name__)
 SIMULATOR_NAME = "deeplense-lensing"
 # 2.3: model_r and the departures (model_a and model_b write what 2.2 wrote); 2.2:
 # substructure "study" ("stated", the default, writes what 2.1 wrote); 2.1: rendered by the
-# torch renderer (2.0: NumPy)
+# torch renderer (2.0: NumPy). 2.3 also writes --parameter-grid sets (manifest key
+# parameter_grid); without it the files are 2.3's as before.
 SIMULATOR_VERSION = "2.3.0"
 SPLITS = ("train", "val", "test")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
@@ -179,6 +181,7 @@ class DatasetSpec:
     vortex_ring_offset: tuple[float, float] = (-0.5, 0.5)  # centre radius - theta_E; scales
     substructure: str = "stated"  # SUBSTRUCTURES: "study" draws the masses and length (STUDY)
     realism: RealismSpec | None = None  # Model R's departures; None: Model A's physics
+    grid: ParameterGrid | None = None  # the study's sampler (K values per parameter); None: U
 
     def theta_sub(self, theta_e: float) -> float:
         """Einstein radius of one subhalo: theta_E * sqrt(mass fraction / count)."""
@@ -269,38 +272,59 @@ def draw_params(
     return realism.draw(spec.realism, rng, params, psf_sigma)
 
 
+def grid_ranges(spec: DatasetSpec) -> dict[str, tuple[float, float]]:
+    """The range of each of Model A's (and B's) uniform draws, by its grid name
+    (`parameter_grid.GRID_PARAMETERS`); radians for angles, arcsec at theta_E = 1.2"."""
+    return {
+        "z_lens": spec.z_lens,
+        "z_source": spec.z_source,
+        "shear": spec.shear,
+        "shear_angle": (0.0, math.pi),
+        "source_radius": spec.source_radius,
+        "source_azimuth": (0.0, 2.0 * math.pi),
+        "lens_q": spec.lens_q,
+        "lens_phi": (0.0, math.pi),
+        "source_q": spec.source_q,
+        "source_phi": (0.0, math.pi),
+        "source_intensity": spec.source_intensity,
+        "snr": spec.snr or (0.0, 0.0),
+    }
+
+
 def _draw_model_a(
     spec: DatasetSpec, cls: str, rng: np.random.Generator, exposure: float
 ) -> LensParams:
     """Model A's (and B's) draws of one image, in their fixed order."""
     if cls not in CLASS_CODES:
         raise ValueError(f"unknown class {cls!r}; valid: {', '.join(CLASSES)}")
-    z_lens = float(rng.uniform(*spec.z_lens))
-    z_source = float(rng.uniform(*spec.z_source))
+    ranges = grid_ranges(spec)
+    draw = uniform_draw(spec.grid, cls, rng)  # rng.uniform, or the study's grid (issue 18)
+    z_lens = draw("z_lens", *ranges["z_lens"])
+    z_source = draw("z_source", *ranges["z_source"])
     theta_e = cosmology.einstein_radius(z_lens, z_source, spec.theta_e_ref, spec.z_ref)
     scale = theta_e / spec.theta_e_ref  # lengths tied to the ring scale with it
-    gamma = float(rng.uniform(*spec.shear))
-    shear_angle = float(rng.uniform(0.0, math.pi))
-    radius = float(rng.uniform(*spec.source_radius)) * scale
-    azimuth = float(rng.uniform(0.0, 2.0 * math.pi))
+    gamma = draw("shear", *ranges["shear"])
+    shear_angle = draw("shear_angle", *ranges["shear_angle"])
+    radius = draw("source_radius", *ranges["source_radius"]) * scale
+    azimuth = draw("source_azimuth", *ranges["source_azimuth"])
     params = LensParams(
         theta_e=theta_e,
         gamma1=gamma * math.cos(2.0 * shear_angle),
         gamma2=gamma * math.sin(2.0 * shear_angle),
         lens_r_eff=cosmology.angular_size(spec.lens_r_eff, z_lens, spec.z_ref[0]),
         lens_n=spec.lens_n,
-        lens_q=float(rng.uniform(*spec.lens_q)),
-        lens_phi=float(rng.uniform(0.0, math.pi)),
+        lens_q=draw("lens_q", *ranges["lens_q"]),
+        lens_phi=draw("lens_phi", *ranges["lens_phi"]),
         source_x=radius * math.cos(azimuth),
         source_y=radius * math.sin(azimuth),
         source_r_eff=cosmology.angular_size(spec.source_r_eff, z_source, spec.z_ref[1]),
         source_n=spec.source_n,
-        source_q=float(rng.uniform(*spec.source_q)),
-        source_phi=float(rng.uniform(0.0, math.pi)),
+        source_q=draw("source_q", *ranges["source_q"]),
+        source_phi=draw("source_phi", *ranges["source_phi"]),
         lens_intensity=spec.lens_intensity,
-        source_intensity=float(rng.uniform(*spec.source_intensity)),
+        source_intensity=draw("source_intensity", *ranges["source_intensity"]),
         exposure=exposure,
-        snr_target=0.0 if spec.snr is None else float(rng.uniform(*spec.snr)),
+        snr_target=0.0 if spec.snr is None else draw("snr", *spec.snr),
         z_lens=z_lens,
         z_source=z_source,
     )
@@ -512,6 +536,8 @@ def simulate_dataset(
     subhalo_mass_fraction: float | None = None,
     substructure: str = "stated",
     departure: str | None = None,
+    parameter_grid: int | None = None,
+    shared_grid: bool = False,
 ) -> Path:
     """Simulate dataset `name` into folder `out` atomically and return `out`.
 
@@ -525,8 +551,22 @@ def simulate_dataset(
     Raises OutputExistsError if `out` exists and not `overwrite`; DatasetError for an
     unknown name or substructure, or a mass fraction with "study". `workers` defaults to
     os.cpu_count(); the files do not depend on it.
+
+    `parameter_grid` K draws Model A's (or B's) uniform parameters as the study's sampler
+    did (`training.lensing.parameter_grid`): K values per parameter per class, each class its
+    own unless `shared_grid`. DatasetError for Model R or a departure (their draws are not
+    the study's).
     """
     spec = get_spec(dataset_name(name, departure), substructure, subhalo_mass_fraction)
+    if parameter_grid is not None:
+        if spec.realism is not None:
+            raise DatasetError(
+                f"--parameter-grid is the study's sampler for model_a and model_b, not {spec.name}"
+            )
+        grid = draw_grid(seed, parameter_grid, CLASS_CODES, shared_grid)
+        spec = dataclasses.replace(spec, grid=grid)
+    elif shared_grid:
+        raise DatasetError("--shared-grid needs --parameter-grid")
     name = spec.name
     config = config or SimConfig()
     counts = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "n_val_sub": n_val_sub}
@@ -667,6 +707,11 @@ def _manifest(
             spec.subhalo_mass_fraction if spec.substructure == "stated" else None
         ),
         **({"study_substructure": _study_record(spec)} if spec.substructure == "study" else {}),
+        **(
+            {"parameter_grid": grid_record(spec.grid, grid_ranges(spec))}
+            if spec.grid is not None
+            else {}
+        ),
         "snr_definition": SNR_DEFINITION,
         "snr": {
             "summary": snr_summary(snr),
@@ -687,8 +732,10 @@ def _manifest(
 
 
 def _ranges(spec: DatasetSpec) -> dict[str, Any]:
-    """The spec as JSON; Model A's and B's without the realism key (as before it existed)."""
+    """The spec as JSON; Model A's and B's without the realism key (as before it existed),
+    nobody's with the grid (the manifest's parameter_grid)."""
     ranges = dataclasses.asdict(spec)
+    del ranges["grid"]  # recorded as parameter_grid when there is one
     if spec.realism is None:
         del ranges["realism"]
     return ranges

@@ -37,6 +37,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def _grid_size(text: str) -> int:
+    value = _positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(
+            f"a grid needs at least 2 values per parameter, got {value}"
+        )
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -96,6 +105,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stated substructure only: all subhalos together, as a fraction of the lens "
         "mass (0.01); refused with --substructure study, which draws its own masses",
     )
+    p.add_argument(
+        "--parameter-grid",
+        type=_grid_size,
+        default=None,
+        metavar="K",
+        help="the study's sampler (docs/study_sampler.md): every uniform lens and source "
+        "parameter takes one of K values drawn per class (the study: 5); model_a and model_b "
+        "only. Default: every image drawn independently",
+    )
+    p.add_argument(
+        "--shared-grid",
+        action="store_true",
+        help="with --parameter-grid: every class on the no_sub class's grid (the study drew "
+        "each class's own), so that only the substructure differs between classes",
+    )
     p.add_argument("--n-test", type=_count, default=1250, help="test images per class (1250)")
     p.add_argument("--seed", type=_count, default=0, help="random seed (0)")
     p.add_argument(
@@ -145,5 +169,7 @@ def run(args: argparse.Namespace) -> int:
         subhalo_mass_fraction=args.subhalo_mass_fraction,
         substructure=args.substructure,
         departure=args.departure,
+        parameter_grid=args.parameter_grid,
+        shared_grid=args.shared_grid,
     )
     return 0
