@@ -36,6 +36,8 @@
 #   N_VAL_SUB   labelled validation images per sub class (default: simulate's, N_VAL / 4)
 #   SUBSTRUCTURE  stated | study: simulate's --substructure (default: simulate's, stated;
 #               the study preset's: study)
+#   PARAMETER_GRID  K: simulate's --parameter-grid, the study's sampler (K values per
+#               parameter per class; the study: 5; docs/study_sampler.md). Default: none
 #   MODELS      the registered models to fit, space-separated (default: every one; the
 #               study preset's: aae vae dcae rbm)
 #   WEIGHTS_DTYPE  float16 (default: half the size, calibrated as stored) or float32
@@ -141,6 +143,7 @@ else
         --n-test "$N_TEST" --seed "$SEED")
     [[ -n "${N_VAL_SUB:-}" ]] && sim_args+=(--n-val-sub "$N_VAL_SUB")
     [[ -n "${SUBSTRUCTURE:-}" ]] && sim_args+=(--substructure "$SUBSTRUCTURE")
+    [[ -n "${PARAMETER_GRID:-}" ]] && sim_args+=(--parameter-grid "$PARAMETER_GRID")
     [[ -n "${WORKERS:-}" ]] && sim_args+=(--workers "$WORKERS")
     [[ -n "${IMAGE_SIZE:-}" ]] && sim_args+=(--image-size "$IMAGE_SIZE")
     "$PY" -m training simulate "${sim_args[@]}" "${overwrite_flag[@]}"

@@ -63,11 +63,12 @@ def test_the_study_preset_draws_the_study_substructure_and_fits_its_four_models(
     sizes = {"N_TRAIN": "16", "N_VAL": "8", "N_VAL_SUB": "2", "N_TEST": "4", "EPOCHS": "1"}
     result = run(
         tmp_path, "model_a", "study", **sizes, BATCH_SIZE="8", IMAGE_SIZE="32", WORKERS="1",
-        DEVICE="cpu", FIT_ARGS=TINY_FIT,
+        DEVICE="cpu", FIT_ARGS=TINY_FIT, PARAMETER_GRID="3",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert manifest["substructure"] == "study"
+    assert manifest["parameter_grid"]["size"] == 3  # PARAMETER_GRID: the study's sampler
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["aae", "dcae", "rbm", "vae"]
     doc = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert set(doc["models"]) == {"aae", "dcae", "rbm", "vae"}
