@@ -10,7 +10,8 @@
 #          does not depend on the class ratio, only its sampling noise shrinks.
 #   small  sized to finish on a 2-core CPU in under 20 minutes in total (see the sizes below).
 #   study  the study's table where it was made (issue 18): the study's substructure
-#          (simulate --substructure study), its sizes (25,000 train, 2,500 val with 625 + 625
+#          (simulate --substructure study) and its sampler (--parameter-grid 5: each class
+#          on its own grid of 5 values per parameter; docs/study_sampler.md), its sizes (25,000 train, 2,500 val with 625 + 625
 #          labelled sub, 1,250 test per class) and its four models only (aae vae dcae rbm),
 #          30 epochs each (the budget measured on our CPU, docs/results.md; the study ran 500
 #          on a GPU: EPOCHS=500 DEVICE=cuda). 70-100 s per epoch and model on one free core.
@@ -37,7 +38,11 @@
 #   SUBSTRUCTURE  stated | study: simulate's --substructure (default: simulate's, stated;
 #               the study preset's: study)
 #   PARAMETER_GRID  K: simulate's --parameter-grid, the study's sampler (K values per
-#               parameter per class; the study: 5; docs/study_sampler.md). Default: none
+#               parameter per class; docs/study_sampler.md). Default: none; the study
+#               preset's: 5 (PARAMETER_GRID= for independent draws). With a grid, two
+#               control test sets follow the evaluation (DATA_DIR-shared: every class on the
+#               no_sub grid; DATA_DIR-nosignal: own grids, no substructure), evaluated into
+#               REPORT_DIR-shared and REPORT_DIR-nosignal and compared in one table
 #   MODELS      the registered models to fit, space-separated (default: every one; the
 #               study preset's: aae vae dcae rbm)
 #   WEIGHTS_DTYPE  float16 (default: half the size, calibrated as stored) or float32
@@ -84,7 +89,7 @@ case "$PRESET" in
         ;;
     study)
         : "${N_TRAIN:=25000}" "${N_VAL:=2500}" "${N_VAL_SUB:=625}" "${N_TEST:=1250}"
-        : "${EPOCHS:=30}" "${BATCH_SIZE:=100}" "${SUBSTRUCTURE:=study}"
+        : "${EPOCHS:=30}" "${BATCH_SIZE:=100}" "${SUBSTRUCTURE:=study}" "${PARAMETER_GRID=5}"
         : "${MODELS:=aae vae dcae rbm}"
         ;;
     *) echo "error: unknown preset '$PRESET'; valid: full, cpu, release, small, study" >&2; exit 2 ;;
@@ -123,6 +128,14 @@ if [[ "$OVERWRITE" != 1 ]]; then
         existing+=("$CKPT_OUT")
     fi
     if [[ -e "$REPORT_DIR" ]]; then existing+=("$REPORT_DIR"); fi
+    if [[ -n "${PARAMETER_GRID:-}" ]]; then
+        for control in shared nosignal; do
+            if [[ -e "$DATA_DIR-$control" && "$REUSE_DATA" != 1 ]]; then
+                existing+=("$DATA_DIR-$control")
+            fi
+            if [[ -e "$REPORT_DIR-$control" ]]; then existing+=("$REPORT_DIR-$control"); fi
+        done
+    fi
     if [[ ${#existing[@]} -gt 0 ]]; then
         echo "error: ${existing[*]} exist(s); set OVERWRITE=1 to replace (or REUSE_DATA=1 to" \
             "keep the dataset)" >&2
@@ -171,6 +184,35 @@ T_EVAL=$((SECONDS - START - T_SIM - T_FIT))
 
 stage "report"
 cat "$REPORT_DIR/report.md"
+
+if [[ -n "${PARAMETER_GRID:-}" ]]; then
+    # The study's sampler gives each class its own grid: do the models find the subhalos or
+    # the grids? The same seed's no_sub test images, against sub classes on the no_sub grid
+    # (substructure only), and on their own grids without substructure (grids only).
+    for control in shared nosignal; do
+        stage "control '$control' -> $DATA_DIR-$control, $REPORT_DIR-$control"
+        if [[ "$REUSE_DATA" == 1 && -e "$DATA_DIR-$control" ]]; then
+            echo "reusing $DATA_DIR-$control"
+        else
+            ctl_args=(--dataset "$DATASET" --out "$DATA_DIR-$control" --n-train 0 --n-val 0
+                --n-test "$N_TEST" --seed "$SEED" --parameter-grid "$PARAMETER_GRID")
+            if [[ "$control" == shared ]]; then
+                ctl_args+=(--shared-grid)
+                [[ -n "${SUBSTRUCTURE:-}" ]] && ctl_args+=(--substructure "$SUBSTRUCTURE")
+            else
+                ctl_args+=(--subhalo-mass-fraction 1e-6)
+            fi
+            [[ -n "${WORKERS:-}" ]] && ctl_args+=(--workers "$WORKERS")
+            [[ -n "${IMAGE_SIZE:-}" ]] && ctl_args+=(--image-size "$IMAGE_SIZE")
+            "$PY" -m training simulate "${ctl_args[@]}" "${overwrite_flag[@]}"
+        fi
+        "$PY" -m training evaluate --checkpoints "$CKPT_OUT" --data "$DATA_DIR-$control" \
+            --out "$REPORT_DIR-$control" --device "$DEVICE" --dataset "$DATASET" \
+            "${overwrite_flag[@]}"
+    done
+    stage "the study's sampler and its controls"
+    "$PY" scripts/sampler_controls.py "$REPORT_DIR" "$REPORT_DIR-shared" "$REPORT_DIR-nosignal"
+fi
 printf '\nwall time: simulate %ds, fit %ds, evaluate %ds, total %ds\n' \
     "$T_SIM" "$T_FIT" "$T_EVAL" "$((SECONDS - START))"
 echo "checkpoints: $CKPT_OUT   report: $REPORT_DIR   (serve them: DEEPLENSE_CHECKPOINT_DIR=$CKPT_OUT)"

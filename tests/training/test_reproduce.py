@@ -69,6 +69,15 @@ def test_the_study_preset_draws_the_study_substructure_and_fits_its_four_models(
     manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
     assert manifest["substructure"] == "study"
     assert manifest["parameter_grid"]["size"] == 3  # PARAMETER_GRID: the study's sampler
+    # its two controls: every class on the no_sub grid; own grids without substructure
+    shared = json.loads((tmp_path / "data-shared" / "manifest.json").read_text())
+    assert shared["parameter_grid"]["shared"] and shared["substructure"] == "study"
+    nosignal = json.loads((tmp_path / "data-nosignal" / "manifest.json").read_text())
+    assert nosignal["subhalo_mass_fraction"] == 1e-6 and not nosignal["parameter_grid"]["shared"]
+    for control in ("shared", "nosignal"):
+        assert (tmp_path / f"report-{control}" / "metrics.json").is_file()
+    assert "own grids, no substructure" in result.stdout
+    assert "| aae | " in result.stdout.split("the study's sampler and its controls")[-1]
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["aae", "dcae", "rbm", "vae"]
     doc = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert set(doc["models"]) == {"aae", "dcae", "rbm", "vae"}
