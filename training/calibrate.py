@@ -4,7 +4,9 @@ Each score's calibration is `deeplense.calibration.calibration_from_scores` of t
 (no_sub) validation images; when DIR/val also holds sphere or vort images (as `simulate`
 writes them), each score gets its validation ROC-AUC and Youden-J threshold there, and the
 checkpoint's default score is `models.selection.choose_default_score` of them. The test
-split is never used here.
+split is never used here. A dataset whose images each have their own PSF (Model R) is
+scored as `evaluate` scores it: each image prepared with its PSF
+(`training.observed_split.per_image_psf_split`), so thresholds and scores agree.
 """
 
 from dataclasses import dataclass
@@ -15,13 +17,16 @@ import torch
 
 from deeplense.calibration import Calibration, calibration_from_scores
 from deeplense.errors import DatasetError
-from deeplense.inference import score_array
+from deeplense.inference import score_array, score_observations
+from deeplense.instrument import Instrument
+from deeplense.observation import Observation
 from deeplense.scores import list_scores
 from deeplense.vocabulary import LABELS, NORMAL
 from models.base import AnomalyModel
 from models.checkpoint import LoadedCheckpoint
 from models.selection import choose_default_score
 from training.datasets import load_split
+from training.observed_split import per_image_psf_split
 
 
 @dataclass
@@ -41,16 +46,22 @@ def calibrate_model(
     dataset: str | None = None,
     device: torch.device | str = "cpu",
     batch_size: int = 64,
+    observed: dict[str, list[Observation]] | None = None,
 ) -> ScoreCalibrations:
     """Calibrate every score on validation images, class -> (N, 1, S, S): thresholds from
-    no_sub, validation AUC and Youden-J from the other classes when present."""
+    no_sub, validation AUC and Youden-J from the other classes when present. `observed`:
+    the same images prepared with their own instrument, then what is scored."""
     if NORMAL not in val or len(val[NORMAL]) < 2:
         raise DatasetError(f"calibration needs at least two {NORMAL} validation images")
     names = list_scores()
     scored = {
-        cls: score_array(
-            model, x, device=device, batch_size=batch_size, scores=names,
-            psf_sigma_pixels=psf_sigma_pixels,
+        cls: (
+            score_observations(
+                model, observed[cls], device=device, batch_size=batch_size, scores=names
+            ) if observed is not None else score_array(
+                model, x, device=device, batch_size=batch_size, scores=names,
+                psf_sigma_pixels=psf_sigma_pixels,
+            )
         ).scores
         for cls, x in val.items()
         if len(x)
@@ -93,6 +104,7 @@ def calibrate_checkpoint(
     val = load_split(data_dir, "val", image_size=loaded.model.image_size)
     if NORMAL not in val or len(val[NORMAL]) < 2:
         raise DatasetError(f"{data_dir / 'val'}: calibration needs at least two no_sub images")
+    card = loaded.config.input.instrument()
     return calibrate_model(
         loaded.model,
         val,
@@ -101,4 +113,15 @@ def calibrate_checkpoint(
         dataset=dataset,
         device=device,
         batch_size=batch_size,
+        observed=val_observations(data_dir, val, loaded.model, card),
     )
+
+
+def val_observations(
+    data_dir: Path, val: dict[str, np.ndarray], model: AnomalyModel, card: Instrument
+) -> dict[str, list[Observation]] | None:
+    """`val`'s images (the first len(val[class]) of DIR/val) prepared with each one's own
+    PSF when the dataset records one per image; None otherwise."""
+    counts = {cls: len(x) for cls, x in val.items() if len(x)}
+    split = per_image_psf_split(Path(data_dir), "val", model, card, counts)
+    return None if split is None else split.scored

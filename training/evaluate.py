@@ -45,7 +45,8 @@ from models.checkpoint import (
 from models.selection import choose_default_model
 from training.datasets import class_files, load_split
 from training.health import reconstruction_health
-from training.observed_split import observe_split, read_as_uploads
+from training.image_psfs import has_per_image_psf
+from training.observed_split import observe_split, per_image_psf_split, read_as_uploads
 
 log = logging.getLogger(__name__)
 Labelled = TypeVar("Labelled")  # a class's images, or its files
@@ -91,6 +92,7 @@ class Evaluation:
     n_images: dict[str, int]
     device: str
     models: dict[str, ModelEvaluation]
+    psf: str = "the checkpoint's"  # which PSF the models were told (the report says)
 
 
 def class_metrics(
@@ -226,12 +228,22 @@ def evaluate_checkpoints(
     loaded = {name: load_checkpoint(path, device=dev) for name, path in found.items()}
     cache: dict[int, dict[str, np.ndarray]] = {}  # image size -> class -> (N, 1, S, S)
     files = class_files(Path(data_dir), "test")
-    with_instrument = request is not None or read_as_uploads(files)
+    per_image = has_per_image_psf(Path(data_dir)) and not read_as_uploads(files)
+    with_instrument = not per_image and (request is not None or read_as_uploads(files))
+    if per_image and request is not None:
+        log.warning("%s: each image has its own PSF (parameters.csv); --psf and --pixel-scale "
+                    "are not used", data_dir)  # fmt: skip
     results: dict[str, ModelEvaluation] = {}
     for name, ckpt in tqdm(loaded.items(), desc="evaluate", unit="model", disable=None):
         size = ckpt.model.image_size
         observed = None
-        if with_instrument:
+        own = per_image_psf_split(
+            Path(data_dir), "test", ckpt.model, ckpt.config.input.instrument()
+        ) if per_image else None  # fmt: skip
+        if own is not None:
+            cache[size] = _labelled(own.model_grid, Path(data_dir))
+            observed = own.scored
+        elif with_instrument:
             split = observe_split(
                 _labelled(files, Path(data_dir)), ckpt, request or RequestInstrument()
             )
@@ -251,11 +263,24 @@ def evaluate_checkpoints(
         n_images={c: len(v) for c, v in first.items()},
         device=str(dev),
         models=results,
+        psf=_psf_source(per_image, with_instrument, request),
     )
 
 
-def _labelled_split(data_dir: Path, size: int) -> dict[str, np.ndarray]:
-    """DIR/test as class -> (N, 1, S, S); DatasetError unless it holds no_sub and a sub class."""
+def _psf_source(per_image: bool, with_instrument: bool, request: RequestInstrument | None) -> str:
+    """The report's line on which PSF the models were told."""
+    if per_image:
+        return "each image's own (parameters.csv), as an upload carrying it"
+    if request is not None and request.psf is not None:
+        return "the --psf kernel, for every image without its own"
+    if with_instrument:
+        return "each file's own where it carries one, else the checkpoint's"
+    return "the checkpoint's"
+
+
+def _labelled_split(data_dir: Path, size: int | None) -> dict[str, np.ndarray]:
+    """DIR/test as class -> (N, 1, S, S) (None: the data's own size); DatasetError unless it
+    holds no_sub and a sub class."""
     return _labelled(load_split(data_dir, "test", image_size=size), data_dir)
 
 

@@ -23,11 +23,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from deeplense.instrument import FWHM_PER_SIGMA, gaussian_kernel
 from deeplense.lensing.flexible import INDEX, MASS, NAMES, FlexibleConfig, FlexibleLens
 from deeplense.lensing.flexible_fit import GaussianPrior, fit_flexible
-from deeplense.lensing.psf import moffat_kernel
 from deeplense.noise import estimate_noise
+from training.image_psfs import psf_kernel
 from training.simulate import PARAMETERS_FILE
 
 BETA_PER_R_EFF = 0.7  # the shapelet scale's start, in units of the true source R_eff
@@ -69,16 +68,6 @@ def truth_theta(row: dict[str, str]) -> np.ndarray:
     v["log_beta"] = math.log(BETA_PER_R_EFF * float(row["source_r_eff"]))
     v["light_e1"], v["light_e2"] = _e1e2(float(row["lens_q"]), float(row["lens_phi"]))
     return np.array([v[name] for name in NAMES])
-
-
-def psf_kernel(row: dict[str, str], pixel_scale: float, nominal_sigma: float) -> torch.Tensor:
-    """The image's true PSF on its pixel grid (k, k) float64: the simulator's Gaussian (cut at
-    5 sigma) or Moffat; `nominal_sigma` (arcsec) where parameters.csv records none."""
-    fwhm = _value(row, "psf_fwhm", 0.0) or nominal_sigma * FWHM_PER_SIGMA  # arcsec
-    if row.get("psf", "gaussian") == "moffat":
-        return moffat_kernel(fwhm / pixel_scale, float(row["psf_beta"]))
-    sigma = fwhm / FWHM_PER_SIGMA / pixel_scale  # pixels
-    return torch.from_numpy(gaussian_kernel(sigma, truncate=5.0))
 
 
 @dataclass(frozen=True)

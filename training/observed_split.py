@@ -9,6 +9,10 @@ scored by `score_observations`, so an evaluated score equals the served score fo
 file. A model that draws on any grid (LensFit) gets each image on its own pixels, as the
 service gives it; every model also gets the same images on its own grid, for the report's
 examples and the reconstruction health check.
+
+A simulated split whose images each have their own PSF (Model R, `training.image_psfs`) is
+prepared the same way from its stacks (`observe_stacks`): each image as a FITS upload of the
+dataset's pixel scale with its own PSF kernel would be.
 """
 
 from dataclasses import dataclass
@@ -17,13 +21,18 @@ from pathlib import Path
 import numpy as np
 
 from deeplense.decode_client import TimedDecoder
-from deeplense.errors import DatasetError
+from deeplense.errors import DatasetError, InvalidImageError
+from deeplense.fits_layout import ImageExtras
 from deeplense.imaging import DEFAULT_MAX_PIXELS
-from deeplense.observation import Observation, RequestInstrument
+from deeplense.instrument import Instrument
+from deeplense.observation import Observation, RequestInstrument, prepare_observation
+from deeplense.vocabulary import read_manifest
+from models.base import AnomalyModel
 from models.checkpoint import LoadedCheckpoint
 from training.batch_score import prepare_file
 from training.commands.score import DECODE_MEMORY_BYTES, DECODE_TIMEOUT_S
-from training.datasets import CLASS_ALIASES
+from training.datasets import CLASS_ALIASES, load_split
+from training.image_psfs import has_per_image_psf, split_psfs
 
 FITS_NAMES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fits.fz", ".fz")
 
@@ -75,3 +84,56 @@ def observe_split(
         reader.close()
     model_grid = {cls: np.stack([o.x for o in obs]) for cls, obs in on_grid.items()}
     return ObservedSplit(scored=scored, model_grid=model_grid)
+
+
+def observe_stacks(
+    images: dict[str, np.ndarray],
+    psfs: dict[str, list[np.ndarray]],
+    pixel_scale: float,
+    model: AnomalyModel,
+    card: Instrument,
+) -> ObservedSplit:
+    """Class -> (N, 1, n, n) simulated images in [0, 1], each with its own PSF kernel (k, k)
+    on its n x n pixels of `pixel_scale` arcsec, prepared for `model` (trained through
+    `card`) as uploads carrying that PSF and pixel scale are; DatasetError naming an image
+    that cannot be."""
+
+    def prepared(own: bool) -> dict[str, list[Observation]]:
+        out: dict[str, list[Observation]] = {}
+        for cls, x in images.items():
+            out[cls] = []
+            for i in range(len(x)):
+                extras = ImageExtras(psf=psfs[cls][i], pixel_scale=pixel_scale)
+                try:
+                    out[cls].append(prepare_observation(
+                        x[i, 0], model.image_size, card, f"{cls}[{i}]", extras, None, own
+                    ))  # fmt: skip
+                except InvalidImageError as exc:
+                    raise DatasetError(str(exc)) from None
+        return out
+
+    own_grid = model.renders_any_grid
+    scored = prepared(own_grid)
+    on_grid = prepared(False) if own_grid else scored
+    model_grid = {cls: np.stack([o.x for o in obs]) for cls, obs in on_grid.items()}
+    return ObservedSplit(scored=scored, model_grid=model_grid)
+
+
+def per_image_psf_split(
+    data_dir: Path,
+    split: str,
+    model: AnomalyModel,
+    card: Instrument,
+    counts: dict[str, int] | None = None,
+) -> ObservedSplit | None:
+    """DIR/split's images (each class's first counts[class], or all of every class present)
+    prepared with each one's own PSF (`observe_stacks`), or None when the dataset has one PSF
+    for all images."""
+    if not has_per_image_psf(data_dir):
+        return None
+    native = load_split(data_dir, split, classes=None if counts is None else list(counts))
+    images = {cls: x[: (counts or {}).get(cls, len(x))] for cls, x in native.items()}
+    psfs = split_psfs(data_dir, split, {cls: len(x) for cls, x in images.items()})
+    assert psfs is not None
+    scale = float(read_manifest(data_dir)["instrument"]["pixel_scale_arcsec"])
+    return observe_stacks(images, psfs, scale, model, card)

@@ -65,6 +65,7 @@ def metrics_document(evaluation: Evaluation) -> dict[str, Any]:
         "data_dir": str(evaluation.data_dir),
         "manifest_sha256": evaluation.manifest_sha256,
         "n_test_images": evaluation.n_images,
+        "psf": evaluation.psf,
         "device": evaluation.device,
         "models": models,
     }
@@ -108,6 +109,7 @@ def render_markdown(evaluation: Evaluation) -> str:
         "",
         f"- Data: `{evaluation.data_dir}` (manifest sha256 `{evaluation.manifest_sha256 or '—'}`)",
         f"- Test images: {counts}",
+        f"- PSF told to the models: {evaluation.psf}",
         f"- Device: {evaluation.device}",
         f"- Published numbers: arXiv 2008.12731 ({ds or 'no dataset recorded: not compared'})",
         "",

@@ -107,6 +107,7 @@ SPLITS = ("train", "val", "test")
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 CLASS_CODES = {"no_sub": 0, "sphere": 1, "vort": 2}
 PARAMETERS_FILE = "parameters.csv"
+PER_IMAGE_PSF = "per-image"  # the manifest's instrument.psf when each image draws its own
 SUBHALOS_FILE = "subhalos.csv"
 CHUNK = 32  # images per task sent to a worker process
 SNR_COLUMNS = ("snr_median", "snr_peak")  # measured per image, after the params in the CSV
@@ -755,7 +756,7 @@ def _instrument_record(spec: DatasetSpec, config: SimConfig) -> dict[str, Any]:
     fwhm = nominal["psf_fwhm_arcsec"]
     return {
         **nominal,
-        "psf": "per-image",
+        "psf": PER_IMAGE_PSF,
         "psf_kinds": {"gaussian": 1.0 - psf.moffat, "moffat": psf.moffat},
         "psf_fwhm_range_arcsec": [fwhm * psf.fwhm_factor[0], fwhm * psf.fwhm_factor[1]],
         "moffat_beta_range": list(psf.beta),

@@ -1,0 +1,85 @@
+"""Each simulated image's own PSF, read back from its dataset: where one image's PSF is.
+
+Model R (and any dataset whose manifest records `"psf": "per-image"`) draws a PSF per
+image: a Gaussian or a Moffat of its own FWHM, written to parameters.csv (columns psf,
+psf_fwhm in arcsec, psf_beta). A model scored on such an image with the dataset's nominal
+PSF is told the wrong instrument, as an upload without its PSF would be. So calibration and
+evaluation read each image's kernel here and hand it to the one preparation
+(`deeplense.observation`), exactly as a FITS upload with a PSF extension is prepared, and the
+benches that refit from the truth (`training.flexible_bound`, `training.pixel_bound`) draw
+with the same kernel.
+"""
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deeplense.errors import DatasetError
+from deeplense.instrument import FWHM_PER_SIGMA, gaussian_kernel
+from deeplense.lensing.psf import moffat_kernel
+from deeplense.vocabulary import MANIFEST_FILE, read_manifest
+from training.simulate import PARAMETERS_FILE, PER_IMAGE_PSF
+
+GAUSSIAN_TRUNCATE = 5.0  # sigmas: the simulator's Gaussian PSF is cut there
+
+
+def psf_kernel(row: dict[str, str], pixel_scale: float, nominal_sigma: float) -> torch.Tensor:
+    """The image's true PSF on its pixel grid (k, k) float64: the simulator's Gaussian (cut at
+    5 sigma) or Moffat; `nominal_sigma` (arcsec) where parameters.csv records none.
+    `pixel_scale` in arcsec per pixel."""
+    text = row.get("psf_fwhm", "")
+    fwhm = (float(text) if text not in ("", None) else 0.0) or nominal_sigma * FWHM_PER_SIGMA
+    if row.get("psf", "gaussian") == "moffat":
+        return moffat_kernel(fwhm / pixel_scale, float(row["psf_beta"]))
+    sigma = fwhm / FWHM_PER_SIGMA / pixel_scale  # pixels
+    return torch.from_numpy(gaussian_kernel(sigma, truncate=GAUSSIAN_TRUNCATE))
+
+
+def has_per_image_psf(data_dir: Path) -> bool:
+    """Whether DIR's manifest says each image has its own PSF (False without a simulator
+    manifest)."""
+    if not (Path(data_dir) / MANIFEST_FILE).is_file():
+        return False
+    try:
+        instrument = read_manifest(Path(data_dir)).get("instrument")
+    except DatasetError:  # not a simulator manifest: nothing is recorded per image
+        return False
+    return isinstance(instrument, dict) and instrument.get("psf") == PER_IMAGE_PSF
+
+
+def split_psfs(
+    data_dir: Path, split: str, counts: dict[str, int]
+) -> dict[str, list[np.ndarray]] | None:
+    """Class -> the first counts[class] images' PSF kernels (k, k) float64 in index order, on
+    the data's own pixels; None when the dataset has one PSF for all (its manifest). A
+    missing parameters.csv or row is a DatasetError naming it."""
+    data_dir = Path(data_dir)
+    if not has_per_image_psf(data_dir):
+        return None
+    record = read_manifest(data_dir)["instrument"]
+    pixel_scale = float(record["pixel_scale_arcsec"])
+    nominal_sigma = float(record["psf_sigma_arcsec"])
+    path = data_dir / PARAMETERS_FILE
+    try:
+        with path.open(newline="") as fh:
+            rows = {
+                (row["class"], int(row["index"])): row
+                for row in csv.DictReader(fh)
+                if row.get("split") == split
+            }
+    except (OSError, KeyError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot read each image's PSF ({exc})") from exc
+    kernels: dict[str, list[np.ndarray]] = {}
+    for cls, n in counts.items():
+        missing = [i for i in range(n) if (cls, i) not in rows]
+        if missing:
+            raise DatasetError(
+                f"{path}: no row for {split}/{cls} image {missing[0]}; the manifest says each "
+                "image has its own PSF"
+            )
+        kernels[cls] = [
+            psf_kernel(rows[(cls, i)], pixel_scale, nominal_sigma).numpy() for i in range(n)
+        ]
+    return kernels
