@@ -61,6 +61,12 @@ PSF_TRUNCATE = 4.0  # the Gaussian PSF kernel's half side, in its sigmas
 # Learning the prior: refits in chunks of this many images (memory: the Jacobian is
 # chunk x pixels x 13 floats, the design chunk x pixels x K).
 PRIOR_FIT_CHUNK = 8
+# Scoring: images refined this many at a time. One at a time is the fastest on a CPU (150 px,
+# one thread: 2.7 s an image alone, 3.7 s in batches of 8, 12 s in evaluate's 64; the batch's
+# float64 Jacobians leave the cache) and makes an image's fit independent of its batch mates,
+# bit for bit on one thread count (another count sums a one-image product in another order,
+# which the refinement carries to about 1e-5 of the loss: docs/results.md).
+REFINE_CHUNK = 1
 
 
 @dataclass
@@ -189,7 +195,15 @@ class LensFit2(AnomalyModel):
                     model = self.best_lens(start.double(), x64, sigma64, psf, lens)
             else:
                 steps, prior = int(self.config.refine_steps), self.prior()
-                model = fit_flexible(lens, x64, sigma64, psf, start, steps, prior).model
+                model = torch.cat(
+                    [
+                        fit_flexible(
+                            lens, x64[i : i + REFINE_CHUNK], sigma64[i : i + REFINE_CHUNK], psf,
+                            start[i : i + REFINE_CHUNK], steps, prior,
+                        ).model
+                        for i in range(0, len(x64), REFINE_CHUNK)
+                    ]
+                )  # fmt: skip
             return model.clamp(0.0, 1.0).float()
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:

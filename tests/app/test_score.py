@@ -183,7 +183,13 @@ def test_served_loss_equals_the_evaluated_score(
         size = checkpoint.model.image_size
         batch = np.stack([to_model_input(read_image(tmp_path / n), size, n)[0] for n in arrays])
         evaluated = score_array(checkpoint.model, batch).loss
-        np.testing.assert_allclose(served, evaluated, rtol=1e-6, atol=0)
+        # LensFit 2 refines each image alone, and the service's worker runs torch on its own
+        # thread count: a one-image matrix product then sums in another order (7e-12 in
+        # float64), which the Levenberg-Marquardt refinement carries to about 1e-5 of the
+        # loss (docs/results.md, "LensFit 2's score and the thread count"). Bit for bit on
+        # one thread count (tests/models/test_lensfit2.py).
+        rtol = 1e-4 if model == "lensfit2" else 1e-6
+        np.testing.assert_allclose(served, evaluated, rtol=rtol, atol=0, err_msg=model)
 
 
 def test_served_loss_equals_the_score_cli(

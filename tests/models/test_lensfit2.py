@@ -87,6 +87,21 @@ def test_refinement_fits_the_lens_it_draws_from_an_encoders_guess() -> None:
     assert (chi2(model, x, refined) < 0.5 * chi2(model, x, guess_only)).all()
 
 
+def test_an_images_fit_does_not_depend_on_its_batch_mates() -> None:
+    """Each image is refined alone (REFINE_CHUNK): its reconstruction in a batch of three is
+    its reconstruction alone, bit for bit."""
+    model = small_model(refine_steps=3)
+    aim_encoder(model, off_truth())
+    x = drawn(model, flexible_lenses(3, theta_e=0.9, slope=2.05, log_beta=math.log(0.2)))
+    sigma = torch.full_like(x, SIGMA)
+    with torch.no_grad():
+        together = model.reconstruct_with_noise(x, sigma)
+        alone = torch.cat(
+            [model.reconstruct_with_noise(x[i : i + 1], sigma[i : i + 1]) for i in range(3)]
+        )
+    assert torch.equal(together, alone)
+
+
 def test_a_narrow_prior_holds_the_parameters_at_its_mean() -> None:
     model = small_model(refine_steps=8, prior_width=1e-4)
     aim_encoder(model, off_truth())
