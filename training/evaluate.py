@@ -5,10 +5,11 @@ chi2_psf): ROC-AUC of sub (sphere + vort) vs no_sub and of each substructure cla
 (scikit-learn's roc_auc_score / roc_curve, no_sub = 0, sub = 1), as `auc_<score>_<cmp>`;
 `auc_<cmp>` repeats the checkpoint's default score's. Also W1 (per image, the 1-D
 Wasserstein distance between the column sums of input and reconstruction,
-`deeplense.metrics.column_w1`) averaged over the no_sub test images, the mean MSE per class,
-the false- and true-positive rates of the default score's calibrated threshold on the test
-images (`deeplense.judge`, the rule the service flags by), and the reconstruction health
-check of `training.health` (a collapsed model is reported loudly).
+`deeplense.metrics.column_w1`) averaged over the no_sub test images, the mean MSE per class
+and its spread (std / mean across images), the false- and true-positive rates of the
+default score's calibrated threshold on the test images (`deeplense.judge`, the rule the
+service flags by), and the reconstruction health check of `training.health` (a collapsed
+model is reported loudly).
 
 Scores come from `deeplense.inference`, the functions the service and the `score` CLI use:
 a simulated split (one stack per class) is scored as arrays (`score_array`); real data (class
@@ -176,7 +177,10 @@ def evaluate_model(
         metrics.update({f"auc_{n}_{k[4:]}": v for k, v in aucs.items()})
     for cls in images:
         if len(images[cls]):
-            metrics[f"mse_{cls}"] = float(np.mean(per_score["mse"][cls]))
+            mse = per_score["mse"][cls]
+            metrics[f"mse_{cls}"] = float(np.mean(mse))
+            # reconstruction quality's spread across images: std / mean (the study's: ~9%)
+            metrics[f"mse_spread_{cls}"] = float(np.std(mse) / max(float(np.mean(mse)), 1e-30))
             metrics[f"w1_{cls}"] = float(np.mean(w1[cls]))
     if calibration is not None:
         metrics["calibration_fpr"] = calibration.fpr

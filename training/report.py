@@ -167,8 +167,20 @@ def render_markdown(evaluation: Evaluation) -> str:
         "",
     ]
     classes = list(evaluation.n_images)
-    rows = [[name, *[_fmt_sci(r.metrics.get(f"mse_{c}")) for c in classes]] for name, r in items]
+
+    def mse_cell(metrics: dict[str, float], cls: str) -> str:
+        spread = metrics.get(f"mse_spread_{cls}")
+        return _fmt_sci(metrics.get(f"mse_{cls}")) + (
+            "" if spread is None else f" ({100 * spread:.0f}%)"
+        )
+
+    rows = [[name, *[mse_cell(r.metrics, c) for c in classes]] for name, r in items]
     out += _table(["model", *classes], rows)
+    out += [
+        "In brackets: the spread of the per-image MSE across the class's images (standard "
+        "deviation over mean). The study's AAE: 1.27e-4 on no_sub, spread about 9%.",
+        "",
+    ]
 
     out += [
         "## Reconstruction health",

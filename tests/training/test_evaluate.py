@@ -85,6 +85,8 @@ def test_evaluation_matches_sklearn_and_scipy(tiny_checkpoints: Path, tmp_path: 
     scores = np.concatenate([mse["no_sub"], mse["sphere"], mse["vort"]])
     assert metrics["auc_sub"] == pytest.approx(roc_auc_score(y, scores), abs=1e-9)
     assert metrics["mse_vort"] == pytest.approx(mse["vort"].mean(), rel=1e-5)
+    spread = mse["no_sub"].std() / mse["no_sub"].mean()
+    assert metrics["mse_spread_no_sub"] == pytest.approx(spread, rel=1e-4)
     threshold = read_config(tiny_checkpoints / "dcae").calibration.threshold
     assert metrics["test_fpr"] == pytest.approx(np.mean(mse["no_sub"] > threshold))
     assert result.dataset == "model_a"
@@ -116,6 +118,8 @@ def test_evaluate_cli_writes_the_report(checkpoints: Path, tmp_path: Path) -> No
     report = (out / "report.md").read_text()
     assert "| aae |" in report and "0.93207" in report and "0.22117" in report
     assert "| aae | chi2_psf |" in report  # every score's AUCs
+    spread = doc["models"]["aae"]["metrics"]["mse_spread_no_sub"]
+    assert f"({100 * spread:.0f}%)" in report  # the reconstruction error's spread
     # Random tiny models barely depend on their input: the health check says so loudly.
     assert "COLLAPSED" in report or "NO BETTER THAN THE MEAN IMAGE" in report
     # Without --update-checkpoints the checkpoints keep their (empty) metrics.
