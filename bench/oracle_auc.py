@@ -54,11 +54,15 @@ from deeplense.metrics import auc_standard_error, roc_auc  # noqa: E402
 from deeplense.scores import compute_scores, list_scores  # noqa: E402
 from deeplense.vocabulary import CLASSES, read_manifest  # noqa: E402
 from models.checkpoint import find_checkpoints, load_checkpoint  # noqa: E402
-from training.bounds import bound_reconstructions, signal_snr2, sim_config  # noqa: E402
+from training.bounds import (  # noqa: E402
+    bound_reconstructions,
+    fraction_test_set,
+    signal_snr2,
+    sim_config,
+)
 from training.evaluate import COMPARISONS  # noqa: E402
 from training.flexible_bound import MassPrior, flexible_refit, mass_prior, read_rows  # noqa: E402
 from training.pixel_bound import PIXEL_SCORES, pixel_refit  # noqa: E402
-from training.simulate import simulate_dataset  # noqa: E402
 
 FRACTIONS = (0.0025, 0.005, 0.01, 0.02, 0.04)
 
@@ -184,20 +188,6 @@ def table(
         print(f"| {cls} | {np.median(snr2):.0f} | {q1:.0f}-{q3:.0f} |")
 
 
-def fraction_dataset(base: Path, work: Path, fraction: float, n: int) -> Path:
-    """DATA_DIR's test set at another subhalo mass fraction (simulated once, then reused)."""
-    manifest = read_manifest(base)
-    if abs(float(manifest.get("subhalo_mass_fraction", 0.01)) - fraction) < 1e-12:
-        return base
-    out = work / f"{manifest['dataset']}_seed{manifest['seed']}_f{fraction:g}_n{n}"
-    if not (out / "manifest.json").is_file():
-        simulate_dataset(
-            manifest["dataset"], out, n_train=0, n_val=0, n_test=n, seed=int(manifest["seed"]),
-            workers=1, progress=False, subhalo_mass_fraction=fraction, overwrite=out.exists(),
-        )  # fmt: skip
-    return out
-
-
 def curve(
     directory: Path, n: int, refit: bool, roots: list[Path], work: Path, plot: Path | None
 ) -> None:
@@ -207,7 +197,7 @@ def curve(
     # The no_sub test images do not depend on the mass fraction (same seed): fit them once.
     normal = bound_scores(directory, n, refit, psf, classes=("no_sub",))
     for fraction in FRACTIONS:
-        data = fraction_dataset(directory, work, fraction, n)
+        data = fraction_test_set(directory, work, fraction, n)
         bounds = bound_scores(data, n, refit, psf, classes=("sphere", "vort"))
         for bound, scores in bounds.items():
             for score in scores:

@@ -34,7 +34,7 @@ from scipy.optimize import least_squares
 from deeplense.noise import estimate_noise
 from deeplense.vocabulary import read_manifest
 from training.lensing.render import LensParams, SimConfig, phi_q_to_e1e2, render_components
-from training.simulate import read_split_parameters
+from training.simulate import read_split_parameters, simulate_dataset
 
 # Free parameters of the refit, per dataset (all others held at their true values).
 SHAPE = ("gamma1", "gamma2", "source_x", "source_y", "source_e1", "source_e2")
@@ -186,4 +186,20 @@ def signal_snr2(directory: Path, cls: str, n: int) -> np.ndarray:
             np.stack([without.ravel(), np.ones(x.size)], axis=1), x.ravel(), rcond=None
         )[0][0]  # rate -> the image's [0, 1] scale
         out[i] = float((((alpha * change) / sigma[i, 0].double().numpy()) ** 2).sum())
+    return out
+
+
+def fraction_test_set(base: Path, work: Path, fraction: float, n: int) -> Path:
+    """`base`'s test set (n per class) at another subhalo mass fraction, simulated into `work`
+    once and reused: the same dataset and seed, so the same no_sub images and lenses; `base`
+    itself at its own fraction."""
+    manifest = read_manifest(base)
+    if abs(float(manifest.get("subhalo_mass_fraction", 0.01)) - fraction) < 1e-12:
+        return base
+    out = work / f"{manifest['dataset']}_seed{manifest['seed']}_f{fraction:g}_n{n}"
+    if not (out / "manifest.json").is_file():
+        simulate_dataset(
+            manifest["dataset"], out, n_train=0, n_val=0, n_test=n, seed=int(manifest["seed"]),
+            workers=1, progress=False, subhalo_mass_fraction=fraction, overwrite=out.exists(),
+        )  # fmt: skip
     return out
