@@ -298,12 +298,16 @@ def _labelled(split: dict[str, Labelled], data_dir: Path) -> dict[str, Labelled]
     return split
 
 
-def store_metrics(evaluation: Evaluation) -> None:
+def store_metrics(evaluation: Evaluation, root: Path | None = None) -> None:
     """Write each model's metrics into its checkpoint's config.json (atomically), and the
-    service's default choice among the evaluated models (models.selection: the labelled
-    validation split, never these test metrics) into every card's training.extra."""
+    service's default choice (models.selection: the labelled validation split, never these
+    test metrics) into every evaluated card's training.extra. The choice is made among every
+    checkpoint under `root` (the service serves them all), so evaluating one model of a set
+    records the set's choice, not that model alone."""
     cards = {name: read_config(r.checkpoint) for name, r in evaluation.models.items()}
-    choice = choose_default_model(cards) if cards else None
+    others = {} if root is None else find_checkpoints(Path(root))
+    every = {n: read_config(p) for n, p in others.items() if n not in cards} | cards
+    choice = choose_default_model(every) if every else None
     for name, result in evaluation.models.items():
         config = cards[name]
         training = config.training

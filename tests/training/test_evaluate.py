@@ -160,6 +160,9 @@ def test_update_checkpoints_stores_the_metrics(checkpoints: Path, tmp_path: Path
     assert all(r == records[0] for r in records)
     cards = {n: read_config(checkpoints / n) for n in doc["models"]}
     assert records[0] == choose_default_model(cards).as_record()
+    # Evaluating one model records the choice among every checkpoint of its root.
+    assert main([*args[:-1], "--overwrite", "--model", "dcae", "--update-checkpoints"]) == 0
+    assert read_config(checkpoints / "dcae").training.extra["service_default"] == records[0]
 
 
 def test_evaluate_without_labelled_test_set_fails_cleanly(

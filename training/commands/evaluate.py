@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     )
     write_report(evaluation, args.out, overwrite=args.overwrite)
     if args.update_checkpoints:
-        store_metrics(evaluation)
+        store_metrics(evaluation, args.checkpoints)
     for name, result in evaluation.models.items():
         m = result.metrics
         log.info(
