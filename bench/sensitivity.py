@@ -148,6 +148,8 @@ def main() -> int:
                         label=name)  # fmt: skip
         mass_ax.set(xscale="log", xlabel="subhalo mass fraction (%)", ylim=(-0.02, 1.02),
                     ylabel=f"detected at {100 * args.fpr:g}% false positives")  # fmt: skip
+        mass_ax.minorticks_off()
+        mass_ax.set_xticks([100 * f for f in fractions], [f"{100 * f:g}" for f in fractions])
         snr_ax.set(xlabel=f"arcs' median S/N (bins of equal counts, {100 * base:g}% mass)",
                    ylim=(-0.02, 1.02))  # fmt: skip
         for ax in (mass_ax, snr_ax):
