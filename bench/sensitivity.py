@@ -44,12 +44,12 @@ BOUND_SCORE = "chi2_psf_light"
 SUB = ("sphere", "vort")
 
 
-def bound_scores(directory: Path, n: int) -> dict[str, np.ndarray]:
-    """Class -> (n,) the exact bound's chi2_psf_light."""
+def bound_scores(directory: Path, n: int, classes: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Class -> (n,) the exact bound's chi2_psf_light, for each of `classes`."""
     config = sim_config(directory)
     psf = config.psf_sigma / config.pixel_scale  # pixels
     out = {}
-    for cls in ("no_sub", *SUB):
+    for cls in classes:
         bounds = bound_reconstructions(directory, cls, n, False)
         values = compute_scores(
             torch.from_numpy(bounds.images), torch.from_numpy(bounds.exact), [BOUND_SCORE], psf
@@ -92,23 +92,29 @@ def main() -> int:
     base = float(read_manifest(args.data).get("subhalo_mass_fraction", 0.01))
     fractions = sorted(set(args.fractions) | {base})
     # name -> (threshold, how it was set, fraction -> TPR, base set's sub scores)
-    by_mass: dict[str, list[Rate]] = {}
-    thresholds: dict[str, tuple[float, str, Rate]] = {}
-    base_sub: dict[str, np.ndarray] = {}
+    by_mass: dict[str, list[Rate]] = {}  # detector -> its rate at each fraction
+    base_sub: dict[str, np.ndarray] = {}  # detector -> DATA_DIR's sphere + vort scores
+    # The normal lenses do not depend on the mass fraction (same seed): scored once, on
+    # DATA_DIR, and each detector's threshold set there.
+    normal = {"exact bound": bound_scores(args.data, args.n, ("no_sub",))["no_sub"]} | {
+        name: default_scores(ckpt, args.data, args.n, ("no_sub",))["no_sub"]
+        for name, ckpt in loaded.items()
+    }
+    thresholds: dict[str, tuple[float, str, Rate]] = {}  # threshold, how set, FPR there
+    for name, scores in normal.items():
+        calibrated = None if name == "exact bound" else calibrated_threshold(loaded[name])
+        if calibrated is None:
+            t = empirical_threshold(scores, args.fpr)
+            how = f"the normal lenses' {100 * (1 - args.fpr):g}th percentile"
+        else:
+            t, how = calibrated, "calibrated on validation"
+        thresholds[name] = (t, how, detection_rate(scores, t))
     for fraction in fractions:
         data = fraction_test_set(args.data, args.work, fraction, args.n)
-        per: dict[str, dict[str, np.ndarray]] = {"exact bound": bound_scores(data, args.n)}
-        for name, ckpt in loaded.items():
-            per[name] = default_scores(ckpt, data, args.n)
+        per = {"exact bound": bound_scores(data, args.n, SUB)} | {
+            name: default_scores(ckpt, data, args.n, SUB) for name, ckpt in loaded.items()
+        }
         for name, scores in per.items():
-            if name not in thresholds:
-                calibrated = None if name == "exact bound" else calibrated_threshold(loaded[name])
-                if calibrated is None:
-                    t = empirical_threshold(scores["no_sub"], args.fpr)
-                    how = f"the normal lenses' {100 * (1 - args.fpr):g}th percentile"
-                else:
-                    t, how = calibrated, "calibrated on validation"
-                thresholds[name] = (t, how, detection_rate(scores["no_sub"], t))
             sub = np.concatenate([scores[c] for c in SUB])
             by_mass.setdefault(name, []).append(detection_rate(sub, thresholds[name][0]))
             if fraction == base:

@@ -14,7 +14,6 @@ training split), centred at the image's true lens (an oracle: how much the mass'
 absorbs) or at the population mean (what a prior learnt from that population would be).
 """
 
-import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,23 +26,13 @@ from deeplense.lensing.flexible import INDEX, MASS, NAMES, FlexibleConfig, Flexi
 from deeplense.lensing.flexible_fit import GaussianPrior, fit_flexible
 from deeplense.noise import estimate_noise
 from training.image_psfs import psf_kernel
-from training.simulate import PARAMETERS_FILE
+from training.simulate import PARAMETERS_FILE, read_rows
 
 BETA_PER_R_EFF = 0.7  # the shapelet scale's start, in units of the true source R_eff
 # The least population spread a mass prior is built on (arcsec for theta_e and the centre,
 # dimensionless otherwise): a parameter the population holds constant (Model R's Einstein
 # radius, 1.2") is then pinned to within width x 0.01, not infinitely.
 MASS_STD_FLOOR = 0.01
-
-
-def read_rows(directory: Path, split: str, n: int) -> dict[tuple[str, int], dict[str, str]]:
-    """parameters.csv rows of the first n images of each class of `split`."""
-    with (Path(directory) / PARAMETERS_FILE).open(newline="") as f:
-        return {
-            (row["class"], int(row["index"])): row
-            for row in csv.DictReader(f)
-            if row["split"] == split and int(row["index"]) < n
-        }
 
 
 def _value(row: dict[str, str], name: str, default: float) -> float:

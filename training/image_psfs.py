@@ -10,7 +10,6 @@ benches that refit from the truth (`training.flexible_bound`, `training.pixel_bo
 with the same kernel.
 """
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from deeplense.errors import DatasetError
 from deeplense.instrument import FWHM_PER_SIGMA, gaussian_kernel
 from deeplense.lensing.psf import moffat_kernel
 from deeplense.vocabulary import MANIFEST_FILE, read_manifest
-from training.simulate import PARAMETERS_FILE, PER_IMAGE_PSF
+from training.simulate import PARAMETERS_FILE, PER_IMAGE_PSF, read_rows
 
 GAUSSIAN_TRUNCATE = 5.0  # sigmas: the simulator's Gaussian PSF is cut there
 
@@ -63,12 +62,7 @@ def split_psfs(
     nominal_sigma = float(record["psf_sigma_arcsec"])
     path = data_dir / PARAMETERS_FILE
     try:
-        with path.open(newline="") as fh:
-            rows = {
-                (row["class"], int(row["index"])): row
-                for row in csv.DictReader(fh)
-                if row.get("split") == split
-            }
+        rows = read_rows(data_dir, split, max(counts.values(), default=0))
     except (OSError, KeyError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot read each image's PSF ({exc})") from exc
     kernels: dict[str, list[np.ndarray]] = {}

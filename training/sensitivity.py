@@ -8,7 +8,6 @@ set's normal lenses, labelled as such. Each image is scored as `evaluate` scores
 image's own PSF on Model R), by the checkpoint's default score.
 """
 
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from deeplense.vocabulary import CLASSES
 from models.checkpoint import LoadedCheckpoint
 from training.datasets import load_split
 from training.observed_split import per_image_psf_split
-from training.simulate import PARAMETERS_FILE
+from training.simulate import read_rows
 
 
 @dataclass(frozen=True)
@@ -68,29 +67,29 @@ def rate_by_snr(
 
 def split_snr(directory: Path, cls: str, n: int, column: str = "snr_median") -> np.ndarray:
     """(n,) the arcs' S/N (parameters.csv's `column`) of the first n test images of `cls`."""
-    with (Path(directory) / PARAMETERS_FILE).open(newline="") as fh:
-        found = {
-            int(row["index"]): float(row[column])
-            for row in csv.DictReader(fh)
-            if row["split"] == "test" and row["class"] == cls and int(row["index"]) < n
-        }
-    return np.array([found[i] for i in range(len(found))])
+    rows = read_rows(Path(directory), "test", n)
+    return np.array([float(rows[(cls, i)][column]) for i in range(n) if (cls, i) in rows])
 
 
 def default_scores(
-    loaded: LoadedCheckpoint, directory: Path, n: int, device: torch.device | str = "cpu"
+    loaded: LoadedCheckpoint,
+    directory: Path,
+    n: int,
+    classes: Sequence[str] = CLASSES,
+    device: torch.device | str = "cpu",
 ) -> dict[str, np.ndarray]:
-    """Class -> (n,) the checkpoint's default score of the first n test images, as
-    `evaluate` computes it (each image's own PSF where the dataset records one)."""
+    """Class -> (n,) the checkpoint's default score of the first n test images of each of
+    `classes`, as `evaluate` computes it (each image's own PSF where the dataset records
+    one)."""
     model, card = loaded.model, loaded.config.input.instrument()
     name = loaded.config.default_score
-    own = per_image_psf_split(Path(directory), "test", model, card, dict.fromkeys(CLASSES, n))
+    own = per_image_psf_split(Path(directory), "test", model, card, dict.fromkeys(classes, n))
     if own is not None:
         return {
             cls: score_observations(model, obs, device=device, scores=[name]).scores[name]
             for cls, obs in own.scored.items()
         }
-    images = load_split(Path(directory), "test", image_size=model.image_size, classes=CLASSES)
+    images = load_split(Path(directory), "test", image_size=model.image_size, classes=classes)
     return {
         cls: score_array(model, np.asarray(x[:n]), device=device, scores=[name],
                          psf_sigma_pixels=card.psf_sigma_pixels).scores[name]

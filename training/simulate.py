@@ -834,6 +834,17 @@ def read_parameters(directory: Path, split: str, cls: str, index: int) -> LensPa
     return _params_from_rows(row, subhalos, components)
 
 
+def read_rows(directory: Path, split: str, n: int) -> dict[tuple[str, int], dict[str, str]]:
+    """parameters.csv rows of the first n images of each class of `split`, as text, keyed by
+    (class, index)."""
+    with (Path(directory) / PARAMETERS_FILE).open(newline="") as f:
+        return {
+            (row["class"], int(row["index"])): row
+            for row in csv.DictReader(f)
+            if row["split"] == split and int(row["index"]) < n
+        }
+
+
 def read_split_parameters(directory: Path, split: str) -> dict[tuple[str, int], LensParams]:
     """The parameters of every image of one split, keyed by (class, index): each CSV read once
     (`read_parameters` reads them once per image)."""
