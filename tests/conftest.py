@@ -4,6 +4,7 @@ Tiny = 32x32 images and a few channels, so every test runs in well under a secon
 """
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,18 @@ from models.layers import ConvNetConfig
 from models.registry import model_class
 
 TINY_SIZE = TINY_IMAGE_SIZE
+
 # The shared conv stack at test size, as constructor arguments (for the conv models' tests).
 TINY_GEOMETRY = dataclasses.asdict(ConvNetConfig.tiny())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per pytest-xdist worker and its subprocesses (OMP_NUM_THREADS, unless
+    set): xdist already runs a worker per core, and two threads in each of two workers on the
+    2-core machine ran the models' tests 4x slower (test_contract.py and test_lensfit2.py: 42 s
+    against 162 s, 2026-12-06, beside two niced training jobs)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
 
 
 def tiny_arguments(name: str) -> dict[str, Any]:
