@@ -179,17 +179,40 @@ class LensFit2(AnomalyModel):
         """The MAP smooth lens of each image, weighing pixels by 1 / sigma (infinite sigma:
         a masked pixel, left out), drawn through a Gaussian PSF of `psf_sigma_pixels` (the
         image's own; None: the config's) on x's own grid of `pixel_scale` arcsec (None: the
-        config's); the encoder reads x resampled to the config's grid (`model_grid_view`)."""
+        config's), refined from the encoder's guess (`encoder_start`)."""
+        return self.refine(
+            x, sigma, self.encoder_start(x, pixel_scale), psf_sigma_pixels, pixel_scale
+        )
+
+    def encoder_start(self, x: Tensor, pixel_scale: float | None = None) -> Tensor:
+        """The encoder's guess (N, 13) of the physical parameters for images x (N, 1, H, W) on
+        their own grid of `pixel_scale` arcsec (None: the config's); the encoder reads x
+        resampled to the config's grid (`model_grid_view`)."""
+        scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
+        with torch.autocast(x.device.type, enabled=False):
+            view = model_grid_view(x.float(), scale, self.config.pixel_scale, self.image_size)
+            return self.guess(view).detach()
+
+    def refine(
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        start: Tensor,
+        psf_sigma_pixels: float | None = None,
+        pixel_scale: float | None = None,
+    ) -> Tensor:
+        """`reconstruct_with_noise` from the given start (N, 13) instead of the encoder's: the
+        MAP smooth lens (N, 1, H, W) after `refine_steps` Levenberg-Marquardt steps (none: the
+        best lens at the start). bench/refine_noise.py perturbs the start with it."""
         scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
         same_grid = x.shape[-1] == self.image_size and scale == self.config.pixel_scale
         lens = self.lens if same_grid else FlexibleLens(self.config.flexible(x.shape[-1], scale))
         with torch.autocast(x.device.type, enabled=False):
-            view = model_grid_view(x.float(), scale, self.config.pixel_scale, self.image_size)
-            start = self.guess(view).detach()
             # The fit in float64: in float32 the overlapping bases' rounding (cond ~1e5) moved
             # chi2 by 1% with the batch an image came in.
             x64, sigma64 = x.detach().double().clone(), sigma.detach().double().clone()
             psf = self.psf_kernel(psf_sigma_pixels).double()
+            start = start.detach().float()
             if int(self.config.refine_steps) <= 0:
                 with torch.no_grad():
                     model = self.best_lens(start.double(), x64, sigma64, psf, lens)
