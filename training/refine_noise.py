@@ -9,7 +9,7 @@ moved by `eps` times each parameter's range, and summarises what that does to th
 to the AUC. bench/refine_noise.py prints it.
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,18 +30,20 @@ class NotRefinedError(ValueError):
     """The model has no encoder start to perturb (only a model that refines from one does)."""
 
 
-def _refusal(model: torch.nn.Module) -> str:
-    return f"{type(model).__name__} does not refine from an encoder start"
+def refined_start(model: torch.nn.Module) -> tuple[Callable[..., Tensor], Tensor]:
+    """The model's `encoder_start` and its parameters' ranges `span` (P,); NotRefinedError
+    when it has not both (only a model that refines from an encoder's guess has)."""
+    start, span = getattr(model, "encoder_start", None), getattr(model, "span", None)
+    if start is None or not isinstance(span, Tensor):
+        raise NotRefinedError(f"{type(model).__name__} does not refine from an encoder start")
+    return start, span
 
 
 @contextmanager
 def jittered_start(model: torch.nn.Module, eps: float, seed: int) -> Iterator[None]:
     """Within the block, `model.encoder_start` returns the encoder's guess (N, P) plus
     eps * the parameter's range * a standard normal draw, a new draw for every image."""
-    original = getattr(model, "encoder_start", None)
-    span = getattr(model, "span", None)
-    if original is None or not isinstance(span, Tensor):
-        raise NotRefinedError(_refusal(model))
+    original, span = refined_start(model)
     generator = torch.Generator().manual_seed(seed)
 
     def jittered(x: Tensor, pixel_scale: float | None = None) -> Tensor:
@@ -91,8 +93,7 @@ def start_noise(
 ) -> list[StartNoise]:
     """For each eps: the default scores of the first n test images per class from the
     encoder's start, and from `repeats` starts perturbed by eps (`jittered_start`)."""
-    if not hasattr(loaded.model, "encoder_start"):
-        raise NotRefinedError(_refusal(loaded.model))
+    refined_start(loaded.model)  # refuse before any scoring
     base = default_scores(loaded, directory, n, CLASSES)
     out = []
     for k, e in enumerate(eps):
