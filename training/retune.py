@@ -51,6 +51,16 @@ def retuned_model(loaded: LoadedCheckpoint, changes: dict[str, Any]) -> torch.nn
     return model
 
 
+def check_new_folder(checkpoint: Path, out: Path, overwrite: bool) -> Path:
+    """OUT, unless it exists (and not `overwrite`) or is CHECKPOINT itself: CheckpointError."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} exists; pass --overwrite to replace it")
+    if out.resolve() == Path(checkpoint).resolve():
+        raise CheckpointError(f"{out}: write the retuned model to a new folder, not over itself")
+    return out
+
+
 def retune(
     checkpoint: Path,
     data: Path,
@@ -65,13 +75,32 @@ def retune(
     """Write OUT: CHECKPOINT's model with `changes`, stored in `weights_dtype` (None: as
     before), its after-training step re-run on DATA/train, calibrated on DATA/val. Refuses
     an existing OUT unless `overwrite`."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise CheckpointError(f"{out} exists; pass --overwrite to replace it")
-    if out.resolve() == Path(checkpoint).resolve():
-        raise CheckpointError(f"{out}: write the retuned model to a new folder, not over itself")
+    out = check_new_folder(checkpoint, out, overwrite)
     loaded = load_checkpoint(checkpoint, device=device)
     model = retuned_model(loaded, changes).to(device)
+    record = {"from": str(checkpoint), "changes": changes, "data": str(data)}
+    return relearn_and_save(
+        loaded, model, data, out, record, fpr=fpr, device=device, batch_size=batch_size,
+        overwrite=overwrite, weights_dtype=weights_dtype,
+    )  # fmt: skip
+
+
+def relearn_and_save(
+    loaded: LoadedCheckpoint,
+    model: torch.nn.Module,
+    data: Path,
+    out: Path,
+    record: dict[str, Any],
+    fpr: float = 0.05,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    overwrite: bool = False,
+    weights_dtype: WeightsDtype | None = None,
+) -> tuple[Path, ScoreCalibrations]:
+    """The shared tail of `retune` and `training.supervise`: `model` (`loaded`'s, changed)
+    stored in `weights_dtype` (None: as `loaded`), its after-training step re-run on
+    DATA/train, calibrated on DATA/val, written to OUT with `record` appended to the card's
+    "retuned" history and the old test metrics dropped."""
     stored = loaded.config.training.extra.get("weights_dtype", "float32")
     if weights_dtype is None:
         weights_dtype = cast(WeightsDtype, stored if stored in WEIGHTS_DTYPES else "float32")
@@ -89,10 +118,7 @@ def retune(
     )  # fmt: skip
     training = loaded.config.training
     history = list(training.extra.get("retuned", []))
-    history.append(
-        {"from": str(checkpoint), "changes": changes, "weights_dtype": weights_dtype,
-         "data": str(data)}
-    )  # fmt: skip
+    history.append({**record, "weights_dtype": weights_dtype})
     extra = {
         **training.extra, "retuned": history, "model_card": model.card(),
         "weights_dtype": weights_dtype,

@@ -18,7 +18,9 @@ from tests.app.serve_fixture import REPO_ROOT, free_port
 from training import __main__ as cli
 from training.commands import COMMANDS
 
-EXPECTED = ["serve", "simulate", "fit", "calibrate", "retune", "evaluate", "score", "bench"]
+EXPECTED = [
+    "serve", "simulate", "fit", "calibrate", "retune", "supervise", "evaluate", "score", "bench",
+]
 # Runs `deeplense` (the console script's target) with the train extra made unimportable, as
 # in the runtime-only install of `make serve` and the Docker image.
 WITHOUT_TRAIN_EXTRA = (

@@ -9,7 +9,17 @@ come from a registry are a `RegistryChoice` type, read only when a value is chec
 import argparse
 from collections.abc import Callable
 
-COMMANDS = ["serve", "simulate", "fit", "calibrate", "retune", "evaluate", "score", "bench"]
+COMMANDS = [
+    "serve",
+    "simulate",
+    "fit",
+    "calibrate",
+    "retune",
+    "supervise",
+    "evaluate",
+    "score",
+    "bench",
+]
 
 
 class RegistryChoice:
