@@ -19,7 +19,15 @@ from training import __main__ as cli
 from training.commands import COMMANDS
 
 EXPECTED = [
-    "serve", "simulate", "fit", "calibrate", "retune", "supervise", "evaluate", "score", "bench",
+    "serve",
+    "simulate",
+    "fit",
+    "calibrate",
+    "retune",
+    "supervise",
+    "evaluate",
+    "score",
+    "bench",
 ]
 # Runs `deeplense` (the console script's target) with the train extra made unimportable, as
 # in the runtime-only install of `make serve` and the Docker image.
