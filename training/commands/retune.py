@@ -3,10 +3,14 @@
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.commands.calibrate import fraction
 from training.commands.evaluate import positive_int
 from training.commands.fit import WEIGHTS_DTYPES, arch_arg
+
+if TYPE_CHECKING:
+    from training.calibrate import ScoreCalibrations
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,8 +64,13 @@ def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # an argument the model does not have or refuses
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    print_calibrations(calibrated, out)
+    return 0
+
+
+def print_calibrations(calibrated: "ScoreCalibrations", out: Path) -> None:
+    """Each score's new threshold, and the folder written with its default score."""
     for score, cal in calibrated.calibrations.items():
         auc = "" if cal.validation_auc is None else f", validation AUC {cal.validation_auc:.4f}"
         print(f"{score}: threshold {cal.threshold:.6g} at FPR {cal.fpr}{auc}")
     print(f"wrote {out} (default score {calibrated.default_score}: {calibrated.reason})")
-    return 0

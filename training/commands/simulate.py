@@ -46,7 +46,7 @@ def _grid_size(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -129,13 +129,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=_positive, default=150, help="pixels per side (150)")
     p.add_argument(
         "--pixel-scale",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         help="arcsec per pixel (default: the study's 7.5\" field over --image-size, 0.05 at 150)",
     )
     p.add_argument(
         "--psf-sigma",
-        type=_positive_float,
+        type=positive_float,
         default=STUDY_PSF_SIGMA_ARCSEC,
         help="Gaussian PSF sigma in arcsec (%(default)s; FWHM = 2.355 sigma)",
     )

@@ -7,16 +7,8 @@ from pathlib import Path
 from training.commands.calibrate import fraction
 from training.commands.evaluate import positive_int
 from training.commands.fit import WEIGHTS_DTYPES
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+from training.commands.retune import print_calibrations
+from training.commands.simulate import positive_float
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,8 +57,5 @@ def _run(args: argparse.Namespace) -> int:
     for part in history[-1]:
         print(f"{part} parameter loss: {history[0][part]:.5g} (first epoch) -> "
               f"{history[-1][part]:.5g} (last)")  # fmt: skip
-    for score, cal in calibrated.calibrations.items():
-        auc = "" if cal.validation_auc is None else f", validation AUC {cal.validation_auc:.4f}"
-        print(f"{score}: threshold {cal.threshold:.6g} at FPR {cal.fpr}{auc}")
-    print(f"wrote {out} (default score {calibrated.default_score}: {calibrated.reason})")
+    print_calibrations(calibrated, out)
     return 0
