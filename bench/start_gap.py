@@ -69,8 +69,7 @@ def start_gap(
     scale = model.config.pixel_scale if instrument is None else instrument.pixel_scale
     nominal = model.config.psf_sigma if instrument is None else instrument.psf_sigma
     rows = read_rows(directory, "test", n)
-    prior = model.prior()
-    prior = type(prior)(prior.mean.double(), prior.inverse_variance.double())
+    prior = model.prior()  # fit_flexible casts it to the images' float64
     generator = torch.Generator().manual_seed(seed)
     out: dict = {"chi2": {}, "score": {}, "seconds": {}, "encoder": {}, "truth": {}}
     for cls in CLASSES:
@@ -82,13 +81,13 @@ def start_gap(
         encoder = model.encoder_start(x_all.float(), scale).double()  # (n, 13)
         truth = torch.from_numpy(np.stack([truth_theta(rows[(cls, i)]) for i in range(len(x_all))]))
         out["encoder"][cls], out["truth"][cls] = encoder.numpy(), truth.numpy()
+        sigmas = [estimate_noise(x_all[i : i + 1], nominal / scale) for i in range(len(x_all))]
+        psfs = [psf_kernel(rows[(cls, i)], scale, nominal) for i in range(len(x_all))]
         for name, steps in starts:
             key = f"{name}:{steps}"
             chi2, values, seconds = [], [], []
             for i in range(len(x_all)):
-                x = x_all[i : i + 1]
-                sigma = estimate_noise(x, nominal / scale)
-                psf = psf_kernel(rows[(cls, i)], scale, nominal)
+                x, sigma, psf = x_all[i : i + 1], sigmas[i], psfs[i]
                 if name == "encoder":
                     theta = encoder[i : i + 1]
                 elif name == "truth":

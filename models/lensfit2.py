@@ -257,7 +257,7 @@ class LensFit2(AnomalyModel):
         with torch.autocast(x.device.type, enabled=False):
             view = model_grid_view(x.float(), scale, self.config.pixel_scale, self.image_size)
             guess = self.guess(view)  # (N, 13)
-            inside = torch.maximum(torch.minimum(target.float(), self.lo + self.span), self.lo)
+            inside = target.float().clamp(self.lo, self.lo + self.span)
             per_parameter = ((guess - inside) / self.span).pow(2).mean(dim=0)  # (13,)
         return {"loss": per_parameter.mean(), **dict(zip(NAMES, per_parameter, strict=True))}
 

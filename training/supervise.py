@@ -90,8 +90,8 @@ def fit_encoder(
     x_all = torch.tensor(np.asarray(images, dtype=np.float32))  # a copy: the split is read-only
     t_all = torch.tensor(targets)
     history = []
-    model.train()
     for epoch in range(1, epochs + 1):
+        model.train()  # held_out_loss leaves it in eval mode
         start, total = time.perf_counter(), 0.0
         for index in torch.randperm(len(images), generator=generator).split(batch_size):
             x, target = x_all[index].to(device), t_all[index].to(device)
@@ -100,19 +100,17 @@ def fit_encoder(
             total += float(loss.detach()) * len(index)
         history.append({"train": total / len(images)})
         if held_out is not None:
-            history[-1]["val"] = held_out_loss(supervised, model, *held_out, pixel_scale, device)
+            history[-1]["val"] = held_out_loss(model, *held_out, pixel_scale, device)
         log.info(
             "supervise epoch %d/%d: parameter loss %s (%.1f s)", epoch, epochs,
             ", ".join(f"{k} {v:.5g}" for k, v in history[-1].items()), time.perf_counter() - start,
         )  # fmt: skip
-        model.train()
     model.eval()
     return history
 
 
 @torch.no_grad()
 def held_out_loss(
-    supervised: SupervisableModel,
     model: torch.nn.Module,
     images: np.ndarray,
     targets: np.ndarray,
@@ -121,6 +119,7 @@ def held_out_loss(
     chunk: int = 64,
 ) -> float:
     """The mean parameter loss over images (N, 1, S, S) and targets (N, 13), in eval mode."""
+    supervised = as_supervisable(model)
     model.eval()
     total = 0.0
     for i in range(0, len(images), chunk):

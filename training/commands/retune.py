@@ -33,15 +33,21 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--arch-arg", type=arch_arg, action="append", default=[], metavar="KEY=VALUE",
         help="an argument to change, repeatable (refine_steps=3, prior_deconvolve=true)",
     )  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    add_new_folder_options(p)
+    p.set_defaults(func=_run)
+
+
+def add_new_folder_options(p: argparse.ArgumentParser) -> None:
+    """The options of a command that writes a recalibrated copy of a checkpoint (retune,
+    supervise): calibration FPR, device, storage dtype, overwrite."""
     p.add_argument("--fpr", type=fraction, default=0.05, help="calibration FPR (default 0.05)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
     p.add_argument(
         "--weights-dtype", choices=WEIGHTS_DTYPES, default=None,
         help="store the weights as float16 or float32 (default: as the checkpoint does)",
     )  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
-    p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:

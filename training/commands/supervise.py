@@ -4,10 +4,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from training.commands.calibrate import fraction
 from training.commands.evaluate import positive_int
-from training.commands.fit import WEIGHTS_DTYPES
-from training.commands.retune import print_calibrations
+from training.commands.retune import add_new_folder_options, print_calibrations
 from training.commands.simulate import positive_float
 
 
@@ -30,13 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per step (32)")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="peak learning rate (1e-3)")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed (0)")
-    p.add_argument("--fpr", type=fraction, default=0.05, help="calibration FPR (default 0.05)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    p.add_argument(
-        "--weights-dtype", choices=WEIGHTS_DTYPES, default=None,
-        help="store the weights as float16 or float32 (default: as the checkpoint does)",
-    )  # fmt: skip
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    add_new_folder_options(p)
     p.set_defaults(func=_run)
 
 
