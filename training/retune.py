@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from deeplense.errors import CheckpointError, DatasetError
-from deeplense.vocabulary import NORMAL
+from deeplense.vocabulary import NORMAL, dataset_name
+from models.card import TrainingFacts
 from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from models.registry import create_model
 from models.storage import WEIGHTS_DTYPES, WeightsDtype, round_to_storage
@@ -96,11 +97,13 @@ def relearn_and_save(
     batch_size: int = 64,
     overwrite: bool = False,
     weights_dtype: WeightsDtype | None = None,
+    training: TrainingFacts | None = None,
 ) -> tuple[Path, ScoreCalibrations]:
     """The shared tail of `retune` and `training.supervise`: `model` (`loaded`'s, changed)
     stored in `weights_dtype` (None: as `loaded`), its after-training step re-run on
     DATA/train, calibrated on DATA/val, written to OUT with `record` appended to the card's
-    "retuned" history and the old test metrics dropped."""
+    "retuned" history and the old test metrics dropped. `training`: the card's new training
+    facts (None: `loaded`'s); each calibration names DATA's dataset, where it was made."""
     stored = loaded.config.training.extra.get("weights_dtype", "float32")
     if weights_dtype is None:
         weights_dtype = cast(WeightsDtype, stored if stored in WEIGHTS_DTYPES else "float32")
@@ -114,9 +117,9 @@ def relearn_and_save(
     rebuilt = LoadedCheckpoint(model=model, config=loaded.config, path=loaded.path)
     calibrated = calibrate_checkpoint(
         rebuilt, data, fpr=fpr, device=device, batch_size=batch_size,
-        dataset=loaded.config.training.dataset,
+        dataset=dataset_name(Path(data)) or Path(data).resolve().name,
     )  # fmt: skip
-    training = loaded.config.training
+    training = training or loaded.config.training
     history = list(training.extra.get("retuned", []))
     history.append({**record, "weights_dtype": weights_dtype})
     extra = {

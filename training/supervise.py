@@ -23,11 +23,13 @@ import torch
 from torch import Tensor
 
 from deeplense.errors import DatasetError
-from deeplense.vocabulary import NORMAL, dataset_instrument
+from deeplense.vocabulary import NORMAL, dataset_instrument, dataset_name, manifest_sha256
+from models.card import TrainingFacts
 from models.checkpoint import load_checkpoint
 from models.storage import WeightsDtype
 from training.calibrate import ScoreCalibrations
 from training.datasets import load_split
+from training.export import git_commit, training_budget
 from training.flexible_bound import truth_theta
 from training.retune import check_new_folder, relearn_and_save
 from training.simulate import PARAMETERS_FILE, read_rows
@@ -162,17 +164,51 @@ def supervise(
         model, train, targets, pixel_scale, epochs, batch_size,
         lr, seed, device, held_out,
     )  # fmt: skip
+    wall_time = time.perf_counter() - started
     record: dict[str, Any] = {
         "from": str(checkpoint), "changes": {}, "data": str(data),
         "supervised": {
             "images": len(train), "epochs": epochs, "batch_size": batch_size, "lr": lr,
             "seed": seed,
             "parameter_loss": [{k: round(v, 6) for k, v in h.items()} for h in history],
-            "wall_time_s": round(time.perf_counter() - started, 1),
+            "wall_time_s": round(wall_time, 1),
         },
+        "previous_training": loaded.config.training.model_dump(exclude={"extra"}),
     }  # fmt: skip
+    facts = supervised_facts(loaded.config.training, Path(data), len(train), epochs, batch_size,
+                             seed, str(device), wall_time, history)  # fmt: skip
     written, calibrated = relearn_and_save(
         loaded, model, data, out, record, fpr=fpr, device=device, overwrite=overwrite,
-        weights_dtype=weights_dtype,
+        weights_dtype=weights_dtype, training=facts,
     )  # fmt: skip
     return written, calibrated, history
+
+
+def supervised_facts(
+    previous: TrainingFacts,
+    data: Path,
+    n_train: int,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    device: str,
+    wall_time_s: float,
+    history: list[dict[str, float]],
+) -> TrainingFacts:
+    """The card's training facts after supervision: the encoder was last fitted on DATA, so
+    the card names DATA's dataset and manifest (the earlier facts go to the "retuned"
+    history), with the parameter losses of the last epoch."""
+    last = history[-1] if history else {}
+    return previous.model_copy(
+        update={
+            "dataset": dataset_name(data) or data.resolve().name,
+            "dataset_manifest_sha256": manifest_sha256(data),
+            "n_train": n_train, "epochs": epochs, "batch_size": batch_size, "seed": seed,
+            "device": device, "wall_time_s": round(wall_time_s, 3),
+            "final_losses": {f"{k}_parameter_loss": v for k, v in last.items()},
+            "warnings": [], "git_commit": git_commit(), "torch_version": torch.__version__,
+            "budget": "encoder supervised: " + training_budget(
+                epochs, n_train, batch_size, device, wall_time_s
+            ),
+        }
+    )  # fmt: skip

@@ -104,6 +104,13 @@ def test_supervise_writes_a_new_recalibrated_checkpoint_and_leaves_the_old_one(
     assert len(losses) == 2 and set(losses[0]) == {"train", "val"}  # val: the no_sub lenses
     assert new.config.metrics == {}
     assert new.config.calibrations["chi2"].validation_auc is not None  # val has substructure
+    # The card names the set the encoder was last fitted on; the old facts go to the history.
+    assert old.config.training.dataset is None  # a test checkpoint made without a dataset
+    assert new.config.training.dataset == "model_r"
+    assert new.config.calibrations["chi2"].dataset == "model_r"
+    assert new.config.training.n_train == 16 and new.config.training.epochs == 2
+    assert set(new.config.training.final_losses) == {"train_parameter_loss", "val_parameter_loss"}
+    assert record["previous_training"]["dataset"] is None
     changed = [
         name for name, t in old.model.state_dict().items()
         if name.startswith("encoder") and not torch.equal(new.model.state_dict()[name], t)
