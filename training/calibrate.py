@@ -9,7 +9,7 @@ scored as `evaluate` scores it: each image prepared with its PSF
 (`training.observed_split.per_image_psf_split`), so thresholds and scores agree.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ from deeplense.inference import score_array, score_observations
 from deeplense.instrument import Instrument
 from deeplense.observation import Observation
 from deeplense.scores import list_scores
-from deeplense.vocabulary import LABELS, NORMAL
+from deeplense.vocabulary import LABELS, MANIFEST_FILE, NORMAL, read_manifest
 from models.base import AnomalyModel
 from models.checkpoint import LoadedCheckpoint
 from models.selection import choose_default_score
@@ -105,7 +105,7 @@ def calibrate_checkpoint(
     if NORMAL not in val or len(val[NORMAL]) < 2:
         raise DatasetError(f"{data_dir / 'val'}: calibration needs at least two no_sub images")
     card = loaded.config.input.instrument()
-    return calibrate_model(
+    calibrated = calibrate_model(
         loaded.model,
         val,
         loaded.config.input.psf_sigma_pixels,
@@ -115,6 +115,29 @@ def calibrate_checkpoint(
         batch_size=batch_size,
         observed=val_observations(data_dir, val, loaded.model, card),
     )
+    return with_substructure(calibrated, data_dir)
+
+
+def with_substructure(calibrated: ScoreCalibrations, data_dir: Path) -> ScoreCalibrations:
+    """`calibrated`, its reason naming the labelled split's substructure from DIR's manifest
+    (the default score depends on how strong a signal it was chosen on); unchanged for a
+    set without a manifest or without labelled validation images."""
+    labelled = any(c.validation_auc is not None for c in calibrated.calibrations.values())
+    if not labelled or not (Path(data_dir) / MANIFEST_FILE).is_file():
+        return calibrated
+    try:
+        manifest = read_manifest(Path(data_dir))
+    except DatasetError:  # not the simulator's manifest: nothing to say
+        return calibrated
+    kind, fraction = manifest.get("substructure"), manifest.get("subhalo_mass_fraction")
+    if kind == "study":
+        note = "the study's subhalo draws"
+    elif isinstance(fraction, int | float):
+        note = f"subhalos holding {100 * fraction:g}% of the lens mass"
+    else:
+        return calibrated
+    reason = f"{calibrated.reason}; validation substructure: {note}"
+    return replace(calibrated, reason=reason)
 
 
 def val_observations(

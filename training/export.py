@@ -16,7 +16,7 @@ from models.base import AnomalyModel
 from models.card import TrainingFacts, config_for
 from models.checkpoint import save_checkpoint
 from models.storage import check_weights_dtype, round_to_storage
-from training.calibrate import calibrate_model, val_observations
+from training.calibrate import calibrate_model, val_observations, with_substructure
 from training.datasets import load_split
 from training.health import reconstruction_health
 from training.plan import Plan
@@ -55,6 +55,7 @@ def export_checkpoint(
         batch_size=options.batch_size,
         observed=val_observations(data, val, model, plan.instrument),
     )  # fmt: skip
+    calibrated = with_substructure(calibrated, data)
     health = reconstruction_health(model, plan.val, plan.train, device, options.batch_size)
     for warning in health.warnings:
         log.warning("%s: %s", name, warning)

@@ -1,5 +1,6 @@
 """`python -m training calibrate`: thresholds from val no_sub scores, stored atomically."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -7,11 +8,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from deeplense.calibration import youden_threshold
+from deeplense.calibration import calibration_from_scores, youden_threshold
 from deeplense.inference import score_array
+from deeplense.vocabulary import MANIFEST_FILE, MANIFEST_FORMAT
 from models.checkpoint import load_checkpoint, read_config
 from tests.conftest import tiny_images
 from training.__main__ import main
+from training.calibrate import ScoreCalibrations, with_substructure
 
 
 def write_val(root: Path, n: int = 50) -> Path:
@@ -149,3 +152,34 @@ def test_a_diverged_model_is_a_clear_error_not_a_calibration(tmp_path: Path) -> 
     val = {"no_sub": tiny_images(8, seed=3)}
     with pytest.raises(DatasetError, match="dcae: non-finite .* training diverged"):
         calibrate_model(model, val, psf_sigma_pixels=2.0)
+
+
+@pytest.mark.parametrize(
+    ("manifest", "expected"),
+    [
+        ({"substructure": "stated", "subhalo_mass_fraction": 0.1}, "holding 10% of the lens"),
+        ({"substructure": "study", "subhalo_mass_fraction": 0.01}, "the study's subhalo draws"),
+        ({"format_version": 1, "subhalo_mass_fraction": 0.1}, None),  # not our manifest
+        (None, None),  # the user's own images: no manifest
+    ],
+)
+def test_the_default_scores_reason_names_the_validation_substructure(
+    tmp_path: Path, manifest: dict[str, object] | None, expected: str | None
+) -> None:
+    if manifest is not None:
+        (tmp_path / MANIFEST_FILE).write_text(
+            json.dumps({"format_version": MANIFEST_FORMAT, **manifest})
+        )
+    rng = np.random.default_rng(0)
+    normal, vort = rng.normal(size=20), rng.normal(1.0, size=20)
+    labelled = np.r_[normal, vort], np.r_[np.zeros(20), np.ones(20)]
+    calibrated = ScoreCalibrations(
+        {"mse": calibration_from_scores(normal, 0.05, "model_r", *labelled)}, "mse", "best"
+    )
+    reason = with_substructure(calibrated, tmp_path).reason
+    if expected is None:
+        assert reason == "best"
+    else:
+        assert reason.startswith("best; validation substructure: ") and expected in reason
+    unlabelled = ScoreCalibrations({"mse": calibration_from_scores(normal)}, "chi2_psf", "none")
+    assert with_substructure(unlabelled, tmp_path).reason == "none"  # nothing was chosen on it
