@@ -3,7 +3,8 @@
 - `choose_default_score`: a checkpoint's default score, chosen at calibration.
 - `choose_ensemble_score`: the ensemble's score when a request names none.
 - `choose_default_model`: the model served by default, used by the service at start-up and
-  by `evaluate --update-checkpoints`, which records the choice in every card.
+  by `evaluate --update-checkpoints`, which records the choice in every card it evaluates
+  (the others keep the record of their own last evaluation).
 
 The model rule: the best ROC-AUC (sub vs no_sub) of each model's default score on the labelled
 validation split (`Calibration.validation_auc`, measured at calibration; never the test
