@@ -215,18 +215,21 @@ def curve(
     for name, values in rows.items():
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
     if plot is not None:
+        from matplotlib import colormaps
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+        fig = Figure(figsize=(9.5, 4.8), layout="constrained")
         ax = fig.subplots()
-        for name, values in rows.items():
+        colours = colormaps["tab20"].colors  # 20 distinct: one per line, none reused
+        for i, (name, values) in enumerate(rows.items()):
             style = "--" if name.startswith("bound") else "-"
-            ax.plot([100 * f for f in FRACTIONS], values, style, marker="o", label=name)
+            ax.plot([100 * f for f in FRACTIONS], values, style, marker="o", label=name,
+                    color=colours[i % len(colours)])  # fmt: skip
         title = f"Detection curve ({read_manifest(directory)['dataset']})"
         ax.set(xscale="log", xlabel="subhalo mass fraction (%)", ylim=(0.45, 1.01),
                ylabel="ROC-AUC sub vs no_sub", title=title)  # fmt: skip
         ax.axhline(0.5, color="grey", linewidth=0.7)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         plot.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(plot, dpi=110)
         print(f"\nwrote {plot}")
