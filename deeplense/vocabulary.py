@@ -47,6 +47,12 @@ def dataset_name(directory: Path) -> str | None:
     return str(name) if isinstance(name, str) else None
 
 
+def dataset_label(directory: Path) -> str:
+    """The name a card or calibration gives DIR: its manifest's dataset name, else the
+    folder's own name (resolved, so that "." names the folder, not nothing)."""
+    return dataset_name(directory) or Path(directory).resolve().name
+
+
 def manifest_sha256(directory: Path) -> str | None:
     """Hex SHA-256 of DIR/manifest.json, or None when the dataset has no manifest."""
     path = Path(directory) / MANIFEST_FILE

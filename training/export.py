@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deeplense.vocabulary import NORMAL, dataset_name, manifest_sha256
+from deeplense.vocabulary import NORMAL, dataset_label, manifest_sha256
 from models.base import AnomalyModel
 from models.card import TrainingFacts, config_for
 from models.checkpoint import save_checkpoint
@@ -40,7 +40,7 @@ def export_checkpoint(
     `optimizer_settings` is the training step's account of its optimisation, for the card."""
     options = plan.options
     data = Path(options.data)
-    dataset = dataset_name(data) or data.resolve().name
+    dataset = dataset_label(data)
     # Weights rounded to their storage precision, then the model's own last step on training
     # images (LensFit learns its prior), before any calibration, so that the calibrated
     # scores are those of the exported model.

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from deeplense.errors import CheckpointError, DatasetError
-from deeplense.vocabulary import NORMAL, dataset_name
+from deeplense.vocabulary import NORMAL, dataset_label
 from models.card import TrainingFacts
 from models.checkpoint import LoadedCheckpoint, load_checkpoint, save_checkpoint
 from models.registry import create_model
@@ -117,7 +117,7 @@ def relearn_and_save(
     rebuilt = LoadedCheckpoint(model=model, config=loaded.config, path=loaded.path)
     calibrated = calibrate_checkpoint(
         rebuilt, data, fpr=fpr, device=device, batch_size=batch_size,
-        dataset=dataset_name(Path(data)) or Path(data).resolve().name,
+        dataset=dataset_label(Path(data)),
     )  # fmt: skip
     training = training or loaded.config.training
     history = list(training.extra.get("retuned", []))

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from deeplense.errors import DatasetError
-from deeplense.vocabulary import NORMAL, dataset_instrument, dataset_name, manifest_sha256
+from deeplense.vocabulary import NORMAL, dataset_instrument, dataset_label, manifest_sha256
 from models.card import TrainingFacts
 from models.checkpoint import load_checkpoint
 from models.storage import WeightsDtype
@@ -201,7 +201,7 @@ def supervised_facts(
     last = history[-1] if history else {}
     return previous.model_copy(
         update={
-            "dataset": dataset_name(data) or data.resolve().name,
+            "dataset": dataset_label(data),
             "dataset_manifest_sha256": manifest_sha256(data),
             "n_train": n_train, "epochs": epochs, "batch_size": batch_size, "seed": seed,
             "device": device, "wall_time_s": round(wall_time_s, 3),

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from deeplense.device import resolve_device
     from deeplense.errors import CheckpointError
-    from deeplense.vocabulary import dataset_name
+    from deeplense.vocabulary import dataset_label
     from models.checkpoint import find_checkpoints, load_checkpoint, write_config
     from training.calibrate import calibrate_checkpoint
 
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             )
         found = {args.model: found[args.model]}
     device = resolve_device(args.device)
-    dataset = dataset_name(args.data) or args.data.name
+    dataset = dataset_label(args.data)
     for name, path in found.items():
         loaded = load_checkpoint(path, device=device)
         result = calibrate_checkpoint(
