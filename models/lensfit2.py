@@ -24,7 +24,8 @@ source shape and any smooth lens light cost nothing to learn.
   of the encodings. After training (`after_training`): the mean and variance of converged
   refits of training images (fitted under no prior), each standard deviation times
   `prior_width`, the knob that trades detection on lenses like the training set's against
-  robustness to others (docs/results.md, "The flexible-model bound").
+  robustness to others (docs/results.md, "The flexible-model bound"); `mass_prior_width`
+  sets the mass's factor alone (flexible.MASS), for sets whose mass never varies.
 """
 
 from dataclasses import dataclass, replace
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor
 
 from deeplense.instrument import STUDY_PIXEL_SCALE_ARCSEC, STUDY_PSF_SIGMA_ARCSEC, gaussian_kernel
-from deeplense.lensing.flexible import NAMES, FlexibleConfig, FlexibleLens, solve_linear
+from deeplense.lensing.flexible import MASS, NAMES, FlexibleConfig, FlexibleLens, solve_linear
 from deeplense.lensing.flexible import design_matrix as flexible_design
 from deeplense.lensing.flexible_fit import GaussianPrior, fit_flexible
 from deeplense.noise import estimate_noise
@@ -70,6 +71,16 @@ PRIOR_FIT_CHUNK = 8
 # bit for bit on one thread count (another count sums a one-image product in another order,
 # which the refinement carries to about 1e-5 of the loss: docs/results.md).
 REFINE_CHUNK = 1
+# On a GPU, images refined this many at a time (one at a time would leave it idle); the
+# Levenberg-Marquardt damping is per image, so a chunk fits each image as it would alone, to
+# rounding. Memory: the float64 design (chunk x pixels x K) and its PSF transforms, about 2 GB
+# at 32 images of 150 px. Written and tested batched on the CPU; never run on a GPU here.
+GPU_REFINE_CHUNK = 32
+
+
+def refine_chunk(device: torch.device) -> int:
+    """Images refined together on `device`: REFINE_CHUNK on a CPU, GPU_REFINE_CHUNK else."""
+    return REFINE_CHUNK if device.type == "cpu" else GPU_REFINE_CHUNK
 
 
 @dataclass
@@ -87,6 +98,10 @@ class LensFit2Config(ConvNetConfig):
     prior_fit_images: int = 64  # training images refitted to learn the prior
     prior_fit_steps: int = 10  # LM steps per image for it
     prior_width: float = 1.0  # the learned prior's standard deviations times this
+    # The lens mass's (flexible.MASS: Einstein radius, slope, ellipticity, centre, shear)
+    # standard deviations times this instead, when set; the source's and light's keep
+    # prior_width. A set whose mass never varies (Model A) can hold the mass alone.
+    mass_prior_width: float | None = None
     prior_floor: float = 1e-8  # smallest prior variance of a parameter
     prior_momentum: float = 0.01  # running prior update per training batch
 
@@ -148,10 +163,19 @@ class LensFit2(AnomalyModel):
         raw = self.head(self.encoder(x))
         return self.lo + self.span * torch.sigmoid(raw.float())
 
+    def prior_widths(self) -> Tensor:
+        """Each parameter's factor (13,) on its learned standard deviation: `prior_width`,
+        or `mass_prior_width` for the mass's (flexible.MASS) when set."""
+        widths = torch.full_like(self.prior_var, float(self.config.prior_width))
+        if self.config.mass_prior_width is not None:
+            mass = torch.tensor([NAMES.index(name) for name in MASS])
+            widths[mass] = float(self.config.mass_prior_width)
+        return widths
+
     def prior(self) -> GaussianPrior:
-        """The Gaussian prior on the physical parameters, widened by `prior_width`."""
+        """The Gaussian prior on the physical parameters, widened by `prior_widths`."""
         var = self.prior_var.clamp_min(float(self.config.prior_floor))
-        return GaussianPrior(self.prior_mean, 1.0 / (var * float(self.config.prior_width) ** 2))
+        return GaussianPrior(self.prior_mean, 1.0 / (var * self.prior_widths() ** 2))
 
     def best_lens(
         self, theta: Tensor, x: Tensor, sigma: Tensor, psf: Tensor, lens: FlexibleLens | None = None
@@ -221,13 +245,14 @@ class LensFit2(AnomalyModel):
                     model = self.best_lens(start.double(), x64, sigma64, psf, lens)
             else:
                 steps, prior = int(self.config.refine_steps), self.prior()
+                chunk = refine_chunk(x.device)
                 model = torch.cat(
                     [
                         fit_flexible(
-                            lens, x64[i : i + REFINE_CHUNK], sigma64[i : i + REFINE_CHUNK], psf,
-                            start[i : i + REFINE_CHUNK], steps, prior,
+                            lens, x64[i : i + chunk], sigma64[i : i + chunk], psf,
+                            start[i : i + chunk], steps, prior,
                         ).model
-                        for i in range(0, len(x64), REFINE_CHUNK)
+                        for i in range(0, len(x64), chunk)
                     ]
                 )  # fmt: skip
             return model.clamp(0.0, 1.0).float()
@@ -293,6 +318,15 @@ class LensFit2(AnomalyModel):
         self.prior_mean.mul_(1.0 - m).add_(m * theta.mean(dim=0))
         self.prior_var.mul_(1.0 - m).add_(m * var)
 
+    def width_note(self) -> str:
+        """The prior's width factors in words."""
+        if self.config.mass_prior_width is None:
+            return f"{self.config.prior_width:g}"
+        return (
+            f"{self.config.mass_prior_width:g} for the mass ({', '.join(MASS)}) "
+            f"and {self.config.prior_width:g} for the source and light"
+        )
+
     def card(self) -> dict[str, Any]:
         """The prior in physical units and the model's bases and refinement."""
         std = self.prior_var.clamp_min(float(self.config.prior_floor)).sqrt()
@@ -302,7 +336,7 @@ class LensFit2(AnomalyModel):
                 for n, mu, sd in zip(NAMES, self.prior_mean, std, strict=True)
             },
             "prior_note": "Gaussian on the physical parameters, from converged refits of "
-            f"training images; its standard deviations are used times {self.config.prior_width:g}",
+            f"training images; its standard deviations are used times {self.width_note()}",
             "refinement": {
                 "steps": int(self.config.refine_steps),
                 "method": "Levenberg-Marquardt on the 13 nonlinear parameters, light and source "

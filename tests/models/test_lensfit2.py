@@ -10,6 +10,7 @@ import models
 from deeplense.instrument import gaussian_kernel
 from deeplense.lensing.flexible import INDEX, NAMES, FlexibleLens, design_matrix
 from deeplense.noise import estimate_noise
+from models import lensfit2
 from models.lensfit2 import LensFit2, LensFit2Config
 from tests.conftest import tiny_images, tiny_model
 from tests.lenses import flexible_lenses
@@ -102,6 +103,31 @@ def test_an_images_fit_does_not_depend_on_its_batch_mates() -> None:
     assert torch.equal(together, alone)
 
 
+def test_a_gpu_sized_chunk_fits_each_image_as_it_would_alone(monkeypatch) -> None:
+    """A GPU refines images in chunks (refine_chunk); the damping is per image, so three
+    images refined together match each refined alone to rounding."""
+    assert lensfit2.refine_chunk(torch.device("cpu")) == lensfit2.REFINE_CHUNK == 1
+    assert lensfit2.refine_chunk(torch.device("cuda")) == lensfit2.GPU_REFINE_CHUNK > 1
+    model = small_model(refine_steps=3)
+    aim_encoder(model, off_truth())
+    x = drawn(model, flexible_lenses(3, theta_e=0.9, slope=2.05, log_beta=math.log(0.2)))
+    sigma = torch.full_like(x, SIGMA)
+    batches: list[int] = []
+    fit = lensfit2.fit_flexible
+
+    def counted(lens, x, *args):  # type: ignore[no-untyped-def]
+        batches.append(len(x))
+        return fit(lens, x, *args)
+
+    monkeypatch.setattr(lensfit2, "fit_flexible", counted)
+    with torch.no_grad():
+        alone = model.reconstruct_with_noise(x, sigma)
+        monkeypatch.setattr(lensfit2, "REFINE_CHUNK", 3)  # the CPU takes the GPU's path
+        together = model.reconstruct_with_noise(x, sigma)
+    assert batches == [1, 1, 1, 3]
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+
+
 def test_a_narrow_prior_holds_the_parameters_at_its_mean() -> None:
     model = small_model(refine_steps=8, prior_width=1e-4)
     aim_encoder(model, off_truth())
@@ -121,9 +147,31 @@ def test_a_narrow_prior_holds_the_parameters_at_its_mean() -> None:
     assert (chi2(model, shifted_images, held) > 2 * chi2(model, shifted_images, free)).all()
 
 
+def test_a_narrow_mass_prior_holds_the_mass_and_leaves_the_source_free() -> None:
+    model = small_model(refine_steps=8, prior_width=1e4, mass_prior_width=1e-4)
+    widths = model.prior_widths()
+    assert widths[INDEX["theta_e"]] == widths[INDEX["gamma2"]] == 1e-4
+    assert widths[INDEX["source_x"]] == widths[INDEX["light_e1"]] == 1e4
+    aim_encoder(model, off_truth())
+    model.prior_mean.copy_(truth(1)[0].float())
+    model.prior_var.fill_(0.01)
+    moved_mass, moved_source = truth(), truth()
+    moved_mass[:, INDEX["theta_e"]] += 0.05
+    moved_source[:, INDEX["source_x"]] += 0.05
+    x_mass, x_source = drawn(model, moved_mass), drawn(model, moved_source)
+    sigma = torch.full_like(x_mass, SIGMA)
+    with torch.no_grad():
+        held = model.reconstruct_with_noise(x_mass, sigma)
+        free_source = model.reconstruct_with_noise(x_source, sigma)
+        free_mass = replace_width(model, 1e4).reconstruct_with_noise(x_mass, sigma)
+    assert (chi2(model, x_source, free_source) < 1.3).all()
+    assert (chi2(model, x_mass, held) > 2 * chi2(model, x_mass, free_mass)).all()
+    assert "0.0001 for the mass" in model.card()["prior_note"]
+
+
 def replace_width(model: LensFit2, width: float) -> LensFit2:
     """The same weights and prior under another prior width."""
-    wider = LensFit2(replace(model.config, prior_width=width)).eval()
+    wider = LensFit2(replace(model.config, prior_width=width, mass_prior_width=None)).eval()
     wider.load_state_dict(model.state_dict())
     return wider
 
