@@ -91,7 +91,7 @@ def effect_table(spec: DatasetSpec, config: SimConfig, count: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=200, help="images per class, ours")
     parser.add_argument("--reference-images", type=int, default=40, help="lenstronomy's")
     parser.add_argument("--dataset", default="model_a", choices=sorted(DATASETS))

@@ -25,7 +25,7 @@ from training.refine_noise import CLASSES, SUB, NotRefinedError, start_noise  # 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path, help="a simulated dataset folder (its test split)")
     parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint folder")
     parser.add_argument("--n", type=int, default=20, help="test images per class")

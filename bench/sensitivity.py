@@ -68,7 +68,7 @@ def fmt(rate: Rate) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("data", type=Path, help="a simulated dataset folder (its test split)")
     parser.add_argument("--checkpoints", type=Path, action="append", default=[],
                         help="a checkpoint root (repeatable)")  # fmt: skip
