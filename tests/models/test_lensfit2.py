@@ -130,21 +130,11 @@ def test_a_gpu_sized_chunk_fits_each_image_as_it_would_alone(monkeypatch) -> Non
 
 def test_a_narrow_prior_holds_the_parameters_at_its_mean() -> None:
     model = small_model(refine_steps=8, prior_width=1e-4)
-    aim_encoder(model, off_truth())
-    model.prior_mean.copy_(truth(1)[0].float())
-    model.prior_var.fill_(0.01)
-    x = drawn(model, truth())
-    sigma = torch.full_like(x, SIGMA)
-    shifted = truth()
-    shifted[:, INDEX["theta_e"]] += 0.05
-    shifted_images = drawn(model, shifted)
-    with torch.no_grad():
-        at_truth = model.reconstruct_with_noise(x, sigma)
-        held = model.reconstruct_with_noise(shifted_images, sigma)
-        free = replace_width(model, 1e4).reconstruct_with_noise(shifted_images, sigma)
-    assert (chi2(model, x, at_truth) < 1.3).all()
+    prior_at_truth(model)
+    assert (fitted_chi2(model, truth()) < 1.3).all()
     # held at the wrong Einstein radius, the fit is poor; a broad prior lets it move
-    assert (chi2(model, shifted_images, held) > 2 * chi2(model, shifted_images, free)).all()
+    wrong_radius = moved("theta_e", 0.05)
+    assert (fitted_chi2(model, wrong_radius) > 2 * fitted_chi2(broad(model), wrong_radius)).all()
 
 
 def test_a_narrow_mass_prior_holds_the_mass_and_leaves_the_source_free() -> None:
@@ -152,21 +142,37 @@ def test_a_narrow_mass_prior_holds_the_mass_and_leaves_the_source_free() -> None
     widths = model.prior_widths()
     assert widths[INDEX["theta_e"]] == widths[INDEX["gamma2"]] == 1e-4
     assert widths[INDEX["source_x"]] == widths[INDEX["light_e1"]] == 1e4
+    prior_at_truth(model)
+    assert (fitted_chi2(model, moved("source_x", 0.05)) < 1.3).all()
+    wrong_radius = moved("theta_e", 0.05)
+    assert (fitted_chi2(model, wrong_radius) > 2 * fitted_chi2(broad(model), wrong_radius)).all()
+    assert "0.0001 for the mass" in model.card()["prior_note"]
+
+
+def prior_at_truth(model: LensFit2) -> None:
+    """The encoder guessing off the truth, the prior centred on it (variance 0.01)."""
     aim_encoder(model, off_truth())
     model.prior_mean.copy_(truth(1)[0].float())
     model.prior_var.fill_(0.01)
-    moved_mass, moved_source = truth(), truth()
-    moved_mass[:, INDEX["theta_e"]] += 0.05
-    moved_source[:, INDEX["source_x"]] += 0.05
-    x_mass, x_source = drawn(model, moved_mass), drawn(model, moved_source)
-    sigma = torch.full_like(x_mass, SIGMA)
+
+
+def moved(name: str, by: float) -> torch.Tensor:
+    """truth() with parameter `name` moved by `by`: (2, 13)."""
+    theta = truth()
+    theta[:, INDEX[name]] += by
+    return theta
+
+
+def fitted_chi2(model: LensFit2, theta: torch.Tensor) -> torch.Tensor:
+    """chi2 per pixel (n,) of the model's fit to the lenses theta (n, 13) it draws."""
+    x = drawn(model, theta)
     with torch.no_grad():
-        held = model.reconstruct_with_noise(x_mass, sigma)
-        free_source = model.reconstruct_with_noise(x_source, sigma)
-        free_mass = replace_width(model, 1e4).reconstruct_with_noise(x_mass, sigma)
-    assert (chi2(model, x_source, free_source) < 1.3).all()
-    assert (chi2(model, x_mass, held) > 2 * chi2(model, x_mass, free_mass)).all()
-    assert "0.0001 for the mass" in model.card()["prior_note"]
+        return chi2(model, x, model.reconstruct_with_noise(x, torch.full_like(x, SIGMA)))
+
+
+def broad(model: LensFit2) -> LensFit2:
+    """The same model under a prior 1e4 times wider on every parameter."""
+    return replace_width(model, 1e4)
 
 
 def replace_width(model: LensFit2, width: float) -> LensFit2:
