@@ -35,7 +35,14 @@ import torch
 from torch import Tensor
 
 from deeplense.instrument import STUDY_PIXEL_SCALE_ARCSEC, STUDY_PSF_SIGMA_ARCSEC, gaussian_kernel
-from deeplense.lensing.flexible import MASS, NAMES, FlexibleConfig, FlexibleLens, solve_linear
+from deeplense.lensing.flexible import (
+    INDEX,
+    MASS,
+    NAMES,
+    FlexibleConfig,
+    FlexibleLens,
+    solve_linear,
+)
 from deeplense.lensing.flexible import design_matrix as flexible_design
 from deeplense.lensing.flexible_fit import GaussianPrior, fit_flexible
 from deeplense.noise import estimate_noise
@@ -168,8 +175,7 @@ class LensFit2(AnomalyModel):
         or `mass_prior_width` for the mass's (flexible.MASS) when set."""
         widths = torch.full_like(self.prior_var, float(self.config.prior_width))
         if self.config.mass_prior_width is not None:
-            mass = torch.tensor([NAMES.index(name) for name in MASS])
-            widths[mass] = float(self.config.mass_prior_width)
+            widths[[INDEX[name] for name in MASS]] = float(self.config.mass_prior_width)
         return widths
 
     def prior(self) -> GaussianPrior:

@@ -3,12 +3,15 @@ it should, masked pixels and the given PSF count as they should. Tiny images (32
 
 import math
 from dataclasses import replace
+from typing import Any
 
+import pytest
 import torch
 
 import models
 from deeplense.instrument import gaussian_kernel
 from deeplense.lensing.flexible import INDEX, NAMES, FlexibleLens, design_matrix
+from deeplense.lensing.flexible_fit import FlexibleFit
 from deeplense.noise import estimate_noise
 from models import lensfit2
 from models.lensfit2 import LensFit2, LensFit2Config
@@ -103,7 +106,9 @@ def test_an_images_fit_does_not_depend_on_its_batch_mates() -> None:
     assert torch.equal(together, alone)
 
 
-def test_a_gpu_sized_chunk_fits_each_image_as_it_would_alone(monkeypatch) -> None:
+def test_a_gpu_sized_chunk_fits_each_image_as_it_would_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A GPU refines images in chunks (refine_chunk); the damping is per image, so three
     images refined together match each refined alone to rounding."""
     assert lensfit2.refine_chunk(torch.device("cpu")) == lensfit2.REFINE_CHUNK == 1
@@ -115,7 +120,7 @@ def test_a_gpu_sized_chunk_fits_each_image_as_it_would_alone(monkeypatch) -> Non
     batches: list[int] = []
     fit = lensfit2.fit_flexible
 
-    def counted(lens, x, *args):  # type: ignore[no-untyped-def]
+    def counted(lens: FlexibleLens, x: torch.Tensor, *args: Any) -> FlexibleFit:
         batches.append(len(x))
         return fit(lens, x, *args)
 
