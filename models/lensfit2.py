@@ -112,6 +112,15 @@ class LensFit2Config(ConvNetConfig):
     prior_floor: float = 1e-8  # smallest prior variance of a parameter
     prior_momentum: float = 0.01  # running prior update per training batch
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        widths = {"prior_width": self.prior_width}
+        if self.mass_prior_width is not None:
+            widths["mass_prior_width"] = self.mass_prior_width
+        for name, width in widths.items():
+            if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
+                raise ValueError(f"{name} must be a positive number, got {width!r}")
+
     @classmethod
     def tiny(cls) -> Self:
         return replace(

@@ -154,6 +154,15 @@ def test_a_narrow_mass_prior_holds_the_mass_and_leaves_the_source_free() -> None
     assert "0.0001 for the mass" in model.card()["prior_note"]
 
 
+@pytest.mark.parametrize(
+    "change", [{"prior_width": 0}, {"mass_prior_width": -1.0}, {"mass_prior_width": "abc"}]
+)
+def test_a_prior_width_that_is_not_a_positive_number_is_refused(change: dict) -> None:
+    ((name, value),) = change.items()
+    with pytest.raises(ValueError, match=f"{name} must be a positive number, got {value!r}"):
+        LensFit2Config(**change)
+
+
 def prior_at_truth(model: LensFit2) -> None:
     """The encoder guessing off the truth, the prior centred on it (variance 0.01)."""
     aim_encoder(model, off_truth())
