@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from deeplense.lensing.flexible import FlexibleLens
+from deeplense.lensing.flexible import FlexibleLens, LinearFit
 from deeplense.lensing.levenberg import levenberg_marquardt
 
 
@@ -22,17 +22,17 @@ class FlexibleProblem:
 
     def __init__(self, lens: FlexibleLens, x: Tensor, sigma: Tensor, psf: Tensor) -> None:
         self.lens, self.x, self.sigma, self.psf = lens, x, sigma, psf
-        self._last: tuple[Tensor, tuple[Tensor, Tensor]] | None = None
+        self._last: tuple[Tensor, LinearFit] | None = None
 
-    def linear(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """The design (N, n*n, K) at theta (N, 13) and its best coefficients (N, K)."""
+    def linear(self, theta: Tensor) -> LinearFit:
+        """The design (N, n*n, K) at theta (N, 13), its best coefficients (N, K) and Gram."""
         if self._last is None or not torch.equal(self._last[0], theta):
             self._last = (theta.clone(), self.lens.fit_linear(theta, self.x, self.sigma, self.psf))
         return self._last[1]
 
     def model(self, theta: Tensor) -> Tensor:
         """The best smooth lens at theta: (N, 1, n, n)."""
-        design, coef = self.linear(theta)
+        design, coef, _ = self.linear(theta)
         return (design @ coef.unsqueeze(2)).view_as(self.x)
 
     def residual(self, theta: Tensor) -> Tensor:

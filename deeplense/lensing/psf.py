@@ -49,6 +49,11 @@ def moffat_kernel(
     return (kernel / kernel.sum()).to(dtype)
 
 
+# Padded values (real) transformed at once on a CPU: larger batches leave the cache (bench
+# in `channels_per_transform`'s doc).
+CPU_FFT_ELEMENTS = 2**17
+
+
 def fast_fft_size(n: int) -> int:
     """The smallest m >= n whose prime factors are all 2, 3 or 5."""
     m = n
@@ -83,8 +88,25 @@ def convolve(image: Tensor, kernel: Tensor) -> Tensor:
     kernel_spectrum = torch.fft.rfft2(kernel.to(image), s=size)
     if kernel.dim() == 3:
         kernel_spectrum = kernel_spectrum.unsqueeze(1)  # (N, 1, ., .): one per image
-    full = torch.fft.irfft2(torch.fft.rfft2(padded, s=size) * kernel_spectrum, s=size)
-    return full[..., 2 * r : 2 * r + h, 2 * r : 2 * r + w]
+    step = channels_per_transform(image, size)
+    return torch.cat(
+        [
+            torch.fft.irfft2(
+                torch.fft.rfft2(padded[:, i : i + step], s=size) * kernel_spectrum, s=size
+            )[..., 2 * r : 2 * r + h, 2 * r : 2 * r + w]
+            for i in range(0, image.shape[1], step)
+        ],
+        dim=1,
+    )
 
 
-__all__ = ["convolve", "fast_fft_size", "moffat_alpha", "moffat_kernel"]
+def channels_per_transform(image: Tensor, size: tuple[int, int]) -> int:
+    """Channels of `image` (N, C, ., .) transformed together at FFT size `size`: all of them
+    on an accelerator; on a CPU as many as keep about CPU_FFT_ELEMENTS padded values in cache
+    (one thread, 150 px, 147 channels of 180^2: 204 ms in one transform, 56 ms in fours)."""
+    if image.device.type != "cpu":
+        return max(1, image.shape[1])
+    return max(1, CPU_FFT_ELEMENTS // (image.shape[0] * size[0] * size[1]))
+
+
+__all__ = ["channels_per_transform", "convolve", "fast_fft_size", "moffat_alpha", "moffat_kernel"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from deeplense.lensing import psf
 from deeplense.lensing.epl import epl_deflection
 from deeplense.lensing.psf import convolve, moffat_alpha, moffat_kernel
 
@@ -95,3 +96,26 @@ def test_convolve_equals_scipys_nearest_mode_convolution() -> None:
         np.testing.assert_allclose(out[i, 0], ref, rtol=0, atol=1e-13)
     with pytest.raises(ValueError, match="odd side"):
         convolve(torch.from_numpy(image), torch.ones(4, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("elements", [1, 4 * 29 * 29, 2**17])
+def test_convolve_in_channel_chunks_equals_scipys(
+    monkeypatch: pytest.MonkeyPatch, per_image: bool, elements: int
+) -> None:
+    """On a CPU the channels are transformed a few at a time (CPU_FFT_ELEMENTS: one, two
+    or all of them here); every chunk uses its own image's kernel."""
+    monkeypatch.setattr(psf, "CPU_FFT_ELEMENTS", elements)
+    rng = np.random.default_rng(1)
+    image = rng.uniform(size=(2, 5, 23, 23))  # FFT size 29 for a 7-pixel kernel
+    kernels = rng.uniform(size=(2, 7, 7))
+    kernel = kernels if per_image else kernels[0]
+    assert psf.channels_per_transform(torch.from_numpy(image), (29, 29)) == max(
+        1, elements // (2 * 29 * 29)
+    )
+    out = convolve(torch.from_numpy(image), torch.from_numpy(kernel)).numpy()
+    for i in range(2):
+        for c in range(5):
+            own = kernels[i] if per_image else kernels[0]
+            ref = ndimage.correlate(image[i, c], own[::-1, ::-1], mode="nearest")
+            np.testing.assert_allclose(out[i, c], ref, rtol=0, atol=1e-12)
