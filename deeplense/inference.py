@@ -6,7 +6,7 @@ score's residual map, so a served score equals the evaluated score for the same 
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -230,6 +230,40 @@ def score_observations(
         not_applicable=reasons,
         goodness=None if fitted is None else goodness_of_fit(values[CHI2] * used, used, fitted),
     )
+
+
+def concatenate_scored(parts: Sequence[ScoredBatch]) -> ScoredBatch:
+    """One ScoredBatch of consecutive parts' images, in order (parts scored apart, e.g. by
+    `training.parallel_score`'s processes); at least one part. Reconstructions, maps or
+    goodness missing from any part: none in the whole."""
+    if not parts:
+        raise ValueError("no parts to concatenate")
+    goodness = [p.goodness for p in parts]
+    return ScoredBatch(
+        loss=np.concatenate([p.loss for p in parts]),
+        w1=np.concatenate([p.w1 for p in parts]),
+        reconstruction=_joined([p.reconstruction for p in parts]),
+        scores={n: np.concatenate([p.scores[n] for p in parts]) for n in parts[0].scores},
+        residual_map=_joined([p.residual_map for p in parts]),
+        not_applicable={
+            n: [r for p in parts for r in p.not_applicable[n]] for n in parts[0].not_applicable
+        },
+        goodness=None
+        if any(g is None for g in goodness)
+        else GoodnessOfFit(
+            *(np.concatenate([getattr(g, f.name) for g in goodness]) for f in fields(GoodnessOfFit))
+        ),
+    )
+
+
+def _joined(
+    parts: Sequence[np.ndarray | list[np.ndarray] | None],
+) -> np.ndarray | list[np.ndarray] | None:
+    """Per-image arrays of consecutive parts as `_per_image` holds them; None if any is."""
+    if any(p is None for p in parts):
+        return None
+    images = [image for p in parts if p is not None for image in p]  # each (1, h, w)
+    return _per_image(dict(enumerate(images)), len(images))
 
 
 def _per_image(arrays: dict[int, np.ndarray], n: int) -> np.ndarray | list[np.ndarray]:

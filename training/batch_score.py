@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from deeplense.calibration import judge
 from deeplense.decode_client import TimedDecoder
-from deeplense.errors import InvalidImageError, OutputExistsError
+from deeplense.errors import DeviceError, InvalidImageError, OutputExistsError
 from deeplense.image_score import CSV_COLUMNS, ImageScore, image_scores
 from deeplense.imaging import DEFAULT_MAX_PIXELS, check_pixels
 from deeplense.inference import score_observations
@@ -34,6 +34,7 @@ from deeplense.instrument import Instrument
 from deeplense.observation import Prepared, RequestInstrument, prepare_observation
 from models.checkpoint import LoadedCheckpoint
 from training.commands.score import DECODE_MEMORY_BYTES, DECODE_TIMEOUT_S
+from training.parallel_score import ScoringPool
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ def score_files(
     score: str | None = None,
     request: RequestInstrument | None = None,
     decoder: TimedDecoder | None = None,
+    workers: int = 1,
 ) -> Iterator[ImageScore]:
     """Rows for every image of `files`, in order, scored in batches of `batch_size`.
 
@@ -111,7 +113,13 @@ def score_files(
     is_anomaly is then None); percentile needs a calibration (`deeplense.calibration.judge`).
     `request` (the --psf and --pixel-scale flags) applies to every image without its own.
     `decoder` reads the files (default: DECODE_TIMEOUT_S per file, DECODE_MEMORY_BYTES).
+    `workers` > 1 scores each batch in that many one-thread processes
+    (`training.parallel_score`; the CPU only: DeviceError on another device).
     """
+    if workers > 1 and torch.device(device).type != "cpu":
+        raise DeviceError(
+            f"--workers {workers} runs one-thread CPU processes; on {device} use --workers 1"
+        )
     score = score or loaded.config.default_score
     calibration = loaded.config.calibration_for(score)
     card = loaded.config.input.instrument()
@@ -126,9 +134,14 @@ def score_files(
         good = [p for p in pending if p.observation is not None]
         records: Iterator[ImageScore] = iter(())
         if good:
-            scored = score_observations(
-                loaded.model, [p.observation for p in good if p.observation is not None],
-                device=device, batch_size=batch_size, scores=[score],
+            observations = [p.observation for p in good if p.observation is not None]
+            scored = (
+                pool.score(observations, batch_size, [score])
+                if pool is not None
+                else score_observations(
+                    loaded.model, observations, device=device, batch_size=batch_size,
+                    scores=[score],
+                )
             )  # fmt: skip
             verdict = judge(
                 scored.scores[score], calibration, threshold,
@@ -143,6 +156,7 @@ def score_files(
     own = decoder is None
     reader = TimedDecoder(DECODE_TIMEOUT_S, DECODE_MEMORY_BYTES) if decoder is None else decoder
     bar = tqdm(files, desc=f"score {loaded.name}", unit="file", disable=not progress or None)
+    pool = ScoringPool(loaded.path, workers) if workers > 1 else None
     try:
         for path in bar:
             for item in prepare_file(Path(path), size, max_pixels, card, request, reader, own_grid):
@@ -156,6 +170,8 @@ def score_files(
             bar.set_postfix(images=n_images, refresh=False)
         yield from flush()
     finally:
+        if pool is not None:
+            pool.close()
         if own:
             reader.close()
 

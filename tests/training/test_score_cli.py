@@ -12,13 +12,14 @@ import pytest
 from astropy.io import fits
 from PIL import Image
 
+from deeplense.errors import DeviceError
 from deeplense.imaging import read_image
 from deeplense.inference import score_array
 from deeplense.preprocess import to_model_input
 from models.checkpoint import load_checkpoint
 from tests.conftest import tiny_images
 from training.__main__ import main
-from training.batch_score import CSV_COLUMNS, parse_shard, shard_files
+from training.batch_score import CSV_COLUMNS, parse_shard, score_files, shard_files
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -274,3 +275,38 @@ def test_a_temp_file_left_by_a_killed_run_is_swept(tiny_checkpoints: Path, tmp_p
     assert run_score(tiny_checkpoints, out, str(image)) == 0
     assert not stale.exists() and out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("model", ["dcae", "lensfit2"])
+def test_workers_give_the_rows_of_one_process(
+    tiny_checkpoints: Path, tmp_path: Path, model: str
+) -> None:
+    """--workers 2 cuts every batch between two one-thread processes: the same rows, in the
+    same order, errors included; the numbers to float rounding (another thread count)."""
+    folder = make_files(tmp_path / "images")
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    common = ["score", "--checkpoints", str(tiny_checkpoints), "--model", model,
+              "--device", "cpu", "--batch-size", "3", str(folder)]  # fmt: skip
+    assert main([*common, "--out", str(one)]) == 0
+    assert main([*common, "--out", str(two), "--workers", "2"]) == 0
+    single, parallel = read_rows(one), read_rows(two)
+    assert [r["filename"] for r in parallel] == [r["filename"] for r in single]
+    assert sum(1 for r in parallel if r["error"]) == 2
+    for a, b in zip(single, parallel, strict=True):
+        for column in CSV_COLUMNS:
+            if column in ("percentile", "is_anomaly"):  # the tiny calibration is packed tight
+                continue
+            try:
+                expected = float(a[column])
+            except ValueError:  # text, or empty
+                assert b[column] == a[column], column
+                continue
+            assert float(b[column]) == pytest.approx(expected, rel=1e-4, abs=1e-12), column
+
+
+def test_workers_need_the_cpu(tiny_checkpoints: Path, tmp_path: Path) -> None:
+    image = tmp_path / "one.npy"
+    np.save(image, tiny_images(1)[0, 0])
+    loaded = load_checkpoint(tiny_checkpoints / "dcae")
+    with pytest.raises(DeviceError, match="--workers 2"):
+        next(score_files(loaded, [image], device="cuda", workers=2, progress=False))

@@ -1,0 +1,96 @@
+"""Scoring prepared images in several one-thread processes (`deeplense score --workers N`).
+
+Measured on the project's 2-core CPU (docs/results.md, "LensFit 2's scoring speed"): one
+LensFit 2 fit is a long chain of small operations, so torch's threads inside one image buy
+little (1.43x on two cores), while two processes, each fitting its own images on one
+thread, buy about 2x. A `ScoringPool` holds N such processes, each with the checkpoint
+loaded once; `score` cuts a batch of observations into consecutive pieces, scores them in
+the processes and joins the results in order (`deeplense.inference.concatenate_scored`), so
+rows come out as one process would give them. An image's numbers do not depend on its batch
+mates for LensFit 2 (it fits one image at a time on a CPU); the thread count itself moves a
+fit's sums to about 1e-5 of the loss.
+
+Processes are started with "spawn" (a forked child of a process that has used torch's
+thread pool can hang), so each loads torch and the checkpoint itself: about two seconds.
+"""
+
+import multiprocessing
+from collections.abc import Sequence
+from multiprocessing.pool import Pool
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+import torch
+
+from deeplense.inference import ScoredBatch, concatenate_scored, score_observations
+from deeplense.observation import Observation
+from models.base import AnomalyModel
+from models.checkpoint import load_checkpoint
+
+PIECES_PER_WORKER = 4  # a batch is cut into this many pieces per process: even loads
+_MODEL: AnomalyModel | None = None  # the checkpoint's model, in each worker process
+
+
+def _start_worker(checkpoint: str, threads: int) -> None:
+    """A worker's start: `threads` torch threads, the checkpoint loaded on the CPU."""
+    global _MODEL
+    torch.set_num_threads(threads)
+    _MODEL = load_checkpoint(Path(checkpoint), device="cpu").model
+
+
+def _score_piece(task: tuple[list[Observation], int, tuple[str, ...]]) -> ScoredBatch:
+    observations, batch_size, scores = task
+    assert _MODEL is not None, "worker not started"
+    return score_observations(
+        _MODEL, observations, device="cpu", batch_size=batch_size, scores=scores
+    )
+
+
+class ScoringPool:
+    """`workers` processes of `threads` torch threads, each holding the checkpoint at
+    `checkpoint` on the CPU (module doc). Use as a context manager, or `close()` it."""
+
+    def __init__(self, checkpoint: Path, workers: int, threads: int = 1) -> None:
+        if workers < 1 or threads < 1:
+            raise ValueError(f"need workers >= 1 and threads >= 1, got {workers}, {threads}")
+        self.workers = workers
+        context = multiprocessing.get_context("spawn")
+        self._pool: Pool = context.Pool(
+            workers, initializer=_start_worker, initargs=(str(checkpoint), threads)
+        )
+
+    def score(
+        self, observations: Sequence[Observation], batch_size: int, scores: Sequence[str]
+    ) -> ScoredBatch:
+        """`score_observations` of every observation, in order, spread over the processes."""
+        n = len(observations)
+        if n == 0:
+            raise ValueError("no observations to score")
+        pieces = np.array_split(np.arange(n), min(n, self.workers * PIECES_PER_WORKER))
+        tasks = [
+            ([observations[i] for i in piece], batch_size, tuple(scores))
+            for piece in pieces
+            if len(piece)
+        ]
+        return concatenate_scored(self._pool.map(_score_piece, tasks, chunksize=1))
+
+    def close(self) -> None:
+        """Stop the processes (at once: nothing is pending between `score` calls)."""
+        self._pool.terminate()
+        self._pool.join()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+__all__ = ["PIECES_PER_WORKER", "ScoringPool"]
