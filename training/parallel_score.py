@@ -16,7 +16,8 @@ thread pool can hang), so each loads torch and the checkpoint itself: about two 
 
 import multiprocessing
 from collections.abc import Sequence
-from multiprocessing.pool import Pool
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -56,30 +57,45 @@ class ScoringPool:
         if workers < 1 or threads < 1:
             raise ValueError(f"need workers >= 1 and threads >= 1, got {workers}, {threads}")
         self.workers = workers
-        context = multiprocessing.get_context("spawn")
-        self._pool: Pool = context.Pool(
-            workers, initializer=_start_worker, initargs=(str(checkpoint), threads)
+        self._executor = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(str(checkpoint), threads),
         )
 
     def score(
         self, observations: Sequence[Observation], batch_size: int, scores: Sequence[str]
     ) -> ScoredBatch:
-        """`score_observations` of every observation, in order, spread over the processes."""
+        """`score_observations` of every observation, in order, spread over the processes.
+        RuntimeError if a process died (killed, out of memory) or could not load the model."""
         n = len(observations)
         if n == 0:
             raise ValueError("no observations to score")
         pieces = np.array_split(np.arange(n), min(n, self.workers * PIECES_PER_WORKER))
-        tasks = [
-            ([observations[i] for i in piece], batch_size, tuple(scores))
-            for piece in pieces
-            if len(piece)
-        ]
-        return concatenate_scored(self._pool.map(_score_piece, tasks, chunksize=1))
+        tasks = [([observations[i] for i in piece], batch_size, tuple(scores)) for piece in pieces]
+        try:
+            return concatenate_scored(list(self._executor.map(_score_piece, tasks)))
+        except BrokenProcessPool as exc:
+            raise RuntimeError(
+                f"a scoring process died or could not start ({exc}); these images were not scored"
+            ) from None
+
+    def pids(self) -> list[int]:
+        """The worker processes' ids (started on the first `score`)."""
+        return [p.pid for p in self._processes() if p.pid is not None]
+
+    def _processes(self) -> list[multiprocessing.process.BaseProcess]:
+        # The executor's own table: before Python 3.14 it has no public way to stop work in
+        # flight (terminate_workers), and an interrupted run must not wait for its pieces.
+        return list((getattr(self._executor, "_processes", None) or {}).values())
 
     def close(self) -> None:
-        """Stop the processes (at once: nothing is pending between `score` calls)."""
-        self._pool.terminate()
-        self._pool.join()
+        """Stop the processes at once (nothing is pending between `score` calls; after an
+        interruption, work in flight is dropped)."""
+        for process in self._processes():
+            process.terminate()
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> Self:
         return self

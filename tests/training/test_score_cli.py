@@ -1,6 +1,7 @@
 """`python -m training score`: CSV rows equal direct scores, shards, errors, atomic output."""
 
 import csv
+import os
 import signal
 import subprocess
 import sys
@@ -15,11 +16,14 @@ from PIL import Image
 from deeplense.errors import DeviceError
 from deeplense.imaging import read_image
 from deeplense.inference import score_array
+from deeplense.instrument import Instrument
+from deeplense.observation import prepare_observation
 from deeplense.preprocess import to_model_input
 from models.checkpoint import load_checkpoint
-from tests.conftest import tiny_images
+from tests.conftest import TINY_SIZE, tiny_images
 from training.__main__ import main
 from training.batch_score import CSV_COLUMNS, parse_shard, score_files, shard_files
+from training.parallel_score import ScoringPool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -310,3 +314,31 @@ def test_workers_need_the_cpu(tiny_checkpoints: Path, tmp_path: Path) -> None:
     loaded = load_checkpoint(tiny_checkpoints / "dcae")
     with pytest.raises(DeviceError, match="--workers 2"):
         next(score_files(loaded, [image], device="cuda", workers=2, progress=False))
+
+
+def test_a_dead_worker_is_an_error_not_a_hang(tiny_checkpoints: Path) -> None:
+    """A worker killed (the OOM killer's usual pick) ends the scoring with an error."""
+    observations = [
+        prepare_observation(image, TINY_SIZE, Instrument(), f"image{i}")
+        for i, image in enumerate(tiny_images(4, seed=6)[:, 0])
+    ]
+    with ScoringPool(tiny_checkpoints / "dcae", workers=2) as pool:
+        assert len(pool.score(observations, 2, ["mse"]).loss) == 4
+        pids = pool.pids()
+        assert len(pids) == 2
+        os.kill(pids[0], signal.SIGKILL)
+        time.sleep(2)  # the executor notices a death at once; this leaves it the time
+        with pytest.raises(RuntimeError, match="scoring process died"):
+            pool.score(observations, 2, ["mse"])
+    for pid in pids:  # closed: no process left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_worker_that_cannot_load_the_checkpoint_is_an_error(tmp_path: Path) -> None:
+    observation = prepare_observation(tiny_images(1)[0, 0], TINY_SIZE, Instrument(), "one")
+    with (
+        ScoringPool(tmp_path / "absent", workers=1) as pool,
+        pytest.raises(RuntimeError, match="could not start"),
+    ):
+        pool.score([observation], 1, ["mse"])
