@@ -15,6 +15,7 @@ thread pool can hang), so each loads torch and the checkpoint itself: about two 
 """
 
 import multiprocessing
+import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,8 +36,10 @@ _MODEL: AnomalyModel | None = None  # the checkpoint's model, in each worker pro
 
 
 def _start_worker(checkpoint: str, threads: int) -> None:
-    """A worker's start: `threads` torch threads, the checkpoint loaded on the CPU."""
+    """A worker's start: `threads` torch threads, the checkpoint loaded on the CPU. Ctrl-C
+    reaches the whole process group; the parent alone handles it (and stops the workers)."""
     global _MODEL
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
     _MODEL = load_checkpoint(Path(checkpoint), device="cpu").model
 
