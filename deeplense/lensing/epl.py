@@ -73,4 +73,40 @@ def epl_deflection(
     return cos * ax - sin * ay, sin * ax + cos * ay
 
 
-__all__ = ["epl_deflection"]
+def epl_hessian(
+    x: Tensor,
+    y: Tensor,
+    alpha_x: Tensor,
+    alpha_y: Tensor,
+    theta_e: Tensor,
+    gamma: Tensor,
+    q: Tensor,
+    phi: Tensor,
+    center_x: Tensor | None = None,
+    center_y: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(f_xx, f_xy, f_yy), each (N, H, W): the second derivatives of the lensing potential
+    of N EPL lenses at x, y, from their deflection there (`epl_deflection`'s, same
+    arguments), with no further series: Tessore & Metcalf (2015), in the major axis's frame
+    with z = x' + i y', convergence kappa = (2 - t) / 2 (b / R)^t and complex shear
+    -kappa z / z* + (1 - t) alpha / z*, t = gamma - 1; the shear turned back by e^(2 i phi).
+    Undefined at the centre itself (z = 0), where the power law is singular."""
+    dx = x if center_x is None else x - _column(center_x)
+    dy = y if center_y is None else y - _column(center_y)
+    cos, sin = _column(torch.cos(phi)), _column(torch.sin(phi))
+    xr, yr = cos * dx + sin * dy, -sin * dx + cos * dy  # along the major axis
+    ar, ai = cos * alpha_x + sin * alpha_y, -sin * alpha_x + cos * alpha_y
+    qc, t = _column(q), _column(gamma) - 1.0
+    b = _column(theta_e) * torch.sqrt(qc)
+    big_r = torch.sqrt(qc * qc * xr * xr + yr * yr).clamp_min(_R_MIN)
+    kappa = (2.0 - t) / 2.0 * torch.pow(b / big_r, t)
+    r2 = (xr * xr + yr * yr).clamp_min(_R_MIN**2)
+    # z / z* = z^2 / |z|^2 and alpha / z* = alpha z / |z|^2, in real arithmetic
+    shear_r = (-kappa * (xr * xr - yr * yr) + (1.0 - t) * (ar * xr - ai * yr)) / r2
+    shear_i = (-kappa * (2.0 * xr * yr) + (1.0 - t) * (ar * yr + ai * xr)) / r2
+    cos2, sin2 = cos * cos - sin * sin, 2.0 * sin * cos  # e^(2 i phi)
+    g1, g2 = cos2 * shear_r - sin2 * shear_i, sin2 * shear_r + cos2 * shear_i
+    return kappa + g1, g2, kappa - g1
+
+
+__all__ = ["epl_deflection", "epl_hessian"]

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 from torch.autograd import forward_ad
 
-from deeplense.lensing.epl import epl_deflection
+from deeplense.lensing.epl import epl_deflection, epl_hessian
 from deeplense.lensing.forward_mode import dual_level
 from deeplense.lensing.psf import convolve
 
@@ -201,7 +201,7 @@ def gaussian_light(
 
 
 MASS = ("theta_e", "slope", "mass_e1", "mass_e2", "center_x", "center_y", "gamma1", "gamma2")
-DEFLECTING = MASS[:-2]  # the power law's; the external shear's two come last
+PROFILE = ("slope", "mass_e1", "mass_e2")  # the power law's shape: its series' derivatives
 LIGHT = ("center_x", "center_y", "light_e1", "light_e2")
 
 
@@ -273,6 +273,41 @@ def _tangents(fn, theta: Tensor, names: tuple[str, ...]):  # type: ignore[no-unt
     ]
 
 
+def ray_derivatives(
+    theta: Tensor, x: Tensor, y: Tensor
+) -> tuple[tuple[Tensor, Tensor], list[tuple[Tensor, Tensor]]]:
+    """The rays (bx, by), each (N, m, m), of image positions x, y (1, m, m), and their
+    derivatives (dbx, dby) along each mass parameter, in MASS' order.
+
+    beta = x - alpha(x - c) - Gamma (x - c). Forward mode through the power law's series only
+    for its shape (PROFILE); the rest in closed form from the deflection the rays give:
+    alpha is proportional to theta_e^t (t = slope - 1), so d/d theta_e = -t alpha / theta_e;
+    d/d c is the potential's Hessian (`epl_hessian`) plus the shear; d/d gamma1 = (-dx, dy),
+    d/d gamma2 = (-dy, -dx). Five of the eight passes saved (docs/results.md, "LensFit 2
+    scores twice as fast")."""
+    (bx, by), shaped = _tangents(lambda t: source_plane(t, x, y), theta, PROFILE)
+    p = theta.unbind(dim=1)
+    c = {name: p[INDEX[name]][:, None, None] for name in MASS}  # (N, 1, 1) each
+    dx, dy = x - c["center_x"], y - c["center_y"]
+    g1, g2 = c["gamma1"], c["gamma2"]
+    ax, ay = x - bx - (g1 * dx + g2 * dy), y - by - (g2 * dx - g1 * dy)  # the deflection
+    q, phi = q_phi(p[INDEX["mass_e1"]], p[INDEX["mass_e2"]])
+    fxx, fxy, fyy = epl_hessian(
+        x, y, ax, ay, p[INDEX["theta_e"]], p[INDEX["slope"]], q, phi,
+        p[INDEX["center_x"]], p[INDEX["center_y"]],
+    )  # fmt: skip
+    t_over_theta_e = (c["slope"] - 1.0) / c["theta_e"]
+    derivatives = {
+        "theta_e": (-t_over_theta_e * ax, -t_over_theta_e * ay),
+        "center_x": (fxx + g1, fxy + g2),
+        "center_y": (fxy + g2, fyy - g1),
+        "gamma1": (-dx, dy),
+        "gamma2": (-dy, -dx),
+        **dict(zip(PROFILE, shaped, strict=True)),
+    }
+    return (bx, by), [derivatives[name] for name in MASS]
+
+
 def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
     """d(design @ coef) / d theta at fixed coefficients (N, K): (N, n*n, 13).
 
@@ -285,11 +320,7 @@ def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Ten
     x, y = image_grid(config, theta)
     shape = (theta.shape[0], x.shape[-2], x.shape[-1])
     p = theta.unbind(dim=1)
-    # The rays' derivatives: forward mode through the power law; the shear's in closed form
-    # (beta = x - alpha - Gamma (x - c): d/d gamma1 = (-dx, dy), d/d gamma2 = (-dy, -dx)).
-    (bx, by), deflected = _tangents(lambda t: source_plane(t, x, y), theta, DEFLECTING)
-    dx, dy = x - p[INDEX["center_x"]][:, None, None], y - p[INDEX["center_y"]][:, None, None]
-    rays = [*deflected, (-dx, dy), (-dy, -dx)]  # MASS' order: DEFLECTING, gamma1, gamma2
+    (bx, by), rays = ray_derivatives(theta, x, y)
     u = (bx - p[INDEX["source_x"]][:, None, None]).flatten(1)
     v = (by - p[INDEX["source_y"]][:, None, None]).flatten(1)
     beta = torch.exp(p[INDEX["log_beta"]])

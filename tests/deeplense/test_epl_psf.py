@@ -8,7 +8,7 @@ import torch
 from scipy import ndimage
 
 from deeplense.lensing import psf
-from deeplense.lensing.epl import epl_deflection
+from deeplense.lensing.epl import epl_deflection, epl_hessian
 from deeplense.lensing.psf import convolve, moffat_alpha, moffat_kernel
 
 
@@ -42,6 +42,34 @@ def test_epl_deflection_equals_lenstronomys_epl(
     # lenstronomy sums the hypergeometric function with scipy: 1e-10 at gamma != 2
     np.testing.assert_allclose(ax[0].numpy(), rx, rtol=0, atol=1e-9)
     np.testing.assert_allclose(ay[0].numpy(), ry, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("theta_e", "gamma", "q", "phi", "cx", "cy"),
+    [(1.2, 2.0, 0.6, 0.3, 0.02, -0.01), (1.0, 1.8, 0.5, 2.0, 0.0, 0.0),
+     (1.3, 2.2, 0.95, 1.0, -0.03, 0.02), (1.2, 2.0, 1.0, 0.0, 0.0, 0.0)],
+)  # fmt: skip
+def test_epl_hessian_equals_lenstronomys_and_the_deflections_derivative(
+    theta_e: float, gamma: float, q: float, phi: float, cx: float, cy: float
+) -> None:
+    from lenstronomy.LensModel.Profiles.epl import EPL
+
+    c = np.linspace(-2.5, 2.5, 11)
+    x, y = np.meshgrid(c, c + 0.013)  # off the centre
+    xt = torch.from_numpy(x)[None].requires_grad_(True)
+    yt = torch.from_numpy(y)[None].requires_grad_(True)
+    params = (_t(theta_e), _t(gamma), _t(q), _t(phi), _t(cx), _t(cy))
+    ax, ay = epl_deflection(xt, yt, *params)
+    fxx, fxy, fyy = epl_hessian(xt, yt, ax, ay, *params)
+    e = (1 - q) / (1 + q)
+    ref = EPL().hessian(x, y, theta_e, gamma, e * math.cos(2 * phi), e * math.sin(2 * phi), cx, cy)
+    scale = np.abs(ref[0]).max()
+    for ours, theirs in ((fxx, ref[0]), (fxy, ref[1]), (fyy, ref[3])):
+        np.testing.assert_allclose(ours[0].detach().numpy(), theirs, rtol=0, atol=1e-9 * scale)
+    by_autograd = [torch.autograd.grad(a.sum(), (xt, yt), retain_graph=True) for a in (ax, ay)]
+    for ours, auto in ((fxx, by_autograd[0][0]), (fxy, by_autograd[0][1]),
+                       (fxy, by_autograd[1][0]), (fyy, by_autograd[1][1])):  # fmt: skip
+        assert torch.allclose(ours, auto, atol=1e-12 * float(auto.abs().max()))
 
 
 def test_round_isothermal_epl_is_the_sis_and_gradients_flow() -> None:
