@@ -192,12 +192,17 @@ def gaussian_light(
 ) -> Tensor:
     """Concentric elliptical Gaussians exp(-R^2 / (2 sigma^2)), R^2 = q x'^2 + y'^2 / q (the
     elliptical radius of lenstronomy's profiles): (N, K, ...) for offsets dx, dy (N, ...)."""
+    r2 = elliptical_radius2(dx, dy, e1, e2)
+    return torch.stack([torch.exp(-0.5 * r2 / (s * s)) for s in sigmas], dim=1)
+
+
+def elliptical_radius2(dx: Tensor, dy: Tensor, e1: Tensor, e2: Tensor) -> Tensor:
+    """R^2 = q x'^2 + y'^2 / q of offsets dx, dy (N, ...) for ellipticities (e1, e2) (N,)."""
     q, phi = q_phi(e1, e2)
     shape = [-1, *([1] * (dx.dim() - 1))]
     cos, sin, q = torch.cos(phi).reshape(shape), torch.sin(phi).reshape(shape), q.reshape(shape)
     xr, yr = cos * dx + sin * dy, -sin * dx + cos * dy
-    r2 = q * xr * xr + yr * yr / q
-    return torch.stack([torch.exp(-0.5 * r2 / (s * s)) for s in sigmas], dim=1)
+    return q * xr * xr + yr * yr / q
 
 
 MASS = ("theta_e", "slope", "mass_e1", "mass_e2", "center_x", "center_y", "gamma1", "gamma2")
@@ -338,13 +343,23 @@ def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Ten
     planes[INDEX["source_x"]] = -d_u
     planes[INDEX["source_y"]] = -d_v
     planes[INDEX["log_beta"]] = -(u * d_u + v * d_v) - value
-    amplitudes = coef[:, :k_light, None, None].repeat(len(LIGHT), 1, 1, 1)  # per tangent
 
-    def light(t: Tensor) -> tuple[Tensor]:
-        return ((light_surfaces(t, x, y, config) * amplitudes).sum(dim=1),)
+    # The light sum_k A_k exp(-R^2 / (2 s_k^2)) changes with its centre and ellipticity
+    # through R^2 alone: d/d theta = -dR^2/d theta * sum_k A_k / (2 s_k^2) exp(...), so
+    # forward mode runs through R^2's few operations, not the Gaussians.
+    def radius2(t: Tensor) -> tuple[Tensor]:
+        q = t.unbind(dim=1)
+        dx, dy = x - q[INDEX["center_x"]][:, None, None], y - q[INDEX["center_y"]][:, None, None]
+        return (elliptical_radius2(dx, dy, q[INDEX["light_e1"]], q[INDEX["light_e2"]]),)
 
-    for name, (d_light,) in zip(LIGHT, _tangents(light, theta, LIGHT)[1], strict=True):
-        planes[INDEX[name]] = planes[INDEX[name]] + d_light.flatten(1)
+    (r2,), d_r2 = _tangents(radius2, theta, LIGHT)  # (N, m, m); LIGHT x ((N, m, m),)
+    sigmas2 = torch.tensor(config.light_sigmas, dtype=r2.dtype, device=r2.device) ** 2  # (Kl,)
+    slopes = coef[:, :k_light] / (2.0 * sigmas2)  # (N, Kl)
+    falloff = sum(
+        slopes[:, k, None, None] * torch.exp(-0.5 * r2 / s2) for k, s2 in enumerate(sigmas2)
+    )  # (N, m, m)
+    for name, (d_radius2,) in zip(LIGHT, d_r2, strict=True):
+        planes[INDEX[name]] = planes[INDEX[name]] - (falloff * d_radius2).flatten(1)
     surfaces = torch.stack(planes, dim=1).view(shape[0], len(NAMES), *shape[1:])
     return to_pixels(surfaces, config, psf)  # (N, n*n, 13)
 
