@@ -32,6 +32,7 @@ for all images or (N, k, k), odd k, unit sum.
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -256,7 +257,9 @@ def design_matrix(theta: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
     return torch.cat([columns, torch.ones_like(columns[..., :1])], dim=2)
 
 
-def _tangents(fn, theta: Tensor, names: tuple[str, ...]):  # type: ignore[no-untyped-def]  # noqa: ANN202
+def _tangents(
+    fn: Callable[[Tensor], tuple[Tensor, ...]], theta: Tensor, names: tuple[str, ...]
+) -> tuple[tuple[Tensor, ...], list[tuple[Tensor, ...]]]:
     """fn(theta) (a tuple of tensors) and its forward-mode derivatives along each named
     parameter, all in one evaluation: fn sees the N images once per name, stacked name by
     name (len(names) * N rows; each per-image tensor it closes over must be repeated so),
@@ -280,7 +283,7 @@ def _tangents(fn, theta: Tensor, names: tuple[str, ...]):  # type: ignore[no-unt
 
 def ray_derivatives(
     theta: Tensor, x: Tensor, y: Tensor
-) -> tuple[tuple[Tensor, Tensor], list[tuple[Tensor, Tensor]]]:
+) -> tuple[tuple[Tensor, ...], list[tuple[Tensor, ...]]]:
     """The rays (bx, by), each (N, m, m), of image positions x, y (1, m, m), and their
     derivatives (dbx, dby) along each mass parameter, in MASS' order.
 
@@ -302,7 +305,7 @@ def ray_derivatives(
         p[INDEX["center_x"]], p[INDEX["center_y"]],
     )  # fmt: skip
     t_over_theta_e = (c["slope"] - 1.0) / c["theta_e"]
-    derivatives = {
+    derivatives: dict[str, tuple[Tensor, ...]] = {
         "theta_e": (-t_over_theta_e * ax, -t_over_theta_e * ay),
         "center_x": (fxx + g1, fxy + g2),
         "center_y": (fxy + g2, fyy - g1),
@@ -347,10 +350,10 @@ def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Ten
     # The light sum_k A_k exp(-R^2 / (2 s_k^2)) changes with its centre and ellipticity
     # through R^2 alone: d/d theta = -dR^2/d theta * sum_k A_k / (2 s_k^2) exp(...), so
     # forward mode runs through R^2's few operations, not the Gaussians.
-    def radius2(t: Tensor) -> tuple[Tensor]:
-        q = t.unbind(dim=1)
-        dx, dy = x - q[INDEX["center_x"]][:, None, None], y - q[INDEX["center_y"]][:, None, None]
-        return (elliptical_radius2(dx, dy, q[INDEX["light_e1"]], q[INDEX["light_e2"]]),)
+    def radius2(t: Tensor) -> tuple[Tensor, ...]:
+        c = t.unbind(dim=1)
+        dx, dy = x - c[INDEX["center_x"]][:, None, None], y - c[INDEX["center_y"]][:, None, None]
+        return (elliptical_radius2(dx, dy, c[INDEX["light_e1"]], c[INDEX["light_e2"]]),)
 
     (r2,), d_r2 = _tangents(radius2, theta, LIGHT)  # (N, m, m); LIGHT x ((N, m, m),)
     sigmas2 = torch.tensor(config.light_sigmas, dtype=r2.dtype, device=r2.device) ** 2  # (Kl,)
