@@ -1,9 +1,10 @@
 """Scoring prepared images in several one-thread processes (`deeplense score --workers N`).
 
-Measured on the project's 2-core CPU (docs/results.md, "LensFit 2's scoring speed"): one
-LensFit 2 fit is a long chain of small operations, so torch's threads inside one image buy
-little (1.43x on two cores), while two processes, each fitting its own images on one
-thread, buy about 2x. A `ScoringPool` holds N such processes, each with the checkpoint
+Measured on the project's 2-core CPU (docs/results.md, "LensFit 2 scores twice as fast"):
+one LensFit 2 fit is a chain of small operations, so torch's threads inside one image share
+the work less well than processes that each fit their own images on one thread (1.64
+against 1.83 images a second on two cores, start-up included; 0.58 against 0.88 before the
+fit's arithmetic was tightened). A `ScoringPool` holds N such processes, each with the checkpoint
 loaded once; `score` cuts a batch of observations into consecutive pieces, scores them in
 the processes and joins the results in order (`deeplense.inference.concatenate_scored`), so
 rows come out as one process would give them. An image's numbers do not depend on its batch
