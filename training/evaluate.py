@@ -301,21 +301,27 @@ def _labelled(split: dict[str, Labelled], data_dir: Path) -> dict[str, Labelled]
 def store_metrics(evaluation: Evaluation, root: Path | None = None) -> None:
     """Write each model's metrics into its checkpoint's config.json (atomically), and the
     service's default choice (models.selection: the labelled validation split, never these
-    test metrics) into every evaluated card's training.extra. The choice is made among every
-    checkpoint under `root` (the service serves them all), so evaluating one model of a set
-    records the set's choice, not that model alone."""
+    test metrics) into training.extra of every card under `root` (the service serves them
+    all), so evaluating one model of a set, or one new to it, records the set's choice in
+    each of its cards alike; without `root`, into the evaluated cards."""
     cards = {name: read_config(r.checkpoint) for name, r in evaluation.models.items()}
     others = {} if root is None else find_checkpoints(Path(root))
+    paths = {n: p for n, p in others.items() if n not in cards} | {
+        n: r.checkpoint for n, r in evaluation.models.items()
+    }
     every = {n: read_config(p) for n, p in others.items() if n not in cards} | cards
     choice = choose_default_model(every) if every else None
-    for name, result in evaluation.models.items():
-        config = cards[name]
+    for name, path in paths.items():
+        config = every[name]
         training = config.training
         if choice is not None:
             extra = {**training.extra, "service_default": choice.as_record()}
             training = training.model_copy(update={"extra": extra})
-        update = config.model_copy(update={"metrics": dict(result.metrics), "training": training})
-        write_config(update, result.checkpoint)
-        log.info("stored metrics in %s", result.checkpoint / "config.json")
+        result = evaluation.models.get(name)
+        metrics = config.metrics if result is None else dict(result.metrics)
+        if result is None and training == config.training:
+            continue  # nothing of this card changes
+        write_config(config.model_copy(update={"metrics": metrics, "training": training}), path)
+        log.info("stored %s in %s", "metrics" if result else "the default", path / "config.json")
     if choice is not None:
         log.info("default model %s, score %s: %s", choice.model, choice.score, choice.reason)

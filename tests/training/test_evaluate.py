@@ -10,7 +10,7 @@ import torch
 from scipy.stats import wasserstein_distance
 from sklearn.metrics import roc_auc_score
 
-from models.checkpoint import load_checkpoint, read_config
+from models.checkpoint import load_checkpoint, read_config, write_config
 from models.selection import choose_default_model
 from tests.conftest import tiny_images
 from training.__main__ import main
@@ -160,9 +160,21 @@ def test_update_checkpoints_stores_the_metrics(checkpoints: Path, tmp_path: Path
     assert all(r == records[0] for r in records)
     cards = {n: read_config(checkpoints / n) for n in doc["models"]}
     assert records[0] == choose_default_model(cards).as_record()
-    # Evaluating one model records the choice among every checkpoint of its root.
+    # Evaluating one model records the choice among every checkpoint of its root, in every
+    # card of the root: one whose record is missing (a model added since) gets it too, and
+    # its metrics stay as they were.
+    other = names[-1] if names[-1] != "dcae" else names[0]
+    card = read_config(checkpoints / other)
+    extra = {k: v for k, v in card.training.extra.items() if k != "service_default"}
+    write_config(
+        card.model_copy(update={"training": card.training.model_copy(update={"extra": extra})}),
+        checkpoints / other,
+    )
     assert main([*args[:-1], "--overwrite", "--model", "dcae", "--update-checkpoints"]) == 0
     assert read_config(checkpoints / "dcae").training.extra["service_default"] == records[0]
+    refreshed = read_config(checkpoints / other)
+    assert refreshed.training.extra["service_default"] == records[0]
+    assert refreshed.metrics == card.metrics
 
 
 def test_evaluate_without_labelled_test_set_fails_cleanly(
