@@ -35,6 +35,17 @@ def _column(t: Tensor) -> Tensor:
     return t.reshape(-1, *([1] * 2))
 
 
+def _major_axis_frame(
+    x: Tensor, y: Tensor, phi: Tensor, center_x: Tensor | None, center_y: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """cos phi, sin phi (N, 1, 1) and the offsets from the centre along the major axis and
+    across it, (N, H, W) arcsec."""
+    dx = x if center_x is None else x - _column(center_x)
+    dy = y if center_y is None else y - _column(center_y)
+    cos, sin = _column(torch.cos(phi)), _column(torch.sin(phi))
+    return cos, sin, cos * dx + sin * dy, -sin * dx + cos * dy
+
+
 def epl_deflection(
     x: Tensor,
     y: Tensor,
@@ -52,11 +63,7 @@ def epl_deflection(
     (major-axis angle, radians) and the centre (arcsec, default the origin) are (N,).
     lenstronomy's EPL(theta_E, gamma, e1, e2) with (e1, e2) = (1-q)/(1+q) (cos 2 phi, sin 2 phi).
     """
-    dx = x if center_x is None else x - _column(center_x)
-    dy = y if center_y is None else y - _column(center_y)
-    cos, sin = _column(torch.cos(phi)), _column(torch.sin(phi))
-    xr = cos * dx + sin * dy  # along the major axis
-    yr = -sin * dx + cos * dy
+    cos, sin, xr, yr = _major_axis_frame(x, y, phi, center_x, center_y)
     qc, t = _column(q), _column(gamma) - 1.0
     b = _column(theta_e) * torch.sqrt(qc)
     z = torch.complex(qc * xr, yr.expand_as(qc * xr))  # R_q e^(i psi)
@@ -91,10 +98,7 @@ def epl_hessian(
     with z = x' + i y', convergence kappa = (2 - t) / 2 (b / R)^t and complex shear
     -kappa z / z* + (1 - t) alpha / z*, t = gamma - 1; the shear turned back by e^(2 i phi).
     Undefined at the centre itself (z = 0), where the power law is singular."""
-    dx = x if center_x is None else x - _column(center_x)
-    dy = y if center_y is None else y - _column(center_y)
-    cos, sin = _column(torch.cos(phi)), _column(torch.sin(phi))
-    xr, yr = cos * dx + sin * dy, -sin * dx + cos * dy  # along the major axis
+    cos, sin, xr, yr = _major_axis_frame(x, y, phi, center_x, center_y)
     ar, ai = cos * alpha_x + sin * alpha_y, -sin * alpha_x + cos * alpha_y
     qc, t = _column(q), _column(gamma) - 1.0
     b = _column(theta_e) * torch.sqrt(qc)
