@@ -16,7 +16,10 @@ thread pool can hang), so each loads torch and the checkpoint itself: about two 
 """
 
 import multiprocessing
+import multiprocessing.connection
+import os
 import signal
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from deeplense.inference import ScoredBatch, concatenate_scored, score_observations
+from deeplense.numerics import flush_denormals
 from deeplense.observation import Observation
 from models.base import AnomalyModel
 from models.checkpoint import load_checkpoint
@@ -37,20 +41,35 @@ _MODEL: AnomalyModel | None = None  # the checkpoint's model, in each worker pro
 
 
 def _start_worker(checkpoint: str, threads: int) -> None:
-    """A worker's start: `threads` torch threads, the checkpoint loaded on the CPU. Ctrl-C
-    reaches the whole process group; the parent alone handles it (and stops the workers)."""
+    """A worker's start: the service's numerics (`flush_denormals`), `threads` torch threads,
+    the checkpoint loaded on the CPU. Ctrl-C reaches the whole process group; the parent
+    alone handles it (and stops the workers). A parent killed outright (SIGKILL, the OOM
+    killer) cannot stop them, so each also watches its parent and exits when it is gone."""
     global _MODEL
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
+    flush_denormals()
     torch.set_num_threads(threads)
     _MODEL = load_checkpoint(Path(checkpoint), device="cpu").model
+
+
+def _exit_with(parent_sentinel: int) -> None:
+    """Wait until the parent process is gone, then end this worker at once."""
+    multiprocessing.connection.wait([parent_sentinel])
+    os._exit(1)
 
 
 def _score_piece(task: tuple[list[Observation], int, tuple[str, ...]]) -> ScoredBatch:
     observations, batch_size, scores = task
     assert _MODEL is not None, "worker not started"
-    return score_observations(
-        _MODEL, observations, device="cpu", batch_size=batch_size, scores=scores
-    )
+    try:
+        return score_observations(
+            _MODEL, observations, device="cpu", batch_size=batch_size, scores=scores
+        )
+    except Exception as exc:  # not every exception survives pickling back to the parent
+        raise RuntimeError(f"scoring failed in a worker: {type(exc).__name__}: {exc}") from None
 
 
 class ScoringPool:

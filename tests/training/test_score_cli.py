@@ -305,7 +305,9 @@ def test_workers_give_the_rows_of_one_process(
             except ValueError:  # text, or empty
                 assert b[column] == a[column], column
                 continue
-            assert float(b[column]) == pytest.approx(expected, rel=1e-4, abs=1e-12), column
+            # p-values and sigmas amplify a chi2's last digits in the tail: looser there
+            rel = 1e-2 if column in ("p_value", "significance_sigma") else 1e-4
+            assert float(b[column]) == pytest.approx(expected, rel=rel, abs=1e-12), column
 
 
 def test_workers_need_the_cpu(tiny_checkpoints: Path, tmp_path: Path) -> None:
@@ -342,3 +344,51 @@ def test_a_worker_that_cannot_load_the_checkpoint_is_an_error(tmp_path: Path) ->
         pytest.raises(RuntimeError, match="could not start"),
     ):
         pool.score([observation], 1, ["mse"])
+
+
+def test_workers_end_when_their_parent_is_killed(tiny_checkpoints: Path) -> None:
+    """SIGKILL (the OOM killer) skips every clean-up; the workers notice and exit."""
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from deeplense.instrument import Instrument\n"
+        "from deeplense.observation import prepare_observation\n"
+        "from tests.conftest import TINY_SIZE, tiny_images\n"
+        "from training.parallel_score import ScoringPool\n"
+        "pool = ScoringPool(Path(sys.argv[1]), workers=2)\n"
+        "images = tiny_images(2)[:, 0]\n"
+        "obs = [prepare_observation(i, TINY_SIZE, Instrument(), 'x') for i in images]\n"
+        "pool.score(obs, 1, ['mse'])\n"
+        "print(*pool.pids(), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(tiny_checkpoints / "dcae")],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        pids = [int(p) for p in parent.stdout.readline().split()]
+        assert len(pids) == 2
+    finally:
+        parent.kill()
+        parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()  # not communicate(): orphaned workers would hold the pipe
+    deadline = time.monotonic() + 30
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in pids if _running(p)]
+    for pid in alive:  # leave nothing behind when the assertion fails
+        os.kill(pid, signal.SIGKILL)
+    assert alive == []
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "zombie" in status.read_text())
