@@ -36,6 +36,7 @@ from deeplense.inference import score_array, score_observations
 from deeplense.observation import Observation, RequestInstrument
 from deeplense.scores import list_scores
 from deeplense.vocabulary import CLASSES, NORMAL, dataset_name, manifest_sha256
+from models.card import CheckpointConfig
 from models.checkpoint import (
     LoadedCheckpoint,
     find_checkpoints,
@@ -306,22 +307,29 @@ def store_metrics(evaluation: Evaluation, root: Path | None = None) -> None:
     each of its cards alike; without `root`, into the evaluated cards."""
     cards = {name: read_config(r.checkpoint) for name, r in evaluation.models.items()}
     others = {} if root is None else find_checkpoints(Path(root))
-    paths = {n: p for n, p in others.items() if n not in cards} | {
-        n: r.checkpoint for n, r in evaluation.models.items()
-    }
-    every = {n: read_config(p) for n, p in others.items() if n not in cards} | cards
+    neighbours = {n: p for n, p in others.items() if n not in cards}
+    every = {n: read_config(p) for n, p in neighbours.items()} | cards
     choice = choose_default_model(every) if every else None
-    for name, path in paths.items():
-        config = every[name]
-        training = config.training
-        if choice is not None:
-            extra = {**training.extra, "service_default": choice.as_record()}
-            training = training.model_copy(update={"extra": extra})
-        result = evaluation.models.get(name)
-        metrics = config.metrics if result is None else dict(result.metrics)
-        if result is None and training == config.training:
-            continue  # nothing of this card changes
-        write_config(config.model_copy(update={"metrics": metrics, "training": training}), path)
-        log.info("stored %s in %s", "metrics" if result else "the default", path / "config.json")
+
+    def with_choice(config: CheckpointConfig) -> CheckpointConfig:
+        if choice is None:
+            return config
+        extra = {**config.training.extra, "service_default": choice.as_record()}
+        return config.model_copy(
+            update={"training": config.training.model_copy(update={"extra": extra})}
+        )
+
+    for name, result in evaluation.models.items():  # the command's own output first
+        update = with_choice(cards[name]).model_copy(update={"metrics": dict(result.metrics)})
+        write_config(update, result.checkpoint)
+        log.info("stored metrics in %s", result.checkpoint / "config.json")
+    for name, path in neighbours.items():  # then the set's choice in the others' cards
+        update = with_choice(every[name])
+        if update == every[name]:
+            continue
+        try:
+            write_config(update, path)
+        except OSError as exc:
+            log.warning("could not record the default in %s: %s", path / "config.json", exc)
     if choice is not None:
         log.info("default model %s, score %s: %s", choice.model, choice.score, choice.reason)
