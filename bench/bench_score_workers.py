@@ -34,12 +34,17 @@ from training.batch_score import score_files  # noqa: E402
 
 
 def timed(checkpoint: Path, stack: Path, threads: int, workers: int) -> tuple[float, int]:
-    """Wall seconds to score every image of `stack`, and the images scored."""
+    """Wall seconds to score every image of `stack`, and the images scored (this process's
+    thread count is restored after)."""
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    loaded = load_checkpoint(checkpoint)
-    start = time.perf_counter()
-    rows = list(score_files(loaded, [stack], progress=False, workers=workers))
-    wall = time.perf_counter() - start
+    try:
+        loaded = load_checkpoint(checkpoint)
+        start = time.perf_counter()
+        rows = list(score_files(loaded, [stack], progress=False, workers=workers))
+        wall = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(before)
     errors = [r.error for r in rows if r.error]
     if errors:
         raise SystemExit(f"scoring failed: {errors[0]}")

@@ -156,8 +156,9 @@ def score_files(
     own = decoder is None
     reader = TimedDecoder(DECODE_TIMEOUT_S, DECODE_MEMORY_BYTES) if decoder is None else decoder
     bar = tqdm(files, desc=f"score {loaded.name}", unit="file", disable=not progress or None)
-    pool = ScoringPool(loaded.path, workers) if workers > 1 else None
+    pool: ScoringPool | None = None
     try:
+        pool = ScoringPool(loaded.path, workers) if workers > 1 else None
         for path in bar:
             for item in prepare_file(Path(path), size, max_pixels, card, request, reader, own_grid):
                 pending.append(item)

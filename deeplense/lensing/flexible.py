@@ -275,9 +275,10 @@ def _tangents(
     with dual_level():
         values = fn(forward_ad.make_dual(stacked, tangent))
         unpacked = [forward_ad.unpack_dual(v) for v in values]
-    primal = tuple(u.primal[:n] for u in unpacked)
+    # clones, not views: a view would keep the whole stacked buffers alive
+    primal = tuple(u.primal[:n].clone() for u in unpacked)
     return primal, [
-        tuple(u.tangent[j * n : (j + 1) * n] for u in unpacked) for j in range(len(names))
+        tuple(u.tangent[j * n : (j + 1) * n].clone() for u in unpacked) for j in range(len(names))
     ]
 
 
