@@ -188,12 +188,8 @@ def shapelet_source(
     return value, d_u, d_v
 
 
-def gaussian_light(
-    dx: Tensor, dy: Tensor, e1: Tensor, e2: Tensor, sigmas: tuple[float, ...]
-) -> Tensor:
-    """Concentric elliptical Gaussians exp(-R^2 / (2 sigma^2)), R^2 = q x'^2 + y'^2 / q (the
-    elliptical radius of lenstronomy's profiles): (N, K, ...) for offsets dx, dy (N, ...)."""
-    r2 = elliptical_radius2(dx, dy, e1, e2)
+def gaussians(r2: Tensor, sigmas: tuple[float, ...]) -> Tensor:
+    """Concentric Gaussians exp(-R^2 / (2 sigma^2)) of squared radii r2 (N, ...): (N, K, ...)."""
     return torch.stack([torch.exp(-0.5 * r2 / (s * s)) for s in sigmas], dim=1)
 
 
@@ -218,16 +214,21 @@ def image_grid(config: FlexibleConfig, like: Tensor) -> tuple[Tensor, Tensor]:
     return x[None], y[None]
 
 
-def light_surfaces(theta: Tensor, x: Tensor, y: Tensor, config: FlexibleConfig) -> Tensor:
-    """The unit-amplitude light Gaussians (N, Kl, m, m)."""
+def light_radius2(theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    """The lens light's elliptical radius squared, R^2 = q x'^2 + y'^2 / q about the lens
+    centre with the light's ellipticity (lenstronomy's profiles' radius): (N, m, m)."""
     p = theta.unbind(dim=1)
-    return gaussian_light(
+    return elliptical_radius2(
         x - p[INDEX["center_x"]][:, None, None],
         y - p[INDEX["center_y"]][:, None, None],
         p[INDEX["light_e1"]],
         p[INDEX["light_e2"]],
-        config.light_sigmas,
     )
+
+
+def light_surfaces(theta: Tensor, x: Tensor, y: Tensor, config: FlexibleConfig) -> Tensor:
+    """The unit-amplitude light Gaussians (N, Kl, m, m)."""
+    return gaussians(light_radius2(theta, x, y), config.light_sigmas)
 
 
 def to_pixels(surfaces: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
@@ -351,17 +352,10 @@ def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Ten
     # The light sum_k A_k exp(-R^2 / (2 s_k^2)) changes with its centre and ellipticity
     # through R^2 alone: d/d theta = -dR^2/d theta * sum_k A_k / (2 s_k^2) exp(...), so
     # forward mode runs through R^2's few operations, not the Gaussians.
-    def radius2(t: Tensor) -> tuple[Tensor, ...]:
-        c = t.unbind(dim=1)
-        dx, dy = x - c[INDEX["center_x"]][:, None, None], y - c[INDEX["center_y"]][:, None, None]
-        return (elliptical_radius2(dx, dy, c[INDEX["light_e1"]], c[INDEX["light_e2"]]),)
-
-    (r2,), d_r2 = _tangents(radius2, theta, LIGHT)  # (N, m, m); LIGHT x ((N, m, m),)
+    (r2,), d_r2 = _tangents(lambda t: (light_radius2(t, x, y),), theta, LIGHT)  # (N, m, m)
     sigmas2 = torch.tensor(config.light_sigmas, dtype=r2.dtype, device=r2.device) ** 2  # (Kl,)
     slopes = coef[:, :k_light] / (2.0 * sigmas2)  # (N, Kl)
-    falloff = sum(
-        slopes[:, k, None, None] * torch.exp(-0.5 * r2 / s2) for k, s2 in enumerate(sigmas2)
-    )  # (N, m, m)
+    falloff = (slopes[:, :, None, None] * gaussians(r2, config.light_sigmas)).sum(dim=1)
     for name, (d_radius2,) in zip(LIGHT, d_r2, strict=True):
         planes[INDEX[name]] = planes[INDEX[name]] - (falloff * d_radius2).flatten(1)
     surfaces = torch.stack(planes, dim=1).view(shape[0], len(NAMES), *shape[1:])
