@@ -85,6 +85,11 @@ REFINE_CHUNK = 1
 GPU_REFINE_CHUNK = 32
 
 
+# The dtype the flexible lens's bases are drawn in and their Gram summed in; the solve, the
+# residual and the cost are float64 (`FlexibleLens.bases_dtype`).
+BASES_DTYPE = torch.float32
+
+
 def refine_chunk(device: torch.device) -> int:
     """Images refined together on `device`: REFINE_CHUNK on a CPU, GPU_REFINE_CHUNK else."""
     return REFINE_CHUNK if device.type == "cpu" else GPU_REFINE_CHUNK
@@ -163,7 +168,7 @@ class LensFit2(AnomalyModel):
         self.register_buffer("span", span)
         self.register_buffer("prior_mean", lo + 0.5 * span)
         self.register_buffer("prior_var", span**2)
-        self.lens = FlexibleLens(config.flexible())
+        self.lens = FlexibleLens(config.flexible(), bases_dtype=BASES_DTYPE)
 
     @property
     def psf_sigma_pixels(self) -> float:
@@ -248,10 +253,15 @@ class LensFit2(AnomalyModel):
         best lens at the start). bench/refine_noise.py perturbs the start with it."""
         scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
         same_grid = x.shape[-1] == self.image_size and scale == self.config.pixel_scale
-        lens = self.lens if same_grid else FlexibleLens(self.config.flexible(x.shape[-1], scale))
+        lens = (
+            self.lens
+            if same_grid
+            else FlexibleLens(self.config.flexible(x.shape[-1], scale), bases_dtype=BASES_DTYPE)
+        )
         with torch.autocast(x.device.type, enabled=False):
-            # The fit in float64: in float32 the overlapping bases' rounding (cond ~1e5) moved
-            # chi2 by 1% with the batch an image came in.
+            # The fit in float64, its bases drawn in float32 (BASES_DTYPE): a float32 solve of
+            # the overlapping bases (cond 1e9-1e11) moved chi2 by 1% with the batch an image
+            # came in.
             x64, sigma64 = x.detach().double().clone(), sigma.detach().double().clone()
             psf = self.psf_kernel(psf_sigma_pixels).double()
             start = start.detach().float()

@@ -362,16 +362,11 @@ def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Ten
     return to_pixels(surfaces, config, psf)  # (N, n*n, 13)
 
 
-def regularised_gram(a: Tensor, config: FlexibleConfig) -> Tensor:
-    """A^T A plus the ridge on the shapelets (and a 1e-12 jitter), (N, K, K) float64, for
-    the whitened design A (N, M, K). Always float64: the bases overlap (shapelet sets at
-    several scales, nested Gaussians), and the normal equations square their condition
-    number, which float32 cannot hold (measured: a float32 solve left chi2 50% above the
-    float64 one, and the fit then depended on the batch)."""
-    a = a.double()
-    gram = a.transpose(1, 2) @ a  # (N, K, K)
+def ridge_diagonal(gram: Tensor, config: FlexibleConfig) -> Tensor:
+    """The ridge D (N, K) on the shapelets (and a 1e-12 jitter on all), in shares of each
+    image's mean Gram diagonal: `source_ridge`, and `source_smoothing`'s gradient energy."""
     k_light = len(config.light_sigmas)
-    ridge = torch.zeros(a.shape[2], dtype=a.dtype, device=a.device)
+    ridge = torch.zeros(gram.shape[2], dtype=gram.dtype, device=gram.device)
     ridge[k_light : k_light + config.n_shapelets] = config.source_ridge
     if config.source_smoothing > 0:
         order = torch.tensor([n1 + n2 + 1.0 for n1, n2 in shapelet_pairs(config.shapelet_order)])
@@ -380,55 +375,91 @@ def regularised_gram(a: Tensor, config: FlexibleConfig) -> Tensor:
             per_scale
         ).to(ridge)
     scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)  # (N,)
-    return gram + torch.diag_embed(scale[:, None] * (ridge + 1e-12))
+    return scale[:, None] * (ridge + 1e-12)
+
+
+class NormalEquations:
+    """The regularised normal equations (A^T A + D) c = A^T b of a whitened design A
+    (N, M, K) and data b (N, M), all float64 whatever A's dtype: A, the ridge D (N, K)
+    (`ridge_diagonal`), A^T b (N, K, 1) and the LU factors of A^T A + D.
+
+    Always float64: the bases overlap (shapelet sets at several scales, nested Gaussians;
+    condition numbers 1e9-1e11). Measured: a float32 solve left chi2 50% above the float64
+    one; a float32 sum of A^T A solved in float64 and refined gave the same chi2 (1e-5), but
+    coefficients along the near-degenerate directions that followed the sum's rounding, and
+    through them a Jacobian, and a fit, that changed with the batch an image came in."""
+
+    def __init__(self, a: Tensor, b: Tensor, config: FlexibleConfig) -> None:
+        self.whitened = a.double()  # (N, M, K)
+        gram = self.whitened.transpose(1, 2) @ self.whitened  # (N, K, K)
+        self.ridge = ridge_diagonal(gram, config)  # (N, K)
+        self.rhs = self.whitened.transpose(1, 2) @ b.double().unsqueeze(2)  # (N, K, 1)
+        self.factors = torch.linalg.lu_factor(gram + torch.diag_embed(self.ridge))
+
+    def solve(self, right: Tensor) -> Tensor:
+        """(A^T A + D)^-1 right for right (N, K, R), float64."""
+        return torch.linalg.lu_solve(*self.factors, right.double())
+
+    def coefficients(self) -> Tensor:
+        """The least-squares coefficients (N, K, 1) float64."""
+        return self.solve(self.rhs)
 
 
 def normal_equations(
     design: Tensor, x: Tensor, weight: Tensor, config: FlexibleConfig
-) -> tuple[Tensor, Tensor]:
-    """The weighted least-squares problem x ~ design @ c with a ridge on the shapelets: its
-    regularised Gram matrix (N, K, K) and right-hand side (N, K, 1), float64; `x`, `weight`
-    (N, n*n), weight = 1 / sigma (0 for a masked pixel)."""
-    a = design * weight.unsqueeze(2)  # (N, M, K)
-    rhs = a.double().transpose(1, 2) @ (x * weight).double().unsqueeze(2)  # (N, K, 1)
-    return regularised_gram(a, config), rhs
+) -> NormalEquations:
+    """The weighted least-squares problem x ~ design @ c with a ridge on the shapelets;
+    `x`, `weight` (N, n*n), weight = 1 / sigma (0 for a masked pixel)."""
+    a = design * weight.unsqueeze(2).to(design.dtype)  # (N, M, K)
+    return NormalEquations(a, x * weight, config)
 
 
 def solve_linear(design: Tensor, x: Tensor, weight: Tensor, config: FlexibleConfig) -> Tensor:
     """Coefficients (N, K) of `normal_equations`' fit."""
-    gram, rhs = normal_equations(design, x, weight, config)
-    return torch.linalg.solve(gram, rhs).squeeze(2).to(design.dtype)
+    equations = normal_equations(design, x, weight, config)
+    return equations.coefficients().squeeze(2).to(design.dtype)
 
 
 class LinearFit(NamedTuple):
-    """The linear part at some nonlinear parameters: the design (N, n*n, K), its best
-    coefficients (N, K) and the regularised Gram matrix (N, K, K) float64 they solved (the
-    Jacobian's projection reuses it)."""
+    """The linear part at some nonlinear parameters: the design (N, n*n, K) in the bases'
+    dtype, its best coefficients (N, K) in the data's, and the normal equations they
+    solved (the Jacobian's projection reuses them)."""
 
     design: Tensor
     coef: Tensor
-    gram: Tensor
+    equations: NormalEquations
+
+    def image(self) -> Tensor:
+        """design @ coef in the coefficients' dtype, (N, n*n)."""
+        return (self.design.to(self.coef.dtype) @ self.coef.unsqueeze(2)).squeeze(2)
 
 
 @dataclass(frozen=True)
 class FlexibleLens:
-    """The flexible smooth lens on one grid (module doc)."""
+    """The flexible smooth lens on one grid (module doc).
+
+    `bases_dtype`: the dtype its bases (the design and the model's Jacobian) are drawn in
+    and their Gram matrix summed in; None: the data's. float32 with float64 data runs about
+    1.5 times faster on a CPU and fits the same: the bases' rounding (1e-7) is far below any
+    noise, and the solve, its refinement (`NormalEquations`), the model image, the residual,
+    the Jacobian's projection and the cost stay float64 (docs/results.md, "A float32
+    design")."""
 
     config: FlexibleConfig
+    bases_dtype: torch.dtype | None = None
 
     def fit_linear(self, theta: Tensor, x: Tensor, sigma: Tensor, psf: Tensor) -> LinearFit:
-        """The design at `theta` (N, 13), its best coefficients and Gram matrix for images
-        x (N, 1, n, n) with noise sigma (same shape; inf for masked pixels)."""
-        design = design_matrix(theta, self.config, psf)
+        """The design at `theta` (N, 13), its best coefficients and normal equations for
+        images x (N, 1, n, n) with noise sigma (same shape; inf for masked pixels)."""
+        dtype = self.bases_dtype or x.dtype
+        design = design_matrix(theta.to(dtype), self.config, psf.to(dtype))
         weight = self.weight(sigma).flatten(1)
-        gram, rhs = normal_equations(design, x.flatten(1), weight, self.config)
-        coef = torch.linalg.solve(gram, rhs).squeeze(2).to(design.dtype)
-        return LinearFit(design, coef, gram)
+        equations = normal_equations(design, x.flatten(1), weight, self.config)
+        return LinearFit(design, equations.coefficients().squeeze(2).to(x.dtype), equations)
 
     def model_image(self, theta: Tensor, x: Tensor, sigma: Tensor, psf: Tensor) -> Tensor:
         """The best smooth lens of parameters `theta` for images x: (N, 1, n, n)."""
-        design, coef, _ = self.fit_linear(theta, x, sigma, psf)
-        return (design @ coef.unsqueeze(2)).view_as(x)
+        return self.fit_linear(theta, x, sigma, psf).image().view_as(x)
 
     def whitened_residual(self, theta: Tensor, x: Tensor, sigma: Tensor, psf: Tensor) -> Tensor:
         """(x - model) / sigma, flattened (N, n*n); 0 on masked pixels."""
@@ -443,17 +474,21 @@ class FlexibleLens:
         psf: Tensor,
         linear: LinearFit | None = None,
     ) -> Tensor:
-        """d(whitened residual) / d theta, (N, n*n, 13), by Kaufman's variable projection:
-        the derivative at fixed linear coefficients, less its part that the linear
-        parameters can absorb (its projection on the whitened design's columns).
-        `linear`: `fit_linear`'s answer at `theta`, when already known."""
-        design, coef, gram = linear if linear is not None else self.fit_linear(theta, x, sigma, psf)
-        w = self.weight(sigma).flatten(1).unsqueeze(2)  # (N, M, 1)
-        a = design * w
-        g = model_jacobian(theta, coef, self.config, psf) * w  # (N, M, 13)
-        projected = a.double().transpose(1, 2) @ g.double()  # (N, K, 13)
-        absorbed = a @ torch.linalg.solve(gram, projected).to(a.dtype)
-        return absorbed - g
+        """d(whitened residual) / d theta, (N, n*n, 13) in theta's dtype, by Kaufman's
+        variable projection: the derivative at fixed linear coefficients, less its part that
+        the linear parameters can absorb (its projection on the whitened design's columns).
+        The derivative is drawn in the bases' dtype, its projection taken in float64 like
+        the solve (13 columns: cheap). `linear`: `fit_linear`'s answer at `theta`, if known."""
+        design, coef, equations = (
+            linear if linear is not None else self.fit_linear(theta, x, sigma, psf)
+        )
+        dtype = design.dtype
+        w = self.weight(sigma).flatten(1).unsqueeze(2).double()  # (N, M, 1)
+        g = model_jacobian(theta.to(dtype), coef.to(dtype), self.config, psf.to(dtype))
+        g = g.double() * w  # (N, M, 13)
+        a = equations.whitened
+        absorbed = a @ equations.solve(a.transpose(1, 2) @ g)
+        return (absorbed - g).to(theta.dtype)
 
     @staticmethod
     def weight(sigma: Tensor) -> Tensor:
@@ -480,7 +515,9 @@ __all__ = [
     "image_grid",
     "light_surfaces",
     "model_jacobian",
+    "NormalEquations",
     "normal_equations",
+    "ridge_diagonal",
     "shapelet_source",
     "shapelets",
     "solve_linear",

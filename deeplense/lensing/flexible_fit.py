@@ -32,8 +32,7 @@ class FlexibleProblem:
 
     def model(self, theta: Tensor) -> Tensor:
         """The best smooth lens at theta: (N, 1, n, n)."""
-        design, coef, _ = self.linear(theta)
-        return (design @ coef.unsqueeze(2)).view_as(self.x)
+        return self.linear(theta).image().view_as(self.x)
 
     def residual(self, theta: Tensor) -> Tensor:
         """(N, n*n) whitened residual at theta (N, 13)."""

@@ -15,7 +15,7 @@ marginalised too; their normalisation is a constant in lambda) is
 
 Each image's lambda maximises it: a coarse grid over log lambda, then a golden-section
 search about the best point. All float64 (the light Gaussians overlap; see
-`flexible.regularised_gram`).
+`flexible.NormalEquations`).
 """
 
 import math

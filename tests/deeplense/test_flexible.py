@@ -154,6 +154,37 @@ def test_levenberg_marquardt_recovers_the_lens_it_drew() -> None:
         assert torch.allclose(fit.theta[:, INDEX[name]], truth[:, INDEX[name]], atol=2e-3), name
 
 
+def test_float32_bases_fit_as_float64_ones_do() -> None:
+    """LensFit 2 draws its bases in float32 (`bases_dtype`) and keeps the Gram matrix, the
+    solve, the image, the residual and the Jacobian's projection in float64: the same best
+    lens to 1% of the noise and the same Jacobian to 1%, with LensFit 2's nested light
+    Gaussians and two shapelet scales (condition number ~1e14). Measured here: 3e-4 of the
+    noise and 2e-4; with the Gram summed in float32, 0.12 of the noise and 11%."""
+    config = replace(CONFIG, light_sigmas=FlexibleConfig(24, 0.15).light_sigmas,
+                     source_scales=(1.0, 3.0))  # fmt: skip
+    g = torch.Generator().manual_seed(3)
+    coef = torch.rand(2, config.n_linear, generator=g, dtype=torch.float64) * 0.2
+    coef[:, :3] = torch.tensor([0.5, 0.3, 0.1], dtype=torch.float64)
+    theta, noise = lens_parameters(), 0.01
+    image = (design_matrix(theta, config, PSF) @ coef.unsqueeze(2)).view(-1, 1, 24, 24)
+    image = image + noise * torch.randn(image.shape, generator=g, dtype=image.dtype)
+    sigma = torch.full_like(image, noise)
+    start = theta.clone()
+    start[:, INDEX["theta_e"]] += 0.02
+    exact, mixed = FlexibleLens(config), FlexibleLens(config, bases_dtype=torch.float32)
+    fit = mixed.fit_linear(start, image, sigma, PSF)
+    assert fit.design.dtype == torch.float32 and fit.coef.dtype == torch.float64
+    model = mixed.model_image(start, image, sigma, PSF)
+    assert model.dtype == torch.float64
+    assert (model - exact.model_image(start, image, sigma, PSF)).abs().max() < 0.01 * noise
+    full, drawn32 = (
+        exact.jacobian(start, image, sigma, PSF),
+        mixed.jacobian(start, image, sigma, PSF),
+    )
+    assert drawn32.dtype == torch.float64
+    assert ((drawn32 - full).norm(dim=1) / full.norm(dim=1)).max() < 0.01
+
+
 @pytest.mark.parametrize("name", sorted(LIMITS))
 def test_parameters_are_held_within_their_limits(name: str) -> None:
     theta = lens_parameters(1).repeat(2, 1)
