@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deeplense.lensing.flexible import NAMES, FlexibleLens  # noqa: E402
+from deeplense.lensing.flexible import NAMES  # noqa: E402
 from deeplense.lensing.flexible_fit import fit_flexible  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.noise import estimate_noise  # noqa: E402
@@ -62,7 +62,7 @@ def start_gap(
     truth's parameters of each class (n, 13); seconds per fit."""
     loaded = load_checkpoint(checkpoint)
     model = loaded.model
-    if not hasattr(model, "encoder_start") or not hasattr(model, "lens"):
+    if not hasattr(model, "encoder_start") or not hasattr(model, "lens_on"):
         raise SystemExit(f"error: {loaded.config.architecture} is not a flexible refined model")
     score = loaded.config.default_score
     instrument = dataset_instrument(directory)
@@ -76,8 +76,7 @@ def start_gap(
         images = np.load(Path(directory) / "test" / f"{cls}.npy", allow_pickle=False)[:n]
         x_all = torch.from_numpy(np.asarray(images, dtype=np.float64))
         side = x_all.shape[-1]
-        same_grid = side == model.image_size and scale == model.config.pixel_scale
-        lens = model.lens if same_grid else FlexibleLens(model.config.flexible(side, scale))
+        lens = model.lens_on(side, scale)
         encoder = model.encoder_start(x_all.float(), scale).double()  # (n, 13)
         truth = torch.from_numpy(np.stack([truth_theta(rows[(cls, i)]) for i in range(len(x_all))]))
         out["encoder"][cls], out["truth"][cls] = encoder.numpy(), truth.numpy()

@@ -231,6 +231,14 @@ class LensFit2(AnomalyModel):
             x, sigma, self.encoder_start(x, pixel_scale), psf_sigma_pixels, pixel_scale
         )
 
+    def lens_on(self, side: int, pixel_scale: float | None = None) -> FlexibleLens:
+        """The flexible lens on a grid of `side` pixels of `pixel_scale` arcsec (None: the
+        config's): the model's own where that is its grid."""
+        scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
+        if side == self.image_size and scale == self.config.pixel_scale:
+            return self.lens
+        return FlexibleLens(self.config.flexible(side, scale), bases_dtype=BASES_DTYPE)
+
     def encoder_start(self, x: Tensor, pixel_scale: float | None = None) -> Tensor:
         """The encoder's guess (N, 13) of the physical parameters for images x (N, 1, H, W) on
         their own grid of `pixel_scale` arcsec (None: the config's); the encoder reads x
@@ -251,13 +259,7 @@ class LensFit2(AnomalyModel):
         """`reconstruct_with_noise` from the given start (N, 13) instead of the encoder's: the
         MAP smooth lens (N, 1, H, W) after `refine_steps` Levenberg-Marquardt steps (none: the
         best lens at the start). bench/refine_noise.py perturbs the start with it."""
-        scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
-        same_grid = x.shape[-1] == self.image_size and scale == self.config.pixel_scale
-        lens = (
-            self.lens
-            if same_grid
-            else FlexibleLens(self.config.flexible(x.shape[-1], scale), bases_dtype=BASES_DTYPE)
-        )
+        lens = self.lens_on(x.shape[-1], pixel_scale)
         with torch.autocast(x.device.type, enabled=False):
             # The fit in float64, its bases drawn in float32 (BASES_DTYPE): a float32 solve of
             # the overlapping bases (cond 1e9-1e11) moved chi2 by 1% with the batch an image
