@@ -23,6 +23,11 @@ class CalibrationSummary(BaseModel):
     validation_auc: float | None = Field(
         default=None, description="ROC-AUC sub vs no_sub on the labelled validation split"
     )
+    validation_tpr: float | None = Field(
+        default=None,
+        description="share of the labelled validation split's substructure images flagged at "
+        "the threshold (null for a calibration made before it was recorded)",
+    )
     normal_loss_quantiles: dict[str, float] = Field(
         description="quantiles of the normal scores: min, p5, p25, median, p75, p95, p99, max",
         examples=[{"min": 0.0011, "median": 0.0019, "p95": 0.0031, "max": 0.0052}],

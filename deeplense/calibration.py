@@ -4,7 +4,9 @@ For a named score (`deeplense.scores`) the threshold is the (1 - fpr) quantile o
 of normal (no_sub) validation images, so about `fpr` of normal images are flagged; the 101
 quantiles (0%, 1%, ..., 100%) of those scores travel in the checkpoint so that any score can
 be turned into a percentile. When the validation split is labelled, the calibration also
-records the score's ROC-AUC there and its Youden-J threshold (maximising TPR - FPR). The test
+records the score's ROC-AUC there, the share of its substructure images flagged at the
+threshold (the detection rate at the calibrated false-positive rate) and its Youden-J
+threshold (maximising TPR - FPR). The test
 split is never used here: a threshold tuned on the data it is reported on would flatter it.
 
 `judge` is the only place a flag or a percentile is made: the service (single models and
@@ -38,6 +40,13 @@ class Calibration(BaseModel):
     )
     validation_auc: float | None = Field(
         default=None, description="ROC-AUC sub vs no_sub on the labelled validation split"
+    )
+    validation_tpr: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="share of the labelled validation split's substructure images flagged at "
+        "`threshold`: the detection rate a user reading flags gets",
     )
 
     @field_validator("threshold", "youden_threshold", "validation_auc")
@@ -84,19 +93,22 @@ def calibration_from_scores(
     if not 0 < fpr < 1:
         raise ValueError(f"fpr must lie in (0, 1), got {fpr}")
     quantiles = np.quantile(scores, np.linspace(0.0, 1.0, N_QUANTILES))
-    youden = auc = None
+    threshold = float(np.quantile(scores, 1.0 - fpr))
+    youden = auc = tpr = None
     if labelled_scores is not None and labels is not None:
         s, y = np.asarray(labelled_scores, dtype=np.float64), np.asarray(labels)
         youden = youden_threshold(s, y)
         auc = roc_auc(s[y == 0], s[y == 1])
+        tpr = float(np.mean(s[y == 1] > threshold))  # flagged as `judge` flags
     return Calibration(
         fpr=fpr,
-        threshold=float(np.quantile(scores, 1.0 - fpr)),
+        threshold=threshold,
         quantiles=[float(q) for q in quantiles],
         n_images=len(scores),
         dataset=dataset,
         youden_threshold=youden,
         validation_auc=auc,
+        validation_tpr=tpr,
     )
 
 

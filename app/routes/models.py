@@ -33,6 +33,7 @@ def calibration_summary(score: str, cal: Calibration) -> CalibrationSummary:
         dataset=cal.dataset,
         youden_threshold=cal.youden_threshold,
         validation_auc=cal.validation_auc,
+        validation_tpr=cal.validation_tpr,
         normal_loss_quantiles={k: cal.quantiles[i] for k, i in _QUANTILES.items()},
     )
 

@@ -92,6 +92,7 @@ def test_labelled_validation_gives_youden_auc_and_the_default_score(
             expected = youden_threshold(np.r_[normal, vort], labels)
             assert cal.youden_threshold == pytest.approx(expected)
             assert cal.validation_auc == pytest.approx(roc_auc_score(labels, np.r_[normal, vort]))
+            assert cal.validation_tpr == pytest.approx(np.mean(vort > cal.threshold))
             aucs[score] = cal.validation_auc
         best = max(round(v, 4) for v in aucs.values())
         assert round(aucs[config.default_score], 4) == best  # the best validation AUC
@@ -105,6 +106,7 @@ def test_the_test_split_is_never_used_to_calibrate(checkpoints: Path, tmp_path: 
     for folder in checkpoints.iterdir():
         for cal in read_config(folder).calibrations.values():
             assert cal.youden_threshold is None and cal.validation_auc is None
+            assert cal.validation_tpr is None
 
 
 def test_calibrate_unknown_model_is_a_one_line_error(
@@ -183,3 +185,16 @@ def test_the_default_scores_reason_names_the_validation_substructure(
         assert reason.startswith("best; validation substructure: ") and expected in reason
     unlabelled = ScoreCalibrations({"mse": calibration_from_scores(normal)}, "chi2_psf", "none")
     assert with_substructure(unlabelled, tmp_path).reason == "none"  # nothing was chosen on it
+
+
+def test_the_validation_detection_rate_counts_flags_at_the_threshold() -> None:
+    """validation_tpr is the share of substructure lenses scoring above the threshold, the
+    same strict > as the judge: here the threshold is 9.5 (95th percentile of 0..10 in
+    11 equal steps, interpolated) and 2 of the 4 lenses lie above it."""
+    normal = np.arange(11.0)
+    sub = np.array([9.0, 9.5, 10.0, 20.0])
+    labelled = (np.r_[normal, sub], np.r_[np.zeros(11), np.ones(4)])
+    cal = calibration_from_scores(normal, 0.05, "model_r", *labelled)
+    assert cal.threshold == pytest.approx(9.5)
+    assert cal.validation_tpr == pytest.approx(0.5)
+    assert calibration_from_scores(normal).validation_tpr is None

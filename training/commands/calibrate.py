@@ -73,12 +73,13 @@ def run(args: argparse.Namespace) -> int:
         }
         write_config(loaded.config.model_copy(update=update), path)
         for score, cal in result.calibrations.items():
-            youden, auc = cal.youden_threshold, cal.validation_auc
+            youden, auc, tpr = cal.youden_threshold, cal.validation_auc, cal.validation_tpr
             print(
                 f"{name} {score}: threshold {cal.threshold:.6g} at FPR {cal.fpr} "
                 f"({cal.n_images} val images)"
                 + ("" if youden is None else f", Youden-J threshold {youden:.6g}")
                 + ("" if auc is None else f", validation AUC {auc:.4f}")
+                + ("" if tpr is None else f", flags {tpr:.3f} of substructure lenses")
             )
         print(f"{name}: default score {result.default_score} ({result.reason})")
     return 0

@@ -78,5 +78,6 @@ def print_calibrations(calibrated: "ScoreCalibrations", out: Path) -> None:
     """Each score's new threshold, and the folder written with its default score."""
     for score, cal in calibrated.calibrations.items():
         auc = "" if cal.validation_auc is None else f", validation AUC {cal.validation_auc:.4f}"
-        print(f"{score}: threshold {cal.threshold:.6g} at FPR {cal.fpr}{auc}")
+        tpr = "" if cal.validation_tpr is None else f", flags {cal.validation_tpr:.3f} of sub"
+        print(f"{score}: threshold {cal.threshold:.6g} at FPR {cal.fpr}{auc}{tpr}")
     print(f"wrote {out} (default score {calibrated.default_score}: {calibrated.reason})")
