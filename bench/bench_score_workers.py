@@ -33,7 +33,9 @@ from models.checkpoint import load_checkpoint  # noqa: E402
 from training.batch_score import score_files  # noqa: E402
 
 
-def timed(checkpoint: Path, stack: Path, threads: int, workers: int) -> tuple[float, int]:
+def timed(
+    checkpoint: Path, stack: Path, threads: int, workers: int, batch_size: int = 64
+) -> tuple[float, int]:
     """Wall seconds to score every image of `stack`, and the images scored (this process's
     thread count is restored after)."""
     before = torch.get_num_threads()
@@ -41,7 +43,9 @@ def timed(checkpoint: Path, stack: Path, threads: int, workers: int) -> tuple[fl
     try:
         loaded = load_checkpoint(checkpoint)
         start = time.perf_counter()
-        rows = list(score_files(loaded, [stack], progress=False, workers=workers))
+        rows = list(
+            score_files(loaded, [stack], progress=False, workers=workers, batch_size=batch_size)
+        )
         wall = time.perf_counter() - start
     finally:
         torch.set_num_threads(before)
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=16, help="images scored (the stack's first)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch (64)")
     args = parser.parse_args(argv)
     images = np.load(args.stack, allow_pickle=False)[: args.n]
     with tempfile.TemporaryDirectory() as tmp:
@@ -69,11 +74,13 @@ def main(argv: list[str] | None = None) -> int:
             (f"1 process, {args.threads} threads", args.threads, 1),
             (f"{args.workers} workers, 1 thread each", 1, args.workers),
         ]
-        print(f"{args.checkpoint}, {len(images)} images of {args.stack}")
+        print(
+            f"{args.checkpoint}, {len(images)} images of {args.stack}, batches of {args.batch_size}"
+        )
         print("| how | wall s | s per image | images per s |")
         print("|---|---|---|---|")
         for label, threads, workers in ways:
-            wall, n = timed(args.checkpoint, subset, threads, workers)
+            wall, n = timed(args.checkpoint, subset, threads, workers, args.batch_size)
             print(f"| {label} | {wall:.2f} | {wall / n:.3f} | {n / wall:.2f} |")
     return 0
 

@@ -17,6 +17,7 @@ import glob
 import logging
 import os
 import tempfile
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -29,12 +30,12 @@ from deeplense.decode_client import TimedDecoder
 from deeplense.errors import DeviceError, InvalidImageError, OutputExistsError
 from deeplense.image_score import CSV_COLUMNS, ImageScore, image_scores
 from deeplense.imaging import DEFAULT_MAX_PIXELS, check_pixels
-from deeplense.inference import score_observations
+from deeplense.inference import ScoredBatch, score_observations
 from deeplense.instrument import Instrument
 from deeplense.observation import Prepared, RequestInstrument, prepare_observation
 from models.checkpoint import LoadedCheckpoint
 from training.commands.score import DECODE_MEMORY_BYTES, DECODE_TIMEOUT_S
-from training.parallel_score import ScoringPool
+from training.parallel_score import PendingScores, ScoringPool
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ def score_files(
     `request` (the --psf and --pixel-scale flags) applies to every image without its own.
     `decoder` reads the files (default: DECODE_TIMEOUT_S per file, DECODE_MEMORY_BYTES).
     `workers` > 1 scores each batch in that many one-thread processes
-    (`training.parallel_score`; the CPU only: DeviceError on another device).
+    (`training.parallel_score`; the CPU only: DeviceError on another device), the next batch
+    queued before this one's rows are yielded.
     """
     if workers > 1 and torch.device(device).type != "cpu":
         raise DeviceError(
@@ -130,28 +132,47 @@ def score_files(
     n_ready = 0  # prepared images waiting in `pending`
     n_images = 0
 
-    def flush() -> Iterator[ImageScore]:
-        good = [p for p in pending if p.observation is not None]
+    def rows(batch: list[Prepared], scored: ScoredBatch | None) -> Iterator[ImageScore]:
+        """The batch's rows in order: its scored images (`scored`) and its errors."""
+        good = [p for p in batch if p.observation is not None]
         records: Iterator[ImageScore] = iter(())
-        if good:
-            observations = [p.observation for p in good if p.observation is not None]
-            scored = (
-                pool.score(observations, batch_size, [score])
-                if pool is not None
-                else score_observations(
-                    loaded.model, observations, device=device, batch_size=batch_size,
-                    scores=[score],
-                )
-            )  # fmt: skip
+        if good and scored is not None:
             verdict = judge(
                 scored.scores[score], calibration, threshold,
                 scored.not_applicable.get(score, ()),
             )  # fmt: skip
             records = iter(image_scores(good, scored, score, verdict))
-        for p in pending:
+        for p in batch:
             done = p.observation is not None
             yield next(records) if done else ImageScore(p.filename, error=p.error)
+
+    # Batches queued in the worker processes, oldest first, with the prepared images they hold.
+    in_flight: deque[tuple[list[Prepared], PendingScores | None]] = deque()
+
+    def flush() -> Iterator[ImageScore]:
+        """Score the pending images. Without workers at once; with them, queue the batch and
+        yield the one before: two batches in flight, so the processes score one while this
+        process reads and prepares the next, and never wait at a batch's end."""
+        batch = list(pending)
         pending.clear()
+        observations = [p.observation for p in batch if p.observation is not None]
+        if pool is None:
+            scored = (
+                score_observations(
+                    loaded.model, observations, device=device, batch_size=batch_size,
+                    scores=[score],
+                ) if observations else None
+            )  # fmt: skip
+            yield from rows(batch, scored)
+            return
+        job = pool.submit(observations, batch_size, [score]) if observations else None
+        in_flight.append((batch, job))
+        while len(in_flight) > 1:
+            yield from collect()
+
+    def collect() -> Iterator[ImageScore]:
+        batch, job = in_flight.popleft()
+        yield from rows(batch, None if job is None else job.result())
 
     own = decoder is None
     reader = TimedDecoder(DECODE_TIMEOUT_S, DECODE_MEMORY_BYTES) if decoder is None else decoder
@@ -170,6 +191,8 @@ def score_files(
                     n_ready = 0
             bar.set_postfix(images=n_images, refresh=False)
         yield from flush()
+        while in_flight:
+            yield from collect()
     finally:
         if pool is not None:
             pool.close()

@@ -5,11 +5,13 @@ one LensFit 2 fit is a chain of small operations, so torch's threads inside one 
 the work less well than processes that each fit their own images on one thread (1.64
 against 1.83 images a second on two cores, start-up included; 0.58 against 0.88 before the
 fit's arithmetic was tightened). A `ScoringPool` holds N such processes, each with the checkpoint
-loaded once; `score` cuts a batch of observations into consecutive pieces, scores them in
-the processes and joins the results in order (`deeplense.inference.concatenate_scored`), so
-rows come out as one process would give them. An image's numbers do not depend on its batch
-mates for LensFit 2 (it fits one image at a time on a CPU); the thread count itself moves a
-fit's sums to about 1e-5 of the loss.
+loaded once; `submit` cuts a batch of observations into consecutive pieces and queues them
+in the processes, and its `result` joins their rows in order
+(`deeplense.inference.concatenate_scored`), so rows come out as one process would give
+them. `deeplense score` queues the next batch before it collects one, so the processes do
+not wait at a batch's end while the parent reads files. An image's numbers do not depend on
+its batch mates for LensFit 2 (it fits one image at a time on a CPU); the thread count
+itself moves a fit's sums to about 1e-5 of the loss.
 
 Processes are started with "spawn" (a forked child of a process that has used torch's
 thread pool can hang), so each loads torch and the checkpoint itself: about two seconds.
@@ -21,7 +23,7 @@ import os
 import signal
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from types import TracebackType
@@ -87,22 +89,28 @@ class ScoringPool:
             initargs=(str(checkpoint), threads),
         )
 
-    def score(
+    def submit(
         self, observations: Sequence[Observation], batch_size: int, scores: Sequence[str]
-    ) -> ScoredBatch:
-        """`score_observations` of every observation, in order, spread over the processes.
-        RuntimeError if a process died (killed, out of memory) or could not load the model."""
+    ) -> "PendingScores":
+        """Queue `score_observations` of every observation, spread over the processes, and
+        return at once: a caller that prepares the next batch meanwhile and submits it
+        before collecting this one keeps every process busy across the batches' ends."""
         n = len(observations)
         if n == 0:
             raise ValueError("no observations to score")
         pieces = np.array_split(np.arange(n), min(n, self.workers * PIECES_PER_WORKER))
         tasks = [([observations[i] for i in piece], batch_size, tuple(scores)) for piece in pieces]
         try:
-            return concatenate_scored(list(self._executor.map(_score_piece, tasks)))
+            return PendingScores([self._executor.submit(_score_piece, task) for task in tasks])
         except BrokenProcessPool as exc:
-            raise RuntimeError(
-                f"a scoring process died or could not start ({exc}); these images were not scored"
-            ) from None
+            raise _died(exc) from None
+
+    def score(
+        self, observations: Sequence[Observation], batch_size: int, scores: Sequence[str]
+    ) -> ScoredBatch:
+        """`score_observations` of every observation, in order, spread over the processes.
+        RuntimeError if a process died (killed, out of memory) or could not load the model."""
+        return self.submit(observations, batch_size, scores).result()
 
     def pids(self) -> list[int]:
         """The worker processes' ids (started on the first `score`)."""
@@ -132,4 +140,25 @@ class ScoringPool:
         self.close()
 
 
-__all__ = ["PIECES_PER_WORKER", "ScoringPool"]
+class PendingScores:
+    """A submitted batch's pieces; `result` waits for them and joins their rows in order."""
+
+    def __init__(self, pieces: list[Future[ScoredBatch]]) -> None:
+        self._pieces = pieces
+
+    def result(self) -> ScoredBatch:
+        """The batch's scores, as one process would give them. RuntimeError if a process
+        died (killed, out of memory) or could not load the model."""
+        try:
+            return concatenate_scored([piece.result() for piece in self._pieces])
+        except BrokenProcessPool as exc:
+            raise _died(exc) from None
+
+
+def _died(exc: BrokenProcessPool) -> RuntimeError:
+    return RuntimeError(
+        f"a scoring process died or could not start ({exc}); these images were not scored"
+    )
+
+
+__all__ = ["PIECES_PER_WORKER", "PendingScores", "ScoringPool"]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from deeplense.errors import DeviceError
 from deeplense.imaging import read_image
-from deeplense.inference import score_array
+from deeplense.inference import score_array, score_observations
 from deeplense.instrument import Instrument
 from deeplense.observation import prepare_observation
 from deeplense.preprocess import to_model_input
@@ -308,6 +308,48 @@ def test_workers_give_the_rows_of_one_process(
             # p-values and sigmas amplify a chi2's last digits in the tail: looser there
             rel = 1e-2 if column in ("p_value", "significance_sigma") else 1e-4
             assert float(b[column]) == pytest.approx(expected, rel=rel, abs=1e-12), column
+
+
+def test_workers_get_the_next_batch_before_a_batch_is_collected(
+    tiny_checkpoints: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With --workers, score_files queues batch k+1 before it waits for batch k, so the
+    processes never idle while the parent reads files; rows still come in file order."""
+    import training.batch_score as batch_score
+
+    events: list[str] = []
+    loaded = load_checkpoint(tiny_checkpoints / "dcae")
+
+    class Pending:
+        def __init__(self, k: int, observations: list) -> None:
+            self.k, self.observations = k, observations
+
+        def result(self) -> object:
+            events.append(f"collect {self.k}")
+            return score_observations(loaded.model, self.observations, scores=["mse"])
+
+    class RecordingPool:
+        def __init__(self, *args: object) -> None:
+            self.submitted = 0
+
+        def submit(self, observations: list, batch_size: int, scores: list) -> Pending:
+            events.append(f"submit {self.submitted}")
+            self.submitted += 1
+            return Pending(self.submitted - 1, observations)
+
+        def close(self) -> None:
+            events.append("close")
+
+    monkeypatch.setattr(batch_score, "ScoringPool", RecordingPool)
+    files = []
+    for i, image in enumerate(tiny_images(5, seed=9)[:, 0]):
+        files.append(tmp_path / f"{i}.npy")
+        np.save(files[-1], image)
+    rows = list(score_files(loaded, files, device="cpu", batch_size=2, workers=2, progress=False))
+    assert [r.filename for r in rows] == [str(f) for f in files]
+    assert all(r.error is None for r in rows)
+    assert events == ["submit 0", "submit 1", "collect 0", "submit 2", "collect 1", "collect 2",
+                      "close"]  # fmt: skip
 
 
 def test_workers_need_the_cpu(tiny_checkpoints: Path, tmp_path: Path) -> None:
