@@ -47,10 +47,18 @@ def scores_both_ways(
             stacks[cls] = np.asarray(images[:, None] if images.ndim == 3 else images)
     if "no_sub" not in stacks or len(stacks) < 2:
         raise SystemExit(f"error: {split} needs no_sub.npy and sphere.npy or vort.npy")
+    if stacks["no_sub"].shape[-1] != model.image_size:
+        # another grid gets a lens of its own (`lens_on`), which this swap would not reach
+        raise SystemExit(
+            f"error: {split}'s images are {stacks['no_sub'].shape[-1]} px; this compares on "
+            f"the model's own grid of {model.image_size}"
+        )
     shipped = model.lens
     values: dict[str, dict[str, np.ndarray]] = {}
     seconds: dict[str, float] = {}
     try:
+        model.lens = FlexibleLens(shipped.config, bases_dtype=torch.float64)
+        score_array(model, stacks["no_sub"][:1], scores=(score,))  # warm-up, untimed
         for label, dtype in DTYPES.items():
             model.lens = FlexibleLens(shipped.config, bases_dtype=dtype)
             started, count = time.perf_counter(), 0

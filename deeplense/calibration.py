@@ -45,8 +45,8 @@ class Calibration(BaseModel):
         default=None,
         ge=0,
         le=1,
-        description="share of the labelled validation split's substructure images flagged at "
-        "`threshold`: the detection rate a user reading flags gets",
+        description="share of the labelled validation split's substructure images scoring "
+        "above `threshold` (the detection rate at the calibrated false-positive rate)",
     )
 
     @field_validator("threshold", "youden_threshold", "validation_auc")

@@ -85,8 +85,8 @@ REFINE_CHUNK = 1
 GPU_REFINE_CHUNK = 32
 
 
-# The dtype the flexible lens's bases are drawn in and their Gram summed in; the solve, the
-# residual and the cost are float64 (`FlexibleLens.bases_dtype`).
+# The dtype the flexible lens's bases are drawn in during refinement; the Gram matrix, the
+# solve, the residual and the cost are float64 (`FlexibleLens.bases_dtype`).
 BASES_DTYPE = torch.float32
 
 
@@ -261,9 +261,10 @@ class LensFit2(AnomalyModel):
         best lens at the start). bench/refine_noise.py perturbs the start with it."""
         lens = self.lens_on(x.shape[-1], pixel_scale)
         with torch.autocast(x.device.type, enabled=False):
-            # The fit in float64, its bases drawn in float32 (BASES_DTYPE): a float32 solve of
-            # the overlapping bases (cond 1e9-1e11) moved chi2 by 1% with the batch an image
-            # came in.
+            # The fit in float64, the refinement's bases drawn in float32 (BASES_DTYPE; the
+            # no-refinement path's `best_lens` draws them in float64): a float32 solve of the
+            # overlapping bases (cond 1e9-1e14) moved chi2 by 1% with the batch an image came
+            # in.
             x64, sigma64 = x.detach().double().clone(), sigma.detach().double().clone()
             psf = self.psf_kernel(psf_sigma_pixels).double()
             start = start.detach().float()

@@ -113,7 +113,7 @@ class ScoringPool:
         return self.submit(observations, batch_size, scores).result()
 
     def pids(self) -> list[int]:
-        """The worker processes' ids (started on the first `score`)."""
+        """The worker processes' ids (started on the first `submit`)."""
         return [p.pid for p in self._processes() if p.pid is not None]
 
     def _processes(self) -> list[multiprocessing.process.BaseProcess]:
@@ -122,8 +122,8 @@ class ScoringPool:
         return list((getattr(self._executor, "_processes", None) or {}).values())
 
     def close(self) -> None:
-        """Stop the processes at once (nothing is pending between `score` calls; after an
-        interruption, work in flight is dropped)."""
+        """Stop the processes at once; work still queued or in flight (a batch submitted and
+        not collected, an interrupted run) is dropped."""
         for process in self._processes():
             process.terminate()
         self._executor.shutdown(wait=True, cancel_futures=True)

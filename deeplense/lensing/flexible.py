@@ -384,7 +384,7 @@ class NormalEquations:
     (`ridge_diagonal`), A^T b (N, K, 1) and the LU factors of A^T A + D.
 
     Always float64: the bases overlap (shapelet sets at several scales, nested Gaussians;
-    condition numbers 1e9-1e11). Measured: a float32 solve left chi2 50% above the float64
+    condition numbers 1e9-1e14). Measured: a float32 solve left chi2 50% above the float64
     one; a float32 sum of A^T A solved in float64 and refined gave the same chi2 (1e-5), but
     coefficients along the near-degenerate directions that followed the sum's rounding, and
     through them a Jacobian, and a fit, that changed with the batch an image came in."""
@@ -438,12 +438,12 @@ class LinearFit(NamedTuple):
 class FlexibleLens:
     """The flexible smooth lens on one grid (module doc).
 
-    `bases_dtype`: the dtype its bases (the design and the model's Jacobian) are drawn in
-    and their Gram matrix summed in; None: the data's. float32 with float64 data runs about
-    1.5 times faster on a CPU and fits the same: the bases' rounding (1e-7) is far below any
-    noise, and the solve, its refinement (`NormalEquations`), the model image, the residual,
-    the Jacobian's projection and the cost stay float64 (docs/results.md, "A float32
-    design")."""
+    `bases_dtype`: the dtype its bases (the design and the model's Jacobian at fixed
+    coefficients) are drawn in; None: the data's. float32 with float64 data runs 1.4 times
+    faster on a CPU and fits the same: the bases' rounding (1e-7) is far below any noise,
+    and the Gram matrix (summed in float64 from the float32 values, `NormalEquations`), the
+    solve, the model image, the residual, the Jacobian's projection and the cost stay
+    float64 (docs/results.md, "A float32 design")."""
 
     config: FlexibleConfig
     bases_dtype: torch.dtype | None = None

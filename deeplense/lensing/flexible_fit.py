@@ -25,7 +25,8 @@ class FlexibleProblem:
         self._last: tuple[Tensor, LinearFit] | None = None
 
     def linear(self, theta: Tensor) -> LinearFit:
-        """The design (N, n*n, K) at theta (N, 13), its best coefficients (N, K) and Gram."""
+        """The design (N, n*n, K) at theta (N, 13), its best coefficients (N, K) and normal
+        equations."""
         if self._last is None or not torch.equal(self._last[0], theta):
             self._last = (theta.clone(), self.lens.fit_linear(theta, self.x, self.sigma, self.psf))
         return self._last[1]
