@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,19 @@ def run(plan: Plan) -> list[FitResult]:
     finally:
         if started_group:
             torch_dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def service_matmul_precision() -> Iterator[None]:
+    """float32 matrix products at the service's precision ("highest": no TF32) while the
+    export calibrates: training may run them in TF32 on a GPU (`run`), but a threshold must
+    come from the fits the service makes (LensFit 2's float32 bases, the networks' layers)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def _wants_cuda(spec: str) -> bool:
@@ -179,10 +193,11 @@ def _fit_one(plan: Plan, name: str, device: torch.device, dist: Distributed) -> 
 
     checkpoint = None
     if dist.is_main:
-        checkpoint = export_checkpoint(
-            plan, name, model, device, history, wall_time, precision, dist,
-            step.optimizer_settings(),
-        )  # fmt: skip
+        with service_matmul_precision():
+            checkpoint = export_checkpoint(
+                plan, name, model, device, history, wall_time, precision, dist,
+                step.optimizer_settings(),
+            )  # fmt: skip
         state_path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             state_path.parent.rmdir()  # only when empty

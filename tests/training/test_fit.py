@@ -71,6 +71,29 @@ def test_fit_all_writes_a_valid_calibrated_checkpoint_per_model(
     assert not (tmp_path / STATE_DIR).exists()
 
 
+def test_the_export_calibrates_without_tf32(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training may run float32 products in TF32 on a GPU ("high"); the export's calibration
+    runs at the service's "highest", and the training's setting comes back after."""
+    seen: list[str] = []
+    export = fit_module.export_checkpoint
+
+    def recording(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_float32_matmul_precision())
+        return export(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "export_checkpoint", recording)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # as `run` sets it on a GPU
+    try:
+        assert _fit(data_dir, tmp_path) == 0
+        assert seen == ["highest"]
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_the_same_seed_gives_identical_weights(data_dir: Path, tmp_path: Path) -> None:
     for run in ("a", "b"):
         assert _fit(data_dir, tmp_path / run, "--seed", "7", model="all") == 0
