@@ -41,9 +41,7 @@ from deeplense.lensing.flexible import (
     NAMES,
     FlexibleConfig,
     FlexibleLens,
-    solve_linear,
 )
-from deeplense.lensing.flexible import design_matrix as flexible_design
 from deeplense.lensing.flexible_fit import GaussianPrior, fit_flexible
 from deeplense.noise import estimate_noise
 from deeplense.observation import model_grid_view, own_grid_supersampling
@@ -201,11 +199,9 @@ class LensFit2(AnomalyModel):
         self, theta: Tensor, x: Tensor, sigma: Tensor, psf: Tensor, lens: FlexibleLens | None = None
     ) -> Tensor:
         """The best smooth lens at parameters theta (N, 13), differentiable: (N, 1, H, W), on
-        `lens`'s grid (None: the config's)."""
+        `lens`'s grid (None: the config's), its bases drawn in x's dtype."""
         lens = self.lens if lens is None else lens
-        design = flexible_design(theta, lens.config, psf)  # (N, H*W, K)
-        coef = solve_linear(design, x.flatten(1), lens.weight(sigma).flatten(1), lens.config)
-        return (design @ coef.unsqueeze(2)).view_as(x)
+        return replace(lens, bases_dtype=None).model_image(theta, x, sigma, psf)
 
     # ---- the AnomalyModel interface -----------------------------------------------------
 

@@ -414,12 +414,6 @@ def normal_equations(
     return NormalEquations(a, x * weight, config)
 
 
-def solve_linear(design: Tensor, x: Tensor, weight: Tensor, config: FlexibleConfig) -> Tensor:
-    """Coefficients (N, K) of `normal_equations`' fit."""
-    equations = normal_equations(design, x, weight, config)
-    return equations.coefficients().squeeze(2).to(design.dtype)
-
-
 class LinearFit(NamedTuple):
     """The linear part at some nonlinear parameters: the design (N, n*n, K) in the bases'
     dtype, its best coefficients (N, K) in the data's, and the normal equations they
@@ -520,6 +514,5 @@ __all__ = [
     "ridge_diagonal",
     "shapelet_source",
     "shapelets",
-    "solve_linear",
     "to_pixels",
 ]
