@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deeplense.inference import score_array  # noqa: E402
 from deeplense.lensing.flexible import FlexibleLens  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
+from deeplense.vocabulary import CLASSES, NORMAL  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 
-CLASSES = ("no_sub", "sphere", "vort")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -45,12 +45,12 @@ def scores_both_ways(
         if path.exists():
             images = np.load(path, allow_pickle=False, mmap_mode="r")[:n]
             stacks[cls] = np.asarray(images[:, None] if images.ndim == 3 else images)
-    if "no_sub" not in stacks or len(stacks) < 2:
+    if NORMAL not in stacks or len(stacks) < 2:
         raise SystemExit(f"error: {split} needs no_sub.npy and sphere.npy or vort.npy")
-    if stacks["no_sub"].shape[-1] != model.image_size:
+    if stacks[NORMAL].shape[-1] != model.image_size:
         # another grid gets a lens of its own (`lens_on`), which this swap would not reach
         raise SystemExit(
-            f"error: {split}'s images are {stacks['no_sub'].shape[-1]} px; this compares on "
+            f"error: {split}'s images are {stacks[NORMAL].shape[-1]} px; this compares on "
             f"the model's own grid of {model.image_size}"
         )
     shipped = model.lens
@@ -58,7 +58,7 @@ def scores_both_ways(
     seconds: dict[str, float] = {}
     try:
         model.lens = FlexibleLens(shipped.config, bases_dtype=torch.float64)
-        score_array(model, stacks["no_sub"][:1], scores=(score,))  # warm-up, untimed
+        score_array(model, stacks[NORMAL][:1], scores=(score,))  # warm-up, untimed
         for label, dtype in DTYPES.items():
             model.lens = FlexibleLens(shipped.config, bases_dtype=dtype)
             started, count = time.perf_counter(), 0
@@ -87,8 +87,8 @@ def table(score: str, values: dict[str, dict[str, np.ndarray]], seconds: dict[st
         "|---|---|---|",
     ]
     for label, per_class in values.items():
-        sub = np.concatenate([v for c, v in per_class.items() if c != "no_sub"])
-        auc = roc_auc(per_class["no_sub"], sub)
+        sub = np.concatenate([v for c, v in per_class.items() if c != NORMAL])
+        auc = roc_auc(per_class[NORMAL], sub)
         lines.append(f"| {label} | {auc:.4f} | {seconds[label]:.3f} |")
     return "\n".join(lines)
 
