@@ -21,7 +21,7 @@ from app.routes import health, models, score, ui
 from app.service import ModelService
 from app.settings import Settings, SettingsError, get_settings
 from app.startup import OneLineStartupErrors, stop_server
-from deeplense.numerics import flush_denormals
+from deeplense.numerics import set_process_numerics
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings is None:
         settings = get_settings()
     configure_logging(settings.log_level)
-    flush_denormals()  # the same numerics as the training CLI (deeplense.numerics)
+    set_process_numerics()  # the same as the training CLI's (deeplense.numerics)
     service = ModelService(settings)
 
     @asynccontextmanager

@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None, prog: str = "deeplense") -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from deeplense.numerics import flush_denormals  # imports torch: not for --help
+    from deeplense.numerics import set_process_numerics  # imports torch: not for --help
 
-    flush_denormals()
+    set_process_numerics()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)

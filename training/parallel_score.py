@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from deeplense.inference import ScoredBatch, concatenate_scored, score_observations
-from deeplense.numerics import flush_denormals
+from deeplense.numerics import set_process_numerics
 from deeplense.observation import Observation
 from models.base import AnomalyModel
 from models.checkpoint import load_checkpoint
@@ -43,7 +43,7 @@ _MODEL: AnomalyModel | None = None  # the checkpoint's model, in each worker pro
 
 
 def _start_worker(checkpoint: str, threads: int) -> None:
-    """A worker's start: the service's numerics (`flush_denormals`), `threads` torch threads,
+    """A worker's start: the service's numerics (`set_process_numerics`), `threads` torch threads,
     the checkpoint loaded on the CPU. Ctrl-C reaches the whole process group; the parent
     alone handles it (and stops the workers). A parent killed outright (SIGKILL, the OOM
     killer) cannot stop them, so each also watches its parent and exits when it is gone."""
@@ -52,7 +52,7 @@ def _start_worker(checkpoint: str, threads: int) -> None:
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True).start()
-    flush_denormals()
+    set_process_numerics()
     torch.set_num_threads(threads)
     _MODEL = load_checkpoint(Path(checkpoint), device="cpu").model
 
