@@ -16,7 +16,9 @@ from deeplense.lensing.flexible import (
     FlexibleLens,
     clamp_parameters,
     design_matrix,
+    gram_matrix,
     model_jacobian,
+    normal_equations,
     shapelet_source,
     shapelets,
 )
@@ -192,3 +194,30 @@ def test_parameters_are_held_within_their_limits(name: str) -> None:
     theta[0, INDEX[name]], theta[1, INDEX[name]] = lo - 5.0, hi + 5.0
     held = clamp_parameters(theta)[:, INDEX[name]]
     assert held.tolist() == [lo, hi]
+
+
+@pytest.mark.parametrize("stored_by_columns", [False, True])
+def test_gram_matrix_is_the_exactly_symmetric_product(stored_by_columns: bool) -> None:
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(2, 7, 40, generator=g, dtype=torch.float64).transpose(1, 2)  # (2, 40, 7)
+    a = a if stored_by_columns else a.contiguous()  # 7 columns: uneven row blocks
+    gram = gram_matrix(a)
+    assert torch.equal(gram, gram.transpose(1, 2))
+    torch.testing.assert_close(gram, a.transpose(1, 2) @ a, rtol=1e-13, atol=1e-13)
+
+
+def test_normal_equations_solve_and_absorb_as_their_dense_formulas() -> None:
+    design = design_matrix(lens_parameters(), UNREGULARISED, PSF)  # (2, 576, K), by columns
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(2, design.shape[1], generator=g, dtype=torch.float64)
+    weight = 1.0 + torch.rand(2, design.shape[1], generator=g, dtype=torch.float64)
+    weight[:, :5] = 0.0  # masked pixels
+    eq = normal_equations(design, x, weight, UNREGULARISED)
+    a = design.contiguous() * weight.unsqueeze(2)  # the whitened design, row by row
+    dense = a.transpose(1, 2) @ a + torch.diag_embed(eq.ridge)
+    coef = torch.linalg.solve(dense, a.transpose(1, 2) @ (x * weight).unsqueeze(2))
+    torch.testing.assert_close(eq.coefficients(), coef, rtol=1e-6, atol=1e-8)
+    columns = torch.randn(2, design.shape[1], 3, generator=g, dtype=torch.float64)
+    absorbed = a @ torch.linalg.solve(dense, a.transpose(1, 2) @ columns)
+    torch.testing.assert_close(eq.absorbed(columns), absorbed, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(eq.combine(coef), design @ coef, rtol=1e-12, atol=1e-12)
