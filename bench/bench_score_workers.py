@@ -29,6 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from deeplense.numerics import set_process_numerics  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 from training.batch_score import score_files  # noqa: E402
 
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (64)")
     args = parser.parse_args(argv)
+    set_process_numerics()  # as the `deeplense` CLI sets them
     images = np.load(args.stack, allow_pickle=False)[: args.n]
     with tempfile.TemporaryDirectory() as tmp:
         subset = Path(tmp) / "stack.npy"

@@ -1,10 +1,10 @@
 """Scoring prepared images in several one-thread processes (`deeplense score --workers N`).
 
 Measured on the project's 2-core CPU (docs/results.md, "LensFit 2 scores twice as fast",
-"A float32 design"): one LensFit 2 fit is a chain of small operations, so torch's threads
-inside one image share the work less well than processes that each fit their own images on
-one thread (2.1 against 2.3 images a second on two cores, start-up included; 0.58 against
-0.88 before the fit's arithmetic was tightened). A `ScoringPool` holds N such processes,
+"A design stored by columns"): one LensFit 2 fit is a chain of small operations, so torch's
+threads inside one image share the work less well than processes that each fit their own
+images on one thread (2.0 against 2.6 images a second on two cores, start-up included;
+0.58 against 0.88 before the fit's arithmetic was tightened). A `ScoringPool` holds N such processes,
 each with the checkpoint loaded once; `submit` cuts a batch of observations into
 consecutive pieces and queues them in the processes, and its `result` joins their rows in
 order (`deeplense.inference.concatenate_scored`), so rows come out as one process would
