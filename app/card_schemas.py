@@ -102,10 +102,12 @@ class ModelList(BaseModel):
 
     default: str = Field(description="model used when a request names none", examples=["aae"])
     default_reason: str = Field(
-        description="why it is the default (the best labelled-validation AUC, or a setting)",
+        description="why it is the default (the best labelled-validation detection rate at "
+        "the calibrated threshold, or AUC, or a setting)",
         examples=[
-            "best ROC-AUC (sub vs no_sub) of each model's default score on the labelled "
-            "validation split, ties in the study's order (aae chi2_psf 0.8120, ...)"
+            "best detection rate (share of substructure lenses flagged) of each model's default "
+            "score at its threshold for a 0.05 false-positive rate on the labelled validation "
+            "split, ties by ROC-AUC, then the study's order (aae chi2 0.061 (AUC 0.5060), ...)"
         ],
     )
     choices: list[str] = Field(

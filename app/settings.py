@@ -28,9 +28,10 @@ class Settings(BaseSettings):
     # default.
     checkpoint_dir: Path = REPO_ROOT / "checkpoints" / "model_a"
     # Model used when a request names none. None = models.selection.choose_default_model: the
-    # best ROC-AUC of each model's default score on its labelled validation split (recorded
-    # in its card, never the test split), ties in the study's order; a name that is not
-    # loaded (or "ensemble" without two calibrated models) fails at start-up.
+    # best detection rate at the calibrated threshold (else the best ROC-AUC) of each model's
+    # default score on its labelled validation split (recorded in its card, never the test
+    # split), ties in the study's order; a name that is not loaded (or "ensemble" without two
+    # calibrated models) fails at start-up.
     default_model: str | None = None
     # auto = CUDA when available, else CPU. "cuda" without a GPU fails at start-up.
     device: Literal["auto", "cpu", "cuda"] = "auto"
