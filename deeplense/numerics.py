@@ -1,21 +1,29 @@
-"""Process-wide numeric settings shared by the service and every CLI (`set_process_numerics`)."""
+"""Process-wide numeric settings (`set_process_numerics`), shared by the service, the
+`deeplense` CLI and its scoring workers."""
 
 import ctypes
-import ctypes.util
+import logging
 
 import torch
+
+log = logging.getLogger(__name__)
 
 # glibc's mallopt parameters (malloc.h) and the values set by `keep_freed_memory`.
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 64 << 20  # blocks up to this come from the heap (200 px design: 47 MB)
-TRIM_THRESHOLD_BYTES = 256 << 20  # freed memory kept for reuse, at most
+M_ARENA_MAX = -8
+MMAP_THRESHOLD_BYTES = 32 << 20  # blocks up to this come from the heap (glibc's upper limit)
+TRIM_THRESHOLD_BYTES = 256 << 20  # free memory at the heap's top beyond this goes back
+# One heap for every thread: a thread's own heap is at most 64 MiB, so the service's scoring
+# threads kept mapping designs fresh (8,700-49,000 page faults an image in a thread).
+ARENAS = 1
 
 
 def set_process_numerics() -> None:
     """Everything below, once per process: the service, each CLI and each scoring worker."""
     flush_denormals()
-    keep_freed_memory()
+    if not keep_freed_memory():
+        log.debug("malloc settings not taken (not glibc?): LensFit 2 will page-fault more")
 
 
 def flush_denormals() -> bool:
@@ -31,28 +39,33 @@ def flush_denormals() -> bool:
 
 
 def keep_freed_memory() -> bool:
-    """Let glibc's malloc reuse freed blocks of up to MMAP_THRESHOLD_BYTES instead of handing
-    them back to the system, keeping at most TRIM_THRESHOLD_BYTES freed (a no-op without
-    glibc).
+    """Let glibc's malloc serve blocks of up to MMAP_THRESHOLD_BYTES from its heap and reuse
+    them once freed, instead of mapping each one fresh from the system and unmapping it on
+    free; free memory at the top of the heap goes back to the system only beyond
+    TRIM_THRESHOLD_BYTES; every thread allocates from that one heap (ARENAS). A no-op without
+    glibc (musl, macOS, Windows).
 
     LensFit 2 allocates a 26 MB float64 design and its whitened copy (150 px, 146 columns)
-    several times an image. By default glibc maps such blocks fresh and unmaps them on free,
-    so every one is page-faulted and zeroed again: 28,000-46,000 page faults an image, 4-5 ms
-    per allocation (one thread, the project's 2-core CPU); with these settings 5-200 faults
-    and less time an image (docs/results.md). Values are unchanged. Returns whether glibc took
-    both settings.
+    several times an image. glibc's own threshold adapts to freed blocks, but not for this
+    mix of sizes: the refinement of one Model R image page-faulted 28,000-46,000 times (every
+    page zeroed again; 4-5 ms an allocation; one thread, the project's 2-core CPU), and 5-300
+    times with these settings, 13% less time an image (docs/results.md, "A design stored by
+    columns"); in a thread other than the main one (the service scores in worker threads)
+    28,000 times, 8,700-49,000 with a heap of its own, 6-300 with the one heap. Values are
+    unchanged. Returns whether glibc took every setting (an older one refuses a threshold
+    above 32 MiB).
     """
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
     except (OSError, AttributeError):
-        mallopt = None
-    if mallopt is None:
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    mapped = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
-    trimmed = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
-    return mapped and trimmed
+    settings = (
+        (M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
+        (M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES),
+        (M_ARENA_MAX, ARENAS),
+    )
+    return all([mallopt(option, value) == 1 for option, value in settings])
 
 
 __all__ = ["flush_denormals", "keep_freed_memory", "set_process_numerics"]

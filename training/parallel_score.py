@@ -4,11 +4,11 @@ Measured on the project's 2-core CPU (docs/results.md, "LensFit 2 scores twice a
 "A design stored by columns"): one LensFit 2 fit is a chain of small operations, so torch's
 threads inside one image share the work less well than processes that each fit their own
 images on one thread (2.0 against 2.6 images a second on two cores, start-up included;
-0.58 against 0.88 before the fit's arithmetic was tightened). A `ScoringPool` holds N such processes,
-each with the checkpoint loaded once; `submit` cuts a batch of observations into
+0.58 against 0.88 before the fit's arithmetic was tightened). A `ScoringPool` holds N such
+processes, each with the checkpoint loaded once; `submit` cuts a batch of observations into
 consecutive pieces and queues them in the processes, and its `result` joins their rows in
-order (`deeplense.inference.concatenate_scored`), so rows come out as one process would
-give them. `deeplense score` queues the next batch before it collects one, so the processes do
+order (`deeplense.inference.concatenate_scored`), so rows come out as one process would give
+them. `deeplense score` queues the next batch before it collects one, so the processes do
 not wait at a batch's end while the parent reads files. An image's numbers do not depend on
 its batch mates for LensFit 2 (it fits one image at a time on a CPU); the thread count
 itself moves a fit's sums to about 1e-5 of the loss.

@@ -396,8 +396,10 @@ CPU_GRAM_BLOCKS = 2
 
 
 def gram_matrix(a: Tensor) -> Tensor:
-    """a^T a (N, K, K) of a (N, M, K), exactly symmetric. On a CPU the blocks above the
-    diagonal are copies of those below (`CPU_GRAM_BLOCKS`); on an accelerator one product."""
+    """a^T a (N, K, K) of a (N, M, K), exactly symmetric (a BLAS product of a matrix with
+    itself is not, to the last bit). On a CPU the blocks above the diagonal are copies of
+    those below (`CPU_GRAM_BLOCKS`), the diagonal blocks averaged with their transposes; on
+    an accelerator one product, averaged alike."""
     rows = a.transpose(1, 2)  # (N, K, M)
     if a.device.type != "cpu":
         gram = rows @ a
@@ -407,16 +409,19 @@ def gram_matrix(a: Tensor) -> Tensor:
     gram = a.new_empty(a.shape[0], k, k)
     for lo, hi in zip(edges, edges[1:], strict=False):
         block = rows[:, lo:hi] @ a[:, :, :hi]  # (N, hi - lo, hi): rows lo..hi, columns ..hi
-        gram[:, lo:hi, :hi] = block
+        diagonal = block[:, :, lo:hi]
+        gram[:, lo:hi, :lo] = block[:, :, :lo]
+        gram[:, lo:hi, lo:hi] = 0.5 * (diagonal + diagonal.transpose(1, 2))
         gram[:, :lo, lo:hi] = block[:, :, :lo].transpose(1, 2)
     return gram
 
 
 class NormalEquations:
     """The regularised normal equations (A^T A + D) c = A^T b of a design X (N, M, K)
-    whitened by weights w (N, M), A = w X, and data b (N, M) whitened alike, all float64
+    whitened by weights w (N, M), A = w X, and data b (N, M, 1) whitened alike, all float64
     whatever X's dtype: X, w, the ridge D (N, K) (`ridge_diagonal`), A^T b (N, K, 1) and the
-    LU factors of A^T A + D.
+    LU factors of A^T A + D. X is kept in float64 for the model image and the Jacobian's
+    projection (`combine`, `absorbed`), where converting it again cost a 26 MB copy a fit.
 
     Always float64: the bases overlap (shapelet sets at several scales, nested Gaussians;
     condition numbers 1e9-1e14). Measured: a float32 solve left chi2 50% above the float64
@@ -473,8 +478,14 @@ class LinearFit(NamedTuple):
     equations: NormalEquations
 
     def image(self) -> Tensor:
-        """design @ coef in the coefficients' dtype, summed in float64, (N, n*n)."""
-        return self.equations.combine(self.coef.unsqueeze(2)).squeeze(2).to(self.coef.dtype)
+        """design @ coef in the coefficients' dtype, (N, n*n): float64 coefficients from the
+        equations' float64 design; others (LensFit 2's training loss, in float32, through
+        autograd) from the design itself, which keeps no float64 copy alive for the
+        backward pass."""
+        if self.coef.dtype != torch.float64:
+            product = self.design.to(self.coef.dtype) @ self.coef.unsqueeze(2)  # (N, n*n, 1)
+            return product.squeeze(2)
+        return self.equations.combine(self.coef.unsqueeze(2)).squeeze(2)
 
 
 @dataclass(frozen=True)
@@ -559,9 +570,9 @@ __all__ = [
     "model_jacobian",
     "NormalEquations",
     "normal_equations",
+    "pixel_rows",
     "ridge_diagonal",
     "shapelet_source",
-    "pixel_rows",
     "shapelets",
     "to_pixels",
 ]

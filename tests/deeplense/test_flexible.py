@@ -199,15 +199,24 @@ def test_parameters_are_held_within_their_limits(name: str) -> None:
 @pytest.mark.parametrize("stored_by_columns", [False, True])
 def test_gram_matrix_is_the_exactly_symmetric_product(stored_by_columns: bool) -> None:
     g = torch.Generator().manual_seed(3)
-    a = torch.randn(2, 7, 40, generator=g, dtype=torch.float64).transpose(1, 2)  # (2, 40, 7)
-    a = a if stored_by_columns else a.contiguous()  # 7 columns: uneven row blocks
+    a = torch.randn(2, 23, 576, generator=g, dtype=torch.float64).transpose(1, 2)
+    a = a if stored_by_columns else a.contiguous()  # (2, 576, 23): uneven row blocks
     gram = gram_matrix(a)
-    assert torch.equal(gram, gram.transpose(1, 2))
-    torch.testing.assert_close(gram, a.transpose(1, 2) @ a, rtol=1e-13, atol=1e-13)
+    assert torch.equal(gram, gram.transpose(1, 2))  # a BLAS a^T a is not, at this size
+    torch.testing.assert_close(gram, a.transpose(1, 2) @ a, rtol=1e-13, atol=1e-12)
 
 
-def test_normal_equations_solve_and_absorb_as_their_dense_formulas() -> None:
+def test_gram_matrix_differentiates_as_the_product() -> None:
+    a = torch.randn(2, 9, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gram_matrix, (a,))
+
+
+@pytest.mark.parametrize("stored_by_columns", [True, False])
+def test_normal_equations_solve_and_absorb_as_their_dense_formulas(
+    stored_by_columns: bool,
+) -> None:
     design = design_matrix(lens_parameters(), UNREGULARISED, PSF)  # (2, 576, K), by columns
+    design = design if stored_by_columns else design.contiguous()
     g = torch.Generator().manual_seed(4)
     x = torch.rand(2, design.shape[1], generator=g, dtype=torch.float64)
     weight = 1.0 + torch.rand(2, design.shape[1], generator=g, dtype=torch.float64)
@@ -221,3 +230,26 @@ def test_normal_equations_solve_and_absorb_as_their_dense_formulas() -> None:
     absorbed = a @ torch.linalg.solve(dense, a.transpose(1, 2) @ columns)
     torch.testing.assert_close(eq.absorbed(columns), absorbed, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(eq.combine(coef), design @ coef, rtol=1e-12, atol=1e-12)
+
+
+def test_the_float32_loss_keeps_no_float64_design_for_its_backward() -> None:
+    # LensFit 2's training loss: float32 data, bases in float32, autograd through the fit.
+    # Saved for the backward pass: the whitened float64 design (the Gram matrix's
+    # products), not a second float64 copy of the design (one per image in a batch).
+    theta = lens_parameters().float().requires_grad_(True)
+    image = render(lens_parameters(), coefficients()).float()
+    sigma = torch.full_like(image, 0.01)
+    lens = FlexibleLens(CONFIG)
+    design_size = image.shape[0] * image[0].numel() * CONFIG.n_linear
+    storages: set[int] = set()
+
+    def pack(saved: torch.Tensor) -> torch.Tensor:
+        if saved.dtype == torch.float64 and saved.untyped_storage().nbytes() >= 8 * design_size:
+            storages.add(saved.untyped_storage().data_ptr())
+        return saved
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda saved: saved):
+        model = lens.model_image(theta, image, sigma, PSF.float())
+    model.sum().backward()
+    assert theta.grad is not None and torch.isfinite(theta.grad).all()
+    assert len(storages) == 1

@@ -5,6 +5,7 @@ import platform
 import pytest
 import torch
 
+from deeplense import numerics
 from deeplense.numerics import flush_denormals, keep_freed_memory
 
 
@@ -24,3 +25,11 @@ def test_glibc_takes_the_freed_memory_settings() -> None:
     # mallopt answers 0 for a setting it refuses. (The page faults this saves depend on the
     # heap's history: measured on LensFit 2's refinement, docs/results.md.)
     assert keep_freed_memory()
+
+
+def test_set_process_numerics_sets_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    called: list[str] = []
+    monkeypatch.setattr(numerics, "flush_denormals", lambda: called.append("denormals") or True)
+    monkeypatch.setattr(numerics, "keep_freed_memory", lambda: called.append("memory") or True)
+    numerics.set_process_numerics()
+    assert called == ["denormals", "memory"]
