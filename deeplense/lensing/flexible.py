@@ -537,9 +537,8 @@ class FlexibleLens:
             linear if linear is not None else self.fit_linear(theta, x, sigma, psf)
         )
         dtype = design.dtype
-        w = self.weight(sigma).flatten(1).unsqueeze(2).double()  # (N, M, 1)
         g = model_jacobian(theta.to(dtype), coef.to(dtype), self.config, psf.to(dtype))
-        g = g.double() * w  # (N, M, 13)
+        g = g.double() * equations.weight  # (N, M, 13), whitened
         return (equations.absorbed(g) - g).to(theta.dtype)
 
     @staticmethod
