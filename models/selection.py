@@ -97,38 +97,35 @@ def validation_auc(card: CheckpointConfig) -> float | None:
     return None if calibration is None else calibration.validation_auc
 
 
-def _detection_rates(cards: Mapping[str, CheckpointConfig]) -> dict[str, Calibration] | None:
-    """Each card's default-score calibration when every one records a detection rate
-    (`validation_tpr`) and an AUC at one shared false-positive rate; else None."""
-    calibrations = {n: c.calibration for n, c in cards.items()}
-    usable = {
-        n: cal
-        for n, cal in calibrations.items()
-        if cal is not None and cal.validation_tpr is not None and cal.validation_auc is not None
-    }
-    if len(usable) != len(cards) or len({cal.fpr for cal in usable.values()}) != 1:
-        return None
-    return usable
+def _detection_rates(
+    cards: Mapping[str, CheckpointConfig],
+) -> tuple[dict[str, tuple[float, float]], float] | None:
+    """Each card's (detection rate, AUC) of its default score, and their shared calibrated
+    false-positive rate, when every card records both at one rate; else None."""
+    rates: dict[str, tuple[float, float]] = {}
+    fprs = set()
+    for name, card in cards.items():
+        cal = card.calibration
+        if cal is None or cal.validation_tpr is None or cal.validation_auc is None:
+            return None
+        rates[name] = (cal.validation_tpr, cal.validation_auc)
+        fprs.add(cal.fpr)
+    return (rates, fprs.pop()) if len(fprs) == 1 else None
 
 
 def choose_default_model(cards: Mapping[str, CheckpointConfig]) -> DefaultChoice:
     """The default among `cards` (served name -> config); ValueError when there is none."""
     if not cards:
         raise ValueError("no models to choose a default from")
-    rates = _detection_rates(cards)
-    if rates is not None:
+    shared = _detection_rates(cards)
+    if shared is not None:
+        rates, fpr = shared
         best = min(
             rates,
-            key=lambda n: (
-                -round(float(rates[n].validation_tpr or 0.0), 3),
-                -round(float(rates[n].validation_auc or 0.0), 4),
-                *_rank(n, cards[n]),
-            ),
+            key=lambda n: (-round(rates[n][0], 3), -round(rates[n][1], 4), *_rank(n, cards[n])),
         )
-        fpr = next(iter(rates.values())).fpr
         table = ", ".join(
-            f"{n} {cards[n].default_score} {rates[n].validation_tpr:.3f} "
-            f"(AUC {rates[n].validation_auc:.4f})"
+            f"{n} {cards[n].default_score} {rates[n][0]:.3f} (AUC {rates[n][1]:.4f})"
             for n in sorted(rates)
         )
         return DefaultChoice(
