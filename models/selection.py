@@ -2,9 +2,9 @@
 
 - `choose_default_score`: a checkpoint's default score, chosen at calibration.
 - `choose_ensemble_score`: the ensemble's score when a request names none.
-- `choose_default_model`: the model served by default, used by the service at start-up and
-  by `evaluate --update-checkpoints`, which records the choice in every card it evaluates
-  (the others keep the record of their own last evaluation).
+- `choose_default_model`: the model served by default, used by the service at start-up;
+  `training.default_record` records it in every card of a set (`calibrate`,
+  `evaluate --update-checkpoints`, `default-model --record`).
 
 The model rule, on the labelled validation split (measured at calibration; never the test
 split), for each model's default score:

@@ -49,7 +49,7 @@ def build_parser(prog: str = "deeplense") -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"training.commands.{name}").register(sub)
+        importlib.import_module(f"training.commands.{name.replace('-', '_')}").register(sub)
     return parser
 
 

@@ -36,16 +36,14 @@ from deeplense.inference import score_array, score_observations
 from deeplense.observation import Observation, RequestInstrument
 from deeplense.scores import list_scores
 from deeplense.vocabulary import CLASSES, NORMAL, dataset_name, manifest_sha256
-from models.card import CheckpointConfig
 from models.checkpoint import (
     LoadedCheckpoint,
     find_checkpoints,
     load_checkpoint,
     read_config,
-    write_config,
 )
-from models.selection import choose_default_model
 from training.datasets import class_files, load_split
+from training.default_record import record_default_choice
 from training.health import reconstruction_health
 from training.image_psfs import has_per_image_psf
 from training.observed_split import observe_split, per_image_psf_split, read_as_uploads
@@ -304,32 +302,13 @@ def store_metrics(evaluation: Evaluation, root: Path | None = None) -> None:
     service's default choice (models.selection: the labelled validation split, never these
     test metrics) into training.extra of every card under `root` (the service serves them
     all), so evaluating one model of a set, or one new to it, records the set's choice in
-    each of its cards alike; without `root`, into the evaluated cards."""
-    cards = {name: read_config(r.checkpoint) for name, r in evaluation.models.items()}
-    others = {} if root is None else find_checkpoints(Path(root))
-    neighbours = {n: p for n, p in others.items() if n not in cards}
-    every = {n: read_config(p) for n, p in neighbours.items()} | cards
-    choice = choose_default_model(every) if every else None
-
-    def with_choice(config: CheckpointConfig) -> CheckpointConfig:
-        if choice is None:
-            return config
-        extra = {**config.training.extra, "service_default": choice.as_record()}
-        return config.model_copy(
-            update={"training": config.training.model_copy(update={"extra": extra})}
+    each of its cards alike; without `root`, into the evaluated cards
+    (`training.default_record`)."""
+    changed = {
+        name: (
+            read_config(r.checkpoint).model_copy(update={"metrics": dict(r.metrics)}),
+            r.checkpoint,
         )
-
-    for name, result in evaluation.models.items():  # the command's own output first
-        update = with_choice(cards[name]).model_copy(update={"metrics": dict(result.metrics)})
-        write_config(update, result.checkpoint)
-        log.info("stored metrics in %s", result.checkpoint / "config.json")
-    for name, path in neighbours.items():  # then the set's choice in the others' cards
-        update = with_choice(every[name])
-        if update == every[name]:
-            continue
-        try:
-            write_config(update, path)
-        except OSError as exc:
-            log.warning("could not record the default in %s: %s", path / "config.json", exc)
-    if choice is not None:
-        log.info("default model %s, score %s: %s", choice.model, choice.score, choice.reason)
+        for name, r in evaluation.models.items()
+    }
+    record_default_choice(root, changed)

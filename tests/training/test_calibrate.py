@@ -11,10 +11,13 @@ from sklearn.metrics import roc_auc_score
 from deeplense.calibration import calibration_from_scores, youden_threshold
 from deeplense.inference import score_array
 from deeplense.vocabulary import MANIFEST_FILE, MANIFEST_FORMAT
+from models.card import CheckpointConfig
 from models.checkpoint import load_checkpoint, read_config
+from models.selection import choose_default_model
 from tests.conftest import tiny_images
 from training.__main__ import main
 from training.calibrate import ScoreCalibrations, with_substructure
+from training.default_record import RECORD_KEY, recorded_choice
 
 
 def write_val(root: Path, n: int = 50) -> Path:
@@ -33,6 +36,12 @@ def write_labelled(root: Path, split: str) -> None:
 @pytest.fixture
 def checkpoints(tiny_checkpoints: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(tiny_checkpoints, tmp_path / "ckpt"))
+
+
+def without_record(card: CheckpointConfig) -> CheckpointConfig:
+    """`card` without its record of the set's default model."""
+    extra = {k: v for k, v in card.training.extra.items() if k != RECORD_KEY}
+    return card.model_copy(update={"training": card.training.model_copy(update={"extra": extra})})
 
 
 def _val_scores(checkpoint: Path, data: Path) -> np.ndarray:
@@ -62,10 +71,18 @@ def test_calibrate_sets_threshold_at_the_requested_fpr(
     assert cal.quantiles[-1] == pytest.approx(scores.max())
     assert cal.youden_threshold is None and cal.validation_auc is None  # no labels in val
     assert cal.threshold != before.calibrations["mse"].threshold  # it really was rewritten
-    # Only the chosen model was touched; the rest of config.json is unchanged.
-    assert read_config(checkpoints / "aae") == read_config(tiny_checkpoints / "aae")
+    # Only the chosen model was calibrated; every card of the set records the service's
+    # default choice (it depends on the calibrations), and nothing else of config.json moved.
+    cards = {f.name: read_config(f) for f in checkpoints.iterdir()}
+    choice = choose_default_model(cards).as_record()
+    for name, card in cards.items():
+        assert recorded_choice(card) == choice
+        assert without_record(card) == without_record(read_config(tiny_checkpoints / name)) or (
+            name == "dcae"
+        )
     after = read_config(checkpoints / "dcae")
-    assert after.arguments == before.arguments and after.training == before.training
+    assert after.arguments == before.arguments
+    assert without_record(after).training == without_record(before).training
     assert not list((checkpoints / "dcae").glob(".*tmp"))
 
 
@@ -97,6 +114,11 @@ def test_labelled_validation_gives_youden_auc_and_the_default_score(
         best = max(round(v, 4) for v in aucs.values())
         assert round(aucs[config.default_score], 4) == best  # the best validation AUC
         assert "validation" in str(config.default_score_reason)
+    # With detection rates at one FPR in every card, the set's choice follows the rate rule.
+    cards = {f.name: read_config(f) for f in checkpoints.iterdir()}
+    choice = choose_default_model(cards)
+    assert "best detection rate" in choice.reason
+    assert all(recorded_choice(card) == choice.as_record() for card in cards.values())
 
 
 def test_the_test_split_is_never_used_to_calibrate(checkpoints: Path, tmp_path: Path) -> None:

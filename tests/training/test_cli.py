@@ -23,6 +23,7 @@ EXPECTED = [
     "simulate",
     "fit",
     "calibrate",
+    "default-model",
     "retune",
     "supervise",
     "evaluate",

@@ -1,4 +1,5 @@
-"""One module per CLI subcommand. Each exposes `register(subparsers)`, which adds its parser
+"""One module per CLI subcommand (`COMMANDS`: the command names; a dash in a name is an
+underscore in its module's). Each exposes `register(subparsers)`, which adds its parser
 and sets `func` to a callable taking the parsed args and returning an exit code.
 
 `--help` must answer at once (under a second), so a command module imports nothing heavy
@@ -14,6 +15,7 @@ COMMANDS = [
     "simulate",
     "fit",
     "calibrate",
+    "default-model",
     "retune",
     "supervise",
     "evaluate",

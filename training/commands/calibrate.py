@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "target false-positive rate and store 101 score quantiles in each checkpoint's "
             "config.json. When DIR/val also holds sphere or vort images, add each score's "
             "validation ROC-AUC and Youden-J threshold and make the best score the default. "
+            "Then record in every card of --checkpoints the model the service will serve by "
+            "default (it depends on these validation measurements). "
             "The test split is never read."
         ),
     )
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from deeplense.vocabulary import dataset_label
     from models.checkpoint import find_checkpoints, load_checkpoint, write_config
     from training.calibrate import calibrate_checkpoint
+    from training.default_record import record_default_choice
 
     found = find_checkpoints(args.checkpoints)
     if not found:
@@ -82,4 +85,8 @@ def run(args: argparse.Namespace) -> int:
                 + ("" if tpr is None else f", flags {tpr:.3f} of substructure lenses")
             )
         print(f"{name}: default score {result.default_score} ({result.reason})")
+    choice = record_default_choice(args.checkpoints)
+    if choice is not None:
+        served = f"{choice.model} ({choice.score})"
+        print(f"{args.checkpoints}: serves {served} by default: {choice.reason}")
     return 0

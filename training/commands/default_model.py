@@ -1,0 +1,47 @@
+"""`python -m training default-model`: which model a checkpoint set serves by default, and why."""
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "default-model",
+        help="say which model a checkpoint set serves by default and why; --record stores it",
+        description=(
+            "Apply the service's rule for its default model (models.selection: the labelled "
+            "validation split's detection rates or ROC-AUCs stored at calibration; never test "
+            "metrics) to the cards under --checkpoints, without loading any weights, and say "
+            "which cards record another choice. --record writes the choice into every card "
+            "whose record differs (calibrate and evaluate --update-checkpoints do it themselves)."
+        ),
+    )
+    p.add_argument("--checkpoints", type=Path, required=True, help="folder of checkpoint folders")
+    p.add_argument(
+        "--record", action="store_true", help="write the choice into the cards that differ"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from deeplense.errors import CheckpointError
+    from models.checkpoint import find_checkpoints, read_config
+    from models.selection import choose_default_model
+    from training.default_record import record_default_choice, recorded_choice
+
+    found = find_checkpoints(args.checkpoints)
+    if not found:
+        raise CheckpointError(f"{args.checkpoints}: no checkpoint folders (with config.json)")
+    cards = {name: read_config(path) for name, path in found.items()}
+    choice = choose_default_model(cards)
+    print(f"{args.checkpoints}: serves {choice.model} ({choice.score}) by default: {choice.reason}")
+    stale = sorted(n for n, card in cards.items() if recorded_choice(card) != choice.as_record())
+    if args.record:
+        record_default_choice(args.checkpoints)
+        if stale:
+            print(f"recorded in {', '.join(stale)}")
+    elif stale:
+        print(f"cards recording another choice or none: {', '.join(stale)} (--record updates them)")
+    else:
+        print("every card records this choice")
+    return 0
