@@ -1,9 +1,9 @@
 """The service's default model (`models.selection.choose_default_model`), recorded in every
 card of a checkpoint set as `training.extra["service_default"]`.
 
-The service chooses again at start-up from the cards' validation measurements; the record
-lets a reader of any one card (and `GET /models`' users comparing runs) see which model the
-set serves and why, without starting it. Whatever changes those measurements keeps the
+The service chooses again at start-up from the cards' validation measurements (unless
+`DEEPLENSE_DEFAULT_MODEL` names a model); the record lets a reader of any one card see which
+model the set serves and why, without starting it. Whatever changes those measurements keeps the
 record true by calling `record_default_choice`: `evaluate --update-checkpoints`,
 `calibrate`, and `deeplense default-model --record` for a set assembled by hand.
 """

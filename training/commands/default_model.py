@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Apply the service's rule for its default model (models.selection: the labelled "
             "validation split's detection rates or ROC-AUCs stored at calibration; never test "
             "metrics) to the cards under --checkpoints, without loading any weights, and say "
-            "which cards record another choice. --record writes the choice into every card "
+            "which cards record another choice (the service serves it unless "
+            "DEEPLENSE_DEFAULT_MODEL names another). --record writes the choice into every card "
             "whose record differs (calibrate and evaluate --update-checkpoints do it themselves)."
         ),
     )
