@@ -55,7 +55,7 @@ from deeplense.lensing.torch_renderer import (  # noqa: E402
     psf_blur,
     render_components,
 )
-from deeplense.numerics import flush_denormals  # noqa: E402
+from deeplense.numerics import set_process_numerics  # noqa: E402
 from training.lensing.noise import min_max_scale, poisson_observation  # noqa: E402
 from training.lensing.render import LensParams, SimConfig  # noqa: E402
 from training.simulate import DATASETS, draw_params, image_rngs  # noqa: E402
@@ -236,7 +236,7 @@ def main() -> None:
     parser.add_argument("--caustics-python", help="a Python with caustics installed")
     parser.add_argument("--caustics-repeats", type=int, default=1)
     args = parser.parse_args()
-    flush_denormals()  # as the service and the training CLI do
+    set_process_numerics()  # as the service and the training CLI do
     torch.set_num_threads(args.threads)
     batches = {scene: records(cls, args.batch) for scene, cls in SCENES.items()}
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, load average "
