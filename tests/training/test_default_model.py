@@ -6,9 +6,14 @@ from pathlib import Path
 import pytest
 
 from models.checkpoint import read_config, write_config
-from models.selection import choose_default_model
+from models.selection import DefaultChoice, choose_default_model
 from training.__main__ import main
-from training.default_record import RECORD_KEY, record_default_choice, recorded_choice
+from training.default_record import (
+    read_default_choice,
+    record_default_choice,
+    recorded_choice,
+    with_choice,
+)
 
 
 @pytest.fixture
@@ -47,12 +52,10 @@ def test_record_writes_the_choice_into_every_card_that_differs(
     assert all(recorded_choice(card) == choice for card in cards.values())
     # A card with a stale record is the only one rewritten; the others keep their bytes.
     name = next(iter(cards))
-    stale = {**choice, "model": "someone-else"}
-    extra = {**cards[name].training.extra, RECORD_KEY: stale}
-    card = cards[name].model_copy(
-        update={"training": cards[name].training.model_copy(update={"extra": extra})}
+    write_config(
+        with_choice(cards[name], DefaultChoice("someone-else", "mse", "")), checkpoints / name
     )
-    write_config(card, checkpoints / name)
+    assert read_default_choice(checkpoints).stale == (name,)
     before = _config_bytes(checkpoints)
     assert main(["default-model", "--checkpoints", str(checkpoints)]) == 0
     assert f"another choice or none: {name}" in capsys.readouterr().out
@@ -69,7 +72,7 @@ def test_the_choice_follows_a_card_changed_by_the_caller(checkpoints: Path) -> N
     cards = _cards(checkpoints)
     name = next(iter(cards))
     changed = cards[name].model_copy(update={"metrics": {"auc_sub": 0.5}})
-    choice = record_default_choice(checkpoints, {name: (changed, checkpoints / name)})
+    choice = record_default_choice(checkpoints, {name: (changed, checkpoints / name)}).choice
     assert choice is not None
     assert read_config(checkpoints / name).metrics == {"auc_sub": 0.5}
     assert all(recorded_choice(c) == choice.as_record() for c in _cards(checkpoints).values())

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                 + ("" if tpr is None else f", flags {tpr:.3f} of substructure lenses")
             )
         print(f"{name}: default score {result.default_score} ({result.reason})")
-    choice = record_default_choice(args.checkpoints)
+    choice = record_default_choice(args.checkpoints).choice
     if choice is not None:
         served = f"{choice.model} ({choice.score})"
         print(f"{args.checkpoints}: serves {served} by default: {choice.reason}")

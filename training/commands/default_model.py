@@ -26,23 +26,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deeplense.errors import CheckpointError
-    from models.checkpoint import find_checkpoints, read_config
-    from models.selection import choose_default_model
-    from training.default_record import record_default_choice, recorded_choice
+    from training.default_record import read_default_choice, record_default_choice
 
-    found = find_checkpoints(args.checkpoints)
-    if not found:
-        raise CheckpointError(f"{args.checkpoints}: no checkpoint folders (with config.json)")
-    cards = {name: read_config(path) for name, path in found.items()}
-    choice = choose_default_model(cards)
-    print(f"{args.checkpoints}: serves {choice.model} ({choice.score}) by default: {choice.reason}")
-    stale = sorted(n for n, card in cards.items() if recorded_choice(card) != choice.as_record())
-    if args.record:
+    said = (
         record_default_choice(args.checkpoints)
-        if stale:
-            print(f"recorded in {', '.join(stale)}")
-    elif stale:
-        print(f"cards recording another choice or none: {', '.join(stale)} (--record updates them)")
-    else:
+        if args.record
+        else read_default_choice(args.checkpoints)
+    )
+    choice = said.choice
+    if choice is None:
+        raise CheckpointError(f"{args.checkpoints}: no checkpoint folders (with config.json)")
+    print(f"{args.checkpoints}: serves {choice.model} ({choice.score}) by default: {choice.reason}")
+    stale = ", ".join(said.stale)
+    if not said.stale:
         print("every card records this choice")
+    elif args.record:
+        print(f"recorded in {stale}")
+    else:
+        print(f"cards recording another choice or none: {stale} (--record updates them)")
     return 0
