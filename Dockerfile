@@ -89,9 +89,11 @@ COPY checkpoints/ /app/checkpoints/
 
 # Settings are the service's DEEPLENSE_* environment variables (app/settings.py); these are the
 # image's defaults, each overridable with `docker run -e` or compose's `environment:`.
-# DEEPLENSE_CHECKPOINT_DIR=/app/checkpoints/model_b serves Model B; /checkpoints is where
-# docker-compose.yml mounts a user's own checkpoints. DEEPLENSE_DEVICE: auto | cpu | cuda.
-ENV DEEPLENSE_CHECKPOINT_DIR=/app/checkpoints/model_a \
+# The service's default set, Model R's (the one for real images; app/settings.py):
+# DEEPLENSE_CHECKPOINT_DIR=/app/checkpoints/model_a serves the study's Model A, model_b Model B;
+# /checkpoints is where docker-compose.yml mounts a user's own checkpoints.
+# DEEPLENSE_DEVICE: auto | cpu | cuda.
+ENV DEEPLENSE_CHECKPOINT_DIR=/app/checkpoints/model_r \
     DEEPLENSE_DEVICE=auto
 
 # Smoke test: the service imports with every dependency present, and the `deeplense` command

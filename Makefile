@@ -15,6 +15,9 @@ TEST_WORKERS ?= auto
 DATASET ?= model_a
 PRESET ?= small
 PORT ?= 8000
+# The checkpoint set `make serve` serves; empty = the service's default, the shipped Model R set
+# (app/settings.py). CHECKPOINTS=checkpoints/model_a serves the study's Model A physics.
+CHECKPOINTS ?=
 # Address `make serve` listens on: this machine only. HOST=0.0.0.0 serves the network (set
 # DEEPLENSE_API_KEY then, README). Not `?=`: a shell's own HOST variable must not decide.
 HOST = 127.0.0.1
@@ -45,8 +48,8 @@ $(VENV_STAMP): $(RUNTIME_STAMP) scripts/install-system-deps.sh
 
 install: $(VENV_STAMP) ## .venv with CPU torch, the project and its train/dev extras, Chromium and docker-compose (for the tests)
 
-serve: $(RUNTIME_STAMP) ## install the service's dependencies and run it on 127.0.0.1:8000 (PORT=8001, HOST=0.0.0.0 for others; shipped Model A checkpoints)
-	$(PY) -m training serve --host $(HOST) --port $(PORT)
+serve: $(RUNTIME_STAMP) ## install the service's dependencies and serve the shipped Model R set (for real images) on 127.0.0.1:8000 (PORT=8001, HOST=0.0.0.0, CHECKPOINTS=checkpoints/model_a)
+	$(PY) -m training serve --host $(HOST) --port $(PORT) $(if $(CHECKPOINTS),--checkpoints $(CHECKPOINTS))
 
 test: $(VENV_STAMP) lint ## lint (ruff, mypy) then run the whole test suite
 	$(PY) -m pytest -q -n $(TEST_WORKERS)

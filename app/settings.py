@@ -24,9 +24,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEEPLENSE_", extra="ignore")
 
     # Where the checkpoints live: every sub-folder holding a config.json is loaded at start-up,
-    # named after its folder (aae, vae, dcae, rbm, lensfit). The shipped Model A checkpoints by
-    # default.
-    checkpoint_dir: Path = REPO_ROOT / "checkpoints" / "model_a"
+    # named after its folder (aae, vae, dcae, rbm, lensfit, lensfit2). By default the shipped
+    # Model R set, the one for real images: its LensFit 2 fits any smooth lens with the
+    # image's own PSF, pixel scale and noise, and keeps its calibrated false-positive rate on
+    # realistic lenses, where Model A's LensFit flags every normal lens (README, "Which set to
+    # serve"). checkpoints/model_a serves the study's Model A physics (the examples).
+    checkpoint_dir: Path = REPO_ROOT / "checkpoints" / "model_r"
     # Model used when a request names none. None = models.selection.choose_default_model: the
     # best detection rate at the calibrated threshold (else the best ROC-AUC) of each model's
     # default score on its labelled validation split (recorded in its card, never the test

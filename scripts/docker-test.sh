@@ -160,7 +160,8 @@ step "scoring the examples in the container and on this host"
 t=$EPOCHREALTIME
 shopt -s nullglob
 examples=(examples/*.fits examples/*.npy examples/*.png)
-"$PY" scripts/compare_scores.py --url "http://127.0.0.1:$port" --checkpoints checkpoints/model_a \
+# The image serves the service's default set, Model R's (app/settings.py, the Dockerfile's ENV).
+"$PY" scripts/compare_scores.py --url "http://127.0.0.1:$port" --checkpoints checkpoints/model_r \
   "${examples[@]}" | tee "$work/compare.log"
 status=${PIPESTATUS[0]}
 note scores "$(grep 'numbers compared' "$work/compare.log") in $(elapsed "$t") s"

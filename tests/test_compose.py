@@ -40,6 +40,8 @@ SCHEMA_FILE = Path(__file__).resolve().parent / "schemas" / "compose-spec.json"
 VARIANTS = {"gpu": "api-gpu", "cpu": "api-cpu"}  # compose profile -> its service
 PORT = 8000
 IMAGE_CHECKPOINTS = "/app/checkpoints"  # where the Dockerfile puts the shipped checkpoints
+# The image serves the service's own default set (Model R's, for real images), as `make serve`.
+DEFAULT_SET_IN_IMAGE = f"{IMAGE_CHECKPOINTS}/{Settings().checkpoint_dir.name}"
 USER_CHECKPOINTS = "/checkpoints"  # where compose mounts a user's own checkpoints
 INSTALL_HINT = (
     "compose's `config` command is needed: `apt-get install -y docker-compose` (Debian's "
@@ -183,7 +185,7 @@ def test_each_variant_publishes_8000_mounts_user_checkpoints_and_restarts(
     assert Path(source) == REPO / "my-checkpoints"
     assert read_only
     assert service["restart"] in {"unless-stopped", "always"}
-    assert service["environment"]["DEEPLENSE_CHECKPOINT_DIR"] == f"{IMAGE_CHECKPOINTS}/model_a"
+    assert service["environment"]["DEEPLENSE_CHECKPOINT_DIR"] == DEFAULT_SET_IN_IMAGE
 
 
 @pytest.mark.parametrize("profile", sorted(VARIANTS))
@@ -407,11 +409,11 @@ def test_dockerfile_exposes_8000_and_serves_with_the_deeplense_command() -> None
     assert "deeplense score --help" in smoke  # the offline scorer is in the image
 
 
-def test_dockerfile_ships_the_checkpoints_and_points_the_service_at_model_a() -> None:
+def test_dockerfile_ships_the_checkpoints_and_serves_the_services_default_set() -> None:
     copies = [shlex.split(arguments) for arguments in _final_stage("COPY")]
     assert ["checkpoints/", f"{IMAGE_CHECKPOINTS}/"] in copies
     env = _dockerfile_env()
-    assert env["DEEPLENSE_CHECKPOINT_DIR"] == f"{IMAGE_CHECKPOINTS}/model_a"
+    assert env["DEEPLENSE_CHECKPOINT_DIR"] == DEFAULT_SET_IN_IMAGE
     assert env["DEEPLENSE_DEVICE"] in {"auto", "cuda"}
     settings = {f"DEEPLENSE_{name.upper()}" for name in Settings.model_fields}
     assert {name for name in env if name.startswith("DEEPLENSE_")} <= settings

@@ -6,9 +6,11 @@ A scratch folder stands in for a fresh clone after `make serve`: the repository'
 `make` installs nothing (installing is tested in tests/test_makefile.py; PYTHONPATH stands
 in for the editable install). The test runs `make serve` there, then every fenced bash and
 python block of the README in order, each in a fresh bash with `.venv` activated, as the
-README says. Two changes to the text, both forced by a shared test machine: the service
-listens on a free port (8000 may be taken), so `localhost:8000` becomes that port; and the
-job-array variables of the sharded `score` example are set, as a cluster would set them.
+README says. A later block that is a `make serve ...` command replaces the running server, as
+the README asks the reader to (stop it, serve another set). Two changes to the text, both
+forced by a shared test machine: the service listens on a free port (8000 may be taken), so
+`localhost:8000` becomes that port; and the job-array variables of the sharded `score`
+example are set, as a cluster would set them.
 Blocks that cannot run here are listed in NOT_RUN with the reason and what covers them; a new
 README block that is in neither list fails the test. Inline `make ...` commands are dry-run.
 """
@@ -102,32 +104,53 @@ def _env() -> dict[str, str]:
     return env | {"PYTHONPATH": str(ROOT)}
 
 
-@pytest.fixture(scope="module")
-def served(clone: Path) -> Iterator[int]:
-    """The README's first command, `make serve`, on a free port; yields the port."""
-    assert readme_blocks()[0] == ("bash", FIRST_COMMAND + "\n")
-    port = free_port()
-    log = (clone / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        ["make", "serve", f"PORT={port}"], cwd=clone, env=_env(), stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
+class Server:
+    """A `make serve ...` command of the README running in the clone, on a free port."""
+
+    def __init__(self, clone: Path) -> None:
+        self.clone, self.port = clone, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.models: dict[str, str] = {}  # /ready's models of the running server
+
+    def start(self, command: str) -> None:
+        """Stop the running server, run `command` (a `make serve ...`), wait for /ready."""
+        self.stop()
+        log = self.clone / "serve.log"
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*command.split(), f"PORT={self.port}"], cwd=self.clone, env=_env(), stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
         deadline = time.monotonic() + 120
         while True:
-            assert proc.poll() is None, (clone / "serve.log").read_text()
-            assert time.monotonic() < deadline, "/ready not 200 after 120 s"
+            assert self.proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"`{command}`: /ready not 200 after 120 s"
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                    break
+                ready = httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=2)
+                if ready.status_code == 200:
+                    self.models = ready.json()["models"]
+                    return
             except httpx.TransportError:
                 pass
             time.sleep(0.3)
-        yield port
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def server(clone: Path) -> Iterator[Server]:
+    """The README's first command, `make serve`, running; later `make serve` blocks restart it."""
+    assert readme_blocks()[0] == ("bash", FIRST_COMMAND + "\n")
+    running = Server(clone)
+    try:
+        running.start(FIRST_COMMAND)
+        yield running
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
+        running.stop()
 
 
 def run_block(clone: Path, port: int, language: str, code: str) -> str:
@@ -143,13 +166,25 @@ def run_block(clone: Path, port: int, language: str, code: str) -> str:
     return done.stdout
 
 
-def test_every_readme_block_runs_as_written(clone: Path, served: int) -> None:
+def test_every_readme_block_runs_as_written(clone: Path, server: Server) -> None:
+    # The quick start serves the set for real images: the shipped Model R set, LensFit 2.
+    assert server.models == {"lensfit2": "ready"}
     outputs: dict[str, str] = {}
+    served: dict[str, set[str]] = {}
     for language, code in readme_blocks()[1:]:
         first = _key(code)
         if first in NOT_RUN:
             continue
-        outputs[first] = run_block(clone, served, language, code)
+        if first.startswith(FIRST_COMMAND):
+            server.start(first)
+            served[first] = set(server.models)
+            outputs[first] = ""
+            continue
+        outputs[first] = run_block(clone, server.port, language, code)
+
+    # The examples are Model A lenses: the README serves Model A's set (six models) for them.
+    model_a = {"aae", "vae", "dcae", "rbm", "lensfit", "lensfit2"}
+    assert served == {"make serve CHECKPOINTS=checkpoints/model_a": model_a}
 
     ready = next(out for first, out in outputs.items() if first.startswith("source .venv"))
     assert "usage: deeplense" in ready and json.loads(ready.splitlines()[-1])["ready"] is True

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         help="folder of checkpoint folders (DEEPLENSE_CHECKPOINT_DIR; default: the shipped "
-        "Model A checkpoints)",
+        "Model R set, for real images; checkpoints/model_a serves the study's Model A)",
     )
     p.add_argument(
         "--device",
