@@ -238,11 +238,14 @@ class LensFit2(AnomalyModel):
     def encoder_start(self, x: Tensor, pixel_scale: float | None = None) -> Tensor:
         """The encoder's guess (N, 13) of the physical parameters for images x (N, 1, H, W) on
         their own grid of `pixel_scale` arcsec (None: the config's); the encoder reads x
-        resampled to the config's grid (`model_grid_view`)."""
+        resampled to the config's grid (`model_grid_view`). One image at a time: a batched
+        matrix product rounds differently with the batch's size (2e-7 here), and refinement
+        carried that to 5e-6 of a score, so an image's score depended on the images it was
+        sent with; alone, it depends on the image only (the encoder is a few ms of it)."""
         scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
         with torch.autocast(x.device.type, enabled=False):
             view = model_grid_view(x.float(), scale, self.config.pixel_scale, self.image_size)
-            return self.guess(view).detach()
+            return torch.cat([self.guess(image[None]) for image in view]).detach()  # (N, 13)
 
     def refine(
         self,
