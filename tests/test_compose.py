@@ -41,7 +41,7 @@ VARIANTS = {"gpu": "api-gpu", "cpu": "api-cpu"}  # compose profile -> its servic
 PORT = 8000
 IMAGE_CHECKPOINTS = "/app/checkpoints"  # where the Dockerfile puts the shipped checkpoints
 # The image serves the service's own default set (Model R's, for real images), as `make serve`.
-DEFAULT_SET_IN_IMAGE = f"{IMAGE_CHECKPOINTS}/{Settings().checkpoint_dir.name}"
+DEFAULT_SET_IN_IMAGE = f"{IMAGE_CHECKPOINTS}/{Settings.model_fields['checkpoint_dir'].default.name}"
 USER_CHECKPOINTS = "/checkpoints"  # where compose mounts a user's own checkpoints
 INSTALL_HINT = (
     "compose's `config` command is needed: `apt-get install -y docker-compose` (Debian's "

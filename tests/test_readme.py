@@ -167,8 +167,9 @@ def run_block(clone: Path, port: int, language: str, code: str) -> str:
 
 
 def test_every_readme_block_runs_as_written(clone: Path, server: Server) -> None:
-    # The quick start serves the set for real images: the shipped Model R set, LensFit 2.
-    assert server.models == {"lensfit2": "ready"}
+    # The quick start serves the set for real images: the shipped Model R set, LensFit 2 (and
+    # its one-step variant).
+    assert server.models == {"lensfit2": "ready", "lensfit2_fast": "ready"}
     outputs: dict[str, str] = {}
     served: dict[str, set[str]] = {}
     for language, code in readme_blocks()[1:]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from app.settings import Settings
 from models.checkpoint import find_checkpoints, load_checkpoint, read_config
 from models.selection import choose_default_model
 
@@ -15,7 +16,12 @@ ROOTS = sorted(p for p in SHIPPED.iterdir() if p.is_dir())
 
 
 def test_the_shipped_sets_are_there() -> None:
-    assert {"model_a", "model_b"} <= {p.name for p in ROOTS}
+    assert {"model_a", "model_b", "model_r"} <= {p.name for p in ROOTS}
+
+
+def test_the_service_serves_a_shipped_set_by_default() -> None:
+    default = Settings.model_fields["checkpoint_dir"].default  # the real-image set, Model R's
+    assert default.resolve() in {p.resolve() for p in ROOTS} and default.name == "model_r"
 
 
 @pytest.mark.parametrize("root", ROOTS, ids=[p.name for p in ROOTS])
