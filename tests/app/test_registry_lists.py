@@ -13,7 +13,7 @@ from models.checkpoint import find_checkpoints
 from tests.app.serve_fixture import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
-NUMBERS = {3: "three", 4: "four", 5: "five", 6: "six", 7: "seven"}
+NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven"}
 
 
 def _score_parameters(client: TestClient) -> dict[str, str]:
@@ -39,10 +39,14 @@ def test_the_readme_api_table_names_every_model_and_score() -> None:
 
 
 def test_the_readme_counts_the_shipped_models_right() -> None:
-    shipped = len(find_checkpoints(REPO_ROOT / "checkpoints" / "model_a"))
-    assert f"once the {NUMBERS[shipped]} models are loaded" in README
-    for wrong in set(NUMBERS.values()) - {NUMBERS[shipped]}:
-        assert f"the {wrong} models are loaded" not in README
+    # The quick start says how many models each set loads before /ready: Model R's (what
+    # `make serve` serves) and Model A's (the examples').
+    flat = " ".join(README.split())
+    for folder, owner in (("model_r", "Model R's"), ("model_a", "Model A's")):
+        shipped = NUMBERS[len(find_checkpoints(REPO_ROOT / "checkpoints" / folder))]
+        assert f"({owner} {shipped}," in flat or f"; {owner} {shipped} in" in flat, owner
+        for wrong in set(NUMBERS.values()) - {shipped}:
+            assert f"{owner} {wrong}, " not in flat and f"{owner} {wrong} in" not in flat
 
 
 def test_the_upload_page_lists_no_model_by_name() -> None:
