@@ -25,7 +25,9 @@ source shape and any smooth lens light cost nothing to learn.
   refits of training images (fitted under no prior), each standard deviation times
   `prior_width`, the knob that trades detection on lenses like the training set's against
   robustness to others (docs/results.md, "The flexible-model bound"); `mass_prior_width`
-  sets the mass's factor alone (flexible.MASS), for sets whose mass never varies.
+  sets the mass's factor alone (flexible.MASS), and `prior_widths` any parameter's by
+  name, for what a set never varies (Model A's Einstein radius, slope, ellipticity and
+  centre, but not its external shear, which varies by 0.12).
 """
 
 from dataclasses import dataclass, replace
@@ -112,6 +114,9 @@ class LensFit2Config(ConvNetConfig):
     # standard deviations times this instead, when set; the source's and light's keep
     # prior_width. A set whose mass never varies (Model A) can hold the mass alone.
     mass_prior_width: float | None = None
+    # Factors by parameter name (flexible.NAMES), over prior_width and mass_prior_width for
+    # the parameters named: {"theta_e": 0.1, "slope": 0.1} narrows those two alone.
+    prior_widths: dict[str, float] | None = None
     prior_floor: float = 1e-8  # smallest prior variance of a parameter
     prior_momentum: float = 0.01  # running prior update per training batch
 
@@ -120,6 +125,18 @@ class LensFit2Config(ConvNetConfig):
         widths = {"prior_width": self.prior_width}
         if self.mass_prior_width is not None:
             widths["mass_prior_width"] = self.mass_prior_width
+        if self.prior_widths is not None:
+            if not isinstance(self.prior_widths, dict):
+                raise ValueError(
+                    f"prior_widths must map parameter names to widths, got {self.prior_widths!r}"
+                )
+            unknown = sorted(set(self.prior_widths) - set(NAMES))
+            if unknown:
+                raise ValueError(
+                    f"prior_widths: no parameter {', '.join(map(str, unknown))}; "
+                    f"valid: {', '.join(NAMES)}"
+                )
+            widths.update({f"prior_widths[{k}]": v for k, v in self.prior_widths.items()})
         for name, width in widths.items():
             if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
                 raise ValueError(f"{name} must be a positive number, got {width!r}")
@@ -184,10 +201,13 @@ class LensFit2(AnomalyModel):
 
     def prior_widths(self) -> Tensor:
         """Each parameter's factor (13,) on its learned standard deviation: `prior_width`,
-        or `mass_prior_width` for the mass's (flexible.MASS) when set."""
+        or `mass_prior_width` for the mass's (flexible.MASS) when set, or its own in the
+        config's `prior_widths`."""
         widths = torch.full_like(self.prior_var, float(self.config.prior_width))
         if self.config.mass_prior_width is not None:
             widths[[INDEX[name] for name in MASS]] = float(self.config.mass_prior_width)
+        for name, width in (self.config.prior_widths or {}).items():
+            widths[INDEX[name]] = float(width)
         return widths
 
     def prior(self) -> GaussianPrior:
@@ -348,11 +368,16 @@ class LensFit2(AnomalyModel):
     def width_note(self) -> str:
         """The prior's width factors in words."""
         if self.config.mass_prior_width is None:
-            return f"{self.config.prior_width:g}"
-        return (
-            f"{self.config.mass_prior_width:g} for the mass ({', '.join(MASS)}) "
-            f"and {self.config.prior_width:g} for the source and light"
-        )
+            note = f"{self.config.prior_width:g}"
+        else:
+            note = (
+                f"{self.config.mass_prior_width:g} for the mass ({', '.join(MASS)}) "
+                f"and {self.config.prior_width:g} for the source and light"
+            )
+        named = self.config.prior_widths or {}
+        if named:
+            note += ", except " + ", ".join(f"{k} {float(v):g}" for k, v in named.items())
+        return note
 
     def card(self) -> dict[str, Any]:
         """The prior in physical units and the model's bases and refinement."""

@@ -171,6 +171,33 @@ def test_a_narrow_mass_prior_holds_the_mass_and_leaves_the_source_free() -> None
     assert "0.0001 for the mass" in model.card()["prior_note"]
 
 
+def test_a_prior_narrowed_by_name_holds_those_parameters_and_leaves_the_shear_free() -> None:
+    # Model A's lenses share one Einstein radius but not one external shear
+    named = {"theta_e": 1e-4, "slope": 1e-4}
+    model = small_model(refine_steps=8, prior_width=1e4, mass_prior_width=1e4, prior_widths=named)
+    widths = model.prior_widths()
+    assert widths[INDEX["theta_e"]] == widths[INDEX["slope"]] == 1e-4
+    assert widths[INDEX["gamma1"]] == widths[INDEX["source_x"]] == 1e4
+    prior_at_truth(model)
+    assert (fitted_chi2(model, moved("gamma1", 0.05)) < 1.3).all()
+    wrong_radius = moved("theta_e", 0.05)
+    assert (fitted_chi2(model, wrong_radius) > 2 * fitted_chi2(broad(model), wrong_radius)).all()
+    assert model.card()["prior_note"].endswith("except theta_e 0.0001, slope 0.0001")
+
+
+@pytest.mark.parametrize(
+    ("widths", "message"),
+    [
+        ({"thetaE": 0.1}, "prior_widths: no parameter thetaE; valid: theta_e, slope"),
+        ({"slope": 0}, r"prior_widths\[slope\] must be a positive number, got 0"),
+        ([0.1], "prior_widths must map parameter names to widths"),
+    ],
+)
+def test_a_prior_width_by_name_that_is_not_one_is_refused(widths: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LensFit2Config(prior_widths=widths)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(
     "change", [{"prior_width": 0}, {"mass_prior_width": -1.0}, {"mass_prior_width": "abc"}]
 )
@@ -208,7 +235,9 @@ def broad(model: LensFit2) -> LensFit2:
 
 def replace_width(model: LensFit2, width: float) -> LensFit2:
     """The same weights and prior under another prior width."""
-    wider = LensFit2(replace(model.config, prior_width=width, mass_prior_width=None)).eval()
+    wider = LensFit2(
+        replace(model.config, prior_width=width, mass_prior_width=None, prior_widths=None)
+    ).eval()
     wider.load_state_dict(model.state_dict())
     return wider
 
