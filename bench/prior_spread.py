@@ -46,6 +46,52 @@ def one_fit_variance(jac: torch.Tensor) -> torch.Tensor:
     return torch.linalg.inv(fisher + ridge.view(-1, 1, 1) * eye).diagonal(dim1=1, dim2=2)
 
 
+def prior_spread(checkpoint: Path, data: Path, n: int, steps: int) -> dict[str, np.ndarray]:
+    """Each column of the module doc's table, (13,) each, over DATA's first `n` normal
+    training lenses: population, refits, refit_error, one_fit_noise, start_difference."""
+    model = load_checkpoint(checkpoint).model.eval()
+    images = load_split(data, "train", image_size=model.image_size, classes=["no_sub"])
+    x = torch.from_numpy(np.asarray(images["no_sub"][:n], dtype=np.float64))  # (N, 1, S, S)
+    rows = list(read_rows(data, "train", n=n).values())
+    if len(rows) < len(x) or len(x) < 2:
+        raise SystemExit(f"{data}: need at least 2 training lenses with their parameters")
+    truth = torch.from_numpy(np.stack([truth_theta(r) for r in rows[: len(x)]]))  # (N, 13)
+    sigma = estimate_noise(x.float(), model.psf_sigma_pixels).double()
+    psf = model.psf_kernel().double()
+    start = model.encoder_start(x.float()).double()
+    refit, from_truth, noise = [], [], []
+    for i in range(len(x)):
+        one = (x[i : i + 1], sigma[i : i + 1], psf)
+        theta = fit_flexible(model.lens, *one, start[i : i + 1], steps).theta  # (1, 13)
+        refit.append(theta)
+        from_truth.append(fit_flexible(model.lens, *one, truth[i : i + 1], steps).theta)
+        noise.append(one_fit_variance(model.lens.jacobian(theta, *one)))
+    refits, truths = torch.cat(refit), torch.cat(from_truth)
+    return {
+        "population": truth.std(dim=0).numpy(),
+        "refits": refits.std(dim=0).numpy(),
+        "refit_error": (refits - truth).std(dim=0).numpy(),
+        "one_fit_noise": torch.cat(noise).median(dim=0).values.sqrt().numpy(),
+        "start_difference": (refits - truths).abs().amax(dim=0).numpy(),
+    }
+
+
+def table(result: dict[str, np.ndarray]) -> str:
+    """The module doc's table, markdown."""
+    lines = [
+        "| parameter | population spread | refits' spread | refit error spread | "
+        "one fit's noise | largest start difference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for j, name in enumerate(NAMES):
+        cells = " | ".join(f"{result[key][j]:.4f}" for key in COLUMNS)
+        lines.append(f"| {name} | {cells} |")
+    return "\n".join(lines)
+
+
+COLUMNS = ("population", "refits", "refit_error", "one_fit_noise", "start_difference")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="a LensFit 2 checkpoint folder")
@@ -54,40 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="refit steps (the prior's: 10)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-
-    model = load_checkpoint(args.checkpoint).model.eval()
-    images = load_split(args.data, "train", image_size=model.image_size, classes=["no_sub"])
-    x = torch.from_numpy(np.asarray(images["no_sub"][: args.n], dtype=np.float64))
-    rows = list(read_rows(args.data, "train", n=args.n).values())
-    if len(rows) < len(x) or len(x) < 2:
-        raise SystemExit(f"{args.data}: need {args.n} training lenses with their parameters")
-    truth = torch.from_numpy(np.stack([truth_theta(r) for r in rows[: len(x)]]))  # (N, 13)
-    sigma = estimate_noise(x.float(), model.psf_sigma_pixels).double()
-    psf = model.psf_kernel().double()
-    start = model.encoder_start(x.float()).double()
-
     began = time.perf_counter()
-    refit, from_truth, noise = [], [], []
-    for i in range(len(x)):
-        one = (x[i : i + 1], sigma[i : i + 1], psf)
-        theta = fit_flexible(model.lens, *one, start[i : i + 1], args.steps).theta
-        refit.append(theta)
-        from_truth.append(fit_flexible(model.lens, *one, truth[i : i + 1], args.steps).theta)
-        noise.append(one_fit_variance(model.lens.jacobian(theta, *one)))
-    refits, truths = torch.cat(refit), torch.cat(from_truth)
-    one_fit = torch.cat(noise).median(dim=0).values.sqrt()
-
-    print(f"{args.checkpoint} on {len(x)} training lenses of {args.data}, {args.steps} steps, "
-          f"{time.perf_counter() - began:.0f} s, one thread")  # fmt: skip
-    print("| parameter | population spread | refits' spread | refit error spread | "
-          "one fit's noise | largest start difference |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
-    for j, name in enumerate(NAMES):
-        print(
-            f"| {name} | {truth[:, j].std():.4f} | {refits[:, j].std():.4f} | "
-            f"{(refits[:, j] - truth[:, j]).std():.4f} | {one_fit[j]:.4f} | "
-            f"{(refits[:, j] - truths[:, j]).abs().max():.4f} |"
-        )
+    result = prior_spread(args.checkpoint, args.data, args.n, args.steps)
+    print(
+        f"{args.checkpoint} on {args.n} training lenses of {args.data}, {args.steps} steps, "
+        f"{time.perf_counter() - began:.0f} s, one thread"
+    )
+    print(table(result))
     return 0
 
 
