@@ -29,21 +29,12 @@ sys.path.insert(0, str(REPO))
 
 from deeplense.lensing.flexible import NAMES  # noqa: E402
 from deeplense.lensing.flexible_fit import fit_flexible  # noqa: E402
+from deeplense.lensing.levenberg import inverse_fisher_diagonal  # noqa: E402
 from deeplense.noise import estimate_noise  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 from training.datasets import load_split  # noqa: E402
 from training.flexible_bound import truth_theta  # noqa: E402
 from training.simulate import read_rows  # noqa: E402
-
-FISHER_RIDGE = 1e-9  # share of the Fisher matrix's mean diagonal (a degenerate one inverts)
-
-
-def one_fit_variance(jac: torch.Tensor) -> torch.Tensor:
-    """The inverse Fisher diagonal (N, P) of whitened-residual Jacobians jac (N, M, P)."""
-    fisher = jac.transpose(1, 2) @ jac
-    ridge = FISHER_RIDGE * fisher.diagonal(dim1=1, dim2=2).mean(dim=1)
-    eye = torch.eye(jac.shape[2], dtype=jac.dtype)
-    return torch.linalg.inv(fisher + ridge.view(-1, 1, 1) * eye).diagonal(dim1=1, dim2=2)
 
 
 def prior_spread(checkpoint: Path, data: Path, n: int, steps: int) -> dict[str, np.ndarray]:
@@ -65,7 +56,7 @@ def prior_spread(checkpoint: Path, data: Path, n: int, steps: int) -> dict[str, 
         theta = fit_flexible(model.lens, *one, start[i : i + 1], steps).theta  # (1, 13)
         refit.append(theta)
         from_truth.append(fit_flexible(model.lens, *one, truth[i : i + 1], steps).theta)
-        noise.append(one_fit_variance(model.lens.jacobian(theta, *one)))
+        noise.append(inverse_fisher_diagonal(model.lens.jacobian(theta, *one)))
     refits, truths = torch.cat(refit), torch.cat(from_truth)
     return {
         "population": truth.std(dim=0).numpy(),

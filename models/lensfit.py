@@ -44,6 +44,7 @@ from torch.autograd import forward_ad
 
 from deeplense.instrument import STUDY_PIXEL_SCALE_ARCSEC, STUDY_PSF_SIGMA_ARCSEC
 from deeplense.lensing.forward_mode import dual_level
+from deeplense.lensing.levenberg import inverse_fisher_diagonal
 from deeplense.lensing.torch_renderer import LensBatch, RenderConfig, render_components
 from deeplense.noise import estimate_noise
 from deeplense.observation import model_grid_view, own_grid_supersampling
@@ -80,8 +81,6 @@ LM_ACCEPT = 0.3
 LM_REJECT = 10.0
 LM_DAMPING_RANGE = (1e-6, 1e6)
 LM_JITTER = 1e-9
-# Inverse Fisher matrix: a ridge of this share of its mean diagonal (float64 solve).
-FISHER_RIDGE = 1e-9
 # Learning the prior: images are refined in chunks of PRIOR_FIT_CHUNK (memory: the Jacobian
 # is chunk x pixels x P floats), under a prior PRIOR_FIT_WIDENING times broader in variance
 # than the running one, so that the data, not the old prior, decide the fits.
@@ -297,12 +296,8 @@ class LensFit(AnomalyModel):
         """Each raw parameter's variance from one image's photon noise at the fit `r`: the
         diagonal of the inverse Fisher matrix (J^T J)^-1 of the whitened residual, (N, P)."""
         with torch.inference_mode(False):
-            jac = self._jacobian(r.float(), x.float(), sigma.float()).double()  # (N, M, P)
-        fisher = jac.transpose(1, 2) @ jac  # (N, P, P)
-        ridge = FISHER_RIDGE * fisher.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
-        eye = torch.eye(r.shape[1], dtype=fisher.dtype, device=fisher.device)
-        cov = torch.linalg.inv(fisher + ridge.view(-1, 1, 1) * eye)
-        return cov.diagonal(dim1=1, dim2=2).float()
+            jac = self._jacobian(r.float(), x.float(), sigma.float())  # (N, M, P)
+        return inverse_fisher_diagonal(jac).float()
 
     # ---- the AnomalyModel interface -----------------------------------------------------
 

@@ -24,6 +24,7 @@ ACCEPT = 0.3
 REJECT = 10.0
 DAMPING_RANGE = (1e-7, 1e7)
 JITTER = 1e-9  # on the identity, keeps the damped normal equations regular
+FISHER_RIDGE = 1e-9  # share of the Fisher matrix's mean diagonal: a degenerate one inverts
 
 Residual = Callable[[Tensor], Tensor]  # theta (N, P) -> whitened residual (N, M)
 
@@ -47,6 +48,17 @@ def jacobian(residual: Residual, theta: Tensor) -> Tensor:
             out = residual(forward_ad.make_dual(theta, tangent))
             columns.append(forward_ad.unpack_dual(out).tangent)  # (N, M)
     return torch.stack(columns, dim=2)
+
+
+def inverse_fisher_diagonal(jac: Tensor) -> Tensor:
+    """Each parameter's variance from one fit's noise: the diagonal of the inverse Fisher
+    matrix (J^T J)^-1 of a whitened residual's Jacobian jac (N, M, P), float64 (N, P). A
+    direction the data do not constrain gets a large variance (the ridge's), not infinity."""
+    jac = jac.double()
+    fisher = jac.transpose(1, 2) @ jac  # (N, P, P)
+    ridge = FISHER_RIDGE * fisher.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
+    eye = torch.eye(jac.shape[2], dtype=fisher.dtype, device=fisher.device)
+    return torch.linalg.inv(fisher + ridge.view(-1, 1, 1) * eye).diagonal(dim1=1, dim2=2)
 
 
 def levenberg_marquardt(
@@ -100,4 +112,4 @@ def levenberg_marquardt(
         return Fit(theta=theta, cost=current, residual=res)
 
 
-__all__ = ["Fit", "jacobian", "levenberg_marquardt"]
+__all__ = ["Fit", "inverse_fisher_diagonal", "jacobian", "levenberg_marquardt"]

@@ -3,7 +3,7 @@ it converges on a classic hard problem, and the prior pulls as a Gaussian should
 
 import torch
 
-from deeplense.lensing.levenberg import jacobian, levenberg_marquardt
+from deeplense.lensing.levenberg import inverse_fisher_diagonal, jacobian, levenberg_marquardt
 
 
 def rosenbrock(theta: torch.Tensor) -> torch.Tensor:
@@ -58,3 +58,14 @@ def test_a_given_jacobian_is_used() -> None:
 
     levenberg_marquardt(rosenbrock, start(), steps=3, linearise=linearise)
     assert calls == [(3, 2)] * 3
+
+
+def test_the_inverse_fisher_diagonal_is_a_linear_fits_variance() -> None:
+    # r = A theta - b with unit noise: theta's covariance is (A^T A)^-1
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(2, 50, 3, generator=gen, dtype=torch.float64)
+    expected = torch.linalg.inv(a.transpose(1, 2) @ a).diagonal(dim1=1, dim2=2)
+    torch.testing.assert_close(inverse_fisher_diagonal(a.float()), expected, rtol=1e-5, atol=0)
+    degenerate = torch.cat([a[:, :, :2], a[:, :, :1]], dim=2)  # the third column repeats one
+    variance = inverse_fisher_diagonal(degenerate)
+    assert torch.isfinite(variance).all() and (variance[:, 2] > 1e3 * expected[:, 2]).all()
