@@ -26,8 +26,8 @@ source shape and any smooth lens light cost nothing to learn.
   `prior_width`, the knob that trades detection on lenses like the training set's against
   robustness to others (docs/results.md, "The flexible-model bound"); `mass_prior_width`
   sets the mass's factor alone (flexible.MASS), and `prior_widths` any parameter's by
-  name, for what a set never varies (Model A's Einstein radius, slope, ellipticity and
-  centre, but not its external shear, which varies by 0.12).
+  name, for what a set never varies (Model B's shipped one holds the slope, ellipticity
+  and centre, and leaves free the Einstein radius and external shear, which vary there).
 """
 
 from dataclasses import dataclass, replace
@@ -112,7 +112,7 @@ class LensFit2Config(ConvNetConfig):
     prior_width: float = 1.0  # the learned prior's standard deviations times this
     # The lens mass's (flexible.MASS: Einstein radius, slope, ellipticity, centre, shear)
     # standard deviations times this instead, when set; the source's and light's keep
-    # prior_width. A set whose mass never varies (Model A) can hold the mass alone.
+    # prior_width. (It holds the external shear too, which Model A and B do vary.)
     mass_prior_width: float | None = None
     # Factors by parameter name (flexible.NAMES), over prior_width and mass_prior_width for
     # the parameters named: {"theta_e": 0.1, "slope": 0.1} narrows those two alone.
