@@ -4,9 +4,10 @@ Each score's calibration is `deeplense.calibration.calibration_from_scores` of t
 (no_sub) validation images; when DIR/val also holds sphere or vort images (as `simulate`
 writes them), each score gets its validation ROC-AUC and Youden-J threshold there, and the
 checkpoint's default score is `models.selection.choose_default_score` of them. The test
-split is never used here. A dataset whose images each have their own PSF (Model R) is
-scored as `evaluate` scores it: each image prepared with its PSF
-(`training.observed_split.per_image_psf_split`), so thresholds and scores agree.
+split is never used here. A dataset whose images each have their own PSF (Model R), or one
+PSF that is not the checkpoint's, is scored as `evaluate` scores it: each image prepared
+with the PSF the dataset records (`training.observed_split.own_psf_split`), so thresholds
+and scores agree.
 """
 
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ from models.base import AnomalyModel
 from models.checkpoint import LoadedCheckpoint
 from models.selection import choose_default_score
 from training.datasets import load_split
-from training.observed_split import per_image_psf_split
+from training.observed_split import own_psf_split
 
 
 @dataclass
@@ -144,7 +145,8 @@ def val_observations(
     data_dir: Path, val: dict[str, np.ndarray], model: AnomalyModel, card: Instrument
 ) -> dict[str, list[Observation]] | None:
     """`val`'s images (the first len(val[class]) of DIR/val) prepared with each one's own
-    PSF when the dataset records one per image; None otherwise."""
+    PSF when the dataset records one per image, or with the dataset's PSF where it is not
+    `card`'s; None otherwise."""
     counts = {cls: len(x) for cls, x in val.items() if len(x)}
-    split = per_image_psf_split(Path(data_dir), "val", model, card, counts)
+    split = own_psf_split(Path(data_dir), "val", model, card, counts)
     return None if split is None else split.scored

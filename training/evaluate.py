@@ -12,12 +12,15 @@ service flags by), and the reconstruction health check of `training.health` (a c
 model is reported loudly).
 
 Scores come from `deeplense.inference`, the functions the service and the `score` CLI use:
-a simulated split (one stack per class) is scored as arrays (`score_array`); real data (class
-folders of per-image files, FITS files with their noise maps, PSFs and pixel scales) and any
-split given `--psf` or `--pixel-scale` are read and prepared file by file as uploads are
-(`training.observed_split`, `score_observations`). So an evaluated score equals the served
-score for the same image. Nothing here is
-tuned on the test split: thresholds and default scores come from calibration.
+a simulated split (one stack per class) is scored as arrays (`score_array`), told the PSF its
+manifest records: each image's own (Model R), or the dataset's one PSF where it is not the
+checkpoint's (`training.observed_split.own_psf_split`), and never `--psf` or `--pixel-scale`
+(the data's own record wins, as a FITS file's does); real data (class folders of per-image
+files, FITS files with their noise maps, PSFs and pixel scales) and a split without a
+recorded instrument given `--psf` or `--pixel-scale` are read and prepared file by file as
+uploads are (`training.observed_split`, `score_observations`). So an evaluated score
+equals the served score for the same image. Nothing here is tuned on the test split:
+thresholds and default scores come from calibration.
 """
 
 import logging
@@ -35,7 +38,7 @@ from deeplense.errors import CheckpointError, DatasetError
 from deeplense.inference import score_array, score_observations
 from deeplense.observation import Observation, RequestInstrument
 from deeplense.scores import list_scores
-from deeplense.vocabulary import CLASSES, NORMAL, dataset_name, manifest_sha256
+from deeplense.vocabulary import CLASSES, NORMAL, dataset_instrument, dataset_name, manifest_sha256
 from models.checkpoint import (
     LoadedCheckpoint,
     find_checkpoints,
@@ -46,7 +49,7 @@ from training.datasets import class_files, load_split
 from training.default_record import record_default_choice
 from training.health import reconstruction_health
 from training.image_psfs import has_per_image_psf
-from training.observed_split import observe_split, per_image_psf_split, read_as_uploads
+from training.observed_split import observe_split, own_psf_split, read_as_uploads
 
 log = logging.getLogger(__name__)
 Labelled = TypeVar("Labelled")  # a class's images, or its files
@@ -231,19 +234,22 @@ def evaluate_checkpoints(
     loaded = {name: load_checkpoint(path, device=dev) for name, path in found.items()}
     cache: dict[int, dict[str, np.ndarray]] = {}  # image size -> class -> (N, 1, S, S)
     files = class_files(Path(data_dir), "test")
-    per_image = has_per_image_psf(Path(data_dir)) and not read_as_uploads(files)
-    with_instrument = not per_image and (request is not None or read_as_uploads(files))
-    if per_image and request is not None:
-        log.warning("%s: each image has its own PSF (parameters.csv); --psf and --pixel-scale "
-                    "are not used", data_dir)  # fmt: skip
+    uploads = read_as_uploads(files)
+    recorded = None if uploads else dataset_instrument(Path(data_dir))
+    with_instrument = recorded is None and (request is not None or uploads)
+    if recorded is not None and request is not None:  # the data's own record wins
+        log.warning("%s: the dataset records its images' PSF and pixel scale (manifest.json); "
+                    "--psf and --pixel-scale are not used", data_dir)  # fmt: skip
+    told_own = False  # some checkpoint was told the dataset's own PSF
     results: dict[str, ModelEvaluation] = {}
     for name, ckpt in tqdm(loaded.items(), desc="evaluate", unit="model", disable=None):
         size = ckpt.model.image_size
         observed = None
-        own = per_image_psf_split(
+        own = own_psf_split(
             Path(data_dir), "test", ckpt.model, ckpt.config.input.instrument()
-        ) if per_image else None  # fmt: skip
+        ) if recorded is not None else None  # fmt: skip
         if own is not None:
+            told_own = True
             cache[size] = _labelled(own.model_grid, Path(data_dir))
             observed = own.scored
         elif with_instrument:
@@ -266,19 +272,24 @@ def evaluate_checkpoints(
         n_images={c: len(v) for c, v in first.items()},
         device=str(dev),
         models=results,
-        psf=_psf_source(per_image, with_instrument, request),
+        psf=_psf_source(Path(data_dir) if told_own else None, with_instrument, request),
     )
 
 
-def _psf_source(per_image: bool, with_instrument: bool, request: RequestInstrument | None) -> str:
-    """The report's line on which PSF the models were told."""
-    if per_image:
+def _psf_source(told: Path | None, with_instrument: bool, request: RequestInstrument | None) -> str:
+    """The report's line on which PSF the models were told; `told`: the dataset whose
+    recorded PSF they were told, if any."""
+    if told is not None and has_per_image_psf(told):
         return "each image's own (parameters.csv), as an upload carrying it"
+    recorded = dataset_instrument(told) if told is not None else None
+    if recorded is not None:
+        sigma = recorded.psf_sigma_pixels * recorded.pixel_scale  # arcsec
+        return f"the dataset's (manifest.json: Gaussian sigma {sigma:g}\"), as uploads carrying it"
+    if not with_instrument:  # a simulated stack drawn with the card's PSF, or no flags
+        return "the checkpoint's"
     if request is not None and request.psf is not None:
         return "the --psf kernel, for every image without its own"
-    if with_instrument:
-        return "each file's own where it carries one, else the checkpoint's"
-    return "the checkpoint's"
+    return "each file's own where it carries one, else the checkpoint's"
 
 
 def _labelled_split(data_dir: Path, size: int | None) -> dict[str, np.ndarray]:

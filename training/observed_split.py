@@ -10,9 +10,10 @@ file. A model that draws on any grid (LensFit) gets each image on its own pixels
 service gives it; every model also gets the same images on its own grid, for the report's
 examples and the reconstruction health check.
 
-A simulated split whose images each have their own PSF (Model R, `training.image_psfs`) is
-prepared the same way from its stacks (`observe_stacks`): each image as a FITS upload of the
-dataset's pixel scale with its own PSF kernel would be.
+A simulated split whose images each have their own PSF (Model R, `training.image_psfs`), or
+whose one PSF is not the checkpoint's (the mismatch suite's wide_psf), is prepared the same
+way from its stacks (`observe_stacks`): each image as a FITS upload of the dataset's pixel
+scale with its PSF kernel would be.
 """
 
 from dataclasses import dataclass
@@ -26,13 +27,13 @@ from deeplense.fits_layout import ImageExtras
 from deeplense.imaging import DEFAULT_MAX_PIXELS
 from deeplense.instrument import Instrument
 from deeplense.observation import Observation, RequestInstrument, prepare_observation
-from deeplense.vocabulary import read_manifest
+from deeplense.vocabulary import dataset_instrument
 from models.base import AnomalyModel
 from models.checkpoint import LoadedCheckpoint
 from training.batch_score import prepare_file
 from training.commands.score import DECODE_MEMORY_BYTES, DECODE_TIMEOUT_S
 from training.datasets import CLASS_ALIASES, load_split
-from training.image_psfs import has_per_image_psf, split_psfs
+from training.image_psfs import split_psfs, tells_own_psf
 
 FITS_NAMES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fits.fz", ".fz")
 
@@ -119,7 +120,7 @@ def observe_stacks(
     return ObservedSplit(scored=scored, model_grid=model_grid)
 
 
-def per_image_psf_split(
+def own_psf_split(
     data_dir: Path,
     split: str,
     model: AnomalyModel,
@@ -127,13 +128,14 @@ def per_image_psf_split(
     counts: dict[str, int] | None = None,
 ) -> ObservedSplit | None:
     """DIR/split's images (each class's first counts[class], or all of every class present)
-    prepared with each one's own PSF (`observe_stacks`), or None when the dataset has one PSF
-    for all images."""
-    if not has_per_image_psf(data_dir):
+    prepared with the PSF the dataset records for them (`observe_stacks`): each image's own,
+    or the dataset's one PSF where it is not `card`'s; None when the card's PSF is the
+    dataset's (`training.image_psfs.tells_own_psf`)."""
+    if not tells_own_psf(data_dir, card):
         return None
     native = load_split(data_dir, split, classes=None if counts is None else list(counts))
     images = {cls: x[: (counts or {}).get(cls, len(x))] for cls, x in native.items()}
-    psfs = split_psfs(data_dir, split, {cls: len(x) for cls, x in images.items()})
-    assert psfs is not None
-    scale = float(read_manifest(data_dir)["instrument"]["pixel_scale_arcsec"])
-    return observe_stacks(images, psfs, scale, model, card)
+    psfs = split_psfs(data_dir, split, {cls: len(x) for cls, x in images.items()}, card)
+    recorded = dataset_instrument(data_dir)  # the pixel scale, arcsec
+    assert psfs is not None and recorded is not None
+    return observe_stacks(images, psfs, recorded.pixel_scale, model, card)

@@ -20,7 +20,7 @@ from deeplense.inference import score_array, score_observations
 from deeplense.vocabulary import CLASSES
 from models.checkpoint import LoadedCheckpoint
 from training.datasets import load_split
-from training.observed_split import per_image_psf_split
+from training.observed_split import own_psf_split
 from training.simulate import read_rows
 
 
@@ -79,11 +79,11 @@ def default_scores(
     device: torch.device | str = "cpu",
 ) -> dict[str, np.ndarray]:
     """Class -> (n,) the checkpoint's default score of the first n test images of each of
-    `classes`, as `evaluate` computes it (each image's own PSF where the dataset records
-    one)."""
+    `classes`, as `evaluate` computes it (the PSF the dataset records, each image's own or
+    its one PSF, where it is not the card's)."""
     model, card = loaded.model, loaded.config.input.instrument()
     name = loaded.config.default_score
-    own = per_image_psf_split(Path(directory), "test", model, card, dict.fromkeys(classes, n))
+    own = own_psf_split(Path(directory), "test", model, card, dict.fromkeys(classes, n))
     if own is not None:
         return {
             cls: score_observations(model, obs, device=device, scores=[name]).scores[name]

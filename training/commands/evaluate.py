@@ -71,13 +71,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--psf",
         type=Path,
         default=None,
-        help="PSF kernel (FITS or .npy) for every test image whose file holds none",
+        help="PSF kernel (FITS or .npy) for every test image whose file holds none (not used "
+        "on a simulated set: its manifest records its PSF)",
     )
     p.add_argument(
         "--pixel-scale",
         type=finite_float,
         default=None,
-        help="arcsec per pixel of every test image whose file states none (default: the model's)",
+        help="arcsec per pixel of every test image whose file states none (default: the "
+        "model's; not used on a simulated set)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=run)
