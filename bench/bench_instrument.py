@@ -116,7 +116,7 @@ class ImagingSet:
 
 def imaging_sets(card: Instrument, image_size: int) -> dict[str, ImagingSet]:
     """The four sets (module docstring) for a checkpoint of `card` and side `image_size`."""
-    sigma = card.psf_sigma_pixels * card.pixel_scale
+    sigma = card.psf_sigma_arcsec
     base = ImagingSet("card", image_size, card.pixel_scale, sigma)
     return {
         "card": base,
@@ -298,7 +298,7 @@ def oracle(
     with the right PSF and with the card's (the one LensFit's renderer draws with)."""
     spec, sky = get_spec("model_a", subhalo_mass_fraction=fraction), SimConfig().sky
     kernel = gaussian_kernel(imaging.psf_sigma / imaging.pixel_scale)
-    card_sigma = card.psf_sigma_pixels * card.pixel_scale
+    card_sigma = card.psf_sigma_arcsec
     templates = {"own": imaging, "card": dataclasses.replace(imaging, psf_sigma=card_sigma)}
     out: dict[str, dict[str, list[float]]] = {t: {c: [] for c in CLASSES} for t in templates}
     items = [(cls, i) for cls in CLASSES for i in range(n)]
@@ -353,7 +353,7 @@ def main() -> int:
         sets = imaging_sets(card, side)
         print(
             f"model {name} ({args.checkpoints.name}); card: {side}x{side} of "
-            f'{card.pixel_scale:g}", PSF sigma {card.psf_sigma_pixels * card.pixel_scale:g}"; '
+            f'{card.pixel_scale:g}", PSF sigma {card.psf_sigma_arcsec:g}"; '
             f"{args.n} test images per class (seed {args.seed}, subhalo mass fraction "
             f"{args.fraction:g}); load average {os.getloadavg()[0]:.1f} at the start\n"
         )
@@ -426,9 +426,7 @@ def diagnose(
                 continue  # the same PSF
             r = SetResult(scores, {}, 0.0, score, {}, [])
             a = aucs(r)
-            sigma = (
-                sets[s].psf_sigma if template == "own" else card.psf_sigma_pixels * card.pixel_scale
-            )
+            sigma = sets[s].psf_sigma if template == "own" else card.psf_sigma_arcsec
             print(f"| {s} | {template} PSF (sigma {sigma:.3f}\") | {a['sub']:.3f} | "
                   f"{a['sphere']:.3f} | {a['vort']:.3f} | "
                   f"{statistics.median(scores['no_sub']):.3f} |")  # fmt: skip

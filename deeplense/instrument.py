@@ -114,6 +114,11 @@ class Instrument:
         return self.psf_sigma / self.pixel_scale
 
     @property
+    def psf_sigma_arcsec(self) -> float:
+        """The PSF's width in arcsec: the Gaussian's sigma, or a kernel's equivalent sigma."""
+        return self.psf_sigma_pixels * self.pixel_scale
+
+    @property
     def psf_fwhm_arcsec(self) -> float:
         """The PSF's full width at half maximum, arcsec (a kernel's: of its equivalent
         Gaussian)."""
@@ -130,7 +135,7 @@ class Instrument:
         return {
             "pixel_scale_arcsec": self.pixel_scale,
             "psf": "kernel" if self.psf_kernel is not None else "gaussian",
-            "psf_sigma_arcsec": self.psf_sigma_pixels * self.pixel_scale,
+            "psf_sigma_arcsec": self.psf_sigma_arcsec,
             "psf_fwhm_arcsec": self.psf_fwhm_arcsec,
         }
 

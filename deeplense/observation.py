@@ -176,7 +176,7 @@ def _prepare(
     native = (
         Instrument(pixel_scale=scale, psf_sigma=None, psf_kernel=kernel)
         if kernel is not None
-        else Instrument(pixel_scale=scale, psf_sigma=card.psf_sigma_pixels * card.pixel_scale)
+        else Instrument(pixel_scale=scale, psf_sigma=card.psf_sigma_arcsec)
     )
     card_fwhm = card.psf_fwhm_arcsec
     psf_change = native.psf_fwhm_arcsec / card_fwhm - 1.0 if card_fwhm > 0 else 0.0

@@ -283,7 +283,7 @@ def _psf_source(told: Path | None, with_instrument: bool, request: RequestInstru
         return "each image's own (parameters.csv), as an upload carrying it"
     recorded = dataset_instrument(told) if told is not None else None
     if recorded is not None:
-        sigma = recorded.psf_sigma_pixels * recorded.pixel_scale  # arcsec
+        sigma = recorded.psf_sigma_arcsec
         return f"the dataset's (manifest.json: Gaussian sigma {sigma:g}\"), as uploads carrying it"
     if not with_instrument:  # a simulated stack drawn with the card's PSF, or no flags
         return "the checkpoint's"

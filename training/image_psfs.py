@@ -65,9 +65,9 @@ def recorded_psf_differs(data_dir: Path, card: Instrument) -> bool:
     recorded = dataset_instrument(data_dir)
     if recorded is None:
         return False
-    sigma = recorded.psf_sigma_pixels * recorded.pixel_scale  # arcsec
-    card_sigma = card.psf_sigma_pixels * card.pixel_scale  # arcsec
-    return not math.isclose(sigma, card_sigma, rel_tol=SAME_INSTRUMENT_RTOL)
+    return not math.isclose(
+        recorded.psf_sigma_arcsec, card.psf_sigma_arcsec, rel_tol=SAME_INSTRUMENT_RTOL
+    )
 
 
 def tells_own_psf(data_dir: Path, card: Instrument) -> bool:
@@ -86,11 +86,11 @@ def split_psfs(
     parameters.csv or row is a DatasetError naming it."""
     data_dir = Path(data_dir)
     if not has_per_image_psf(data_dir):
-        recorded = dataset_instrument(data_dir)
-        if card is None or recorded is None or not recorded_psf_differs(data_dir, card):
+        if card is None or not recorded_psf_differs(data_dir, card):
             return None
-        sigma = recorded.psf_sigma_pixels * recorded.pixel_scale  # arcsec
-        kernel = psf_kernel({}, recorded.pixel_scale, sigma).numpy()
+        recorded = dataset_instrument(data_dir)
+        assert recorded is not None  # recorded_psf_differs read it
+        kernel = psf_kernel({}, recorded.pixel_scale, recorded.psf_sigma_arcsec).numpy()
         return {cls: [kernel] * n for cls, n in counts.items()}
     record = read_manifest(data_dir)["instrument"]
     pixel_scale = float(record["pixel_scale_arcsec"])
