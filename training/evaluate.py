@@ -232,7 +232,10 @@ def evaluate_checkpoints(
         found = {n: p for n, p in found.items() if n in names}
     dev = resolve_device(device)
     loaded = {name: load_checkpoint(path, device=dev) for name, path in found.items()}
-    cache: dict[int, dict[str, np.ndarray]] = {}  # image size -> class -> (N, 1, S, S)
+    # the plain test stack by image size: class -> (N, 1, S, S); images prepared for one
+    # checkpoint's instrument are that checkpoint's alone
+    plain: dict[int, dict[str, np.ndarray]] = {}
+    first: dict[str, np.ndarray] | None = None
     files = class_files(Path(data_dir), "test")
     uploads = read_as_uploads(files)
     recorded = None if uploads else dataset_instrument(Path(data_dir))
@@ -250,20 +253,20 @@ def evaluate_checkpoints(
         ) if recorded is not None else None  # fmt: skip
         if own is not None:
             told_own = True
-            cache[size] = _labelled(own.model_grid, Path(data_dir))
-            observed = own.scored
+            images, observed = _labelled(own.model_grid, Path(data_dir)), own.scored
         elif with_instrument:
             split = observe_split(
                 _labelled(files, Path(data_dir)), ckpt, request or RequestInstrument()
             )
-            cache[size], observed = split.model_grid, split.scored
-        elif size not in cache:
-            cache[size] = _labelled_split(Path(data_dir), size)
-        log.info(
-            "evaluating %s on %s", name, ", ".join(f"{len(v)} {c}" for c, v in cache[size].items())
-        )
-        results[name] = evaluate_model(ckpt, cache[size], dev, batch_size, n_examples, observed)
-    first = next(iter(cache.values()))
+            images, observed = split.model_grid, split.scored
+        else:
+            if size not in plain:
+                plain[size] = _labelled_split(Path(data_dir), size)
+            images = plain[size]
+        first = images if first is None else first
+        log.info("evaluating %s on %s", name, ", ".join(f"{len(v)} {c}" for c, v in images.items()))
+        results[name] = evaluate_model(ckpt, images, dev, batch_size, n_examples, observed)
+    assert first is not None  # found holds at least one checkpoint
     sha = manifest_sha256(Path(data_dir))
     return Evaluation(
         data_dir=Path(data_dir),

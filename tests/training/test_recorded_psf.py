@@ -2,7 +2,9 @@
 calibrate and evaluate tell every model that PSF, as an upload carrying it is told, instead of
 the card's; a set drawn with the card's PSF is prepared as before."""
 
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +110,23 @@ def test_a_simulated_sets_record_wins_over_the_flags(
     assert flagged.psf == without.psf == "the checkpoint's"
     for key in ("mse_no_sub", "mse_sphere", "auc_mse_sub"):
         assert flagged.models["dcae"].metrics[key] == without.models["dcae"].metrics[key]
+
+
+def test_a_checkpoint_of_the_sets_psf_is_not_scored_on_images_prepared_for_another(
+    tiny_checkpoints: Path, wide: Path, tmp_path: Path
+) -> None:
+    """Two checkpoints of one image size in one folder: "a" trained through the card's 0.1"
+    PSF (told the set's 0.12" as an upload would be) and "b" trained through 0.12" (the set's
+    own: its plain stack). "b" is scored as it is alone, not on the images prepared for "a"."""
+    root = tmp_path / "mixed"
+    root.mkdir()
+    for name in ("a", "b"):
+        shutil.copytree(tiny_checkpoints / "dcae", root / name)
+    config = json.loads((root / "b" / "config.json").read_text())
+    config["input"]["psf_sigma_arcsec"] = 0.12
+    (root / "b" / "config.json").write_text(json.dumps(config))
+    assert load_checkpoint(root / "b").config.input.psf_sigma_arcsec == pytest.approx(0.12)
+    both = evaluate_checkpoints(root, wide, "cpu")
+    alone = evaluate_checkpoints(root, wide, "cpu", names=["b"])
+    for key in ("mse_no_sub", "mse_sphere", "auc_mse_sub"):
+        assert both.models["b"].metrics[key] == alone.models["b"].metrics[key], key
