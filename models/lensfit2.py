@@ -19,7 +19,9 @@ source shape and any smooth lens light cost nothing to learn.
 - Refinement (`refine_steps`): Levenberg-Marquardt on the physical parameters with the
   linear parts solved inside every step (variable projection), from the encoder's guess,
   minimising 0.5 chi2 plus the prior's penalty (a MAP fit). It uses each image's noise map
-  and PSF width.
+  and PSF width. `coarse_steps` of them can go first on the image binned 2 x 2
+  (`deeplense.lensing.coarse`), each about a third of a full step's time; the best lens is
+  always solved on the image's own pixels at the end.
 - Prior: a Gaussian on the physical parameters. During training: running mean and variance
   of the encodings. After training (`after_training`): the mean and variance of converged
   refits of training images (fitted under no prior), each standard deviation times
@@ -37,6 +39,7 @@ import torch
 from torch import Tensor
 
 from deeplense.instrument import STUDY_PIXEL_SCALE_ARCSEC, STUDY_PSF_SIGMA_ARCSEC, gaussian_kernel
+from deeplense.lensing.coarse import BLOCK, coarse_image, coarse_psf_sigma
 from deeplense.lensing.flexible import (
     INDEX,
     MASS,
@@ -107,6 +110,10 @@ class LensFit2Config(ConvNetConfig):
     supersampling: int = 1  # sub-pixels per pixel per axis
     source_ridge: float = 1e-5
     refine_steps: int = 4  # Levenberg-Marquardt steps per image at inference
+    # Steps on the image binned 2 x 2 before those, from the encoder's guess: each about a
+    # third of a full one's time (deeplense.lensing.coarse). 0: every step on the image's
+    # own pixels.
+    coarse_steps: int = 0
     prior_fit_images: int = 64  # training images refitted to learn the prior
     prior_fit_steps: int = 10  # LM steps per image for it
     prior_width: float = 1.0  # the learned prior's standard deviations times this
@@ -140,12 +147,16 @@ class LensFit2Config(ConvNetConfig):
         for name, width in widths.items():
             if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0:
                 raise ValueError(f"{name} must be a positive number, got {width!r}")
+        for name in ("refine_steps", "coarse_steps"):
+            steps = getattr(self, name)
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+                raise ValueError(f"{name} must be a whole number of steps >= 0, got {steps!r}")
 
     @classmethod
     def tiny(cls) -> Self:
         return replace(
             super().tiny(), hidden=16, shapelet_order=3, source_scales=(1.0, 3.0),
-            refine_steps=2, prior_fit_images=8, prior_fit_steps=2,
+            coarse_steps=1, refine_steps=1, prior_fit_images=8, prior_fit_steps=2,
         )  # fmt: skip
 
     def flexible(self, side: int | None = None, pixel_scale: float | None = None) -> FlexibleConfig:
@@ -276,18 +287,23 @@ class LensFit2(AnomalyModel):
         pixel_scale: float | None = None,
     ) -> Tensor:
         """`reconstruct_with_noise` from the given start (N, 13) instead of the encoder's: the
-        MAP smooth lens (N, 1, H, W) after `refine_steps` Levenberg-Marquardt steps (none: the
-        best lens at the start). bench/refine_noise.py perturbs the start with it."""
-        lens = self.lens_on(x.shape[-1], pixel_scale)
+        MAP smooth lens (N, 1, H, W) after `coarse_steps` Levenberg-Marquardt steps on the
+        image binned 2 x 2 and `refine_steps` on its pixels (none: the best lens at the
+        start). bench/refine_noise.py perturbs the start with it."""
+        scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
+        psf_sigma = self.psf_sigma_pixels if psf_sigma_pixels is None else psf_sigma_pixels
+        lens = self.lens_on(x.shape[-1], scale)
         with torch.autocast(x.device.type, enabled=False):
             # The fit in float64, the refinement's bases drawn in float32 (BASES_DTYPE; the
             # no-refinement path's `best_lens` draws them in float64): a float32 solve of the
             # overlapping bases (cond 1e9-1e14) moved chi2 by 1% with the batch an image came
             # in.
             x64, sigma64 = x.detach().double().clone(), sigma.detach().double().clone()
-            psf = self.psf_kernel(psf_sigma_pixels).double()
+            psf = self.psf_kernel(psf_sigma).double()
             start = start.detach().float()
-            if int(self.config.refine_steps) <= 0:
+            if self.coarse_steps_for(x.shape[-1]) > 0:
+                start = self.coarse_refine(x64, sigma64, start, psf_sigma, scale)
+            if int(self.config.refine_steps) <= 0 and self.coarse_steps_for(x.shape[-1]) == 0:
                 with torch.no_grad():
                     model = self.best_lens(start.double(), x64, sigma64, psf, lens)
             else:
@@ -303,6 +319,37 @@ class LensFit2(AnomalyModel):
                     ]
                 )  # fmt: skip
             return model.clamp(0.0, 1.0).float()
+
+    def coarse_steps_for(self, side: int) -> int:
+        """The coarse steps an image of `side` pixels gets: none below 8 px (4 binned)."""
+        return int(self.config.coarse_steps) if side >= 4 * BLOCK else 0
+
+    def coarse_refine(
+        self, x64: Tensor, sigma64: Tensor, start: Tensor, psf_sigma: float, pixel_scale: float
+    ) -> Tensor:
+        """`coarse_steps` MAP steps on the images x64 (N, 1, n, n) binned 2 x 2, from start
+        (N, 13): the parameters (N, 13) on the images' own grid (deeplense.lensing.coarse)."""
+        coarse = coarse_image(x64, sigma64, pixel_scale)
+        lens = self.coarse_lens(coarse.x.shape[-1], coarse.pixel_scale)
+        psf = self.psf_kernel(coarse_psf_sigma(psf_sigma)).double()
+        prior = self.prior()
+        prior = replace(prior, mean=coarse.to_coarse(prior.mean))
+        chunk = refine_chunk(x64.device)
+        theta = torch.cat(
+            [
+                fit_flexible(
+                    lens, coarse.x[i : i + chunk], coarse.sigma[i : i + chunk], psf,
+                    coarse.to_coarse(start[i : i + chunk]), int(self.config.coarse_steps), prior,
+                ).theta
+                for i in range(0, len(x64), chunk)
+            ]
+        )  # fmt: skip
+        return coarse.to_fine(theta).float()
+
+    def coarse_lens(self, side: int, pixel_scale: float) -> FlexibleLens:
+        """The flexible lens on a coarse grid: one ray per pixel (deeplense.lensing.coarse)."""
+        config = replace(self.config.flexible(side, pixel_scale), supersampling=1)
+        return FlexibleLens(config, bases_dtype=BASES_DTYPE)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         with torch.autocast(x.device.type, enabled=False):
@@ -391,6 +438,7 @@ class LensFit2(AnomalyModel):
             f"training images; its standard deviations are used times {self.width_note()}",
             "refinement": {
                 "steps": int(self.config.refine_steps),
+                "coarse_steps": int(self.config.coarse_steps),
                 "method": "Levenberg-Marquardt on the 13 nonlinear parameters, light and source "
                 "solved linearly inside each step: 0.5 chi2 + prior penalty (MAP)",
             },
