@@ -3,10 +3,12 @@
 Some config arguments do not touch the weights' shapes: LensFit's refinement (`refine_steps`,
 `refine_method`) and how it learns its prior (`prior_deconvolve`, `prior_fit_steps`, ...).
 `retune` loads a checkpoint, applies new values of such arguments, runs the model's own
-after-training step on DIR/train (LensFit re-learns its prior), calibrates every score on
-DIR/val (the labelled split when it has one; never the test split) and writes a NEW
-checkpoint folder. The old test metrics are dropped, since they no longer describe the
-model: run `evaluate --update-checkpoints` on the new folder. The card records what changed.
+after-training step on DIR/train (LensFit re-learns its prior; `keep_prior` skips it, for a
+change such as a refinement schedule that should keep the prior the model was shipped
+with), calibrates every score on DIR/val (the labelled split when it has one; never the
+test split) and writes a NEW checkpoint folder. The old test metrics are dropped, since they
+no longer describe the model: run `evaluate --update-checkpoints` on the new folder. The
+card records what changed.
 
 It also converts a checkpoint's storage (`weights_dtype` "float16": half the size): the
 weights are rounded in memory first, so the new calibration is that of the stored weights.
@@ -72,18 +74,32 @@ def retune(
     batch_size: int = 64,
     overwrite: bool = False,
     weights_dtype: WeightsDtype | None = None,
+    keep_prior: bool = False,
 ) -> tuple[Path, ScoreCalibrations]:
     """Write OUT: CHECKPOINT's model with `changes`, stored in `weights_dtype` (None: as
-    before), its after-training step re-run on DATA/train, calibrated on DATA/val. Refuses
-    an existing OUT unless `overwrite`."""
+    before), its after-training step re-run on DATA/train (`keep_prior`: not re-run, the
+    learnt state kept as it is), calibrated on DATA/val. Refuses an existing OUT unless
+    `overwrite`."""
     out = check_new_folder(checkpoint, out, overwrite)
     loaded = load_checkpoint(checkpoint, device=device)
     model = retuned_model(loaded, changes).to(device)
-    record = {"from": str(checkpoint), "changes": changes, "data": str(data)}
+    record: dict[str, Any] = {"from": str(checkpoint), "changes": changes, "data": str(data)}
+    if keep_prior:
+        record["after_training"] = "not re-run: the prior kept"
     return relearn_and_save(
         loaded, model, data, out, record, fpr=fpr, device=device, batch_size=batch_size,
-        overwrite=overwrite, weights_dtype=weights_dtype,
+        overwrite=overwrite, weights_dtype=weights_dtype, relearn=not keep_prior,
     )  # fmt: skip
+
+
+def relearn_after_training(model: torch.nn.Module, data: Path, device: torch.device | str) -> None:
+    """Re-run `model`'s after-training step (LensFit's prior) on DATA/train's first
+    AFTER_TRAINING_IMAGES normal lenses; DatasetError without 2 of them."""
+    train = load_split(data, "train", image_size=model.image_size, classes=[NORMAL]).get(NORMAL)
+    if train is None or len(train) < 2:
+        raise DatasetError(f"{Path(data) / 'train'}: need at least 2 no_sub images")
+    images = np.array(train[:AFTER_TRAINING_IMAGES], dtype=np.float32)  # (N, 1, S, S)
+    model.after_training(torch.from_numpy(images).to(device))
 
 
 def relearn_and_save(
@@ -98,21 +114,20 @@ def relearn_and_save(
     overwrite: bool = False,
     weights_dtype: WeightsDtype | None = None,
     training: TrainingFacts | None = None,
+    relearn: bool = True,
 ) -> tuple[Path, ScoreCalibrations]:
     """The shared tail of `retune` and `training.supervise`: `model` (`loaded`'s, changed)
     stored in `weights_dtype` (None: as `loaded`), its after-training step re-run on
-    DATA/train, calibrated on DATA/val, written to OUT with `record` appended to the card's
-    "retuned" history and the old test metrics dropped. `training`: the card's new training
-    facts (None: `loaded`'s); each calibration names DATA's dataset, where it was made."""
+    DATA/train (unless not `relearn`), calibrated on DATA/val, written to OUT with `record`
+    appended to the card's "retuned" history and the old test metrics dropped. `training`:
+    the card's new training facts (None: `loaded`'s); each calibration names DATA's dataset,
+    where it was made."""
     stored = loaded.config.training.extra.get("weights_dtype", "float32")
     if weights_dtype is None:
         weights_dtype = cast(WeightsDtype, stored if stored in WEIGHTS_DTYPES else "float32")
     round_to_storage(model, weights_dtype)  # calibrate the weights that are stored
-    train = load_split(data, "train", image_size=model.image_size, classes=[NORMAL]).get(NORMAL)
-    if train is None or len(train) < 2:
-        raise DatasetError(f"{Path(data) / 'train'}: need at least 2 no_sub images")
-    images = np.array(train[:AFTER_TRAINING_IMAGES], dtype=np.float32)  # (N, 1, S, S)
-    model.after_training(torch.from_numpy(images).to(device))
+    if relearn:
+        relearn_after_training(model, data, device)
     model.eval()
     rebuilt = LoadedCheckpoint(model=model, config=loaded.config, path=loaded.path)
     calibrated = calibrate_checkpoint(

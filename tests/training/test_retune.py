@@ -95,3 +95,29 @@ def test_retune_converts_a_float32_checkpoint_to_float16_and_recalibrates(
     converted = load_checkpoint(out)
     assert converted.config.training.extra["weights_dtype"] == "float16"
     assert converted.config.calibrations  # recalibrated on the rounded weights
+
+
+def test_retune_can_keep_the_prior_and_needs_no_train_split(
+    tiny_checkpoints: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A new LensFit 2 refinement schedule, its prior kept as shipped: no DIR/train read, the
+    prior and weights bit for bit the old ones, the card saying so."""
+    shutil.rmtree(data / "train")
+    folder = tiny_checkpoints / "lensfit2"
+    out = tmp_path / "coarse"
+    argv = ["retune", "--checkpoint", str(folder), "--data", str(data), "--out", str(out),
+            "--arch-arg", "coarse_steps=2", "--arch-arg", "refine_steps=0", "--keep-prior",
+            "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    old, new = load_checkpoint(folder), load_checkpoint(out)
+    assert (new.config.arguments["coarse_steps"], new.config.arguments["refine_steps"]) == (2, 0)
+    for name, tensor in old.model.state_dict().items():
+        assert torch.equal(new.model.state_dict()[name], tensor), name
+    record = new.config.training.extra["retuned"][-1]
+    assert record["after_training"] == "not re-run: the prior kept"
+    assert new.config.training.extra["model_card"]["refinement"]["coarse_steps"] == 2
+    assert new.config.calibrations["chi2_psf"].validation_auc is not None
+    # without --keep-prior the missing train split is an error, not a silent skip
+    capsys.readouterr()
+    assert main([*argv[:-3], "--overwrite", "--device", "cpu"]) == 2
+    assert "no 'train' folder" in capsys.readouterr().err

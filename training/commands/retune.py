@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=(
             "Load CHECKPOINT, apply --arch-arg changes that keep its weights (e.g. LensFit's "
             "refine_steps, refine_method, prior_deconvolve), re-run the model's after-training "
-            "step on DIR/train (LensFit re-learns its prior), calibrate every score on DIR/val "
+            "step on DIR/train (LensFit re-learns its prior; --keep-prior skips it), calibrate "
+            "every score on DIR/val "
             "and write a new checkpoint folder OUT. Its test metrics are dropped: evaluate it "
             "again. --weights-dtype float16 converts its storage (rounded before the "
             "calibration). The test split is never read."
@@ -34,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="an argument to change, repeatable (refine_steps=3, prior_deconvolve=true)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument(
+        "--keep-prior", action="store_true",
+        help="do not re-run the after-training step: keep the learnt prior (no DIR/train "
+        "needed), e.g. for a new refinement schedule calibrated on the same model",
+    )  # fmt: skip
     add_new_folder_options(p)
     p.set_defaults(func=_run)
 
@@ -66,6 +72,7 @@ def _run(args: argparse.Namespace) -> int:
             args.checkpoint, args.data, args.out, changes, fpr=args.fpr,
             device=resolve_device(args.device), batch_size=args.batch_size,
             overwrite=args.overwrite, weights_dtype=args.weights_dtype,
+            keep_prior=args.keep_prior,
         )  # fmt: skip
     except ValueError as exc:  # an argument the model does not have or refuses
         print(f"error: {exc}", file=sys.stderr)
