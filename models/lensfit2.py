@@ -47,7 +47,7 @@ from deeplense.lensing.flexible import (
     FlexibleConfig,
     FlexibleLens,
 )
-from deeplense.lensing.flexible_fit import GaussianPrior, fit_flexible
+from deeplense.lensing.flexible_fit import FlexibleFit, GaussianPrior, fit_flexible
 from deeplense.noise import estimate_noise
 from deeplense.observation import model_grid_view, own_grid_supersampling
 from models.base import AnomalyModel
@@ -96,6 +96,31 @@ BASES_DTYPE = torch.float32
 def refine_chunk(device: torch.device) -> int:
     """Images refined together on `device`: REFINE_CHUNK on a CPU, GPU_REFINE_CHUNK else."""
     return REFINE_CHUNK if device.type == "cpu" else GPU_REFINE_CHUNK
+
+
+def fit_in_chunks(
+    lens: FlexibleLens,
+    x: Tensor,
+    sigma: Tensor,
+    psf: Tensor,
+    start: Tensor,
+    steps: int,
+    prior: GaussianPrior,
+) -> FlexibleFit:
+    """`fit_flexible` of images x (N, 1, n, n) from start (N, 13), `refine_chunk` images at a
+    time on x's device, the chunks' fits joined in order."""
+    chunk = refine_chunk(x.device)
+    fits = [
+        fit_flexible(
+            lens, x[i : i + chunk], sigma[i : i + chunk], psf, start[i : i + chunk], steps, prior
+        )
+        for i in range(0, len(x), chunk)
+    ]
+    return FlexibleFit(
+        theta=torch.cat([f.theta for f in fits]),
+        model=torch.cat([f.model for f in fits]),
+        cost=torch.cat([f.cost for f in fits]),
+    )
 
 
 @dataclass
@@ -301,23 +326,15 @@ class LensFit2(AnomalyModel):
             x64, sigma64 = x.detach().double().clone(), sigma.detach().double().clone()
             psf = self.psf_kernel(psf_sigma).double()
             start = start.detach().float()
-            if self.coarse_steps_for(x.shape[-1]) > 0:
+            coarse_steps = self.coarse_steps_for(x.shape[-1])
+            if coarse_steps > 0:
                 start = self.coarse_refine(x64, sigma64, start, psf_sigma, scale)
-            if int(self.config.refine_steps) <= 0 and self.coarse_steps_for(x.shape[-1]) == 0:
+            if int(self.config.refine_steps) <= 0 and coarse_steps == 0:
                 with torch.no_grad():
                     model = self.best_lens(start.double(), x64, sigma64, psf, lens)
             else:
-                steps, prior = int(self.config.refine_steps), self.prior()
-                chunk = refine_chunk(x.device)
-                model = torch.cat(
-                    [
-                        fit_flexible(
-                            lens, x64[i : i + chunk], sigma64[i : i + chunk], psf,
-                            start[i : i + chunk], steps, prior,
-                        ).model
-                        for i in range(0, len(x64), chunk)
-                    ]
-                )  # fmt: skip
+                steps = int(self.config.refine_steps)
+                model = fit_in_chunks(lens, x64, sigma64, psf, start, steps, self.prior()).model
             return model.clamp(0.0, 1.0).float()
 
     def coarse_steps_for(self, side: int) -> int:
@@ -334,16 +351,10 @@ class LensFit2(AnomalyModel):
         psf = self.psf_kernel(coarse_psf_sigma(psf_sigma)).double()
         prior = self.prior()
         prior = replace(prior, mean=coarse.to_coarse(prior.mean))
-        chunk = refine_chunk(x64.device)
-        theta = torch.cat(
-            [
-                fit_flexible(
-                    lens, coarse.x[i : i + chunk], coarse.sigma[i : i + chunk], psf,
-                    coarse.to_coarse(start[i : i + chunk]), int(self.config.coarse_steps), prior,
-                ).theta
-                for i in range(0, len(x64), chunk)
-            ]
-        )  # fmt: skip
+        steps = int(self.config.coarse_steps)
+        theta = fit_in_chunks(
+            lens, coarse.x, coarse.sigma, psf, coarse.to_coarse(start), steps, prior
+        ).theta
         return coarse.to_fine(theta).float()
 
     def coarse_lens(self, side: int, pixel_scale: float) -> FlexibleLens:

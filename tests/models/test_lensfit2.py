@@ -78,8 +78,15 @@ def chi2(model: LensFit2, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return ((x - x_hat) / SIGMA).pow(2).mean(dim=(1, 2, 3))
 
 
-def test_refinement_fits_the_lens_it_draws_from_an_encoders_guess() -> None:
-    model, guess_only = small_model(refine_steps=8), small_model(coarse_steps=0, refine_steps=0)
+@pytest.mark.parametrize(
+    "schedule",
+    [{"refine_steps": 8}, {"coarse_steps": 6, "refine_steps": 1}],
+    ids=["full_steps", "coarse_steps_then_one_full"],
+)
+def test_refinement_fits_the_lens_it_draws_from_an_encoders_guess(
+    schedule: dict[str, int],
+) -> None:
+    model, guess_only = small_model(**schedule), small_model(coarse_steps=0, refine_steps=0)
     for m in (model, guess_only):
         aim_encoder(m, off_truth())
     x = drawn(model, truth())
