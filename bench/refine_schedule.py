@@ -26,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from deeplense.inference import score_array  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.numerics import set_process_numerics  # noqa: E402
-from deeplense.vocabulary import CLASSES, NORMAL  # noqa: E402
+from deeplense.vocabulary import NORMAL  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
+from training.datasets import load_split  # noqa: E402
 
 
 def schedule(text: str) -> tuple[int, int]:
@@ -44,23 +45,21 @@ def schedule(text: str) -> tuple[int, int]:
 
 
 def stacks(split: Path, n: int, offset: int = 0) -> dict[str, np.ndarray]:
-    """Class -> n images (n, 1, H, W) float32 of each class file in `split`, from `offset`."""
-    found = {}
-    for cls in CLASSES:
-        path = split / f"{cls}.npy"
-        if path.exists():
-            images = np.load(path, allow_pickle=False, mmap_mode="r")[offset : offset + n]
-            x = np.array(images, dtype=np.float32)
-            found[cls] = x[:, None] if x.ndim == 3 else x
+    """Class -> n images (n, 1, H, W) float32 of each class in the split folder `split`
+    (`training.datasets.load_split`), from `offset`."""
+    found = {
+        cls: np.array(images[offset : offset + n], dtype=np.float32)
+        for cls, images in load_split(split.parent, split.name).items()
+    }
     if NORMAL not in found or len(found) < 2:
-        raise SystemExit(f"error: {split} needs no_sub.npy and sphere.npy or vort.npy")
+        raise SystemExit(f"error: {split} needs no_sub and sphere or vort")
     return found
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", type=Path, help="a lensfit2 checkpoint folder")
-    parser.add_argument("split", type=Path, help="a split folder with no_sub.npy and sphere/vort")
+    parser.add_argument("split", type=Path, help="a split folder with no_sub and sphere/vort")
     parser.add_argument("--n", type=int, default=50, help="images per class (50)")
     parser.add_argument("--offset", type=int, default=0, help="the first image of each class (0)")
     parser.add_argument(
