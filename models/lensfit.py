@@ -118,6 +118,11 @@ class LensFitConfig(ConvNetConfig):
         return replace(super().tiny(), hidden=16)
 
 
+# Rows (images times directions) of one forward-mode pass of the Jacobian (`_jacobian`): all
+# P directions of a single image at once; a large batch keeps one direction a pass.
+JACOBIAN_ROWS = 64
+
+
 def _q_phi(e1: Tensor, e2: Tensor) -> tuple[Tensor, Tensor]:
     e = torch.sqrt(e1 * e1 + e2 * e2 + _ELLIPTICITY_EPS**2)
     return (1.0 - e) / (1.0 + e), 0.5 * torch.atan2(e2, e1 + _ELLIPTICITY_EPS)
@@ -280,16 +285,25 @@ class LensFit(AnomalyModel):
         return ((x - self.draw(r, x, sigma)) / sigma).flatten(1)
 
     def _jacobian(self, r: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
-        """d(whitened residual)/d(raw parameters): (N, M, P), from P forward-mode passes."""
+        """d(whitened residual)/d(raw parameters): (N, M, P), by forward mode.
+
+        The P directions go through the renderer together, the N images stacked once per
+        direction, each copy carrying its direction's tangent (`JACOBIAN_ROWS` rows a pass):
+        one pass instead of P for a few images. Most of a pass's operations are on (N,)
+        parameters, where forward mode's dispatch (torch's zero tangents for the constants
+        are Python-level kernels), not arithmetic, took most of the time."""
+        n, p = r.shape
+        per_pass = max(1, min(p, JACOBIAN_ROWS // max(n, 1)))
         columns = []
-        for k in range(r.shape[1]):
-            tangent = torch.zeros_like(r)
-            tangent[:, k] = 1.0
+        for first in range(0, p, per_pass):
+            k = min(per_pass, p - first)
+            tangent = torch.zeros(k, n, p, dtype=r.dtype, device=r.device)
+            tangent[torch.arange(k), :, first + torch.arange(k)] = 1.0
             with dual_level():
-                dual = forward_ad.make_dual(r, tangent)
-                out = self._whitened(dual, x, sigma)
-                columns.append(forward_ad.unpack_dual(out).tangent)  # (N, M)
-        return torch.stack(columns, dim=2)
+                dual = forward_ad.make_dual(r.repeat(k, 1), tangent.view(k * n, p))
+                out = self._whitened(dual, x.repeat(k, 1, 1, 1), sigma.repeat(k, 1, 1, 1))
+                columns.append(forward_ad.unpack_dual(out).tangent.view(k, n, -1))  # (k, N, M)
+        return torch.cat(columns).permute(1, 2, 0).contiguous()  # the layout LM sums in
 
     @torch.no_grad()
     def fit_variance(self, r: Tensor, x: Tensor, sigma: Tensor) -> Tensor:

@@ -247,6 +247,42 @@ def test_lensfit_gauss_newton_never_raises_an_images_cost() -> None:
         model.reconstruct(x)
 
 
+def test_lensfit_jacobian_is_the_residuals_derivative_however_its_directions_are_stacked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The forward-mode Jacobian is the whitened residual's central difference, and the same
+    with its directions one a pass (JACOBIAN_ROWS 1), some (5) or all (64) together."""
+    import models.lensfit as lensfit_module
+    from deeplense.noise import estimate_noise
+    from models.lensfit import NAMES
+
+    model = tiny_model("lensfit")
+    x = torch.from_numpy(tiny_images(2, seed=5))
+    sigma = estimate_noise(x, model.psf_sigma_pixels)
+    with torch.no_grad():
+        # away from round profiles (e1 = e2 = 0), where the axis ratio has a kink
+        raw = model.encode(x) + 0.5 * torch.randn(
+            2, len(NAMES), generator=torch.Generator().manual_seed(1)
+        )
+        jacobians = {}
+        for rows in (1, 5, 64):
+            monkeypatch.setattr(lensfit_module, "JACOBIAN_ROWS", rows)
+            jacobians[rows] = model._jacobian(raw, x, sigma)  # (N, M, P)
+        n, p = raw.shape
+        one = jacobians[1]
+        assert one.shape == (n, x[0].numel(), p) and one.abs().max() > 0
+        for rows in (5, 64):
+            torch.testing.assert_close(jacobians[rows], one, rtol=1e-5, atol=1e-6 * one.abs().max())
+        h = 1e-2  # the renderer is float32: a step well above its rounding
+        for k in range(p):
+            step = torch.zeros_like(raw)
+            step[:, k] = h
+            central = model._whitened(raw + step, x, sigma) - model._whitened(raw - step, x, sigma)
+            column = one[:, :, k]
+            error = (column - central / (2 * h)).norm() / column.norm()
+            assert error < 0.05, f"parameter {NAMES[k]}: {float(error):.3f} off its difference"
+
+
 def test_lensfit_learns_its_prior_from_refined_fits_of_training_images() -> None:
     model = tiny_model("lensfit").train()
     before_mean, before_var = model.prior_mean.clone(), model.prior_var.clone()
