@@ -269,31 +269,6 @@ def design_matrix(theta: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
     return torch.cat([rows, torch.ones_like(rows[:, :1])], dim=1).transpose(1, 2)
 
 
-def _tangents(
-    fn: Callable[[Tensor], tuple[Tensor, ...]], theta: Tensor, names: tuple[str, ...]
-) -> tuple[tuple[Tensor, ...], list[tuple[Tensor, ...]]]:
-    """fn(theta) (a tuple of tensors) and its forward-mode derivatives along each named
-    parameter, all in one evaluation: fn sees the N images once per name, stacked name by
-    name (len(names) * N rows; each per-image tensor it closes over must be repeated so),
-    each copy carrying the tangent of its parameter. One call of fn instead of one per name
-    and one for the value (a power-law deflection is some hundred small tensor operations;
-    on a CPU their dispatch, not their arithmetic, took most of the Jacobian's time).
-    Returns (values, [derivatives per name]), each a tuple like fn's, of N rows."""
-    n = theta.shape[0]
-    stacked = theta.repeat(len(names), 1)  # (len(names) * N, 13)
-    tangent = torch.zeros_like(stacked)
-    for j, name in enumerate(names):
-        tangent[j * n : (j + 1) * n, INDEX[name]] = 1.0
-    with dual_level():
-        values = fn(forward_ad.make_dual(stacked, tangent))
-        unpacked = [forward_ad.unpack_dual(v) for v in values]
-    # clones, not views: a view would keep the whole stacked buffers alive
-    primal = tuple(u.primal[:n].clone() for u in unpacked)
-    return primal, [
-        tuple(u.tangent[j * n : (j + 1) * n].clone() for u in unpacked) for j in range(len(names))
-    ]
-
-
 def _constant(t: Tensor) -> Tensor:
     """`t` as a forward-mode dual with a zero tangent, inside a dual level. An operation that
     mixes a dual with a plain tensor gives the plain one torch's "efficient zero" tangent,
@@ -301,6 +276,37 @@ def _constant(t: Tensor) -> Tensor:
     zero tangent costs a few microseconds here."""
     dense = t.contiguous()  # a grid from meshgrid is an expanded view
     return forward_ad.make_dual(dense, torch.zeros_like(dense))
+
+
+def _tangents(
+    fn: Callable[[Tensor, Tensor, Tensor], tuple[Tensor, ...]],
+    theta: Tensor,
+    x: Tensor,
+    y: Tensor,
+    names: tuple[str, ...],
+) -> tuple[tuple[Tensor, ...], list[tuple[Tensor, ...]]]:
+    """fn(theta, x, y) (a tuple of tensors) at image positions x, y (1, m, m) and its
+    forward-mode derivatives along each named parameter, all in one evaluation: fn sees the
+    N images once per name, stacked name by name (len(names) * N rows; each per-image tensor
+    it closes over must be repeated so), each copy carrying the tangent of its parameter.
+    One call of fn instead of one per name and one for the value (a power-law deflection is
+    some hundred small tensor operations; on a CPU their dispatch, not their arithmetic, took
+    most of the Jacobian's time). The positions come in as duals of zero tangent
+    (`_constant`). Returns (values, [derivatives per name]), each a tuple like fn's, of N
+    rows."""
+    n = theta.shape[0]
+    stacked = theta.repeat(len(names), 1)  # (len(names) * N, 13)
+    tangent = torch.zeros_like(stacked)
+    for j, name in enumerate(names):
+        tangent[j * n : (j + 1) * n, INDEX[name]] = 1.0
+    with dual_level():
+        values = fn(forward_ad.make_dual(stacked, tangent), _constant(x), _constant(y))
+        unpacked = [forward_ad.unpack_dual(v) for v in values]
+    # clones, not views: a view would keep the whole stacked buffers alive
+    primal = tuple(u.primal[:n].clone() for u in unpacked)
+    return primal, [
+        tuple(u.tangent[j * n : (j + 1) * n].clone() for u in unpacked) for j in range(len(names))
+    ]
 
 
 def ray_derivatives(
@@ -315,9 +321,7 @@ def ray_derivatives(
     d/d c is the potential's Hessian (`epl_hessian`) plus the shear; d/d gamma1 = (-dx, dy),
     d/d gamma2 = (-dy, -dx). Five of the eight passes saved (docs/results.md, "LensFit 2
     scores twice as fast")."""
-    (bx, by), shaped = _tangents(
-        lambda t: source_plane(t, _constant(x), _constant(y)), theta, PROFILE
-    )
+    (bx, by), shaped = _tangents(source_plane, theta, x, y, PROFILE)
     p = theta.unbind(dim=1)
     c = {name: p[INDEX[name]][:, None, None] for name in MASS}  # (N, 1, 1) each
     dx, dy = x - c["center_x"], y - c["center_y"]
@@ -374,7 +378,9 @@ def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Ten
     # The light sum_k A_k exp(-R^2 / (2 s_k^2)) changes with its centre and ellipticity
     # through R^2 alone: d/d theta = -dR^2/d theta * sum_k A_k / (2 s_k^2) exp(...), so
     # forward mode runs through R^2's few operations, not the Gaussians.
-    (r2,), d_r2 = _tangents(lambda t: (light_radius2(t, x, y),), theta, LIGHT)  # (N, m, m)
+    (r2,), d_r2 = _tangents(
+        lambda t, x, y: (light_radius2(t, x, y),), theta, x, y, LIGHT
+    )  # (N, m, m)
     sigmas2 = torch.tensor(config.light_sigmas, dtype=r2.dtype, device=r2.device) ** 2  # (Kl,)
     slopes = coef[:, :k_light] / (2.0 * sigmas2)  # (N, Kl)
     falloff = (slopes[:, :, None, None] * gaussians(r2, config.light_sigmas)).sum(dim=1)
