@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.refine_schedule import stacks  # noqa: E402
+from bench.refine_schedule import schedule, stacks  # noqa: E402
 from deeplense.lensing.perturbation import PerturbationConfig, perturbation_test  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.noise import estimate_noise  # noqa: E402
@@ -30,7 +30,7 @@ from deeplense.numerics import set_process_numerics  # noqa: E402
 from deeplense.scores import compute_scores  # noqa: E402
 from deeplense.vocabulary import NORMAL  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
-from models.lensfit2 import LensFit2, fit_in_chunks  # noqa: E402
+from models.lensfit2 import LensFit2  # noqa: E402
 
 STATISTICS = ("default", "chi2_total", "tension", "scan", "imaging_gain", "improvement", "excess")
 
@@ -38,21 +38,17 @@ STATISTICS = ("default", "chi2_total", "tension", "scan", "imaging_gain", "impro
 def fitted(model: LensFit2, x: torch.Tensor, sigma: torch.Tensor, psf_sigma: float) -> torch.Tensor:
     """The smooth lens (1, 13) float64 `LensFit2.refine` fits to one image x (1, 1, n, n)
     through a Gaussian PSF of `psf_sigma` pixels."""
-    x64, sigma64 = x.double(), sigma.double()
-    scale = model.config.pixel_scale
     start = model.encoder_start(x)
-    if model.coarse_steps_for(x.shape[-1]) > 0:
-        start = model.coarse_refine(x64, sigma64, start, psf_sigma, scale)
-    lens = model.lens_on(x.shape[-1], scale)
-    psf = model.psf_kernel(psf_sigma).double()
-    steps = int(model.config.refine_steps)
-    return fit_in_chunks(lens, x64, sigma64, psf, start, steps, model.prior()).theta.double()
+    scale = model.config.pixel_scale
+    return model.refined_lens(x.double(), sigma.double(), start, psf_sigma, scale)[0]
 
 
 def image_statistics(
     model: LensFit2, score: str, x: torch.Tensor, config: PerturbationConfig, psf_sigma: float
 ) -> dict[str, float]:
-    """Every statistic of one image x (1, 1, n, n) float32 of PSF sigma `psf_sigma` pixels."""
+    """Every statistic of one image x (1, 1, n, n) float32 of PSF sigma `psf_sigma` pixels,
+    and the seconds its fit (as served) and its tests took."""
+    started = time.perf_counter()
     sigma = estimate_noise(x, psf_sigma)
     theta = fitted(model, x, sigma, psf_sigma)
     lens = model.lens_on(x.shape[-1])
@@ -61,7 +57,9 @@ def image_statistics(
     linear = lens.fit_linear(theta, x64, sigma64, psf)
     x_hat = linear.image().view_as(x).clamp(0.0, 1.0).float()
     default = compute_scores(x, x_hat, [score], psf_sigma, sigma=sigma).values[score]
+    fitted_at = time.perf_counter()
     test = perturbation_test(lens, theta, x64, sigma64, psf, config, linear)
+    tested_at = time.perf_counter()
     whitened = (x64 - linear.image().view_as(x64)) * lens.weight(sigma64)
     return {
         "default": float(default[0]),
@@ -76,7 +74,31 @@ def image_statistics(
         "best_x": test.best[0],
         "best_y": test.best[1],
         "amplitude": test.amplitude,
+        "fit_s": fitted_at - started,
+        "tests_s": tested_at - fitted_at,
     }
+
+
+def paired_difference(
+    rows: dict[str, list[dict[str, float]]], better: str, base: str, draws: int = 1000
+) -> tuple[float, float, float]:
+    """AUC(better) - AUC(base), sub vs no_sub, on the same images, and its 95% interval by a
+    paired bootstrap (images resampled within each class, both statistics on each resample;
+    seed 0)."""
+
+    def auc(name: str, picks: dict[str, np.ndarray]) -> float:
+        values = {c: np.array([r[name] for r in rs])[picks[c]] for c, rs in rows.items()}
+        sub = np.concatenate([v for c, v in values.items() if c != NORMAL])
+        return roc_auc(values[NORMAL], sub)
+
+    every = {c: np.arange(len(rs)) for c, rs in rows.items()}
+    rng = np.random.default_rng(0)
+    spread = []
+    for _ in range(draws):
+        picks = {c: rng.integers(0, len(rs), len(rs)) for c, rs in rows.items()}
+        spread.append(auc(better, picks) - auc(base, picks))
+    lo, hi = np.percentile(spread, [2.5, 97.5])
+    return auc(better, every) - auc(base, every), float(lo), float(hi)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,13 +114,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--disc-radius", type=float, default=PerturbationConfig.disc_radius)
     parser.add_argument("--ridge", type=float, default=PerturbationConfig.ridge)
     parser.add_argument(
+        "--no-joint", action="store_true", help="skip the joint blob test (improvement, excess)"
+    )
+    parser.add_argument(
         "--psf-sigma-pixels",
         type=float,
         help="the images' Gaussian PSF sigma in pixels, told as an upload tells it (default: "
         "the checkpoint's)",
     )
+    parser.add_argument(
+        "--schedule",
+        type=schedule,
+        help="C+F: coarse and full refinement steps (default: the card's)",
+    )
     parser.add_argument("--per-image", type=Path, help="write each image's statistics (CSV)")
     args = parser.parse_args(argv)
+    if args.per_image is not None and args.per_image.exists():
+        raise SystemExit(f"error: {args.per_image} exists; name another file")
     torch.set_num_threads(1)
     set_process_numerics()
     loaded = load_checkpoint(args.checkpoint)
@@ -106,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(model, LensFit2):
         raise SystemExit(f"error: {args.checkpoint} is not a lensfit2 checkpoint")
     model.eval()
+    if args.schedule is not None:
+        model.config.coarse_steps, model.config.refine_steps = args.schedule
     config = PerturbationConfig(
         spacing=args.spacing,
         width=args.width,
@@ -113,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         lit_sigma=args.lit_sigma,
         max_blobs=args.max_blobs,
         ridge=args.ridge,
+        joint=not args.no_joint,
     )
     psf_sigma = args.psf_sigma_pixels or model.psf_sigma_pixels
     images = stacks(args.split, args.n, args.offset)
@@ -125,10 +160,14 @@ def main(argv: list[str] | None = None) -> int:
                 for image in stack
             ]
     seconds = (time.perf_counter() - started) / sum(len(s) for s in images.values())
+    timed = [r for rs in rows.values() for r in rs][1:]  # the first one warms up
+    fit_s = float(np.mean([r["fit_s"] for r in timed])) if timed else 0.0
+    tests_s = float(np.mean([r["tests_s"] for r in timed])) if timed else 0.0
     print(
         f"{args.checkpoint}, {args.split}, {args.n} per class from {args.offset}, default "
-        f"score {score}, PSF sigma {psf_sigma:g} px, {config}, one thread, {seconds:.2f} s an "
-        "image"
+        f"score {score}, {model.config.coarse_steps}+{model.config.refine_steps} steps, "
+        f"PSF sigma {psf_sigma:g} px, {config}, one thread, {seconds:.2f} s an image (the fit "
+        f"as served and the linear solve again {fit_s:.3f} s, the tests {tests_s:.3f} s)"
     )
     others = [c for c in rows if c != NORMAL]
     print("| statistic | AUC sub | " + " | ".join(f"AUC {c}" for c in others) + " |")
@@ -138,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         sub = np.concatenate([values[c] for c in others])
         per_class = " | ".join(f"{roc_auc(values[NORMAL], values[c]):.3f}" for c in others)
         print(f"| {name} | {roc_auc(values[NORMAL], sub):.3f} | {per_class} |")
+    diff, lo, hi = paired_difference(rows, "imaging_gain", "default")
+    print(f"imaging_gain - default: {diff:+.3f} (95% paired bootstrap {lo:+.3f} to {hi:+.3f})")
     normal = rows[NORMAL]
     for key in ("tension", "scan", "excess", "dof", "blobs"):
         v = np.array([r[key] for r in normal])
@@ -146,14 +187,15 @@ def main(argv: list[str] | None = None) -> int:
             f" - {np.percentile(v, 95):.2f}"
         )
     if args.per_image:
-        with args.per_image.open("w") as out:
-            keys = list(normal[0])
-            out.write("class,index," + ",".join(keys) + "\n")
-            for cls, rs in rows.items():
-                for i, r in enumerate(rs):
-                    out.write(
-                        f"{cls},{i + args.offset}," + ",".join(f"{r[k]:.6g}" for k in keys) + "\n"
-                    )
+        keys = list(normal[0])
+        lines = ["class,index," + ",".join(keys)] + [
+            f"{cls},{i + args.offset}," + ",".join(f"{r[k]:.6g}" for k in keys)
+            for cls, rs in rows.items()
+            for i, r in enumerate(rs)
+        ]
+        partial = args.per_image.with_name(args.per_image.name + ".partial")
+        partial.write_text("\n".join(lines) + "\n")
+        partial.replace(args.per_image)  # whole or not at all
     return 0
 
 

@@ -317,25 +317,34 @@ class LensFit2(AnomalyModel):
         start). bench/refine_noise.py perturbs the start with it."""
         scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
         psf_sigma = self.psf_sigma_pixels if psf_sigma_pixels is None else psf_sigma_pixels
-        lens = self.lens_on(x.shape[-1], scale)
         with torch.autocast(x.device.type, enabled=False):
             # The fit in float64, the refinement's bases drawn in float32 (BASES_DTYPE; the
             # no-refinement path's `best_lens` draws them in float64): a float32 solve of the
             # overlapping bases (cond 1e9-1e14) moved chi2 by 1% with the batch an image came
             # in.
             x64, sigma64 = x.detach().double().clone(), sigma.detach().double().clone()
-            psf = self.psf_kernel(psf_sigma).double()
-            start = start.detach().float()
-            coarse_steps = self.coarse_steps_for(x.shape[-1])
-            if coarse_steps > 0:
-                start = self.coarse_refine(x64, sigma64, start, psf_sigma, scale)
-            if int(self.config.refine_steps) <= 0 and coarse_steps == 0:
-                with torch.no_grad():
-                    model = self.best_lens(start.double(), x64, sigma64, psf, lens)
-            else:
-                steps = int(self.config.refine_steps)
-                model = fit_in_chunks(lens, x64, sigma64, psf, start, steps, self.prior()).model
+            _, model = self.refined_lens(x64, sigma64, start, psf_sigma, scale)
             return model.clamp(0.0, 1.0).float()
+
+    def refined_lens(
+        self, x64: Tensor, sigma64: Tensor, start: Tensor, psf_sigma: float, pixel_scale: float
+    ) -> tuple[Tensor, Tensor]:
+        """`refine`'s fit of float64 images x64 (N, 1, n, n) with noise sigma64 from start
+        (N, 13), through a Gaussian PSF of `psf_sigma` pixels on a grid of `pixel_scale`
+        arcsec: the MAP parameters (N, 13) float64 and the best smooth lens (N, 1, n, n)
+        float64, not clamped (bench/perturbation_auc.py tests the lens it fitted)."""
+        lens = self.lens_on(x64.shape[-1], pixel_scale)
+        psf = self.psf_kernel(psf_sigma).double()
+        start = start.detach().float()
+        coarse_steps = self.coarse_steps_for(x64.shape[-1])
+        if coarse_steps > 0:
+            start = self.coarse_refine(x64, sigma64, start, psf_sigma, pixel_scale)
+        if int(self.config.refine_steps) <= 0 and coarse_steps == 0:
+            with torch.no_grad():
+                return start.double(), self.best_lens(start.double(), x64, sigma64, psf, lens)
+        steps = int(self.config.refine_steps)
+        fit = fit_in_chunks(lens, x64, sigma64, psf, start, steps, self.prior())
+        return fit.theta, fit.model
 
     def coarse_steps_for(self, side: int) -> int:
         """The coarse steps an image of `side` pixels gets: none below 8 px (4 binned)."""
