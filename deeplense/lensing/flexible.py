@@ -344,6 +344,24 @@ def ray_derivatives(
     return (bx, by), [derivatives[name] for name in MASS]
 
 
+def fitted_source(
+    u: Tensor, v: Tensor, beta: Tensor, coef: Tensor, config: FlexibleConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The source of linear coefficients coef (N, K) (its shapelet sets, one per scale of
+    beta (N,)) and its gradient in (u, v), at offsets u, v (N, M) from its centre: three
+    (N, M) maps (`shapelet_source`, summed over the sets)."""
+    k_light = len(config.light_sigmas)
+    per_set = config.n_shapelets // len(config.source_scales)
+    value, d_u, d_v = (torch.zeros_like(u) for _ in range(3))
+    for j, scale in enumerate(config.source_scales):
+        start = k_light + j * per_set
+        parts = shapelet_source(
+            u, v, beta * scale, coef[:, start : start + per_set], config.shapelet_order
+        )
+        value, d_u, d_v = value + parts[0], d_u + parts[1], d_v + parts[2]
+    return value, d_u, d_v
+
+
 def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Tensor) -> Tensor:
     """d(design @ coef) / d theta at fixed coefficients (N, K): (N, n*n, 13).
 
@@ -352,7 +370,7 @@ def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Ten
     derivatives (forward mode through the lens equation), and the light's derivatives.
     """
     theta = clamp_parameters(theta)
-    k_light, k_source = len(config.light_sigmas), config.n_shapelets
+    k_light = len(config.light_sigmas)
     x, y = image_grid(config, theta)
     shape = (theta.shape[0], x.shape[-2], x.shape[-1])
     p = theta.unbind(dim=1)
@@ -360,14 +378,7 @@ def model_jacobian(theta: Tensor, coef: Tensor, config: FlexibleConfig, psf: Ten
     u = (bx - p[INDEX["source_x"]][:, None, None]).flatten(1)
     v = (by - p[INDEX["source_y"]][:, None, None]).flatten(1)
     beta = torch.exp(p[INDEX["log_beta"]])
-    per_set = k_source // len(config.source_scales)
-    value, d_u, d_v = (torch.zeros_like(u) for _ in range(3))  # (N, m*m) each
-    for j, scale in enumerate(config.source_scales):
-        start = k_light + j * per_set
-        parts = shapelet_source(
-            u, v, beta * scale, coef[:, start : start + per_set], config.shapelet_order
-        )
-        value, d_u, d_v = value + parts[0], d_u + parts[1], d_v + parts[2]
+    value, d_u, d_v = fitted_source(u, v, beta, coef, config)  # (N, m*m) each
     planes = [torch.zeros_like(value) for _ in NAMES]
     for name, (dbx, dby) in zip(MASS, rays, strict=True):
         planes[INDEX[name]] = d_u * dbx.flatten(1) + d_v * dby.flatten(1)
@@ -579,6 +590,7 @@ __all__ = [
     "LinearFit",
     "clamp_parameters",
     "design_matrix",
+    "fitted_source",
     "gram_matrix",
     "hermite_functions",
     "image_grid",

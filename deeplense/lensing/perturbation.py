@@ -43,8 +43,8 @@ from deeplense.lensing.flexible import (
     FlexibleLens,
     LinearFit,
     clamp_parameters,
+    fitted_source,
     image_grid,
-    shapelet_source,
     source_plane,
     to_pixels,
 )
@@ -115,15 +115,7 @@ def source_gradient(
     u = (bx - p[INDEX["source_x"]]).flatten(1)
     v = (by - p[INDEX["source_y"]]).flatten(1)
     beta = torch.exp(p[INDEX["log_beta"]]).reshape(1)
-    k_light = len(config.light_sigmas)
-    per_set = config.n_shapelets // len(config.source_scales)
-    value, d_u, d_v = (torch.zeros_like(u) for _ in range(3))
-    for j, scale in enumerate(config.source_scales):
-        start = k_light + j * per_set
-        parts = shapelet_source(
-            u, v, beta * scale, coef[:, start : start + per_set], config.shapelet_order
-        )
-        value, d_u, d_v = value + parts[0], d_u + parts[1], d_v + parts[2]
+    value, d_u, d_v = fitted_source(u, v, beta, coef, config)
     shape = x.shape[-2:]
     return value.view(shape), d_u.view(shape), d_v.view(shape)
 
