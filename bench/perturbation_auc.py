@@ -55,12 +55,13 @@ def image_statistics(
     psf = model.psf_kernel(psf_sigma).double()
     x64, sigma64 = x.double(), sigma.double()
     linear = lens.fit_linear(theta, x64, sigma64, psf)
-    x_hat = linear.image().view_as(x).clamp(0.0, 1.0).float()
+    model64 = linear.image().view_as(x64)  # (1, 1, n, n) float64
+    x_hat = model64.clamp(0.0, 1.0).float()
     default = compute_scores(x, x_hat, [score], psf_sigma, sigma=sigma).values[score]
+    whitened = (x64 - model64) * lens.weight(sigma64)
     fitted_at = time.perf_counter()
     test = perturbation_test(lens, theta, x64, sigma64, psf, config, linear)
     tested_at = time.perf_counter()
-    whitened = (x64 - linear.image().view_as(x64)) * lens.weight(sigma64)
     return {
         "default": float(default[0]),
         "chi2_total": float(whitened.square().sum()),
@@ -129,6 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--per-image", type=Path, help="write each image's statistics (CSV)")
     args = parser.parse_args(argv)
+    positive = {
+        "--n": args.n,
+        "--spacing": args.spacing,
+        "--width": args.width,
+        "--psf-sigma-pixels": 1.0 if args.psf_sigma_pixels is None else args.psf_sigma_pixels,
+    }
+    for flag, value in positive.items():
+        if not value > 0:
+            raise SystemExit(f"error: {flag} must be positive, got {value}")
     if args.per_image is not None and args.per_image.exists():
         raise SystemExit(f"error: {args.per_image} exists; name another file")
     torch.set_num_threads(1)
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         ridge=args.ridge,
         joint=not args.no_joint,
     )
-    psf_sigma = args.psf_sigma_pixels or model.psf_sigma_pixels
+    psf_sigma = model.psf_sigma_pixels if args.psf_sigma_pixels is None else args.psf_sigma_pixels
     images = stacks(args.split, args.n, args.offset)
     started = time.perf_counter()
     rows: dict[str, list[dict[str, float]]] = {}
