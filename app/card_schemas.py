@@ -46,7 +46,9 @@ class ModelCard(BaseModel):
     default_score_reason: str | None = Field(
         default=None, description="why that score is the default (how it was chosen)"
     )
-    scores: list[str] = Field(description="every score this service computes (?score= values)")
+    scores: list[str] = Field(
+        description="every score this model can be scored by (?score= values)"
+    )
     calibration: CalibrationSummary | None = Field(
         description="the default score's calibration; null for an uncalibrated checkpoint"
     )

@@ -48,7 +48,10 @@ class Ensemble:
         return choose_ensemble_score([m.checkpoint.config for m in self.members])
 
     def check_score(self, score: str) -> None:
-        """UncalibratedScoreError unless every member is calibrated for `score`."""
+        """ScoreNotOfferedError unless every member can draw `score`, then
+        UncalibratedScoreError unless every member is calibrated for it."""
+        for member in self.members:
+            member.check_score(score)
         missing = [m.name for m in self.members if m.calibration_for(score) is None]
         if missing:
             raise UncalibratedScoreError(

@@ -25,6 +25,7 @@ from deeplense.errors import (
     InvalidInstrumentError,
     NotReadyError,
     PayloadTooLargeError,
+    ScoreNotOfferedError,
     UncalibratedScoreError,
     UnknownModelError,
     UnknownScoreError,
@@ -84,6 +85,7 @@ STATUS_CODES: dict[type[DeepLenseError], int] = {
     PayloadTooLargeError: 413,  # bytes per file or request, files per request
     ImageTooLargeError: 413,  # pixels per image (when raised for a whole request)
     UnknownScoreError: 422,  # /score?score=...; detail lists the registered scores
+    ScoreNotOfferedError: 422,  # a score drawn by a fit the model has not; detail: its scores
     UncalibratedScoreError: 422,  # an ensemble asked for a score a member is not calibrated for
     InvalidImageError: 422,  # unreadable image (normally reported per file in `error`)
     InvalidInstrumentError: 422,  # a request's PSF or pixel scale that cannot be used

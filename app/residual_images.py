@@ -73,7 +73,8 @@ def attach_images(
     made it for this x_hat; otherwise a noise-aware score's map is computed here, with each
     observation's noise map, mask and PSF. `pixel_scale` is the model's fixed top of the
     mse heat map (`pixel_residual_scale`); None: each map's max."""
-    if not get_score(score).noise_aware:
+    drawn = get_score(score).drawn_by_fit  # its map only from the fit (`maps`), never here
+    if not get_score(score).noise_aware or (drawn and maps is None):
         maps = None
     elif maps is None:
         maps = [_map_of(o, x_hat[i], score) for i, o in enumerate(observations)]

@@ -13,6 +13,7 @@ from app.residual_images import pixel_residual_scale
 from deeplense.calibration import Calibration
 from deeplense.errors import CheckpointError
 from deeplense.inference import score_array
+from deeplense.scores import check_offered
 from models.base import count_parameters
 from models.checkpoint import WEIGHTS_FILE, LoadedCheckpoint, load_checkpoint
 
@@ -66,6 +67,11 @@ class ServedModel:
         """Whether the model draws the lens on any pixel grid (LensFit): an image of another
         pixel scale is then fitted on its own pixels, not resampled."""
         return bool(self.checkpoint.model.renders_any_grid)
+
+    def check_score(self, score: str) -> None:
+        """ScoreNotOfferedError for a score drawn by a fit this model has not (an uncalibrated
+        score is served, without a flag)."""
+        check_offered(self.checkpoint.model, [score], self.name)
 
     def calibration_for(self, score: str) -> Calibration | None:
         """The calibration of `score`, or None."""

@@ -182,11 +182,10 @@ class ModelService:
         return self.models[name].default_score
 
     def resolve_score(self, name: str, score: str | None) -> str:
-        """The score a request means; UnknownScoreError lists the registered ones, and the
-        ensemble refuses a score one of its members is not calibrated for."""
+        """The score a request means: registered (UnknownScoreError), drawn by the model or
+        every ensemble member (ScoreNotOfferedError), calibrated in every member."""
         score = get_score(score).name if score is not None else self.default_score(name)
-        if name == ENSEMBLE and self.ensemble is not None:
-            self.ensemble.check_score(score)
+        (self.ensemble if name == ENSEMBLE and self.ensemble else self.get(name)).check_score(score)
         return score
 
     # ---- scoring (runs in a worker thread) --------------------------------------------------

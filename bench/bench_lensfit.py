@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from deeplense.inference import score_array  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
-from deeplense.scores import list_scores  # noqa: E402
+from deeplense.scores import scores_for  # noqa: E402
 from deeplense.vocabulary import CLASSES  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 
@@ -85,7 +85,7 @@ def main() -> int:
         for c in CLASSES
     }
     total = sum(len(x) for x in images.values())
-    names = list_scores()
+    names = scores_for(model)
     print(f"{args.checkpoint}, {args.n} {args.split} images per class, batch {args.batch_size}, "
           f"{args.threads} threads, refinement {args.method}, prior {args.prior}\n")  # fmt: skip
     print("| K | " + " | ".join(f"AUC {s}" for s in names) + " | ms / image |")

@@ -51,7 +51,7 @@ from deeplense.inference import score_array  # noqa: E402
 from deeplense.lensing.flexible import INDEX, MASS, FlexibleConfig  # noqa: E402
 from deeplense.lensing.pixel_source import REGULARISATIONS, PixelSourceConfig  # noqa: E402
 from deeplense.metrics import auc_standard_error, roc_auc  # noqa: E402
-from deeplense.scores import compute_scores, list_scores  # noqa: E402
+from deeplense.scores import compute_scores, list_scores, scores_for  # noqa: E402
 from deeplense.vocabulary import CLASSES, read_manifest  # noqa: E402
 from models.checkpoint import find_checkpoints, load_checkpoint  # noqa: E402
 from training.bounds import (  # noqa: E402
@@ -114,7 +114,7 @@ def bound_scores(
         for bound, recon in recons.items():
             if recon is None:
                 continue
-            values = compute_scores(x, torch.from_numpy(recon), list_scores(), psf).values
+            values = compute_scores(x, torch.from_numpy(recon), scores_for(None), psf).values
             for score, v in values.items():
                 out[bound].setdefault(score, {})[cls] = v.numpy()
     return {b: s for b, s in out.items() if s}
@@ -131,7 +131,7 @@ def model_scores(
         for cls in CLASSES:
             stack = np.load(directory / "test" / f"{cls}.npy", mmap_mode="r", allow_pickle=False)
             scored = score_array(
-                loaded.model, stack[:n], scores=list_scores(),
+                loaded.model, stack[:n], scores=scores_for(loaded.model),
                 psf_sigma_pixels=loaded.config.input.psf_sigma_pixels,
             )  # fmt: skip
             for score, v in scored.scores.items():

@@ -65,6 +65,20 @@ class UnknownScoreError(DeepLenseError):
         super().__init__(f"unknown score {name!r}; valid scores: {', '.join(sorted(valid))}")
 
 
+class ScoreNotOfferedError(DeepLenseError):
+    """A registered score that a model cannot draw (one drawn by another model's fit); the
+    message lists the model's scores."""
+
+    def __init__(self, name: str, model: str, offered: list[str]) -> None:
+        self.name = name
+        self.model = model
+        self.offered = offered
+        super().__init__(
+            f"model {model!r} cannot draw score {name!r} (it is drawn by the fit of a model "
+            f"that offers it); this model's scores: {', '.join(offered)}"
+        )
+
+
 class UncalibratedScoreError(DeepLenseError):
     """A score a model (or every ensemble member) has no calibration for, where one is needed."""
 

@@ -16,7 +16,7 @@ from deeplense.instrument import DEFAULT_PSF_SIGMA_PIXELS
 from deeplense.metrics import column_w1
 from deeplense.noise import estimate_noise
 from deeplense.observation import Observation
-from deeplense.scores import ScoreValues, compute_scores, get_score
+from deeplense.scores import ScoreValues, check_offered, compute_scores, get_score
 from deeplense.significance import GoodnessOfFit, goodness_of_fit
 
 MSE = "mse"
@@ -46,6 +46,23 @@ class NoiseAwareReconstructor(Protocol):
         psf_sigma_pixels: float | None = None,
         pixel_scale: float | None = None,
     ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class FitDrawingReconstructor(Protocol):
+    """A model whose fit draws scores of its own (`fit_scores`; LensFit 2's imaging_gain):
+    the reconstruction and, from the same fit, each named score's map (N, 1, H, W)."""
+
+    fit_scores: tuple[str, ...]
+
+    def reconstruct_with_fit_maps(
+        self,
+        x: torch.Tensor,
+        sigma: torch.Tensor,
+        names: tuple[str, ...],
+        psf_sigma_pixels: float | None = None,
+        pixel_scale: float | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
 
 
 @dataclass
@@ -119,24 +136,39 @@ def _wants_noise(model: Reconstructor) -> bool:
     return isinstance(model, NoiseAwareReconstructor) and bool(model.uses_noise_map)
 
 
+def drawn_by_fit(model: Reconstructor, names: Sequence[str]) -> tuple[str, ...]:
+    """The scores among `names` that `model`'s fit draws; ScoreNotOfferedError for one it
+    cannot draw."""
+    check_offered(model, names, str(getattr(model, "architecture", type(model).__name__)))
+    return tuple(n for n in dict.fromkeys(names) if get_score(n).drawn_by_fit)
+
+
 def _reconstruct(
     model: Reconstructor,
     x: torch.Tensor,
     sigma: torch.Tensor | None,
     psf_sigma_pixels: float | None = None,
     pixel_scale: float | None = None,
-) -> torch.Tensor:
-    """x (N, 1, H, W) -> reconstruction; a noise-aware model gets the noise map and the
+    drawn: tuple[str, ...] = (),
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """x (N, 1, H, W) -> reconstruction and the maps of the scores `drawn` by the model's fit
+    (`drawn_by_fit`; these need sigma); a noise-aware model gets the noise map and the
     images' PSF width (None: its own), and a model that renders on any grid the images' own
     pixel scale (None: its own). Images on their own grid for any other model are a bug of
     the caller (the preparation resamples them for it)."""
     if pixel_scale is not None and not getattr(model, "renders_any_grid", False):
         raise ValueError("images on their own pixel grid, for a model that cannot draw on it")
+    if drawn:
+        if sigma is None:
+            raise ValueError("scores drawn by the fit need the noise map sigma")
+        if not isinstance(model, FitDrawingReconstructor):
+            raise ValueError(f"scores {drawn} are drawn by a fit this model has not")
+        return model.reconstruct_with_fit_maps(x, sigma, drawn, psf_sigma_pixels, pixel_scale)
     if isinstance(model, NoiseAwareReconstructor) and model.uses_noise_map and sigma is not None:
         if pixel_scale is None:
-            return model.reconstruct_with_noise(x, sigma, psf_sigma_pixels)
-        return model.reconstruct_with_noise(x, sigma, psf_sigma_pixels, pixel_scale)
-    return model.reconstruct(x)
+            return model.reconstruct_with_noise(x, sigma, psf_sigma_pixels), {}
+        return model.reconstruct_with_noise(x, sigma, psf_sigma_pixels, pixel_scale), {}
+    return model.reconstruct(x), {}
 
 
 def _reconstruct_and_score(
@@ -148,12 +180,14 @@ def _reconstruct_and_score(
 ) -> tuple[torch.Tensor, ScoreValues]:
     """Reconstruct a batch (N, 1, H, W) and score it; the noise map is estimated once (when
     something needs it) and handed to both the model and the scores."""
-    needs_noise = _wants_noise(model) or any(
-        get_score(n).noise_aware for n in [*names, *([map_of] if map_of else [])]
-    )
+    wanted = [*names, *([map_of] if map_of else [])]
+    drawn = drawn_by_fit(model, wanted)
+    needs_noise = _wants_noise(model) or any(get_score(n).noise_aware for n in wanted)
     sigma = estimate_noise(x.float(), psf_sigma_pixels) if needs_noise else None
-    x_hat = _reconstruct(model, x, sigma)
-    return x_hat, compute_scores(x, x_hat, names, psf_sigma_pixels, map_of, sigma)
+    x_hat, maps = _reconstruct(model, x, sigma, drawn=drawn)
+    return x_hat, compute_scores(
+        x, x_hat, names, psf_sigma_pixels, map_of, sigma, fit_maps=maps or None
+    )
 
 
 @torch.inference_mode()
@@ -181,6 +215,7 @@ def score_observations(
         model.eval()
     fitted = _fitted_parameters(model)
     names = list(dict.fromkeys([MSE, *scores, *([CHI2] if fitted is not None else [])]))
+    drawn = drawn_by_fit(model, [*names, *([map_of] if map_of else [])])
     n = len(observations)
     used = np.zeros(n, dtype=np.float64)  # pixels each image's fit used
     values = {name: np.zeros(n, dtype=np.float64) for name in names}
@@ -207,10 +242,12 @@ def score_observations(
             ).to(device)  # (B, 1, h, w)
             weighted = valid & torch.isfinite(sigma) & (sigma > 0)
             used[rows] = weighted.flatten(1).sum(dim=1).double().cpu().numpy()
-            x_hat = _reconstruct(model, x, sigma, psf, pixel_scale).to(x.dtype)
+            x_hat, fit_maps = _reconstruct(model, x, sigma, psf, pixel_scale, drawn)
+            x_hat = x_hat.to(x.dtype)
             scored = compute_scores(
-                x, x_hat, names, psf, map_of, sigma, None if bool(valid.all()) else valid
-            )
+                x, x_hat, names, psf, map_of, sigma, None if bool(valid.all()) else valid,
+                fit_maps=fit_maps or None,
+            )  # fmt: skip
             for name in names:
                 values[name][rows] = scored.values[name].cpu().numpy()
                 for k, r in enumerate(rows):

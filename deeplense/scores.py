@@ -1,7 +1,9 @@
-"""Anomaly scores: named, registered, pure functions of (image, reconstruction, noise map).
+"""Anomaly scores: named and registered; most are pure functions of (image, reconstruction,
+noise map), and some are drawn by a model's own fit.
 
-Every score is the mean square of its own residual *map* (N, 1, H, W), so a score, its
-map and the picture a user sees of it can never disagree:
+Every score is the mean square of its own residual *map* (N, 1, H, W) (a score drawn by the
+fit: the sum of squares, a chi-square improvement), so a score, its map and the picture a user
+sees of it can never disagree:
 
 - `mse`: the study's per-image mean squared error; map = x - x_hat ([0, 1] units).
 - `chi2`: map = (x - x_hat) / sigma, the residual in units of the per-pixel noise sigma
@@ -15,6 +17,11 @@ map and the picture a user sees of it can never disagree:
   Sky pixels carry no signal, only noise; leaving them out sharpens the score. The map is
   zero outside the region and scaled by sqrt(pixels / region pixels), so its mean square is
   the mean over the region.
+- `imaging_gain` (drawn by the fit of a model that offers it, `scores_for`: LensFit 2): the
+  chi-square gravitational imaging's tests gain at the fitted smooth lens, from freeing the
+  lens and adding the best single blob of mass (`deeplense.lensing.perturbation`); the map
+  is the whitened residual's part those two moves explain, in noise sigmas, and the score
+  its sum of squares over the valid pixels.
 
 Higher is more anomalous for every score. `compute_scores` evaluates any set of them in one
 pass and is the only place the service, the `score` CLI and evaluation get scores from
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from deeplense.errors import UnknownScoreError
+from deeplense.errors import ScoreNotOfferedError, UnknownScoreError
 from deeplense.noise import estimate_noise, smooth, smoothing_taps
 
 # (x, x_hat, sigma, psf sigma px, valid) -> the score's map (N, 1, H, W); valid (N, 1, H, W)
@@ -38,12 +45,15 @@ MapFn = Callable[[Tensor, Tensor, Tensor | None, float, Tensor | None], Tensor]
 
 @dataclass(frozen=True)
 class Score:
-    """A registered score: its map function (x, x_hat, sigma, psf sigma px) -> (N, 1, H, W)."""
+    """A registered score: its map function (x, x_hat, sigma, psf sigma px) -> (N, 1, H, W),
+    or, `drawn_by_fit`, a map the model's own fit draws (`compute_scores`' fit_maps), whose
+    sum of squares over the valid pixels is the score (a chi-square improvement)."""
 
     name: str
     description: str
     residual_map: MapFn
     noise_aware: bool  # needs the noise map sigma
+    drawn_by_fit: bool = False
 
     def __call__(
         self,
@@ -55,6 +65,12 @@ class Score:
     ) -> Tensor:
         """(N,) float64 score: the mean square of the map over the valid pixels."""
         return mean_square(self.map(x, x_hat, sigma, psf_sigma_pixels, valid), valid)
+
+    def from_fit(self, fit_map: Tensor, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """A score drawn by the fit: its (N,) float64 values, the sum of squares of the fit's
+        map (N, 1, H, W) over the valid pixels, and that map, zero at masked pixels."""
+        m = fit_map.float() if valid is None else fit_map.float() * valid
+        return m.flatten(1).double().pow(2).sum(dim=1), m
 
     def map(
         self,
@@ -71,7 +87,7 @@ class Score:
 
 SCORES: dict[str, Score] = {}
 # The order ties are broken in when choosing a default score (the physics' best first).
-PREFERENCE = ("chi2_psf_light", "chi2_psf", "chi2", "mse")
+PREFERENCE = ("imaging_gain", "chi2_psf_light", "chi2_psf", "chi2", "mse")
 LIGHT_REGION_SIGMA = 1.0  # chi2_psf_light: light above this many sigma over the background
 
 
@@ -91,8 +107,24 @@ def get_score(name: str) -> Score:
 
 
 def list_scores() -> list[str]:
-    """Registered score names, sorted."""
+    """Registered score names, sorted (those drawn by a fit among them: `scores_for`)."""
     return sorted(SCORES)
+
+
+def scores_for(model: object | None) -> list[str]:
+    """The scores `model` can be scored by, sorted: every score of (image, reconstruction,
+    noise map), and those drawn by a fit that the model's `fit_scores` names (None: the
+    former alone, for a reconstruction with no model behind it)."""
+    drawn = set(getattr(model, "fit_scores", ()))
+    return [n for n in list_scores() if not SCORES[n].drawn_by_fit or n in drawn]
+
+
+def check_offered(model: object, names: Iterable[str], model_name: str) -> None:
+    """ScoreNotOfferedError if a score in `names` (registered) is one `model` cannot draw."""
+    offered = scores_for(model)
+    for name in names:
+        if name not in offered:
+            raise ScoreNotOfferedError(get_score(name).name, model_name, offered)
 
 
 def mean_square(m: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -185,6 +217,27 @@ register_score(
 )
 
 
+def _drawn_by_fit_map(
+    x: Tensor, x_hat: Tensor, sigma: Tensor | None, psf: float, valid: Tensor | None
+) -> Tensor:
+    raise ValueError(
+        "this score is drawn by a model's own fit, not by (image, reconstruction): "
+        "compute_scores takes its map from the model (fit_maps)"
+    )
+
+
+register_score(
+    Score(
+        "imaging_gain",
+        "the chi-square gained at the fitted smooth lens by freeing the lens and adding the "
+        "best blob of mass (gravitational imaging's tests; drawn by LensFit 2's fit)",
+        _drawn_by_fit_map,
+        True,
+        drawn_by_fit=True,
+    )
+)
+
+
 @dataclass
 class ScoreValues:
     """Scores of a batch: name -> (N,) float64, and the requested map (N, 1, H, W) or None.
@@ -269,19 +322,42 @@ def compute_scores(
     map_of: str | None = None,
     sigma: Tensor | None = None,
     valid: Tensor | None = None,
+    fit_maps: dict[str, Tensor] | None = None,
 ) -> ScoreValues:
     """Every score in `names` (and the map of `map_of`) for images x and reconstructions x_hat,
     both (N, 1, H, W). `sigma` (N, 1, H, W) is the noise map (infinite where a pixel has no
     weight); None: estimated once, from x, when a score needs it. `valid` (N, 1, H, W) bool
-    marks the pixels that count; None: all."""
+    marks the pixels that count; None: all. `fit_maps`: the maps (N, 1, H, W) the model's fit
+    drew for the scores `drawn_by_fit` among them (`LensFit2.reconstruct_with_fit_maps`)."""
     wanted = [get_score(n) for n in dict.fromkeys(names)]
     shown = get_score(map_of) if map_of is not None else None
     if sigma is None:  # needed by the noise-aware scores and by every score's applicability
         sigma = estimate_noise(x.float(), psf_sigma_pixels)
-    values = {s.name: s(x, x_hat, sigma, psf_sigma_pixels, valid) for s in wanted}
-    m = shown.map(x, x_hat, sigma, psf_sigma_pixels, valid) if shown else None
+    drawn = {
+        s.name: s.from_fit(_fit_map(s, fit_maps), valid)
+        for s in [*wanted, *([shown] if shown else [])]
+        if s.drawn_by_fit
+    }
+    values = {
+        s.name: drawn[s.name][0] if s.drawn_by_fit else s(x, x_hat, sigma, psf_sigma_pixels, valid)
+        for s in wanted
+    }
+    m = None
+    if shown is not None:
+        m = (
+            drawn[shown.name][1]
+            if shown.drawn_by_fit
+            else shown.map(x, x_hat, sigma, psf_sigma_pixels, valid)
+        )
     detected = signal_detected(x, sigma, psf_sigma_pixels, valid)
     reasons = applicability(
         [s.name for s in wanted], x_hat, sigma, psf_sigma_pixels, detected, valid
     )
     return ScoreValues(values=values, residual_map=m, not_applicable=reasons)
+
+
+def _fit_map(score: Score, fit_maps: dict[str, Tensor] | None) -> Tensor:
+    """The map the model's fit drew for `score`; ValueError when the caller brought none."""
+    if fit_maps is None or score.name not in fit_maps:
+        raise ValueError(f"score {score.name!r} is drawn by the model's fit: pass its fit_maps")
+    return fit_maps[score.name]

@@ -48,6 +48,9 @@ class AnomalyModel(nn.Module):
     # physics: LensFit): an image of another pixel scale is then fitted on its own pixels
     # (`reconstruct_with_noise(pixel_scale=...)`), not resampled to the model's.
     renders_any_grid: ClassVar[bool] = False
+    # The scores drawn by the model's own fit that it offers (`deeplense.scores.scores_for`;
+    # LensFit 2: "imaging_gain"), drawn by `reconstruct_with_fit_maps`.
+    fit_scores: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -79,6 +82,22 @@ class AnomalyModel(nn.Module):
         n x n pixels of that scale). The default ignores all three; a model of the physics
         (LensFit) overrides it."""
         return self.reconstruct(x)
+
+    def reconstruct_with_fit_maps(
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        names: tuple[str, ...],
+        psf_sigma_pixels: float | None = None,
+        pixel_scale: float | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """`reconstruct_with_noise` and, from the same fit, the map (N, 1, H, W) of each score
+        in `names` (a subset of `fit_scores`) that the fit draws, in noise sigmas, its sum of
+        squares the score (`deeplense.scores.Score.from_fit`). The default draws none; a
+        model with `fit_scores` overrides it."""
+        if names:
+            raise ValueError(f"{self.architecture} draws no score of its own fit: {names}")
+        return self.reconstruct_with_noise(x, sigma, psf_sigma_pixels, pixel_scale), {}
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """Training objective on a batch (N, 1, H, W): {"loss": scalar, other parts...}."""

@@ -48,6 +48,7 @@ from deeplense.lensing.flexible import (
     FlexibleLens,
 )
 from deeplense.lensing.flexible_fit import FlexibleFit, GaussianPrior, fit_flexible
+from deeplense.lensing.perturbation import PerturbationConfig, perturbation_test
 from deeplense.noise import estimate_noise
 from deeplense.observation import model_grid_view, own_grid_supersampling
 from models.base import AnomalyModel
@@ -72,6 +73,9 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 assert tuple(RANGES) == NAMES
 PSF_TRUNCATE = 4.0  # the Gaussian PSF kernel's half side, in its sigmas
+# imaging_gain's tests (`deeplense.lensing.perturbation`): the default blobs, without the
+# joint test over all of them (imaging_gain does not use it; it was half the tests' time).
+SERVED_TESTS = PerturbationConfig(joint=False)
 # Learning the prior: refits in chunks of this many images (memory: the Jacobian is
 # chunk x pixels x 13 floats, the design chunk x pixels x K).
 PRIOR_FIT_CHUNK = 8
@@ -205,6 +209,7 @@ class LensFit2(AnomalyModel):
     Config = LensFit2Config
     uses_noise_map = True
     renders_any_grid = True
+    fit_scores = ("imaging_gain",)
     lo: Tensor  # (13,) buffers: range starts and widths; the prior on physical parameters
     span: Tensor
     prior_mean: Tensor
@@ -282,6 +287,50 @@ class LensFit2(AnomalyModel):
         return self.refine(
             x, sigma, self.encoder_start(x, pixel_scale), psf_sigma_pixels, pixel_scale
         )
+
+    def reconstruct_with_fit_maps(
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        names: tuple[str, ...],
+        psf_sigma_pixels: float | None = None,
+        pixel_scale: float | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """`reconstruct_with_noise` and, at the same fit, imaging_gain's map (N, 1, H, W)
+        float32 when `names` asks for it: gravitational imaging's tests at the fitted lens
+        (`deeplense.lensing.perturbation`, its default blobs), the whitened residual's part
+        that freeing the lens and adding the best blob of mass explain, in noise sigmas."""
+        unknown = sorted(set(names) - set(self.fit_scores))
+        if unknown:
+            raise ValueError(f"lensfit2 draws no score {', '.join(unknown)} of its fit")
+        if not names:
+            return self.reconstruct_with_noise(x, sigma, psf_sigma_pixels, pixel_scale), {}
+        scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
+        psf_sigma = self.psf_sigma_pixels if psf_sigma_pixels is None else psf_sigma_pixels
+        start = self.encoder_start(x, pixel_scale)
+        with torch.autocast(x.device.type, enabled=False):
+            x64, sigma64 = x.detach().double().clone(), sigma.detach().double().clone()
+            theta, model = self.refined_lens(x64, sigma64, start, psf_sigma, scale)
+            gain = self.imaging_gain_maps(x64, sigma64, theta, psf_sigma, scale)
+        return model.clamp(0.0, 1.0).float(), {"imaging_gain": gain.float()}
+
+    def imaging_gain_maps(
+        self, x64: Tensor, sigma64: Tensor, theta: Tensor, psf_sigma: float, pixel_scale: float
+    ) -> Tensor:
+        """imaging_gain's map (N, 1, n, n) float64 of images x64 (N, 1, n, n) with noise
+        sigma64 at their fitted parameters theta (N, 13), through a Gaussian PSF of
+        `psf_sigma` pixels on a grid of `pixel_scale` arcsec; one image at a time (the tests'
+        templates are per image)."""
+        lens = self.lens_on(x64.shape[-1], pixel_scale)
+        psf = self.psf_kernel(psf_sigma).double()
+        maps = []
+        for i in range(len(x64)):
+            x, sigma, at = x64[i : i + 1], sigma64[i : i + 1], theta[i : i + 1].double()
+            linear = lens.fit_linear(at, x, sigma, psf)
+            test = perturbation_test(lens, at, x, sigma, psf, SERVED_TESTS, linear)
+            assert test.gain_map is not None
+            maps.append(test.gain_map.view_as(x))
+        return torch.cat(maps)
 
     def lens_on(self, side: int, pixel_scale: float | None = None) -> FlexibleLens:
         """The flexible lens on a grid of `side` pixels of `pixel_scale` arcsec (None: the

@@ -15,7 +15,7 @@ import torch
 import models
 from deeplense.calibration import Calibration, calibration_from_scores
 from deeplense.inference import score_array
-from deeplense.scores import list_scores
+from deeplense.scores import SCORES, scores_for
 from models.base import TINY_IMAGE_SIZE, AnomalyModel
 from models.card import CheckpointConfig, config_for
 from models.checkpoint import save_checkpoint
@@ -62,9 +62,17 @@ def tiny_images(n: int, seed: int = 0, size: int = TINY_SIZE) -> np.ndarray:
     return np.stack(images)
 
 
+def serving_model(score: str, pure: str = "vae") -> str:
+    """A registered model that can be scored by `score`: `pure` for a score of (image,
+    reconstruction, noise map), else the first model whose fit draws it."""
+    if not SCORES[score].drawn_by_fit:
+        return pure
+    return next(n for n in models.list_models() if score in model_class(n).fit_scores)
+
+
 def tiny_calibrations(model: AnomalyModel, fpr: float = 0.05) -> dict[str, Calibration]:
     """Every score's calibration of `model` on tiny normal images (quantiles, threshold)."""
-    scored = score_array(model, tiny_images(64, seed=123), scores=list_scores())
+    scored = score_array(model, tiny_images(64, seed=123), scores=scores_for(model))
     return {
         name: calibration_from_scores(values, fpr=fpr, dataset="tiny")
         for name, values in scored.scores.items()

@@ -21,7 +21,7 @@ from deeplense.errors import DatasetError
 from deeplense.inference import score_array, score_observations
 from deeplense.instrument import Instrument
 from deeplense.observation import Observation
-from deeplense.scores import list_scores
+from deeplense.scores import scores_for
 from deeplense.vocabulary import LABELS, MANIFEST_FILE, NORMAL, read_manifest
 from models.base import AnomalyModel
 from models.checkpoint import LoadedCheckpoint
@@ -54,7 +54,7 @@ def calibrate_model(
     the same images prepared with their own instrument, then what is scored."""
     if NORMAL not in val or len(val[NORMAL]) < 2:
         raise DatasetError(f"calibration needs at least two {NORMAL} validation images")
-    names = list_scores()
+    names = scores_for(model)
     scored = {
         cls: (
             score_observations(

@@ -37,7 +37,7 @@ from deeplense.device import resolve_device
 from deeplense.errors import CheckpointError, DatasetError
 from deeplense.inference import score_array, score_observations
 from deeplense.observation import Observation, RequestInstrument
-from deeplense.scores import list_scores
+from deeplense.scores import scores_for
 from deeplense.vocabulary import CLASSES, NORMAL, dataset_instrument, dataset_name, manifest_sha256
 from models.checkpoint import (
     LoadedCheckpoint,
@@ -145,7 +145,7 @@ def evaluate_model(
     what is scored, the images only shown and health-checked."""
     model = loaded.model
     config = loaded.config
-    names = list_scores()
+    names = scores_for(model)
     per_score: dict[str, dict[str, np.ndarray]] = {n: {} for n in names}
     w1: dict[str, np.ndarray] = {}
     examples: dict[str, Examples] = {}

@@ -10,7 +10,7 @@ from app.schemas import ErrorBody
 from app.served import ServedModel
 from app.service import ModelService
 from deeplense.calibration import Calibration
-from deeplense.scores import list_scores
+from deeplense.scores import scores_for
 
 router = APIRouter(prefix="/models", tags=["models"], dependencies=[Depends(require_api_key)])
 
@@ -50,7 +50,7 @@ def model_card(service: ModelService, served: ServedModel) -> ModelCard:
         input=config.input,
         default_score=config.default_score,
         default_score_reason=config.default_score_reason,
-        scores=list_scores(),
+        scores=scores_for(served.checkpoint.model),
         calibration=summaries.get(config.default_score),
         calibrations=summaries,
         metrics=config.metrics,

@@ -176,18 +176,22 @@
   }
 
   /** The score menu: "model's default" plus every score the loaded models compute, and
-   *  its help line naming them. */
+   *  its help line naming them (a score only some models' fits draw, said so). */
   function fillScores(cards) {
     const names = [];
     for (const card of cards) {
       for (const s of card.scores || []) if (!names.includes(s)) names.push(s);
     }
-    const noiseAware = names.filter((n) => n !== "mse");
+    const partial = names.filter((n) => !cards.every((c) => (c.scores || []).includes(n)));
+    const noiseAware = names.filter((n) => n !== "mse" && !partial.includes(n));
     if (names.length > 0) {
       const parts = [];
       if (names.includes("mse")) parts.push("mse is the study's score (mean squared error)");
       if (noiseAware.length > 0) {
         parts.push(`${noiseAware.join(", ")} weigh the residual by the noise estimated from each image`);
+      }
+      if (partial.length > 0) {
+        parts.push(`${partial.join(", ")}: drawn by the fit of the models that offer it`);
       }
       scoreHelp.textContent = `${parts.join("; ")}. The flag is judged by the chosen score.`;
     }
@@ -217,10 +221,25 @@
     return typeof value === "number" ? { score: named, value } : null;
   }
 
+  /** Enable in the score menu only the scores the chosen model (the ensemble: every member)
+   *  can be scored by; a chosen score it cannot draw falls back to the model's default. */
+  function offerScores(name) {
+    const members = name === "ensemble" && catalogue.ensemble ? catalogue.ensemble.members : [name];
+    const cards = members.map((m) => catalogue.cards[m]).filter(Boolean);
+    for (const option of scoreSelect.options) {
+      if (!option.value) continue;
+      option.disabled =
+        cards.length > 0 && !cards.every((c) => (c.scores || []).includes(option.value));
+    }
+    const chosen = scoreSelect.selectedOptions[0];
+    if (chosen && chosen.disabled) scoreSelect.value = "";
+  }
+
   /** One line under the model menu: input size, default score, its threshold and FPR, and
    *  the measured AUC of the chosen score, with a caveat when that AUC is near chance. */
   function describeModel() {
     const name = modelSelect.value;
+    offerScores(name);
     const parts = [];
     if (name === "ensemble" && catalogue.ensemble) {
       const e = catalogue.ensemble;

@@ -33,7 +33,7 @@ Units: arcsec; one image at a time (x (1, 1, n, n)): the templates are per image
 the flexible lens's (`deeplense.lensing.flexible`).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -71,7 +71,9 @@ class PerturbationTest:
     (the best blob's), at `best` (x, y) arcsec with amplitude theta_sub^2 `amplitude`
     arcsec^2 (0: no blob of positive mass improves the fit); the joint test's
     `improvement`, its noise expectation `dof` and `excess` (0 when not computed); the
-    blobs' count."""
+    blobs' count; `gain_map` (n*n,) float64: the whitened residual's part that imaging_gain
+    counts (its part along the Jacobian plus its part along the best blob's template),
+    noise sigmas per pixel, its sum of squares imaging_gain."""
 
     tension: float
     scan: float
@@ -81,6 +83,7 @@ class PerturbationTest:
     dof: float
     excess: float
     blobs: int
+    gain_map: Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def imaging_gain(self) -> float:
@@ -153,13 +156,12 @@ def disc_centres(theta: Tensor, config: PerturbationConfig) -> Tensor:
 
 
 def _remove_span(columns: Tensor, basis: Tensor) -> Tensor:
-    """columns (M, R) less their least-squares projection on basis (M, B), float64."""
-    gram = basis.T @ basis
-    jitter = 1e-10 * gram.diagonal().mean().clamp_min(1e-30)
-    coef = torch.linalg.solve(
-        gram + jitter * torch.eye(len(gram), dtype=gram.dtype), basis.T @ columns
-    )
-    return columns - basis @ coef
+    """columns (M, R) less their orthogonal projection on the span of basis (M, B), float64:
+    through an orthonormal basis of it (Householder QR), so the parts removed and left are
+    orthogonal to rounding however ill-conditioned the basis (the Jacobian's columns nearly
+    repeat: cond up to 1e12); imaging_gain's map sums to tension + scan exactly."""
+    q, _ = torch.linalg.qr(basis)  # (M, B), orthonormal columns
+    return columns - q @ (q.T @ columns)
 
 
 def templates(
@@ -186,7 +188,22 @@ def perturbation_test(
 ) -> PerturbationTest:
     """The subhalo test (module doc) of one image x (1, 1, n, n), noise sigma (same shape),
     at the fitted smooth lens theta (1, 13), through the PSF (k, k); `linear`:
-    `lens.fit_linear`'s answer at theta, if known."""
+    `lens.fit_linear`'s answer at theta, if known. Works under torch.inference_mode too (the
+    Jacobian is forward-mode: it runs outside it, on copies)."""
+    with torch.inference_mode(False), torch.no_grad():
+        theta, x, sigma, psf = theta.clone(), x.clone(), sigma.clone(), psf.clone()
+        return _perturbation_test(lens, theta, x, sigma, psf, config, linear)
+
+
+def _perturbation_test(
+    lens: FlexibleLens,
+    theta: Tensor,
+    x: Tensor,
+    sigma: Tensor,
+    psf: Tensor,
+    config: PerturbationConfig,
+    linear: LinearFit | None,
+) -> PerturbationTest:
     linear = linear if linear is not None else lens.fit_linear(theta, x, sigma, psf)
     equations = linear.equations
     weight = equations.weight  # (1, M, 1)
@@ -201,9 +218,11 @@ def perturbation_test(
     whitened = (residual * weight)[0]  # (M, 1)
     jac = lens.jacobian(theta, x, sigma, psf, linear=linear).double()[0]  # (M, 13)
     r = _remove_span(whitened, jac)[:, 0]  # (M,)
-    tension = float(whitened.square().sum() - r.square().sum())
+    along = whitened[:, 0] - r  # (M,) the residual's part along the Jacobian
+    tension = float(along.square().sum())
     if len(centres) == 0:
-        return PerturbationTest(tension, 0.0, (0.0, 0.0), 0.0, 0.0, 0.0, 0.0, 0)
+        along = along * (weight[0, :, 0] > 0)
+        return PerturbationTest(tension, 0.0, (0.0, 0.0), 0.0, 0.0, 0.0, 0.0, 0, along)
     g = templates(lens, theta_b, coef_b, psf_b, centres, config.width).double() * weight
     g = _remove_span((g - equations.absorbed(g))[0], jac)  # (M, K)
     b = g.T @ r  # (K,)
@@ -220,8 +239,18 @@ def perturbation_test(
         dof = float(torch.linalg.solve(regularised, c).diagonal().sum())
         excess = (improvement - dof) / max(2.0 * dof, 1e-12) ** 0.5
     amplitude = float(b[k].clamp_min(0.0) / norms[k])
+    gain_map = along + g[:, k] * amplitude  # the best blob's part: g_k (g_k . r) / |g_k|^2
+    gain_map = gain_map * (weight[0, :, 0] > 0)  # exact zeros where masked (QR's rounding)
     return PerturbationTest(
-        tension, float(gains[k]), best, amplitude, improvement, dof, excess, len(centres)
+        tension,
+        float(gains[k]),
+        best,
+        amplitude,
+        improvement,
+        dof,
+        excess,
+        len(centres),
+        gain_map,
     )
 
 

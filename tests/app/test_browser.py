@@ -171,6 +171,26 @@ def test_upload_page_scores_by_a_chosen_noise_aware_score(page: Page, tmp_path: 
     assert "noise σ" in card.locator(".residual-caption").inner_text()
 
 
+def test_upload_page_offers_a_score_drawn_by_a_fit_only_for_a_model_that_draws_it(
+    page: Page, tmp_path: Path
+) -> None:
+    def disabled() -> dict[str, bool]:
+        return dict(
+            page.eval_on_selector_all("#score option", "os => os.map(o => [o.value, o.disabled])")
+        )
+
+    assert "imaging_gain" in page.inner_text("#score-help")
+    page.select_option("#model", "lensfit2")
+    assert disabled()["imaging_gain"] is False
+    page.select_option("#score", "imaging_gain")
+    cards = _submit(page, [_write_npy(tmp_path / "lens.npy")], "lensfit2", n_cards=1)
+    assert float(cards[0]["score"]) > 0
+    assert page.locator(".m-score-name").first.inner_text() == "Anomaly score (imaging_gain)"
+    page.select_option("#model", "vae")  # its fit draws no imaging_gain: back to the default
+    assert disabled()["imaging_gain"] is True and disabled()["chi2"] is False
+    assert page.input_value("#score") == ""
+
+
 def test_upload_page_shows_an_unreadable_file_inline(page: Page, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.fits"
     corrupt.write_bytes(b"SIMPLE  = this is not a FITS file" + bytes(range(256)))

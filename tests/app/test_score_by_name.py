@@ -16,7 +16,7 @@ from deeplense.scores import list_scores
 from models.checkpoint import CONFIG_FILE, load_checkpoint, read_config
 from tests.app.conftest import image, make_settings, started, upload
 from tests.app.test_score import decode_png
-from tests.conftest import tiny_images
+from tests.conftest import serving_model, tiny_images
 from tests.encode import fits_bytes, npy_bytes
 from training.__main__ import main
 from training.evaluate import evaluate_checkpoints
@@ -32,16 +32,19 @@ def test_served_equals_the_cli_and_score_array_for_every_score(
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     out = tmp_path / "scores.csv"
-    argv = ["score", "--checkpoints", str(tiny_checkpoints), "--model", "vae", "--score", score]
+    model_name = serving_model(score)  # vae, or for a score drawn by a fit, a model drawing it
+    argv = [
+        "score", "--checkpoints", str(tiny_checkpoints), "--model", model_name, "--score", score
+    ]  # fmt: skip
     assert main([*argv, *(str(tmp_path / n) for n in files), "--out", str(out)]) == 0
     with out.open() as fh:
         cli = {Path(row["filename"]).name: row for row in csv.DictReader(fh)}
     uploads = [upload(n, d) for n, d in files.items()]
-    response = client.post("/score", params={"model": "vae", "score": score}, files=uploads)
+    response = client.post("/score", params={"model": model_name, "score": score}, files=uploads)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["score"] == score and body["threshold_units"] == "score"
-    calibration = read_config(tiny_checkpoints / "vae").calibrations[score]
+    calibration = read_config(tiny_checkpoints / model_name).calibrations[score]
     for result in body["results"]:
         row = cli[result["filename"]]
         assert row["score"] == result["score"] == score
@@ -59,7 +62,7 @@ def test_served_equals_the_cli_and_score_array_for_every_score(
         assert row["is_anomaly"].lower() == str(result["is_anomaly"]).lower()
         assert result["is_anomaly"] == (result["anomaly_score"] > result["threshold"])
     # ...and score_array on the same input (what evaluate uses):
-    model = load_checkpoint(tiny_checkpoints / "vae").model
+    model = load_checkpoint(tiny_checkpoints / model_name).model
     x = np.stack([image(7)[None]])
     direct = score_array(model, x, scores=[score]).scores[score]
     assert body["results"][0]["anomaly_score"] == pytest.approx(float(direct[0]), rel=1e-6)
@@ -76,18 +79,20 @@ def test_evaluated_auc_equals_the_auc_of_the_served_scores(
     for cls, x in stacks.items():
         np.save(data / "test" / f"{cls}.npy", x[:, 0])
     (data / "manifest.json").write_text(json.dumps({"dataset": "model_a"}))
-    evaluated = evaluate_checkpoints(tiny_checkpoints, data, device="cpu", names=["dcae"])
+    model_name = serving_model(score, pure="dcae")
+    evaluated = evaluate_checkpoints(tiny_checkpoints, data, device="cpu", names=[model_name])
     served: dict[str, list[float]] = {}
     for cls, x in stacks.items():
         uploads = [upload(f"{cls}{i}.npy", npy_bytes(img[0])) for i, img in enumerate(x)]
-        params = {"model": "dcae", "score": score, "include_images": "false"}
+        params = {"model": model_name, "score": score, "include_images": "false"}
         results = client.post("/score", params=params, files=uploads).json()["results"]
         served[cls] = [r["anomaly_score"] for r in results]
     normal = np.array(served["no_sub"])
     anomalous = np.array(served["sphere"] + served["vort"])
     # AUC by its definition: P(anomalous > normal) + P(tie) / 2.
     auc = np.mean([(a > n) + 0.5 * (a == n) for a in anomalous for n in normal])
-    assert evaluated.models["dcae"].metrics[f"auc_{score}_sub"] == pytest.approx(auc, abs=1e-9)
+    metrics = evaluated.models[model_name].metrics
+    assert metrics[f"auc_{score}_sub"] == pytest.approx(auc, abs=1e-9)
 
 
 def test_a_noise_aware_score_returns_its_map_in_noise_units(client: TestClient) -> None:
@@ -125,6 +130,41 @@ def test_an_unknown_score_is_422_listing_the_valid_ones(client: TestClient) -> N
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert "ssim" in detail and all(s in detail for s in SCORES)
+
+
+def test_a_score_drawn_by_a_fit_is_422_for_a_model_or_ensemble_without_it(
+    client: TestClient,
+) -> None:
+    files = [upload("a.npy", npy_bytes(image(1)))]
+    for model in ("vae", "ensemble"):
+        response = client.post(
+            "/score", params={"model": model, "score": "imaging_gain"}, files=files
+        )
+        assert response.status_code == 422, response.text
+        detail = response.json()["detail"]
+        assert "imaging_gain" in detail and "cannot draw" in detail and "chi2_psf" in detail
+    assert "imaging_gain" not in client.get("/models/vae").json()["scores"]
+    assert "imaging_gain" in client.get("/models/lensfit2").json()["scores"]
+
+
+def test_a_score_drawn_by_a_fit_is_served_with_its_map_in_noise_units(
+    client: TestClient, tiny_checkpoints: Path
+) -> None:
+    files = [upload("a.npy", npy_bytes(image(2)))]
+    params = {"model": "lensfit2", "score": "imaging_gain"}
+    result = client.post("/score", params=params, files=files).json()["results"][0]
+    assert result["score"] == "imaging_gain" and result["anomaly_score"] > 0
+    assert result["residual_units"] == "sigma"
+    plain = client.post("/score", params={"model": "lensfit2", "score": "chi2"}, files=files)
+    chi2 = plain.json()["results"][0]
+    # one fit: the same reconstruction, whichever score is asked for
+    assert result["reconstruction"] == chi2["reconstruction"]
+    assert result["reconstruction_loss"] == chi2["reconstruction_loss"]
+    model = load_checkpoint(tiny_checkpoints / "lensfit2").model
+    direct = score_array(model, image(2)[None, None], scores=["imaging_gain"])
+    assert result["anomaly_score"] == pytest.approx(
+        float(direct.scores["imaging_gain"][0]), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("score", ["chi2", "chi2_psf_light"])

@@ -153,3 +153,24 @@ def test_no_blob_means_no_evidence(radius: float) -> None:
         assert found.blobs == 0 and found.excess == 0.0 and found.scan == 0.0
     else:
         assert found.blobs == 1  # the grid's one point within the disc: the lens centre
+
+
+def test_the_gain_map_is_the_part_of_the_residual_the_gain_counts_and_shows_the_blob() -> None:
+    """imaging_gain's map (what the service shows and sums): its sum of squares is tension +
+    scan, masked pixels (infinite sigma) are zero in it, and its brightest pixel lies by
+    the blob."""
+    theta, coef = lens(), coefficients()
+    clean = draw(theta, coef, (0.9, 0.3, 0.01))
+    sigma = torch.full_like(clean, NOISE)
+    sigma[..., :4, :] = math.inf  # four masked rows
+    g = torch.Generator().manual_seed(5)
+    x = clean + NOISE * torch.randn(clean.shape, generator=g, dtype=torch.float64)
+    found = perturbation_test(LENS, theta, x, sigma, PSF, TEST)
+    assert found.gain_map is not None and found.gain_map.shape == (CONFIG.image_size**2,)
+    gain = float(found.gain_map.square().sum())
+    assert math.isclose(gain, found.imaging_gain, rel_tol=1e-9)
+    m = found.gain_map.view(CONFIG.image_size, CONFIG.image_size)
+    assert float(m[:4].abs().max()) == 0.0
+    gx, gy = image_grid(CONFIG, theta)
+    k = int(m.abs().flatten().argmax())
+    assert math.dist((float(gx.flatten()[k]), float(gy.flatten()[k])), (0.9, 0.3)) < 0.4

@@ -5,8 +5,16 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from deeplense.errors import UnknownScoreError
-from deeplense.scores import SCORES, compute_scores, get_score, list_scores, psf_filter
+from deeplense.errors import ScoreNotOfferedError, UnknownScoreError
+from deeplense.scores import (
+    SCORES,
+    check_offered,
+    compute_scores,
+    get_score,
+    list_scores,
+    psf_filter,
+    scores_for,
+)
 
 PSF = 2.0  # pixels
 
@@ -65,12 +73,40 @@ def test_the_matched_filter_equals_scipy_and_prefers_a_psf_wide_bump() -> None:
 def test_compute_scores_gives_every_score_and_the_map_asked_for() -> None:
     x = torch.rand((3, 1, 48, 48))
     x_hat = (x + 0.01 * torch.randn_like(x)).clamp(0, 1)
-    out = compute_scores(x, x_hat, list(SCORES), PSF, map_of="chi2_psf")
-    assert set(out.values) == set(SCORES)
+    pure = scores_for(None)  # the scores of (image, reconstruction, noise map)
+    assert set(pure) == {n for n, s in SCORES.items() if not s.drawn_by_fit}
+    out = compute_scores(x, x_hat, pure, PSF, map_of="chi2_psf")
+    assert set(out.values) == set(pure)
     assert all(v.shape == (3,) and v.dtype == torch.float64 for v in out.values.values())
     assert out.residual_map is not None and out.residual_map.shape == (3, 1, 48, 48)
     mean_square = out.residual_map.double().pow(2).flatten(1).mean(1)
     torch.testing.assert_close(mean_square, out.values["chi2_psf"])  # map and score agree
+
+
+class _Fits:
+    fit_scores = ("imaging_gain",)
+
+
+def test_a_score_drawn_by_a_fit_is_its_maps_sum_of_squares_over_the_valid_pixels() -> None:
+    x = torch.rand((2, 1, 16, 16))
+    fit_map = torch.randn((2, 1, 16, 16))
+    valid = torch.ones((2, 1, 16, 16), dtype=torch.bool)
+    valid[1, :, :5] = False
+    out = compute_scores(
+        x, x, ["imaging_gain", "chi2"], PSF, map_of="imaging_gain", valid=valid,
+        fit_maps={"imaging_gain": fit_map},
+    )  # fmt: skip
+    expected = (fit_map.double() * valid).pow(2).flatten(1).sum(1)
+    torch.testing.assert_close(out.values["imaging_gain"], expected)
+    assert out.residual_map is not None and float(out.residual_map[1, :, :5].abs().max()) == 0
+    with pytest.raises(ValueError, match="drawn by the model's fit"):
+        compute_scores(x, x, ["imaging_gain"], PSF)  # no fit behind it
+    with pytest.raises(ValueError, match="drawn by a model's own fit"):
+        get_score("imaging_gain")(x, x, None, PSF)
+    assert "imaging_gain" in scores_for(_Fits()) and "imaging_gain" not in scores_for(object())
+    check_offered(_Fits(), ["imaging_gain", "mse"], "fits")
+    with pytest.raises(ScoreNotOfferedError, match="'plain' cannot draw score 'imaging_gain'"):
+        check_offered(object(), ["mse", "imaging_gain"], "plain")
 
 
 def test_chi2_psf_light_counts_only_where_the_reconstruction_has_light() -> None:

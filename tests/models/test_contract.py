@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import models
-from deeplense.errors import UnknownModelError
+from deeplense.errors import ScoreNotOfferedError, UnknownModelError
 from deeplense.inference import score_array
-from deeplense.scores import list_scores
+from deeplense.scores import SCORES, scores_for
 from models.base import AnomalyModel, is_training_only
 from models.card import config_for
 from models.checkpoint import load_checkpoint, save_checkpoint
@@ -25,8 +25,9 @@ def _batch(n: int = 6, seed: int = 0) -> torch.Tensor:
 
 
 def _scores(model: AnomalyModel, x: torch.Tensor, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Every registered score of each image, (N,) float64 each, as production computes it."""
-    scored = score_array(model, x.numpy(), batch_size=batch_size, scores=list_scores())
+    """Every score the model offers of each image, (N,) float64 each, as production computes
+    it."""
+    scored = score_array(model, x.numpy(), batch_size=batch_size, scores=scores_for(model))
     return {"w1": scored.w1, **scored.scores}
 
 
@@ -55,6 +56,30 @@ def test_every_score_is_finite_per_image(model_name: str) -> None:
         assert values.shape == (5,), name
         assert np.isfinite(values).all(), name
         assert (values >= 0).all(), name
+
+
+def test_scores_drawn_by_the_fit_come_from_the_reconstructions_fit_or_are_refused(
+    model_name: str,
+) -> None:
+    """A score drawn by a model's fit is the sum of squares of the map it draws, with the very
+    reconstruction the model gives without it; a model refuses one it does not draw."""
+    model = tiny_model(model_name)
+    x = _batch(3).numpy()
+    drawn = [n for n, s in SCORES.items() if s.drawn_by_fit]
+    offered = [n for n in drawn if n in scores_for(model)]
+    assert offered == [n for n in drawn if n in model.fit_scores]
+    plain = score_array(model, x, keep_reconstructions=True).reconstruction
+    for name in drawn:
+        if name not in offered:
+            with pytest.raises(ScoreNotOfferedError, match=name):
+                score_array(model, x, scores=[name])
+            continue
+        scored = score_array(model, x, scores=[name], map_of=name, keep_reconstructions=True)
+        assert isinstance(scored.residual_map, np.ndarray) and scored.residual_map.shape == x.shape
+        sums = np.square(scored.residual_map.astype(np.float64)).reshape(3, -1).sum(axis=1)
+        np.testing.assert_allclose(scored.scores[name], sums, rtol=1e-5, err_msg=name)
+        assert np.isfinite(scored.scores[name]).all() and (scored.scores[name] > 0).all()
+        np.testing.assert_array_equal(scored.reconstruction, plain, err_msg=name)
 
 
 def test_eval_mode_is_deterministic(model_name: str) -> None:

@@ -148,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     from deeplense.decode_client import TimedDecoder
     from deeplense.device import resolve_device
     from deeplense.errors import CheckpointError, OutputExistsError, UnknownModelError
+    from deeplense.scores import check_offered
     from models.checkpoint import find_checkpoints, load_checkpoint
     from training.batch_score import score_files, shard_files, write_csv
     from training.datasets import find_image_files
@@ -163,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     loaded = load_checkpoint(found[args.model], device=device)
     score = args.score or loaded.config.default_score
+    check_offered(loaded.model, [score], args.model)  # a score another model's fit draws
     if args.threshold is None and loaded.config.calibration_for(score) is None:
         log.warning(
             "%s has no calibration of score %s: threshold, is_anomaly and percentile stay "
