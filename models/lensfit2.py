@@ -74,7 +74,7 @@ RANGES: dict[str, tuple[float, float]] = {
 assert tuple(RANGES) == NAMES
 PSF_TRUNCATE = 4.0  # the Gaussian PSF kernel's half side, in its sigmas
 # imaging_gain's tests (`deeplense.lensing.perturbation`): the default blobs, without the
-# joint test over all of them (imaging_gain does not use it; it was half the tests' time).
+# joint test over all of them (imaging_gain does not use it; a third of the tests' time).
 SERVED_TESTS = PerturbationConfig(joint=False)
 # Learning the prior: refits in chunks of this many images (memory: the Jacobian is
 # chunk x pixels x 13 floats, the design chunk x pixels x K).
