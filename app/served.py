@@ -108,14 +108,17 @@ def load_served(name: str, path: Path, device: torch.device) -> ServedModel:
 
 
 def warm_up(served: ServedModel, device: torch.device) -> None:
-    """One batch of 1 (the latency path) and one of WARMUP_BATCH: the first real request does
-    not pay for allocations and kernel selection, and broken weights show here."""
+    """One batch of 1 (the latency path) and one of WARMUP_BATCH, by the default score (the
+    cost a request measures with; LensFit 2's imaging_gain quadruples it): the first real
+    request does not pay for allocations and kernel selection, and broken weights show here."""
     start = time.perf_counter()
     rng = np.random.default_rng(0)
     for n in (1, WARMUP_BATCH):
         x = rng.random((n, 1, served.size, served.size), dtype=np.float32)
         began = time.perf_counter()
-        scored = score_array(served.checkpoint.model, x, device=device, batch_size=n)
+        scored = score_array(
+            served.checkpoint.model, x, device=device, batch_size=n, scores=[served.default_score]
+        )
         if not np.all(np.isfinite(scored.loss)):
             weights = served.checkpoint.path / WEIGHTS_FILE
             raise CheckpointError(f"{weights}: the model produces non-finite output")

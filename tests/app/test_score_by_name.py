@@ -13,10 +13,10 @@ from app.main import create_app
 from app.residual_images import PIXEL_RMS_MULTIPLE
 from deeplense.inference import score_array
 from deeplense.scores import list_scores
-from models.checkpoint import CONFIG_FILE, load_checkpoint, read_config
+from models.checkpoint import CONFIG_FILE, load_checkpoint, read_config, save_checkpoint
 from tests.app.conftest import image, make_settings, started, upload
 from tests.app.test_score import decode_png
-from tests.conftest import serving_model, tiny_images
+from tests.conftest import serving_model, tiny_config, tiny_images, tiny_model
 from tests.encode import fits_bytes, npy_bytes
 from training.__main__ import main
 from training.evaluate import evaluate_checkpoints
@@ -211,6 +211,20 @@ def test_a_format_1_checkpoint_still_loads_with_the_mse_only(
         chi2 = client.post("/score?score=chi2", files=files).json()["results"][0]
         assert chi2["anomaly_score"] > 0 and chi2["threshold"] is None
         assert chi2["percentile"] is None and chi2["is_anomaly"] is None
+
+
+def test_a_card_whose_default_is_drawn_by_its_fit_warms_up_and_serves_it(tmp_path: Path) -> None:
+    """A LensFit 2 card whose default score is imaging_gain (Model A's and Model B's): the
+    service starts (its warm-up scores by that default), and a request naming no score gets
+    it, judged against its calibration."""
+    model = tiny_model("lensfit2")
+    save_checkpoint(model, tiny_config(model, "imaging_gain"), tmp_path / "lensfit2")
+    with started(create_app(make_settings(tmp_path))) as client:
+        files = [upload("a.npy", npy_bytes(image(4)))]
+        result = client.post("/score", files=files).json()["results"][0]
+        assert result["score"] == "imaging_gain" and result["threshold"] > 0
+        assert result["is_anomaly"] == (result["anomaly_score"] > result["threshold"])
+        assert client.get("/models/lensfit2").json()["default_score"] == "imaging_gain"
 
 
 def test_the_served_map_is_the_score_of_the_returned_reconstruction(
