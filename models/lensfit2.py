@@ -303,16 +303,8 @@ class LensFit2(AnomalyModel):
         unknown = sorted(set(names) - set(self.fit_scores))
         if unknown:
             raise ValueError(f"lensfit2 draws no score {', '.join(unknown)} of its fit")
-        if not names:
-            return self.reconstruct_with_noise(x, sigma, psf_sigma_pixels, pixel_scale), {}
-        scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
-        psf_sigma = self.psf_sigma_pixels if psf_sigma_pixels is None else psf_sigma_pixels
         start = self.encoder_start(x, pixel_scale)
-        with torch.autocast(x.device.type, enabled=False):
-            x64, sigma64 = x.detach().double().clone(), sigma.detach().double().clone()
-            theta, model = self.refined_lens(x64, sigma64, start, psf_sigma, scale)
-            gain = self.imaging_gain_maps(x64, sigma64, theta, psf_sigma, scale)
-        return model.clamp(0.0, 1.0).float(), {"imaging_gain": gain.float()}
+        return self.refine_with_fit_maps(x, sigma, start, psf_sigma_pixels, pixel_scale, names)
 
     def imaging_gain_maps(
         self, x64: Tensor, sigma64: Tensor, theta: Tensor, psf_sigma: float, pixel_scale: float
@@ -364,6 +356,19 @@ class LensFit2(AnomalyModel):
         MAP smooth lens (N, 1, H, W) after `coarse_steps` Levenberg-Marquardt steps on the
         image binned 2 x 2 and `refine_steps` on its pixels (none: the best lens at the
         start). bench/refine_noise.py perturbs the start with it."""
+        return self.refine_with_fit_maps(x, sigma, start, psf_sigma_pixels, pixel_scale)[0]
+
+    def refine_with_fit_maps(
+        self,
+        x: Tensor,
+        sigma: Tensor,
+        start: Tensor,
+        psf_sigma_pixels: float | None = None,
+        pixel_scale: float | None = None,
+        names: tuple[str, ...] = (),
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """`refine`, and at the same fit imaging_gain's map (N, 1, H, W) float32 when `names`
+        holds it (`reconstruct_with_fit_maps`)."""
         scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
         psf_sigma = self.psf_sigma_pixels if psf_sigma_pixels is None else psf_sigma_pixels
         with torch.autocast(x.device.type, enabled=False):
@@ -372,8 +377,12 @@ class LensFit2(AnomalyModel):
             # overlapping bases (cond 1e9-1e14) moved chi2 by 1% with the batch an image came
             # in.
             x64, sigma64 = x.detach().double().clone(), sigma.detach().double().clone()
-            _, model = self.refined_lens(x64, sigma64, start, psf_sigma, scale)
-            return model.clamp(0.0, 1.0).float()
+            theta, model = self.refined_lens(x64, sigma64, start, psf_sigma, scale)
+            maps: dict[str, Tensor] = {}
+            if "imaging_gain" in names:
+                gain = self.imaging_gain_maps(x64, sigma64, theta, psf_sigma, scale)
+                maps["imaging_gain"] = gain.float()
+            return model.clamp(0.0, 1.0).float(), maps
 
     def refined_lens(
         self, x64: Tensor, sigma64: Tensor, start: Tensor, psf_sigma: float, pixel_scale: float

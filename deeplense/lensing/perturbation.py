@@ -218,10 +218,10 @@ def _perturbation_test(
     whitened = (residual * weight)[0]  # (M, 1)
     jac = lens.jacobian(theta, x, sigma, psf, linear=linear).double()[0]  # (M, 13)
     r = _remove_span(whitened, jac)[:, 0]  # (M,)
-    along = whitened[:, 0] - r  # (M,) the residual's part along the Jacobian
+    used = weight[0, :, 0] > 0  # (M,) unmasked pixels: the maps' exact zeros elsewhere
+    along = (whitened[:, 0] - r) * used  # (M,) the residual's part along the Jacobian
     tension = float(along.square().sum())
     if len(centres) == 0:
-        along = along * (weight[0, :, 0] > 0)
         return PerturbationTest(tension, 0.0, (0.0, 0.0), 0.0, 0.0, 0.0, 0.0, 0, along)
     g = templates(lens, theta_b, coef_b, psf_b, centres, config.width).double() * weight
     g = _remove_span((g - equations.absorbed(g))[0], jac)  # (M, K)
@@ -239,8 +239,7 @@ def _perturbation_test(
         dof = float(torch.linalg.solve(regularised, c).diagonal().sum())
         excess = (improvement - dof) / max(2.0 * dof, 1e-12) ** 0.5
     amplitude = float(b[k].clamp_min(0.0) / norms[k])
-    gain_map = along + g[:, k] * amplitude  # the best blob's part: g_k (g_k . r) / |g_k|^2
-    gain_map = gain_map * (weight[0, :, 0] > 0)  # exact zeros where masked (QR's rounding)
+    gain_map = along + g[:, k] * amplitude * used  # best blob's: g_k (g_k . r) / |g_k|^2
     return PerturbationTest(
         tension,
         float(gains[k]),
