@@ -89,15 +89,13 @@ def convolve(image: Tensor, kernel: Tensor) -> Tensor:
     if kernel.dim() == 3:
         kernel_spectrum = kernel_spectrum.unsqueeze(1)  # (N, 1, ., .): one per image
     step = channels_per_transform(image, size)
-    return torch.cat(
-        [
-            torch.fft.irfft2(
-                torch.fft.rfft2(padded[:, i : i + step], s=size) * kernel_spectrum, s=size
-            )[..., 2 * r : 2 * r + h, 2 * r : 2 * r + w]
-            for i in range(0, image.shape[1], step)
-        ],
-        dim=1,
-    )
+    out = image.new_empty(image.shape)  # each chunk written in place: no joining copy
+    for i in range(0, image.shape[1], step):
+        spectrum = torch.fft.rfft2(padded[:, i : i + step], s=size) * kernel_spectrum
+        out[:, i : i + step] = torch.fft.irfft2(spectrum, s=size)[
+            ..., 2 * r : 2 * r + h, 2 * r : 2 * r + w
+        ]
+    return out
 
 
 def channels_per_transform(image: Tensor, size: tuple[int, int]) -> int:

@@ -14,11 +14,14 @@ from deeplense.lensing.flexible import (
     image_grid,
     shapelet_source,
     source_plane,
+    sub_pixel_grid,
     to_pixels,
 )
 from deeplense.lensing.perturbation import (
     PerturbationConfig,
+    ProjectedTemplates,
     blob_deflection,
+    blob_deflections,
     disc_centres,
     perturbation_test,
     templates,
@@ -85,6 +88,69 @@ def test_a_blob_deflects_as_a_point_mass_beyond_a_few_widths_and_stays_finite() 
     assert math.isclose(inner[1].item(), 0.003 / (2 * 0.05**2), rel_tol=1e-2)
     centred = blob_deflection(x[:1, :1] * 0, y[:1, :1] * 0, centre, 0.05)
     assert centred[0].item() == 0.0 and centred[1].item() == 0.0
+
+
+def off_centre_lens(cx: float, cy: float) -> torch.Tensor:
+    """(13,) parameters, zero but the lens centre (arcsec)."""
+    theta = torch.zeros(13, dtype=torch.float64)
+    theta[INDEX["center_x"]], theta[INDEX["center_y"]] = cx, cy
+    return theta
+
+
+@pytest.mark.parametrize(
+    "centres",
+    [
+        # the disc's lattice (2 px apart) about an off-grid lens centre, reaching past the field
+        disc_centres(off_centre_lens(0.013, -0.027), PerturbationConfig(disc_radius=2.5)),
+        torch.tensor([[0.9, 0.3], [0.13, -0.41], [-2.0, 1.7]], dtype=torch.float64),  # off it
+    ],
+)
+def test_blob_deflections_drawn_once_and_shifted_equal_each_blob_drawn_directly(
+    centres: torch.Tensor,
+) -> None:
+    grid = sub_pixel_grid(CONFIG, torch.float64, torch.device("cpu"))  # (32,), 0.1" apart
+    y, x = torch.meshgrid(grid, grid, indexing="ij")
+    ax, ay = blob_deflections(grid, centres, 0.1)
+    bx, by = blob_deflection(x, y, centres, 0.1)
+    assert ax.shape == (len(centres), 32, 32)
+    torch.testing.assert_close(ax, bx, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ay, by, rtol=1e-9, atol=1e-12)
+    single = blob_deflections(grid, centres, 0.1, torch.float32)
+    assert single[0].dtype == torch.float32
+    torch.testing.assert_close(single[0], bx.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_projected_templates_equal_the_columns_projected_one_by_one() -> None:
+    """b and the norms from the templates' products with the design, the basis and r equal
+    those of the K columns projected densely (off the linear bases, then the basis), even for
+    columns the bases absorb almost wholly."""
+    theta = lens()
+    g = torch.Generator().manual_seed(6)
+    n = CONFIG.image_size
+    x = torch.rand(1, 1, n, n, generator=g, dtype=torch.float64)
+    sigma = torch.full_like(x, NOISE)
+    sigma[..., :3, :] = math.inf
+    equations = LENS.fit_linear(theta, x, sigma, PSF).equations
+    weight = equations.weight[0, :, 0]  # (M,)
+    design = equations.design[0]  # (M, B)
+    mixed = design @ torch.randn(design.shape[1], 5, generator=g, dtype=torch.float64)
+    rows = torch.cat([torch.randn(4, n * n, generator=g, dtype=torch.float64), mixed.T]) * weight
+    rows[-1] += 1e-3 * torch.randn(n * n, generator=g, dtype=torch.float64) * weight
+    spread = torch.randn(n * n, 3, generator=g, dtype=torch.float64) * weight[:, None]
+    basis, _ = torch.linalg.qr(spread)  # (M, 3)
+    r = torch.randn(n * n, generator=g, dtype=torch.float64) * weight
+    r = r - basis @ (basis.T @ r)
+    projected = ProjectedTemplates.of(rows, equations, basis, r)
+    columns = rows.T - equations.absorbed(rows.T[None])[0]
+    columns = columns - basis @ (basis.T @ columns)  # (M, K)
+    torch.testing.assert_close(projected.b, columns.T @ r, rtol=1e-8, atol=1e-10)
+    # to |g|^2's rounding: the norms of absorbed columns are differences of nearly equal terms
+    scale = rows.square().sum(dim=1)  # (K,) |g_k|^2
+    assert float((columns.square().sum(dim=0) / scale)[4:].max()) < 1e-5  # nearly absorbed
+    error = (projected.norms - columns.square().sum(dim=0)).abs() / scale
+    assert float(error.max()) < 1e-12
+    torch.testing.assert_close(projected.dense(), columns, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(projected.column(4), columns[:, 4], rtol=1e-8, atol=1e-10)
 
 
 def test_templates_are_the_first_order_change_of_a_lens_drawn_with_a_blob() -> None:
