@@ -4,6 +4,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.instrument_schemas import GravitationalImaging, Instrument
 from deeplense.significance import TRUST
 
 _PNG = "iVBORw0KGgoAAAANSUhEUgAA...(base64 PNG)"
@@ -22,49 +23,6 @@ class MemberScore(BaseModel):
     is_anomaly: bool = Field(description="anomaly_score > threshold")
 
 
-Source = Literal["upload", "request", "checkpoint", "estimated"]
-
-
-class PixelScaleUsed(BaseModel):
-    """The image's pixel scale and where it came from."""
-
-    value_arcsec: float = Field(description="arcsec per pixel of the image", examples=[0.05])
-    source: Source = Field(description="upload, request or checkpoint", examples=["checkpoint"])
-
-
-class PsfUsed(BaseModel):
-    """The PSF of the matched filter and where it came from."""
-
-    fwhm_arcsec: float = Field(description="the PSF's full width at half maximum, arcsec")
-    kind: Literal["gaussian", "kernel"] = Field(description="a Gaussian, or a supplied kernel")
-    source: Source = Field(description="upload, request or checkpoint", examples=["checkpoint"])
-
-
-class NoiseUsed(BaseModel):
-    """The noise map the scores used and where it came from."""
-
-    median: float | None = Field(
-        description="median noise sigma over the unmasked pixels, in the image's min-max "
-        "scaled units ([0, 1] = the image's range)"
-    )
-    source: Source = Field(
-        description="upload (the file's ERR, VAR or WHT extension) or estimated (from the "
-        "image: sigma^2 = a x + b)",
-        examples=["estimated"],
-    )
-    extension: str | None = Field(
-        default=None, description="the FITS extension it came from (ERR, VAR, WHT, ...)"
-    )
-
-
-class Instrument(BaseModel):
-    """What the score used, and where each part came from."""
-
-    pixel_scale: PixelScaleUsed = Field(description="the image's pixel scale")
-    psf: PsfUsed = Field(description="the PSF of the matched filter")
-    noise: NoiseUsed = Field(description="the noise map")
-
-
 class ScoreResult(BaseModel):
     """The score of one uploaded file. On a file that could not be read only `filename` and
     `error` are set."""
@@ -77,8 +35,10 @@ class ScoreResult(BaseModel):
         description="Name of the anomaly score used (the request's `score`, else the "
         "checkpoint's default): mse (the study's mean squared error), chi2 (the residual in "
         "units of the per-pixel noise, estimated from the image), chi2_psf (that whitened "
-        "residual matched-filtered by the PSF; 1 for a perfect reconstruction of pure noise) "
-        "or chi2_psf_light (chi2_psf where the reconstruction has light).",
+        "residual matched-filtered by the PSF; 1 for a perfect reconstruction of pure noise), "
+        "chi2_psf_light (chi2_psf where the reconstruction has light) or imaging_gain "
+        "(LensFit 2: the chi-square its fit gains by freeing the lens and adding the best "
+        "blob of mass; see gravitational_imaging).",
         examples=["chi2_psf"],
     )
     anomaly_score: float | None = Field(
@@ -182,6 +142,11 @@ class ScoreResult(BaseModel):
         "where each came from: upload (the file's own FITS extensions and header), request "
         "(the psf part or pixel_scale parameter), checkpoint (what the model was trained "
         "with) or estimated (the noise, from the image).",
+    )
+    gravitational_imaging: GravitationalImaging | None = Field(
+        default=None,
+        description="LensFit 2 scored by imaging_gain: what its tests found at the fit, the "
+        "two parts of the score and where the best blob of mass sits. null otherwise.",
     )
     members: list[MemberScore] | None = Field(
         default=None, description="Ensemble only: each member's own scores."

@@ -9,7 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
+import numpy as np
+
 from deeplense.calibration import Verdict
+from deeplense.fit_drawn import FINDINGS
 from deeplense.inference import ScoredBatch
 
 
@@ -52,13 +55,18 @@ class ImageScore:
     # What the score used, and where each part came from (deeplense.observation):
     # {"pixel_scale": {...}, "psf": {...}, "noise": {...}}
     instrument: dict[str, Any] | None = None
+    # What the fit's own tests found (deeplense.fit_drawn.FINDINGS: imaging_gain's parts and
+    # the best blob of mass), None unless a score drawn by the fit was computed
+    gravitational_imaging: dict[str, float | None] | None = None
 
     def csv_values(self) -> list[str]:
         """The record as CSV cells (CSV_COLUMNS' order): floats in full precision (repr),
         a shape as HxW, warnings joined by "; ", the instrument flattened
-        (INSTRUMENT_COLUMNS), empty cells for None."""
+        (INSTRUMENT_COLUMNS), the fit's findings one column each (FINDINGS), empty cells for
+        None."""
         cells = []
-        flat = _flat_instrument(self.instrument)
+        flat: dict[str, Any] = _flat_instrument(self.instrument)
+        flat |= self.gravitational_imaging or dict.fromkeys(FINDINGS)
         for name in CSV_COLUMNS:
             value = flat[name] if name in flat else getattr(self, name)
             if name == "input_shape" and value is not None:
@@ -80,9 +88,11 @@ INSTRUMENT_COLUMNS = {
     "noise_median": ("noise", "median"),
     "noise_source": ("noise", "source"),
 }
+_NESTED = ("instrument", "gravitational_imaging")  # flattened into columns of their own
 CSV_COLUMNS = (
-    *(f.name for f in fields(ImageScore) if f.name != "instrument"),
+    *(f.name for f in fields(ImageScore) if f.name not in _NESTED),
     *INSTRUMENT_COLUMNS,
+    *FINDINGS,
 )
 
 
@@ -126,6 +136,18 @@ def image_scores(
                 resized=p.resized,
                 warnings=tuple(p.warnings) + (() if judged else (verdict.not_applicable[i],)),
                 instrument=p.instrument,
+                gravitational_imaging=_findings_of(scored.findings, i),
             )
         )
     return records
+
+
+def _findings_of(findings: dict[str, np.ndarray], i: int) -> dict[str, float | None] | None:
+    """Image i's findings (NaN: None), or None when the fit reported none."""
+    if not findings:
+        return None
+    return {
+        name: None if not np.isfinite(v := float(findings[name][i])) else v
+        for name in FINDINGS
+        if name in findings
+    }

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from deeplense.fit_drawn import FitDrawn
 from deeplense.instrument import DEFAULT_PSF_SIGMA_PIXELS
 from deeplense.metrics import column_w1
 from deeplense.noise import estimate_noise
@@ -51,7 +52,8 @@ class NoiseAwareReconstructor(Protocol):
 @runtime_checkable
 class FitDrawingReconstructor(Protocol):
     """A model whose fit draws scores of its own (`fit_scores`; LensFit 2's imaging_gain):
-    the reconstruction and, from the same fit, each named score's map (N, 1, H, W)."""
+    the reconstruction and, from the same fit, each named score's map (N, 1, H, W) and the
+    findings of its tests (`deeplense.fit_drawn`)."""
 
     fit_scores: tuple[str, ...]
 
@@ -62,7 +64,7 @@ class FitDrawingReconstructor(Protocol):
         names: tuple[str, ...],
         psf_sigma_pixels: float | None = None,
         pixel_scale: float | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+    ) -> FitDrawn: ...
 
 
 @dataclass
@@ -82,6 +84,9 @@ class ScoredBatch:
     # chi2 against the degrees of freedom a per-image fit left, p-value, sigma; None for a
     # model that does not fit each image (`fitted_parameters`) or on the evaluation path
     goodness: GoodnessOfFit | None = None
+    # what the fit's own tests found (`deeplense.fit_drawn.FINDINGS` name -> (N,) float64,
+    # NaN where an image has none); empty unless a score drawn by the fit was asked for
+    findings: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @torch.inference_mode()
@@ -107,11 +112,16 @@ def score_array(
     values: dict[str, list[np.ndarray]] = {n: [] for n in names}
     reasons: dict[str, list[str]] = {n: [] for n in names}
     w1s, recons, maps = [], [], []
+    found: list[dict[str, np.ndarray]] = []
+    lengths: list[int] = []
     for start in range(0, len(images), batch_size):
         # A copy: `images` may be a read-only memmap, which torch will not wrap.
         batch = np.array(images[start : start + batch_size], dtype=np.float32)  # (B, 1, H, W)
         x = torch.from_numpy(batch).to(device=device, non_blocking=True)
-        x_hat, scored = _reconstruct_and_score(model, x, psf_sigma_pixels, names, map_of)
+        drawn, scored = _reconstruct_and_score(model, x, psf_sigma_pixels, names, map_of)
+        x_hat = drawn.reconstruction
+        found.append({k: v.double().cpu().numpy() for k, v in drawn.findings.items()})
+        lengths.append(len(x))
         for n in names:
             values[n].append(scored.values[n].cpu().numpy())
             reasons[n] += scored.not_applicable[n]
@@ -129,7 +139,21 @@ def score_array(
         scores=joined,
         residual_map=np.concatenate(maps) if maps else None,
         not_applicable=reasons,
+        findings=_joined_findings(found, lengths),
     )
+
+
+def _joined_findings(
+    parts: Sequence[dict[str, np.ndarray]], lengths: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Consecutive parts' findings (name -> (n_i,)) joined, NaN for a part without one."""
+    names = list(dict.fromkeys(name for part in parts for name in part))
+    return {
+        name: np.concatenate(
+            [p.get(name, np.full(n, np.nan)) for p, n in zip(parts, lengths, strict=True)]
+        )
+        for name in names
+    }
 
 
 def _wants_noise(model: Reconstructor) -> bool:
@@ -150,12 +174,12 @@ def _reconstruct(
     psf_sigma_pixels: float | None = None,
     pixel_scale: float | None = None,
     drawn: tuple[str, ...] = (),
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """x (N, 1, H, W) -> reconstruction and the maps of the scores `drawn` by the model's fit
-    (`drawn_by_fit`; these need sigma); a noise-aware model gets the noise map and the
-    images' PSF width (None: its own), and a model that renders on any grid the images' own
-    pixel scale (None: its own). Images on their own grid for any other model are a bug of
-    the caller (the preparation resamples them for it)."""
+) -> FitDrawn:
+    """x (N, 1, H, W) -> reconstruction, and the maps of the scores `drawn` by the model's
+    fit (`drawn_by_fit`; these need sigma) with its findings; a noise-aware model gets the
+    noise map and the images' PSF width (None: its own), and a model that renders on any
+    grid the images' own pixel scale (None: its own). Images on their own grid for any other
+    model are a bug of the caller (the preparation resamples them for it)."""
     if pixel_scale is not None and not getattr(model, "renders_any_grid", False):
         raise ValueError("images on their own pixel grid, for a model that cannot draw on it")
     if drawn:
@@ -166,9 +190,9 @@ def _reconstruct(
         return model.reconstruct_with_fit_maps(x, sigma, drawn, psf_sigma_pixels, pixel_scale)
     if isinstance(model, NoiseAwareReconstructor) and model.uses_noise_map and sigma is not None:
         if pixel_scale is None:
-            return model.reconstruct_with_noise(x, sigma, psf_sigma_pixels), {}
-        return model.reconstruct_with_noise(x, sigma, psf_sigma_pixels, pixel_scale), {}
-    return model.reconstruct(x), {}
+            return FitDrawn(model.reconstruct_with_noise(x, sigma, psf_sigma_pixels))
+        return FitDrawn(model.reconstruct_with_noise(x, sigma, psf_sigma_pixels, pixel_scale))
+    return FitDrawn(model.reconstruct(x))
 
 
 def _reconstruct_and_score(
@@ -177,16 +201,16 @@ def _reconstruct_and_score(
     psf_sigma_pixels: float,
     names: list[str],
     map_of: str | None,
-) -> tuple[torch.Tensor, ScoreValues]:
+) -> tuple[FitDrawn, ScoreValues]:
     """Reconstruct a batch (N, 1, H, W) and score it; the noise map is estimated once (when
     something needs it) and handed to both the model and the scores."""
     wanted = [*names, *([map_of] if map_of else [])]
     drawn = drawn_by_fit(model, wanted)
     needs_noise = _wants_noise(model) or any(get_score(n).noise_aware for n in wanted)
     sigma = estimate_noise(x.float(), psf_sigma_pixels) if needs_noise else None
-    x_hat, maps = _reconstruct(model, x, sigma, drawn=drawn)
-    return x_hat, compute_scores(
-        x, x_hat, names, psf_sigma_pixels, map_of, sigma, fit_maps=maps or None
+    fit = _reconstruct(model, x, sigma, drawn=drawn)
+    return fit, compute_scores(
+        x, fit.reconstruction, names, psf_sigma_pixels, map_of, sigma, fit_maps=fit.maps or None
     )
 
 
@@ -223,6 +247,7 @@ def score_observations(
     w1 = np.zeros(n, dtype=np.float64)
     recons: dict[int, np.ndarray] = {}
     maps: dict[int, np.ndarray] = {}
+    findings: dict[str, np.ndarray] = {}
     for start in range(0, n, batch_size):
         if check is not None:
             check()
@@ -242,12 +267,14 @@ def score_observations(
             ).to(device)  # (B, 1, h, w)
             weighted = valid & torch.isfinite(sigma) & (sigma > 0)
             used[rows] = weighted.flatten(1).sum(dim=1).double().cpu().numpy()
-            x_hat, fit_maps = _reconstruct(model, x, sigma, psf, pixel_scale, drawn)
-            x_hat = x_hat.to(x.dtype)
+            fit = _reconstruct(model, x, sigma, psf, pixel_scale, drawn)
+            x_hat = fit.reconstruction.to(x.dtype)
             scored = compute_scores(
                 x, x_hat, names, psf, map_of, sigma, None if bool(valid.all()) else valid,
-                fit_maps=fit_maps or None,
+                fit_maps=fit.maps or None,
             )  # fmt: skip
+            for name, found in fit.findings.items():
+                findings.setdefault(name, np.full(n, np.nan))[rows] = found.double().cpu().numpy()
             for name in names:
                 values[name][rows] = scored.values[name].cpu().numpy()
                 for k, r in enumerate(rows):
@@ -266,6 +293,7 @@ def score_observations(
         residual_map=_per_image(maps, n) if maps else None,
         not_applicable=reasons,
         goodness=None if fitted is None else goodness_of_fit(values[CHI2] * used, used, fitted),
+        findings=findings,
     )
 
 
@@ -290,6 +318,7 @@ def concatenate_scored(parts: Sequence[ScoredBatch]) -> ScoredBatch:
         else GoodnessOfFit(
             *(np.concatenate([getattr(g, f.name) for g in goodness]) for f in fields(GoodnessOfFit))
         ),
+        findings=_joined_findings([p.findings for p in parts], [len(p.loss) for p in parts]),
     )
 
 

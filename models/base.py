@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Self
 
 from torch import Tensor, nn
 
+from deeplense.fit_drawn import FitDrawn
 from deeplense.instrument import STUDY_IMAGE_SIZE
 
 TINY_IMAGE_SIZE = 32  # pixels per side of the tests' and `fit --tiny`'s images
@@ -90,14 +91,15 @@ class AnomalyModel(nn.Module):
         names: tuple[str, ...],
         psf_sigma_pixels: float | None = None,
         pixel_scale: float | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> FitDrawn:
         """`reconstruct_with_noise` and, from the same fit, the map (N, 1, H, W) of each score
         in `names` (a subset of `fit_scores`) that the fit draws, in noise sigmas, its sum of
-        squares the score (`deeplense.scores.Score.from_fit`). The default draws none; a
+        squares the score (`deeplense.scores.Score.from_fit`), with the findings those
+        scores' tests report (`deeplense.fit_drawn.FINDINGS`). The default draws none; a
         model with `fit_scores` overrides it."""
         if names:
             raise ValueError(f"{self.architecture} draws no score of its own fit: {names}")
-        return self.reconstruct_with_noise(x, sigma, psf_sigma_pixels, pixel_scale), {}
+        return FitDrawn(self.reconstruct_with_noise(x, sigma, psf_sigma_pixels, pixel_scale))
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """Training objective on a batch (N, 1, H, W): {"loss": scalar, other parts...}."""

@@ -38,6 +38,7 @@ from typing import Any, Self
 import torch
 from torch import Tensor
 
+from deeplense.fit_drawn import FINDINGS, FitDrawn
 from deeplense.instrument import STUDY_PIXEL_SCALE_ARCSEC, STUDY_PSF_SIGMA_ARCSEC, gaussian_kernel
 from deeplense.lensing.coarse import BLOCK, coarse_image, coarse_psf_sigma
 from deeplense.lensing.flexible import (
@@ -295,34 +296,40 @@ class LensFit2(AnomalyModel):
         names: tuple[str, ...],
         psf_sigma_pixels: float | None = None,
         pixel_scale: float | None = None,
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    ) -> FitDrawn:
         """`reconstruct_with_noise` and, at the same fit, imaging_gain's map (N, 1, H, W)
         float32 when `names` asks for it: gravitational imaging's tests at the fitted lens
         (`deeplense.lensing.perturbation`, its default blobs), the whitened residual's part
-        that freeing the lens and adding the best blob of mass explain, in noise sigmas."""
+        that freeing the lens and adding the best blob of mass explain, in noise sigmas; and
+        the tests' findings (the two parts, the best blob: `deeplense.fit_drawn.FINDINGS`)."""
         unknown = sorted(set(names) - set(self.fit_scores))
         if unknown:
             raise ValueError(f"lensfit2 draws no score {', '.join(unknown)} of its fit")
         start = self.encoder_start(x, pixel_scale)
         return self.refine_with_fit_maps(x, sigma, start, psf_sigma_pixels, pixel_scale, names)
 
-    def imaging_gain_maps(
+    def imaging_gain_tests(
         self, x64: Tensor, sigma64: Tensor, theta: Tensor, psf_sigma: float, pixel_scale: float
-    ) -> Tensor:
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """imaging_gain's map (N, 1, n, n) float64 of images x64 (N, 1, n, n) with noise
         sigma64 at their fitted parameters theta (N, 13), through a Gaussian PSF of
-        `psf_sigma` pixels on a grid of `pixel_scale` arcsec; one image at a time (the tests'
-        templates are per image)."""
-        lens = self.lens_on(x64.shape[-1], pixel_scale)
+        `psf_sigma` pixels on a grid of `pixel_scale` arcsec, and the tests' findings (each
+        (N,) float64, `FINDINGS`); one image at a time (the tests' templates are per image)."""
+        side = x64.shape[-1]
+        lens = self.lens_on(side, pixel_scale)
         psf = self.psf_kernel(psf_sigma).double()
-        maps = []
+        maps, found = [], []
         for i in range(len(x64)):
             x, sigma, at = x64[i : i + 1], sigma64[i : i + 1], theta[i : i + 1].double()
             linear = lens.fit_linear(at, x, sigma, psf)
             test = perturbation_test(lens, at, x, sigma, psf, SERVED_TESTS, linear)
             assert test.gain_map is not None
             maps.append(test.gain_map.view_as(x))
-        return torch.cat(maps)
+            found.append(test.findings(side, pixel_scale))
+        findings = {
+            name: torch.tensor([f[name] for f in found], dtype=torch.float64) for name in FINDINGS
+        }
+        return torch.cat(maps), findings
 
     def lens_on(self, side: int, pixel_scale: float | None = None) -> FlexibleLens:
         """The flexible lens on a grid of `side` pixels of `pixel_scale` arcsec (None: the
@@ -356,7 +363,9 @@ class LensFit2(AnomalyModel):
         MAP smooth lens (N, 1, H, W) after `coarse_steps` Levenberg-Marquardt steps on the
         image binned 2 x 2 and `refine_steps` on its pixels (none: the best lens at the
         start). bench/refine_noise.py perturbs the start with it."""
-        return self.refine_with_fit_maps(x, sigma, start, psf_sigma_pixels, pixel_scale)[0]
+        return self.refine_with_fit_maps(
+            x, sigma, start, psf_sigma_pixels, pixel_scale
+        ).reconstruction
 
     def refine_with_fit_maps(
         self,
@@ -366,9 +375,9 @@ class LensFit2(AnomalyModel):
         psf_sigma_pixels: float | None = None,
         pixel_scale: float | None = None,
         names: tuple[str, ...] = (),
-    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """`refine`, and at the same fit imaging_gain's map (N, 1, H, W) float32 when `names`
-        holds it (`reconstruct_with_fit_maps`)."""
+    ) -> FitDrawn:
+        """`refine`, and at the same fit imaging_gain's map (N, 1, H, W) float32 and its
+        tests' findings when `names` holds it (`reconstruct_with_fit_maps`)."""
         scale = self.config.pixel_scale if pixel_scale is None else float(pixel_scale)
         psf_sigma = self.psf_sigma_pixels if psf_sigma_pixels is None else psf_sigma_pixels
         with torch.autocast(x.device.type, enabled=False):
@@ -378,11 +387,11 @@ class LensFit2(AnomalyModel):
             # in.
             x64, sigma64 = x.detach().double().clone(), sigma.detach().double().clone()
             theta, model = self.refined_lens(x64, sigma64, start, psf_sigma, scale)
-            maps: dict[str, Tensor] = {}
-            if "imaging_gain" in names:
-                gain = self.imaging_gain_maps(x64, sigma64, theta, psf_sigma, scale)
-                maps["imaging_gain"] = gain.float()
-            return model.clamp(0.0, 1.0).float(), maps
+            reconstruction = model.clamp(0.0, 1.0).float()
+            if "imaging_gain" not in names:
+                return FitDrawn(reconstruction)
+            gain, findings = self.imaging_gain_tests(x64, sigma64, theta, psf_sigma, scale)
+            return FitDrawn(reconstruction, {"imaging_gain": gain.float()}, findings)
 
     def refined_lens(
         self, x64: Tensor, sigma64: Tensor, start: Tensor, psf_sigma: float, pixel_scale: float

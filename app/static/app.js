@@ -348,6 +348,24 @@
     return parts.join(" · ");
   }
 
+  // "tension 35.9 + best blob 145.7 · blob at (-1.40″, 0.60″), column 46.5, row 86.5 ·
+  // θ_sub 0.08″": what LensFit 2's gravitational-imaging tests found (imaging_gain).
+  function imagingText(found) {
+    const parts = [
+      `tension ${formatNumber(found.tension)} + best blob ${formatNumber(found.blob_gain)}`,
+    ];
+    if (found.blob_x_arcsec === null || found.blob_x_arcsec === undefined) {
+      parts.push("no blob of positive mass improves the fit");
+    } else {
+      parts.push(
+        `blob at (${formatNumber(found.blob_x_arcsec)}″, ${formatNumber(found.blob_y_arcsec)}″), ` +
+          `column ${formatNumber(found.blob_column)}, row ${formatNumber(found.blob_row)}`,
+      );
+      parts.push(`θ_sub ${formatNumber(found.blob_theta_sub_arcsec)}″`);
+    }
+    return parts.join(" · ");
+  }
+
   function verdictText(result, thresholdUnits) {
     const score = result.score || "the anomaly score";
     if (result.is_anomaly === null || result.is_anomaly === undefined) {
@@ -465,6 +483,11 @@
     if (result.resized) shape += " · resized";
     card.querySelector(".m-shape").textContent = shape;
     card.querySelector(".m-instrument").textContent = instrumentText(result.instrument);
+    if (result.gravitational_imaging) {
+      const imaging = card.querySelector(".m-imaging");
+      imaging.textContent = imagingText(result.gravitational_imaging);
+      imaging.parentElement.hidden = false;
+    }
     const warnings = card.querySelector(".warnings");
     for (const text of Array.isArray(result.warnings) ? result.warnings : []) {
       const item = document.createElement("li");

@@ -169,6 +169,7 @@ def test_upload_page_scores_by_a_chosen_noise_aware_score(page: Page, tmp_path: 
     assert "scale-sigma" in (scale.get_attribute("class") or "")
     assert scale.locator(".scale-max").inner_text() == "+5 σ"
     assert "noise σ" in card.locator(".residual-caption").inner_text()
+    assert not card.locator(".m-imaging").is_visible()  # no fit's tests behind chi2_psf
 
 
 def test_upload_page_offers_a_score_drawn_by_a_fit_only_for_a_model_that_draws_it(
@@ -186,6 +187,9 @@ def test_upload_page_offers_a_score_drawn_by_a_fit_only_for_a_model_that_draws_i
     cards = _submit(page, [_write_npy(tmp_path / "lens.npy")], "lensfit2", n_cards=1)
     assert float(cards[0]["score"]) > 0
     assert page.locator(".m-score-name").first.inner_text() == "Anomaly score (imaging_gain)"
+    found = page.locator(".m-imaging").first  # what the tests found, shown only for it
+    assert found.is_visible() and found.inner_text().startswith("tension ")
+    assert "best blob" in found.inner_text()
     page.select_option("#model", "vae")  # its fit draws no imaging_gain: back to the default
     assert disabled()["imaging_gain"] is True and disabled()["chi2"] is False
     assert page.input_value("#score") == ""

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from deeplense.fit_drawn import FINDINGS
 from deeplense.inference import ScoredBatch, concatenate_scored, score_observations
 from deeplense.instrument import Instrument
 from deeplense.observation import Observation, prepare_observation
@@ -12,6 +13,7 @@ from tests.conftest import TINY_SIZE, tiny_images, tiny_model
 @pytest.mark.parametrize("name", ["dcae", "lensfit2"])
 def test_parts_join_into_the_whole(name: str) -> None:
     model = tiny_model(name)
+    drawn = ["imaging_gain"] if name == "lensfit2" else []  # with the fit's findings
     images = tiny_images(5, seed=3)[:, 0]
     observations = [
         prepare_observation(image, TINY_SIZE, Instrument(), f"image{i}")
@@ -20,8 +22,8 @@ def test_parts_join_into_the_whole(name: str) -> None:
 
     def scored(chunk: list[Observation]) -> ScoredBatch:
         return score_observations(
-            model, chunk, batch_size=1, keep_reconstructions=True, scores=["mse", "chi2"],
-            map_of="chi2",
+            model, chunk, batch_size=1, keep_reconstructions=True,
+            scores=["mse", "chi2", *drawn], map_of="chi2",
         )  # fmt: skip
 
     whole = scored(observations)
@@ -37,6 +39,20 @@ def test_parts_join_into_the_whole(name: str) -> None:
     if whole.goodness is not None and joined.goodness is not None:
         np.testing.assert_array_equal(joined.goodness.p_value, whole.goodness.p_value)
         np.testing.assert_array_equal(joined.goodness.chi2_per_dof, whole.goodness.chi2_per_dof)
+    assert set(whole.findings) == (set(FINDINGS) if drawn else set())
+    assert set(joined.findings) == set(whole.findings)
+    for key in whole.findings:
+        np.testing.assert_array_equal(joined.findings[key], whole.findings[key])
+
+
+def test_findings_missing_from_a_part_join_as_nan() -> None:
+    def part(n: int, tension: list[float] | None) -> ScoredBatch:
+        found = {} if tension is None else {"tension": np.array(tension)}
+        return ScoredBatch(loss=np.zeros(n), w1=np.zeros(n), findings=found)
+
+    joined = concatenate_scored([part(2, [1.0, 2.0]), part(1, None), part(1, [4.0])])
+    np.testing.assert_array_equal(joined.findings["tension"], [1.0, 2.0, np.nan, 4.0])
+    assert concatenate_scored([part(1, None)]).findings == {}
 
 
 def test_nothing_to_join_is_an_error() -> None:

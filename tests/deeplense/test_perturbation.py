@@ -150,7 +150,8 @@ def test_projected_templates_equal_the_columns_projected_one_by_one() -> None:
     error = (projected.norms - columns.square().sum(dim=0)).abs() / scale
     assert float(error.max()) < 1e-12
     torch.testing.assert_close(projected.dense(), columns, rtol=1e-8, atol=1e-10)
-    torch.testing.assert_close(projected.column(4), columns[:, 4], rtol=1e-8, atol=1e-10)
+    picked = torch.tensor([4, 1])
+    torch.testing.assert_close(projected.columns(picked), columns[:, picked], rtol=1e-8, atol=1e-10)
 
 
 def test_templates_are_the_first_order_change_of_a_lens_drawn_with_a_blob() -> None:
@@ -207,6 +208,13 @@ def test_a_blob_on_an_arc_is_found_at_many_sigma() -> None:
     assert math.dist(found.best, (0.9, 0.3)) < 0.25  # a grid point near the blob
     assert 0.006 < found.amplitude < 0.014  # theta_sub^2 = 0.01 arcsec^2
     assert math.isclose(found.imaging_gain, found.tension + found.scan)
+    # what the service reports: the blob's pixel on the image (x along columns, y along rows;
+    # the drawn blob at (0.9, 0.3)" sits at column 24.5, row 18.5 of 32 px of 0.1")
+    findings = found.findings(CONFIG.image_size, CONFIG.pixel_scale)
+    assert math.dist((findings["blob_column"], findings["blob_row"]), (24.5, 18.5)) < 2.5
+    assert (findings["blob_x_arcsec"], findings["blob_y_arcsec"]) == found.best
+    assert findings["tension"] + findings["blob_gain"] == found.imaging_gain
+    assert 0.08 < findings["blob_theta_sub_arcsec"] < 0.12  # theta_sub 0.1"
 
 
 @pytest.mark.parametrize("radius", [0.0, 1.6])
@@ -217,6 +225,9 @@ def test_no_blob_means_no_evidence(radius: float) -> None:
     found = perturbation_test(LENS, theta, x, torch.full_like(x, NOISE), PSF, dark)
     if radius == 0.0:
         assert found.blobs == 0 and found.excess == 0.0 and found.scan == 0.0
+        findings = found.findings(CONFIG.image_size, CONFIG.pixel_scale)
+        assert math.isnan(findings["blob_column"]) and math.isnan(findings["blob_x_arcsec"])
+        assert findings["blob_theta_sub_arcsec"] == 0.0 and findings["blob_gain"] == 0.0
     else:
         assert found.blobs == 1  # the grid's one point within the disc: the lens centre
 

@@ -11,6 +11,7 @@ import torch
 
 import models
 from deeplense.errors import ScoreNotOfferedError, UnknownModelError
+from deeplense.fit_drawn import FINDINGS
 from deeplense.inference import score_array
 from deeplense.scores import SCORES, scores_for
 from models.base import AnomalyModel, is_training_only
@@ -80,6 +81,15 @@ def test_scores_drawn_by_the_fit_come_from_the_reconstructions_fit_or_are_refuse
         np.testing.assert_allclose(scored.scores[name], sums, rtol=1e-5, err_msg=name)
         assert np.isfinite(scored.scores[name]).all() and (scored.scores[name] > 0).all()
         np.testing.assert_array_equal(scored.reconstruction, plain, err_msg=name)
+        # the fit's findings: only names the one table knows, one per image, finite where
+        # they must be; none without a score drawn by the fit
+        assert scored.findings and set(scored.findings) <= set(FINDINGS), name
+        for key, values in scored.findings.items():
+            assert values.shape == (3,), key
+        if {"tension", "blob_gain"} <= set(scored.findings):
+            total = scored.findings["tension"] + scored.findings["blob_gain"]
+            np.testing.assert_allclose(total, scored.scores[name], rtol=1e-5, err_msg=name)
+    assert score_array(model, x, scores=["chi2"]).findings == {}
 
 
 def test_eval_mode_is_deterministic(model_name: str) -> None:

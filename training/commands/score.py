@@ -40,9 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "and write a CSV with columns filename, score, anomaly_score, reconstruction_loss, "
             "threshold, is_anomaly, percentile, w1, input_shape, resized, warnings, error and "
             "the instrument used (pixel_scale_arcsec, pixel_scale_source, psf_fwhm_arcsec, "
-            "psf_source, noise_median, noise_source): the numbers POST /score returns for the "
-            "same file. A FITS file's SCI, ERR/VAR/WHT and PSF extensions and its header's "
-            "pixel scale are used as the service uses them."
+            "psf_source, noise_median, noise_source), then, filled for LensFit 2 scored by "
+            "imaging_gain, what its tests found (tension, blob_gain, blob_x_arcsec, "
+            "blob_y_arcsec, blob_column, blob_row, blob_theta_sub_arcsec): the numbers POST "
+            "/score returns for the same file. A FITS file's SCI, ERR/VAR/WHT and PSF "
+            "extensions and its header's pixel scale are used as the service uses them."
         ),
     )
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
