@@ -1,8 +1,15 @@
 """Load a bench/ script as a module (bench/ is scripts, not a package), for its tests."""
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
+
+import numpy as np
+import torch
+
+from tests.conftest import tiny_images
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -14,3 +21,22 @@ def load_bench(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def tiny_split(root: Path, classes: tuple[str, ...] = ("no_sub", "vort"), n: int = 3) -> Path:
+    """root/val holding n tiny images (n, H, W) float32 per class file, class k seeded k."""
+    split = root / "val"
+    split.mkdir(parents=True)
+    for seed, cls in enumerate(classes):
+        np.save(split / f"{cls}.npy", tiny_images(n, seed=seed)[:, 0])
+    return split
+
+
+@contextmanager
+def threads_kept() -> Iterator[None]:
+    """torch's thread count as it was after a bench that sets its own (`set_num_threads`)."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -4,22 +4,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from tests.bench_scripts import load_bench
-from tests.conftest import tiny_images
+from tests.bench_scripts import load_bench, threads_kept, tiny_split
 
 
 def test_bench_scores_every_image_both_ways(
     tiny_checkpoints: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    split = tmp_path / "val"
-    split.mkdir()
-    for seed, cls in enumerate(("no_sub", "vort")):
-        np.save(split / f"{cls}.npy", tiny_images(3, seed=seed)[:, 0])
+    split = tiny_split(tmp_path)
     bench = load_bench("bases_dtype")
-    threads = torch.get_num_threads()
-    try:
+    with threads_kept():
         score, values, seconds = bench.scores_both_ways(tiny_checkpoints / "lensfit2", split, 2)
         assert set(values) == {"float64", "float32"}
         for per_class in values.values():
@@ -27,8 +21,6 @@ def test_bench_scores_every_image_both_ways(
             assert all(np.isfinite(v).all() for v in per_class.values())
         assert all(s > 0 for s in seconds.values())
         assert bench.main([str(tiny_checkpoints / "lensfit2"), str(split), "--n", "2"]) == 0
-    finally:
-        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert f"4 images, score {score}" in out
     assert "| float64 |" in out and "| float32 |" in out

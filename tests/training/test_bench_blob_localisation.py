@@ -5,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from tests.bench_scripts import load_bench
+from tests.bench_scripts import load_bench, threads_kept
 from tests.conftest import tiny_images
 
 
@@ -35,8 +34,7 @@ def test_bench_reads_the_subhalos_and_prints_both_distances(
     bench = load_bench("blob_localisation")
     positions = bench.subhalo_positions(data, "val", "sphere", 3)
     assert [p.shape for p in positions] == [(2, 2)] * 3
-    threads = torch.get_num_threads()
-    try:
+    with threads_kept():
         found = bench.localise(tiny_checkpoints / "lensfit2", data, "val", 2, 0.3)
         assert set(found) == {"sphere"}
         d = found["sphere"]
@@ -44,8 +42,6 @@ def test_bench_reads_the_subhalos_and_prints_both_distances(
         assert (d["chance"] > 0).all() and (d["best"] >= 0).all()
         assert ((d["chance_near"] >= 0) & (d["chance_near"] <= 1)).all()
         assert bench.main([str(tiny_checkpoints / "lensfit2"), str(data), "--n", "2"]) == 0
-    finally:
-        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "| sphere (all) | 2 |" in out and "| sphere (flagged) |" in out
     with pytest.raises(SystemExit, match="subhalos.csv"):
