@@ -118,9 +118,9 @@ def score_array(
         # A copy: `images` may be a read-only memmap, which torch will not wrap.
         batch = np.array(images[start : start + batch_size], dtype=np.float32)  # (B, 1, H, W)
         x = torch.from_numpy(batch).to(device=device, non_blocking=True)
-        drawn, scored = _reconstruct_and_score(model, x, psf_sigma_pixels, names, map_of)
-        x_hat = drawn.reconstruction
-        found.append({k: v.double().cpu().numpy() for k, v in drawn.findings.items()})
+        fit, scored = _reconstruct_and_score(model, x, psf_sigma_pixels, names, map_of)
+        x_hat = fit.reconstruction
+        found.append({k: v.double().cpu().numpy() for k, v in fit.findings.items()})
         lengths.append(len(x))
         for n in names:
             values[n].append(scored.values[n].cpu().numpy())
