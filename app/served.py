@@ -109,7 +109,7 @@ def load_served(name: str, path: Path, device: torch.device) -> ServedModel:
 
 def warm_up(served: ServedModel, device: torch.device) -> None:
     """One batch of 1 (the latency path) and one of WARMUP_BATCH, by the default score (the
-    cost a request measures with; LensFit 2's imaging_gain quadruples it): the first real
+    cost a request measures with; LensFit 2's imaging_gain more than doubles it): the first real
     request does not pay for allocations and kernel selection, and broken weights show here."""
     start = time.perf_counter()
     rng = np.random.default_rng(0)

@@ -1,13 +1,10 @@
 """Load a bench/ script as a module (bench/ is scripts, not a package), for its tests."""
 
 import importlib.util
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-import torch
 
 from tests.conftest import tiny_images
 
@@ -30,13 +27,3 @@ def tiny_split(root: Path, classes: tuple[str, ...] = ("no_sub", "vort"), n: int
     for seed, cls in enumerate(classes):
         np.save(split / f"{cls}.npy", tiny_images(n, seed=seed)[:, 0])
     return split
-
-
-@contextmanager
-def threads_kept() -> Iterator[None]:
-    """torch's thread count as it was after a bench that sets its own (`set_num_threads`)."""
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)

@@ -5,6 +5,8 @@ Tiny = 32x32 images and a few channels, so every test runs in well under a secon
 
 import dataclasses
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +100,14 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model = tiny_model(name)
         save_checkpoint(model, tiny_config(model), root / name)
     return root
+
+
+@contextmanager
+def threads_kept() -> Iterator[None]:
+    """torch's thread count restored after code that sets its own (`set_num_threads`: a bench's
+    main, a test that pins one thread)."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

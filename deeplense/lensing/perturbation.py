@@ -145,13 +145,12 @@ def blob_deflections(
     m = len(grid)
     grid, centres = grid.double(), centres.double()
     step = float(grid[1] - grid[0]) if m > 1 else 0.0
-    shifts = (centres - centres[:1]) / step if step > 0 else centres  # (K, 2) sub-pixels
-    whole = shifts.round()
-    if step <= 0 or len(centres) == 0 or float((shifts - whole).abs().max()) > 1e-6:
-        y, x = torch.meshgrid(grid, grid, indexing="ij")
+    shifts = (centres - centres[:1]) / step if step > 0 and len(centres) else None  # (K, 2)
+    if shifts is None or float((shifts - shifts.round()).abs().max()) > 1e-6:
+        y, x = torch.meshgrid(grid, grid, indexing="ij")  # blob by blob
         ax, ay = blob_deflection(x, y, centres, width)
         return ax.to(dtype), ay.to(dtype)
-    whole = whole.long()
+    whole = shifts.round().long()  # sub-pixels from the first blob
     low, high = whole.min(dim=0).values, whole.max(dim=0).values  # (2,), x then y
     # Sample J of the wide field along an axis sits at J - high sub-pixels from the grid's
     # start, relative to the first blob: blob k's window starts at J = high - shift_k.

@@ -19,7 +19,7 @@ from deeplense.scores import list_scores
 from models.checkpoint import CONFIG_FILE, load_checkpoint, read_config, save_checkpoint
 from tests.app.conftest import image, make_settings, started, upload
 from tests.app.test_score import decode_png
-from tests.conftest import serving_model, tiny_config, tiny_images, tiny_model
+from tests.conftest import serving_model, threads_kept, tiny_config, tiny_images, tiny_model
 from tests.encode import fits_bytes, npy_bytes
 from training.__main__ import main
 from training.evaluate import evaluate_checkpoints
@@ -33,10 +33,9 @@ def one_thread() -> Iterator[None]:
     2's fit rounds differently on two (imaging_gain moved 0.15% between one and two threads;
     the shipped Model A card's 5e-5), which is not what these tests compare. Under pytest-xdist
     (`make test`) every worker runs on one thread anyway."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with threads_kept():
+        torch.set_num_threads(1)
+        yield
 
 
 @pytest.mark.parametrize("score", SCORES)

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.bench_scripts import load_bench, threads_kept, tiny_split
+from tests.bench_scripts import load_bench, tiny_split
+from tests.conftest import threads_kept
 
 
 def test_bench_scores_every_image_both_ways(

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.bench_scripts import load_bench, threads_kept
-from tests.conftest import tiny_images
+from tests.bench_scripts import load_bench
+from tests.conftest import threads_kept, tiny_images
 
 
 def test_nearest_is_the_distance_to_the_closest_subhalo() -> None:

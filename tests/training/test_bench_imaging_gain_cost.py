@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.bench_scripts import load_bench, threads_kept, tiny_split
+from tests.bench_scripts import load_bench, tiny_split
+from tests.conftest import threads_kept
 
 
 def test_bench_times_both_and_prints_the_tests_cost(
