@@ -1,12 +1,13 @@
 """Gravitational imaging's tests (`deeplense.lensing.perturbation`) against LensFit 2's
-default score, on the same fits: AUC sub vs no_sub and per class, one image at a time on one
+image score, on the same fits: AUC sub vs no_sub and per class, one image at a time on one
 thread.
 
 Each image is fitted as `deeplense score` fits it (the checkpoint's coarse and full steps),
-scored by the checkpoint's default score, then tested at the fitted lens: the tension (the
-lens's pull against its prior), the one-blob scan, their sum, and the joint blob test. Also
-the whole image's chi-square, the omnibus test. Choose settings on a validation split, never
-on the split one reports.
+scored by the checkpoint's default score where the image and its reconstruction draw it, by
+chi2_psf_light where the fit draws it (imaging_gain, these tests' sum), then tested at the
+fitted lens: the tension (the lens's pull against its prior), the one-blob scan, their sum,
+and the joint blob test. Also the whole image's chi-square, the omnibus test. Choose
+settings on a validation split, never on the split one reports.
 
     .venv/bin/python bench/perturbation_auc.py checkpoints/model_a/lensfit2 \
         data/model_a_r2/val --n 50 [--spacing 0.2 --width 0.1 --disc-radius 2 --ridge 1e-3]
@@ -27,12 +28,20 @@ from deeplense.lensing.perturbation import PerturbationConfig, perturbation_test
 from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.noise import estimate_noise  # noqa: E402
 from deeplense.numerics import set_process_numerics  # noqa: E402
-from deeplense.scores import compute_scores  # noqa: E402
+from deeplense.scores import compute_scores, drawn_from_image  # noqa: E402
 from deeplense.vocabulary import NORMAL  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 from models.lensfit2 import LensFit2  # noqa: E402
 
-STATISTICS = ("default", "chi2_total", "tension", "scan", "imaging_gain", "improvement", "excess")
+STATISTICS = (
+    "image_score",
+    "chi2_total",
+    "tension",
+    "scan",
+    "imaging_gain",
+    "improvement",
+    "excess",
+)
 
 
 def fitted(model: LensFit2, x: torch.Tensor, sigma: torch.Tensor, psf_sigma: float) -> torch.Tensor:
@@ -57,13 +66,13 @@ def image_statistics(
     linear = lens.fit_linear(theta, x64, sigma64, psf)
     model64 = linear.image().view_as(x64)  # (1, 1, n, n) float64
     x_hat = model64.clamp(0.0, 1.0).float()
-    default = compute_scores(x, x_hat, [score], psf_sigma, sigma=sigma).values[score]
+    image_score = compute_scores(x, x_hat, [score], psf_sigma, sigma=sigma).values[score]
     whitened = (x64 - model64) * lens.weight(sigma64)
     fitted_at = time.perf_counter()
     test = perturbation_test(lens, theta, x64, sigma64, psf, config, linear)
     tested_at = time.perf_counter()
     return {
-        "default": float(default[0]),
+        "image_score": float(image_score[0]),
         "chi2_total": float(whitened.square().sum()),
         "tension": test.tension,
         "scan": test.scan,
@@ -144,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     set_process_numerics()
     loaded = load_checkpoint(args.checkpoint)
-    model, score = loaded.model, loaded.config.default_score
+    model, score = loaded.model, drawn_from_image(loaded.config.default_score)
     if not isinstance(model, LensFit2):
         raise SystemExit(f"error: {args.checkpoint} is not a lensfit2 checkpoint")
     model.eval()
@@ -174,8 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     fit_s = float(np.mean([r["fit_s"] for r in timed])) if timed else 0.0
     tests_s = float(np.mean([r["tests_s"] for r in timed])) if timed else 0.0
     print(
-        f"{args.checkpoint}, {args.split}, {args.n} per class from {args.offset}, default "
-        f"score {score}, {model.config.coarse_steps}+{model.config.refine_steps} steps, "
+        f"{args.checkpoint}, {args.split}, {args.n} per class from {args.offset}, image "
+        f"score {score} (the card's default {loaded.config.default_score}), "
+        f"{model.config.coarse_steps}+{model.config.refine_steps} steps, "
         f"PSF sigma {psf_sigma:g} px, {config}, one thread, {seconds:.2f} s an image (the fit "
         f"as served and the linear solve again {fit_s:.3f} s, the tests {tests_s:.3f} s)"
     )
@@ -187,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         sub = np.concatenate([values[c] for c in others])
         per_class = " | ".join(f"{roc_auc(values[NORMAL], values[c]):.3f}" for c in others)
         print(f"| {name} | {roc_auc(values[NORMAL], sub):.3f} | {per_class} |")
-    diff, lo, hi = paired_difference(rows, "imaging_gain", "default")
-    print(f"imaging_gain - default: {diff:+.3f} (95% paired bootstrap {lo:+.3f} to {hi:+.3f})")
+    diff, lo, hi = paired_difference(rows, "imaging_gain", "image_score")
+    print(f"imaging_gain - image_score: {diff:+.3f} (95% paired bootstrap {lo:+.3f} to {hi:+.3f})")
     normal = rows[NORMAL]
     for key in ("tension", "scan", "excess", "dof", "blobs"):
         v = np.array([r[key] for r in normal])

@@ -7,7 +7,8 @@ checkpoint's prior from several starts: the encoder's guess, the true lens
 parameter's range (a standard normal draw per image). Each start is run for K
 Levenberg-Marquardt steps. It prints, per start, the median chi2 per pixel of the normal
 lenses (1: a fit to the noise) and the AUC of sphere and vortex against them by the
-checkpoint's default score; then the encoder's median error per parameter.
+checkpoint's default score (chi2_psf_light where that is drawn by the fit, as imaging_gain
+is); then the encoder's median error per parameter.
 
     .venv/bin/python bench/start_gap.py data/bound/model_r \
         --checkpoint checkpoints/model_r/lensfit2 --n 10 --starts encoder:4 truth:6 eps0.1:6
@@ -27,7 +28,7 @@ from deeplense.lensing.flexible import NAMES  # noqa: E402
 from deeplense.lensing.flexible_fit import fit_flexible  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.noise import estimate_noise  # noqa: E402
-from deeplense.scores import compute_scores  # noqa: E402
+from deeplense.scores import compute_scores, drawn_from_image  # noqa: E402
 from deeplense.vocabulary import dataset_instrument  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 from training.flexible_bound import read_rows, truth_theta  # noqa: E402
@@ -64,7 +65,7 @@ def start_gap(
     model = loaded.model
     if not hasattr(model, "encoder_start") or not hasattr(model, "lens_on"):
         raise SystemExit(f"error: {loaded.config.architecture} is not a flexible refined model")
-    score = loaded.config.default_score
+    score = drawn_from_image(loaded.config.default_score)  # the fit's own scores: not here
     instrument = dataset_instrument(directory)
     scale = model.config.pixel_scale if instrument is None else instrument.pixel_scale
     nominal = model.config.psf_sigma if instrument is None else instrument.psf_sigma

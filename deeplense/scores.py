@@ -119,6 +119,13 @@ def scores_for(model: object | None) -> list[str]:
     return [n for n in list_scores() if not SCORES[n].drawn_by_fit or n in drawn]
 
 
+def drawn_from_image(name: str, fallback: str = "chi2_psf_light") -> str:
+    """`name` when the image, its reconstruction and noise map draw it; `fallback` when a
+    model's fit draws it (imaging_gain): the score a tool holding only a reconstruction
+    reads instead (chi2_psf_light, LensFit 2's image score)."""
+    return fallback if get_score(name).drawn_by_fit else name
+
+
 def check_offered(model: object, names: Iterable[str], model_name: str) -> None:
     """ScoreNotOfferedError if a score in `names` (registered) is one `model` cannot draw."""
     offered = scores_for(model)

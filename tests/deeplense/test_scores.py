@@ -10,6 +10,7 @@ from deeplense.scores import (
     SCORES,
     check_offered,
     compute_scores,
+    drawn_from_image,
     get_score,
     list_scores,
     psf_filter,
@@ -107,6 +108,16 @@ def test_a_score_drawn_by_a_fit_is_its_maps_sum_of_squares_over_the_valid_pixels
     check_offered(_Fits(), ["imaging_gain", "mse"], "fits")
     with pytest.raises(ScoreNotOfferedError, match="'plain' cannot draw score 'imaging_gain'"):
         check_offered(object(), ["mse", "imaging_gain"], "plain")
+
+
+def test_a_tool_with_only_a_reconstruction_reads_an_image_score_for_a_fit_drawn_one() -> None:
+    assert drawn_from_image("imaging_gain") == "chi2_psf_light"
+    assert drawn_from_image("imaging_gain", fallback="chi2") == "chi2"
+    assert (
+        drawn_from_image("mse") == "mse" and drawn_from_image("chi2_psf_light") == "chi2_psf_light"
+    )
+    with pytest.raises(UnknownScoreError):
+        drawn_from_image("nope")
 
 
 def test_chi2_psf_light_counts_only_where_the_reconstruction_has_light() -> None:

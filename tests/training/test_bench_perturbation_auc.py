@@ -1,0 +1,33 @@
+"""bench/perturbation_auc.py: gravitational imaging's tests against LensFit 2's image score."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.bench_scripts import load_bench, tiny_split
+from tests.conftest import threads_kept
+
+
+def test_a_card_defaulting_to_imaging_gain_is_compared_with_its_image_score(
+    tiny_checkpoints: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    card = tmp_path / "lensfit2"
+    shutil.copytree(tiny_checkpoints / "lensfit2", card)
+    config = json.loads((card / "config.json").read_text())
+    config["default_score"] = "imaging_gain"  # as Model A's and Model B's shipped cards
+    (card / "config.json").write_text(json.dumps(config))
+    split = tiny_split(tmp_path)
+    per_image = tmp_path / "rows.csv"
+    bench = load_bench("perturbation_auc")
+    with threads_kept():
+        argv = [str(card), str(split), "--n", "2", "--no-joint", "--per-image", str(per_image)]
+        assert bench.main(argv) == 0
+        with pytest.raises(SystemExit, match="exists"):
+            bench.main(argv)  # never overwrites
+    out = capsys.readouterr().out
+    assert "image score chi2_psf_light (the card's default imaging_gain)" in out
+    assert "| image_score |" in out and "imaging_gain - image_score:" in out
+    header, *rows = per_image.read_text().splitlines()
+    assert header.startswith("class,index,image_score,") and len(rows) == 4
