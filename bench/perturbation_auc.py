@@ -5,7 +5,7 @@ thread.
 Each image is fitted as `deeplense score` fits it (the checkpoint's coarse and full steps),
 scored by the checkpoint's default score where the image and its reconstruction draw it, by
 chi2_psf_light where the fit draws it (imaging_gain, these tests' sum), then tested at the
-fitted lens: the tension (the lens's pull against its prior), the one-blob scan, their sum,
+fitted lens: the tension (the lens mass's pull against its prior), the one-blob scan, their sum,
 and the joint blob test. Also the whole image's chi-square, the omnibus test. Choose
 settings on a validation split, never on the split one reports.
 

@@ -9,8 +9,11 @@ import torch
 
 from deeplense.lensing.flexible import (
     INDEX,
+    MASS,
+    NAMES,
     FlexibleConfig,
     FlexibleLens,
+    design_matrix,
     image_grid,
     shapelet_source,
     source_plane,
@@ -23,6 +26,7 @@ from deeplense.lensing.perturbation import (
     blob_deflection,
     blob_deflections,
     disc_centres,
+    jacobian_bases,
     perturbation_test,
     templates,
 )
@@ -166,13 +170,18 @@ def test_templates_are_the_first_order_change_of_a_lens_drawn_with_a_blob() -> N
         assert torch.allclose(g[0, :, k], change, atol=1e-4 * change.abs().max())
 
 
-@pytest.mark.parametrize("miss", [0.0, 0.01])
-def test_a_lens_the_smooth_model_draws_reads_as_noise_even_slightly_misfitted(miss: float) -> None:
+@pytest.mark.parametrize(("miss", "counted"), [(0.0, MASS), (0.01, MASS), (0.0, NAMES)])
+def test_a_lens_the_smooth_model_draws_reads_as_noise_even_slightly_misfitted(
+    miss: float, counted: tuple[str, ...]
+) -> None:
     """Tested at the true lens and at one 0.01" off in Einstein radius and centre: the
     residual of an unconverged lens lies along the Jacobian, which the blob tests remove
-    (without that the off lens read as 130 sigma) and the tension measures (13 dof at the
-    truth; about 2,300 off)."""
+    (without that the off lens read as 130 sigma) and the tension measures (8 dof at the
+    truth, the mass's parameters; 13 when it counts all; about 2,300 off)."""
     theta, coef = lens(), coefficients()
+    test = PerturbationConfig(
+        spacing=0.2, width=0.1, disc_radius=1.6, ridge=0.1, tension_of=counted
+    )
     fitted = theta.clone()
     fitted[0, INDEX["theta_e"]] += miss
     fitted[0, INDEX["center_x"]] += miss
@@ -182,17 +191,50 @@ def test_a_lens_the_smooth_model_draws_reads_as_noise_even_slightly_misfitted(mi
     excess, tension = [], []
     for _ in range(20):
         x = clean + NOISE * torch.randn(clean.shape, generator=g, dtype=torch.float64)
-        found = perturbation_test(LENS, fitted, x, sigma, PSF, TEST)
+        found = perturbation_test(LENS, fitted, x, sigma, PSF, test)
         excess.append(found.excess)
         tension.append(found.tension)
     values = torch.tensor(excess)
     assert abs(float(values.mean())) < 0.6  # the noise expectation is the ridge's dof
     assert 0.4 < float(values.std()) < 2.0
     mean_tension = sum(tension) / len(tension)
-    if miss == 0.0:
-        assert 9.0 < mean_tension < 18.0  # chi-square of 13 dof: mean 13, its error 1.1
-    else:
+    if miss > 0.0:
         assert mean_tension > 500.0
+    elif counted == MASS:
+        assert 5.0 < mean_tension < 11.5  # chi-square of 8 dof: mean 8, its error 0.9
+    else:
+        assert 9.0 < mean_tension < 18.0  # chi-square of 13 dof: mean 13, its error 1.1
+
+
+def test_the_tension_leaves_out_what_the_source_and_light_explain() -> None:
+    """A lens with light fitted with the light's ellipticity 0.1 off: the residual lies
+    along it, which all 13 parameters' tension counts (hundreds) and the mass's does not
+    (noise: 8 dof); the two bases span the Jacobian, the mass's part orthogonal to the rest."""
+    theta, coef = lens(), coefficients()
+    coef[0, 0] = 3.0  # lens light: the first Gaussian
+    fitted = theta.clone()
+    fitted[0, INDEX["light_e1"]] += 0.1
+    n = CONFIG.image_size
+    clean = (design_matrix(theta, CONFIG, PSF) @ coef[:, :, None]).view(1, 1, n, n)
+    sigma = torch.full_like(clean, NOISE)
+    g = torch.Generator().manual_seed(6)
+    x = clean + NOISE * torch.randn(clean.shape, generator=g, dtype=torch.float64)
+    every = PerturbationConfig(spacing=0.2, width=0.1, disc_radius=1.6, tension_of=NAMES)
+    mass = PerturbationConfig(spacing=0.2, width=0.1, disc_radius=1.6)
+    assert mass.tension_of == MASS  # the default
+    whole = perturbation_test(LENS, fitted, x, sigma, PSF, every)
+    of_mass = perturbation_test(LENS, fitted, x, sigma, PSF, mass)
+    assert whole.tension > 200.0 and of_mass.tension < 30.0
+    assert math.isclose(whole.scan, of_mass.scan, rel_tol=1e-6)  # the blobs: the same span
+    jac = LENS.jacobian(fitted, x, sigma, PSF).double()[0]  # (M, 13)
+    basis, counted = jacobian_bases(jac, MASS)
+    assert basis.shape == (jac.shape[0], 13) and counted.shape == (jac.shape[0], len(MASS))
+    torch.testing.assert_close(basis.T @ basis, torch.eye(13, dtype=torch.float64))
+    torch.testing.assert_close(counted, basis[:, -len(MASS) :])
+    spanned = jac - basis @ (basis.T @ jac)
+    assert float(spanned.abs().max()) < 1e-8 * float(jac.abs().max())
+    with pytest.raises(ValueError, match="tension_of names lens parameters"):
+        PerturbationConfig(tension_of=("theta_e", "mass"))
 
 
 def test_a_blob_on_an_arc_is_found_at_many_sigma() -> None:
