@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.refine_schedule import schedule, stacks  # noqa: E402
+from deeplense.lensing.flexible import MASS, NAMES  # noqa: E402
 from deeplense.lensing.perturbation import PerturbationConfig, perturbation_test  # noqa: E402
 from deeplense.metrics import roc_auc  # noqa: E402
 from deeplense.noise import estimate_noise  # noqa: E402
@@ -33,6 +34,7 @@ from deeplense.vocabulary import NORMAL  # noqa: E402
 from models.checkpoint import load_checkpoint  # noqa: E402
 from models.lensfit2 import LensFit2  # noqa: E402
 
+TENSION_OF = {"mass": MASS, "all": NAMES}
 STATISTICS = (
     "image_score",
     "chi2_total",
@@ -127,6 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-joint", action="store_true", help="skip the joint blob test (improvement, excess)"
     )
     parser.add_argument(
+        "--tension-of",
+        choices=sorted(TENSION_OF),
+        default="mass",
+        help="the parameters whose pull is the tension: the lens mass's 8 beyond the source's "
+        "and light's (the service's), or all 13 (the tension until 8 December 2026)",
+    )
+    parser.add_argument(
         "--psf-sigma-pixels",
         type=float,
         help="the images' Gaussian PSF sigma in pixels, told as an upload tells it (default: "
@@ -167,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         max_blobs=args.max_blobs,
         ridge=args.ridge,
         joint=not args.no_joint,
+        tension_of=TENSION_OF[args.tension_of],
     )
     psf_sigma = model.psf_sigma_pixels if args.psf_sigma_pixels is None else args.psf_sigma_pixels
     images = stacks(args.split, args.n, args.offset)

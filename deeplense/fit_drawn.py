@@ -16,9 +16,10 @@ from torch import Tensor
 # was resized to the model's input), from the grid's centre: x along columns, left to right,
 # y along rows, in the direction of increasing row index.
 FINDINGS: dict[str, str] = {
-    "tension": "imaging_gain's part from freeing the smooth lens's 13 parameters from their "
-    "prior: a chi-square improvement (13 degrees of freedom for a lens the model fits); "
-    "many subhalos inside the ring read as such a pull",
+    "tension": "imaging_gain's part from freeing the lens mass's 8 parameters (Einstein "
+    "radius, slope, ellipticity, centre, shear) from their prior, beyond what freeing the "
+    "source and light gains: a chi-square improvement (8 degrees of freedom for a lens the "
+    "model fits); many subhalos inside the ring read as such a pull",
     "blob_gain": "imaging_gain's part from the best blob of mass: the chi-square improvement "
     "when the best one of the blobs tried (a 0.2 arcsec grid within 2 arcsec of the lens "
     "centre) is added to the smooth lens; imaging_gain = tension + blob_gain",

@@ -26,7 +26,9 @@ def test_a_card_defaulting_to_imaging_gain_is_compared_with_its_image_score(
         assert bench.main(argv) == 0
         with pytest.raises(SystemExit, match="exists"):
             bench.main(argv)  # never overwrites
+        assert bench.main([*argv[:-2], "--tension-of", "all"]) == 0  # 13 parameters' pull
     out = capsys.readouterr().out
+    assert "tension_of=('theta_e', 'slope'" in out and "'light_e2')" in out  # MASS, then NAMES
     assert "image score chi2_psf_light (the card's default imaging_gain)" in out
     assert "| image_score |" in out and "imaging_gain - image_score:" in out
     header, *rows = per_image.read_text().splitlines()
