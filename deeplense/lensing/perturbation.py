@@ -66,6 +66,9 @@ from deeplense.lensing.flexible import (
 )
 
 LEADING_BLOBS = 8  # blobs whose projected columns are formed to settle the best one
+# Singular value (of unit Jacobian columns) under which a direction is not counted: the
+# Jacobian is drawn from float32 bases (rounding about 1e-7 of a column)
+SPAN_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -385,20 +388,33 @@ def _perturbation_test(
 
 
 def jacobian_bases(jac: Tensor, counted: tuple[str, ...]) -> tuple[Tensor, Tensor]:
-    """Orthonormal bases of the Jacobian's (M, 13) span, (M, 13), and of the part of it
-    that the columns of the parameters `counted` add to the others' span, (M, J), its last J
+    """Orthonormal bases of the Jacobian's (M, 13) span, (M, R), and of the part of it that
+    the columns of the parameters `counted` add to the others' span, (M, J), its last J
     columns: the residual's part along the latter is what freeing those parameters gains
-    beyond freeing the others (the tension)."""
+    beyond freeing the others (the tension). Directions a parameter does not really add are
+    left out (`span_basis`): a parameter held at its limit has a zero column, which a plain
+    QR turned into an arbitrary unit direction, counted as noise that rounding decided."""
     others = [INDEX[name] for name in NAMES if name not in counted]
-    columns = jac[:, [INDEX[name] for name in NAMES if name in counted]]  # (M, J)
-    if not others:
-        basis, _ = torch.linalg.qr(columns)
-        return basis, basis
-    rest, _ = torch.linalg.qr(jac[:, others])  # (M, 13 - J)
+    columns = unit_columns(jac[:, [INDEX[name] for name in NAMES if name in counted]])
+    rest = span_basis(unit_columns(jac[:, others]))  # (M, <= 13 - J)
     for _ in range(2):  # twice: one pass leaves rounding along `rest` (twice is enough)
         columns = columns - rest @ (rest.T @ columns)
-    added, _ = torch.linalg.qr(columns)  # (M, J)
+    added = span_basis(columns)  # (M, <= J)
     return torch.cat([rest, added], dim=1), added
+
+
+def unit_columns(columns: Tensor) -> Tensor:
+    """columns (M, J) each scaled to unit norm (a zero column stays zero): the parameters'
+    units (arcsec, a slope, a log scale) must not decide which directions count."""
+    norms = torch.linalg.vector_norm(columns, dim=0)  # (J,)
+    return columns / torch.where(norms > 0, norms, torch.ones_like(norms))
+
+
+def span_basis(columns: Tensor, tolerance: float = SPAN_TOLERANCE) -> Tensor:
+    """An orthonormal basis (M, R) of the span of columns (M, J) of at most unit norm: their
+    left singular vectors whose singular value exceeds `tolerance`."""
+    u, values, _ = torch.linalg.svd(columns, full_matrices=False)
+    return u[:, values > tolerance]
 
 
 __all__ = [
@@ -407,6 +423,8 @@ __all__ = [
     "blob_deflection",
     "disc_centres",
     "jacobian_bases",
+    "span_basis",
+    "unit_columns",
     "lit_centres",
     "perturbation_test",
     "source_gradient",

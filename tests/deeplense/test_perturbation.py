@@ -237,6 +237,25 @@ def test_the_tension_leaves_out_what_the_source_and_light_explain() -> None:
         PerturbationConfig(tension_of=("theta_e", "mass"))
 
 
+def test_a_parameter_that_changes_nothing_adds_no_direction_to_the_tension() -> None:
+    """A parameter held at its limit has a zero Jacobian column, another may repeat one: the
+    bases leave them out (a plain QR gave each an arbitrary unit direction, counted as noise
+    that rounding chose: the service and the CLI disagreed by 0.1% on a tiny model)."""
+    g = torch.Generator().manual_seed(7)
+    jac = torch.randn((400, 13), generator=g, dtype=torch.float64)
+    jac[:, INDEX["slope"]] = 0.0  # held at its limit
+    jac[:, INDEX["gamma2"]] = 3.0 * jac[:, INDEX["source_x"]]  # nothing the others lack
+    basis, counted = jacobian_bases(jac, MASS)
+    assert basis.shape == (400, 11) and counted.shape == (400, len(MASS) - 2)
+    torch.testing.assert_close(basis.T @ basis, torch.eye(11, dtype=torch.float64))
+    assert float((jac - basis @ (basis.T @ jac)).abs().max()) < 1e-10
+    whitened = torch.randn(400, generator=g, dtype=torch.float64)
+    tension = float((counted.T @ whitened).square().sum())
+    rest = basis[:, : 11 - counted.shape[1]]
+    both = float((basis.T @ whitened).square().sum()) - float((rest.T @ whitened).square().sum())
+    assert math.isclose(tension, both, rel_tol=1e-9)  # the gain beyond the others'
+
+
 def test_a_blob_on_an_arc_is_found_at_many_sigma() -> None:
     theta, coef = lens(), coefficients()
     clean = draw(theta, coef, (0.9, 0.3, 0.01))  # theta_sub 0.1"
