@@ -16,7 +16,7 @@ hardly move it. Gravitational imaging (Koopmans 2005; Vegetti & Koopmans 2009; V
   mass, which a narrow prior refuses. Substructure is mass: the source's and light's own
   pulls (their priors' tails, an unconverged step) carry no sign of it and were left out
   (`PerturbationConfig.tension_of`; measured: on Model A's and Model B's validation lenses
-  they separate at chance, and imaging_gain gained 0.008 and 0.021 AUC without them).
+  they separate at chance, and imaging_gain gained 0.007 and 0.021 AUC without them).
 - `scan`: the improvement from one blob of mass, the best of K positions. To first order a
   deflection perturbation d alpha changes the lensed source by -grad S(beta) . d alpha (the
   source is seen at beta - d alpha), linear in the blob's amplitude. Templates g_k: that
@@ -339,7 +339,7 @@ def _perturbation_test(
     residual = (x.double() - linear.image().view_as(x).double()).flatten(1)[:, :, None]
     whitened = (residual * weight)[0]  # (M, 1)
     jac = lens.jacobian(theta, x, sigma, psf, linear=linear).double()[0]  # (M, 13)
-    basis, counted = jacobian_bases(jac, config.tension_of)  # (M, 13), (M, J)
+    basis, counted = jacobian_bases(jac, config.tension_of)  # (M, R <= 13), (M, J)
     r = whitened[:, 0] - basis @ (basis.T @ whitened[:, 0])  # (M,)
     used = weight[0, :, 0] > 0  # (M,) unmasked pixels: the maps' exact zeros elsewhere
     along = counted @ (counted.T @ whitened[:, 0]) * used  # (M,) the tension's part
@@ -423,10 +423,10 @@ __all__ = [
     "blob_deflection",
     "disc_centres",
     "jacobian_bases",
-    "span_basis",
-    "unit_columns",
     "lit_centres",
     "perturbation_test",
     "source_gradient",
+    "span_basis",
     "templates",
+    "unit_columns",
 ]
