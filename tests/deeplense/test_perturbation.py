@@ -3,6 +3,7 @@ templates are the first-order change of a lens drawn with a blob, it reads as no
 lens the smooth model draws, and it finds a blob drawn on an arc. Tiny grids (32 px)."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -179,9 +180,7 @@ def test_a_lens_the_smooth_model_draws_reads_as_noise_even_slightly_misfitted(
     (without that the off lens read as 130 sigma) and the tension measures (8 dof at the
     truth, the mass's parameters; 13 when it counts all; about 2,300 off)."""
     theta, coef = lens(), coefficients()
-    test = PerturbationConfig(
-        spacing=0.2, width=0.1, disc_radius=1.6, ridge=0.1, tension_of=counted
-    )
+    test = replace(TEST, tension_of=counted)
     fitted = theta.clone()
     fitted[0, INDEX["theta_e"]] += miss
     fitted[0, INDEX["center_x"]] += miss
@@ -219,11 +218,9 @@ def test_the_tension_leaves_out_what_the_source_and_light_explain() -> None:
     sigma = torch.full_like(clean, NOISE)
     g = torch.Generator().manual_seed(6)
     x = clean + NOISE * torch.randn(clean.shape, generator=g, dtype=torch.float64)
-    every = PerturbationConfig(spacing=0.2, width=0.1, disc_radius=1.6, tension_of=NAMES)
-    mass = PerturbationConfig(spacing=0.2, width=0.1, disc_radius=1.6)
-    assert mass.tension_of == MASS  # the default
-    whole = perturbation_test(LENS, fitted, x, sigma, PSF, every)
-    of_mass = perturbation_test(LENS, fitted, x, sigma, PSF, mass)
+    assert TEST.tension_of == MASS  # the default
+    whole = perturbation_test(LENS, fitted, x, sigma, PSF, replace(TEST, tension_of=NAMES))
+    of_mass = perturbation_test(LENS, fitted, x, sigma, PSF, TEST)
     assert whole.tension > 200.0 and of_mass.tension < 30.0
     assert math.isclose(whole.scan, of_mass.scan, rel_tol=1e-6)  # the blobs: the same span
     jac = LENS.jacobian(fitted, x, sigma, PSF).double()[0]  # (M, 13)
